@@ -1,0 +1,50 @@
+"""The `lookalike` command. Thin: parse options, call the library, print, map user errors to exit code 2.
+
+Heavy libraries (torch, timm, FastAPI) are imported inside the commands, so `lookalike --help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .. import __version__
+from ..errors import LookalikeError
+
+app = typer.Typer(
+    name="lookalike",
+    help="Train CNN image classifiers fast, and search images by content with CNN features.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"lookalike {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Train CNN image classifiers fast, and search images by content with CNN features."""
+
+
+# Each module adds its commands to `app`.
+from . import models_cmd, search_cmds, serve_cmd, train_cmds  # noqa: E402,F401
+
+
+def main() -> None:
+    try:
+        app()
+    except LookalikeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,36 @@
+"""Pick the compute device and size the CPU thread pool to the cores this process may actually use."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .errors import LookalikeError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def free_cores() -> int:
+    """Cores this process may run on (cgroup/affinity aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_device(name: str = "auto") -> "torch.device":
+    """`auto` takes CUDA when present, else CPU. On CPU, threads = free cores (oversubscription is much slower)."""
+    import torch
+
+    name = (name or "auto").lower()
+    if name not in {"auto", "cpu", "cuda"} and not name.startswith("cuda:"):
+        raise LookalikeError(f"unknown device {name!r}: use auto, cpu or cuda")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LookalikeError("--device cuda asked for, but no CUDA GPU is available: use --device cpu")
+    device = torch.device(name)
+    if device.type == "cpu":
+        torch.set_num_threads(free_cores())
+    return device

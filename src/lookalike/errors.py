@@ -1,0 +1,9 @@
+"""Errors that the user can fix. The CLI prints their message as one line and exits with code 2."""
+
+
+class LookalikeError(Exception):
+    """A problem with the user's input (a path, an option, a file); never a bug in Lookalike."""
+
+
+class BadImageError(LookalikeError):
+    """One image could not be read; long runs skip it and name it at the end."""
