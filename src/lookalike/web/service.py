@@ -192,7 +192,13 @@ def _matrix(m) -> list[list[float]]:
 
 def _input_size(manifest: dict, embedder: Any) -> int | None:
     """The model's input side, so JPEG uploads can be draft-decoded no smaller than needed."""
-    for source in (getattr(embedder, "input_size", None), (manifest.get("preprocess") or {}).get("input_size")):
+    preprocess = manifest.get("preprocess") or {}
+    for source in (
+        getattr(embedder, "min_decode_size", None),
+        getattr(embedder, "input_size", None),
+        preprocess.get("resize_size"),
+        preprocess.get("input_size"),
+    ):
         if isinstance(source, int) and source > 0:
             return source
         if isinstance(source, (list, tuple)) and source:

@@ -1,0 +1,164 @@
+"""The web app's parts that need no model: the upload limit, the thumbnail cache, upload decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from lookalike.errors import BadImageError
+from lookalike.web.limits import UploadLimitMiddleware
+from lookalike.web.service import UnsupportedImage, decode_upload, display_name
+from lookalike.web.thumbnails import ImageGone, ThumbnailCache
+
+
+# -- the upload limit, driven as raw ASGI so we can see exactly what was read ------------------------------
+async def _echo_app(scope, receive, send):
+    """Reads the whole body, then answers its length."""
+    total = 0
+    while True:
+        message = await receive()
+        total += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = json.dumps({"read": total}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _run(app, headers, chunks):
+    """Call `app` with the body in `chunks`; return (status, json body, chunks handed to the app)."""
+    handed = 0
+    sent = []
+
+    async def receive():
+        nonlocal handed
+        if handed >= len(chunks):
+            return {"type": "http.disconnect"}
+        handed += 1
+        return {"type": "http.request", "body": chunks[handed - 1], "more_body": handed < len(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/search", "headers": headers}
+    asyncio.run(app(scope, receive, send))
+    status = sent[0]["status"]
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return status, json.loads(body), handed
+
+
+def test_declared_length_over_limit_is_refused_before_reading():
+    app = UploadLimitMiddleware(_echo_app, max_bytes=1000)
+    status, body, handed = _run(app, [(b"content-length", b"5000")], [b"x" * 5000])
+    assert status == 413
+    assert handed == 0  # not one byte of the body was read
+    assert "limit is 0.001 MB" in body["detail"]
+
+
+def test_chunked_body_is_cut_off_once_past_the_limit():
+    app = UploadLimitMiddleware(_echo_app, max_bytes=1000)
+    chunks = [b"x" * 300] * 20  # 6000 bytes, no Content-Length
+    status, body, handed = _run(app, [], chunks)
+    assert status == 413
+    assert handed == 4  # 1200 bytes: the first chunk past the limit, and nothing after it
+    assert "upload too large" in body["detail"]
+
+
+def test_bodies_within_the_limit_pass_untouched():
+    app = UploadLimitMiddleware(_echo_app, max_bytes=1000)
+    assert _run(app, [(b"content-length", b"1000")], [b"x" * 500, b"y" * 500])[:2] == (200, {"read": 1000})
+    assert _run(app, [], [b"x" * 999])[:2] == (200, {"read": 999})
+
+
+def test_a_413_replaces_whatever_the_inner_app_answers_after_the_cutoff():
+    """A framework that catches the exception while parsing (as a 400) must not hide the real reason."""
+
+    async def swallowing_app(scope, receive, send):
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except Exception:
+            await send({"type": "http.response.start", "status": 400, "headers": []})
+            await send({"type": "http.response.body", "body": b'{"detail": "bad body"}'})
+
+    status, body, _ = _run(UploadLimitMiddleware(swallowing_app, 100), [], [b"x" * 80] * 5)
+    assert status == 413 and "upload too large" in body["detail"]
+
+
+# -- thumbnails ---------------------------------------------------------------------------------------------
+def _photo(path, size=(640, 480), color=(200, 30, 30)):
+    Image.new("RGB", size, color).save(path, quality=90)
+    return path
+
+
+def test_thumbnails_fit_the_size_and_are_cached_in_memory_and_on_disk(tmp_path):
+    src = _photo(tmp_path / "photo.jpg")
+    cache = ThumbnailCache(tmp_path / "cache")
+    key, data = cache.get(src, 128)
+    thumb = Image.open(io.BytesIO(data))
+    assert thumb.format == "JPEG" and max(thumb.size) == 128 and thumb.size == (128, 96)
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert cache.get(src, 128) == (key, data)
+    assert (cache.hits, cache.misses) == (1, 1)
+    on_disk = list((tmp_path / "cache").rglob("*.jpg"))
+    assert [p.read_bytes() for p in on_disk] == [data]
+
+    fresh = ThumbnailCache(tmp_path / "cache")  # a restarted server reads the disk cache
+    assert fresh.get(src, 128) == (key, data) and fresh.misses == 0
+
+
+def test_an_edited_file_gets_a_new_thumbnail(tmp_path):
+    import os
+
+    src = _photo(tmp_path / "photo.jpg")
+    cache = ThumbnailCache(tmp_path / "cache")
+    key1, _ = cache.get(src, 64)
+    _photo(src, size=(300, 300), color=(0, 0, 255))
+    os.utime(src, ns=(1, 10**18))  # make sure the mtime differs even on coarse clocks
+    key2, data2 = cache.get(src, 64)
+    assert key2 != key1 and Image.open(io.BytesIO(data2)).size == (64, 64)
+
+
+def test_memory_cache_stays_within_its_byte_budget(tmp_path):
+    cache = ThumbnailCache(None, max_memory_bytes=3000)
+    for i in range(6):
+        cache.get(_photo(tmp_path / f"p{i}.png", color=(i * 40, 0, 0)), 64)
+    assert cache._memory_bytes <= 3000 or len(cache._memory) == 1
+
+
+def test_missing_and_broken_files(tmp_path):
+    cache = ThumbnailCache(tmp_path / "cache")
+    with pytest.raises(ImageGone):
+        cache.get(tmp_path / "gone.jpg", 64)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(_photo(tmp_path / "ok.jpg").read_bytes()[:300])
+    with pytest.raises(BadImageError):
+        cache.get(broken, 64)
+
+
+# -- uploads ------------------------------------------------------------------------------------------------
+def _jpeg_bytes(size=(300, 200)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 120, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_decode_upload_accepts_images_and_classifies_failures():
+    assert decode_upload(_jpeg_bytes(), "a.jpg").size == (300, 200)
+    with pytest.raises(UnsupportedImage, match="notes.txt: not an image"):
+        decode_upload(b"just some text, really", "notes.txt")
+    with pytest.raises(UnsupportedImage, match="empty"):
+        decode_upload(b"", "empty.png")
+    with pytest.raises(BadImageError, match="cut.jpg: corrupt or truncated"):
+        decode_upload(_jpeg_bytes()[:400], "cut.jpg")
+
+
+def test_display_name_never_echoes_folders():
+    assert display_name("../../etc/passwd") == "passwd"
+    assert display_name("C:\\Users\\me\\cat.jpg") == "cat.jpg"
+    assert display_name("a\x00b\nc.png") == "abc.png"
+    assert display_name(None) == "upload"
