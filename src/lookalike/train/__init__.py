@@ -1,0 +1,1 @@
+"""Training: config and recipes, batched augmentation, schedules, the engine, checkpoints and plots."""

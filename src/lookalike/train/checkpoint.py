@@ -1,0 +1,94 @@
+"""Self-describing, atomically written checkpoints.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists, so it loads with
+`torch.load(weights_only=True)`: no pickled code runs. Writes go to a temporary file in the same folder,
+are fsynced and then renamed over the target, so a kill at any moment leaves the old or the new file, whole.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+from ..errors import LookalikeError
+
+FORMAT = "lookalike-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: Union[str, os.PathLike]) -> None:
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    # Make the rename itself durable.
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`; anything else is a `LookalikeError` with the reason."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise LookalikeError(f"{path} is a folder: give a checkpoint file such as {path / 'best.pt'}")
+    if not path.exists():
+        raise LookalikeError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise LookalikeError(f"checkpoint {path} is empty")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError,
+            AttributeError, TypeError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LookalikeError(f"{path} is not a readable checkpoint (damaged, truncated or foreign file: {reason[:160]})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise LookalikeError(f"{path} is not a Lookalike checkpoint (no '{FORMAT}' marker)")
+    if blob.get("version", 0) > VERSION:
+        raise LookalikeError(f"{path} was written by a newer Lookalike (checkpoint version {blob['version']})")
+    for key in ("meta", "model_state"):
+        if key not in blob:
+            raise LookalikeError(f"{path} is incomplete: no {key!r}")
+    return blob
+
+
+def build_model(meta: dict[str, Any]):
+    from ..models import create_model
+
+    kwargs = dict(meta.get("model_kwargs") or {})
+    if "widths" in kwargs:
+        kwargs["widths"] = tuple(kwargs["widths"])
+    return create_model(meta["model"], **kwargs)
+
+
+def model_from_checkpoint(path: Union[str, os.PathLike], device: Any = "cpu"):
+    """(model in eval mode with its weights, meta). `meta` holds model, model_kwargs, classes, mean, std,
+    input_size, epoch and the run's config."""
+    blob = load_checkpoint(path)
+    meta = blob["meta"]
+    model = build_model(meta)
+    try:
+        model.load_state_dict(blob["model_state"])
+    except (RuntimeError, KeyError) as exc:
+        raise LookalikeError(f"{path}: weights do not fit model {meta['model']!r} ({str(exc).splitlines()[0][:160]})") from None
+    return model.to(device).eval(), meta

@@ -1,0 +1,141 @@
+"""One typed config for a training run; each model's recipe fills the settings the user did not give."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+from ..errors import LookalikeError
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""                      # "cifar10", a cifar-10-batches-py folder, or DIR with train/ and test/
+    model: str = "fast"                 # a registered "cifar" model
+    widths: Optional[list[int]] = None  # fast: channels of the three conv groups
+    depth: Optional[int] = None         # fast: convs per group
+    epochs: Optional[float] = None      # may be fractional (airbench trains 9.9 epochs)
+    batch_size: Optional[int] = None
+    optimizer: Optional[str] = None     # "sgd" (lr as given) or "sgd-sum" (airbench: lr per 1024 examples, summed loss)
+    lr: Optional[float] = None
+    momentum: Optional[float] = None
+    nesterov: Optional[bool] = None
+    weight_decay: Optional[float] = None
+    bias_lr_scale: Optional[float] = None    # sgd-sum: BatchNorm shifts learn this much faster
+    label_smoothing: Optional[float] = None
+    schedule: Optional[str] = None      # step, onecycle, linear, cosine, constant
+    milestones: Optional[list[float]] = None  # step schedule, in epochs
+    gamma: Optional[float] = None
+    lookahead: Optional[bool] = None    # airbench's lookahead-style weight averaging every 5 steps
+    whiten_bias_fraction: Optional[float] = None  # fast: train the whitening bias for this fraction of the steps
+    translate: Optional[int] = None     # random shift in pixels (random crop with padding)
+    pad_mode: Optional[str] = None      # "reflect" or "constant"
+    flip: Optional[bool] = None
+    tta: Optional[int] = None           # final evaluation: 0 plain, 1 + mirror, 2 + mirror and 1-px shifts
+    time_budget: Optional[float] = None  # seconds for training + evaluation; fixes the step count
+    image_size: Optional[int] = None
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False               # torch.compile (CUDA only; no gain on CPU)
+    eval_batch_size: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# Recipes. "fast" follows airbench94's hyper-parameters (lr 11.5 and weight decay 0.0153 per 1024 examples,
+# Nesterov 0.85, label smoothing 0.2, triangle schedule, lookahead, TTA); its CPU size is smaller.
+RECIPES: dict[str, dict[str, Any]] = {
+    "lab": dict(epochs=15, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False,
+                weight_decay=5e-4, label_smoothing=0.0, schedule="step", milestones=[5, 10], gamma=0.1,
+                lookahead=False, translate=4, pad_mode="constant", flip=True, tta=0),
+    "resnet18": dict(epochs=15, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+                     weight_decay=5e-4, label_smoothing=0.1, schedule="onecycle", milestones=[], gamma=0.1,
+                     lookahead=False, translate=4, pad_mode="reflect", flip=True, tta=1),
+    "fast": dict(optimizer="sgd-sum", lr=11.5, momentum=0.85, nesterov=True, weight_decay=0.0153,
+                 bias_lr_scale=64.0, label_smoothing=0.2, schedule="onecycle", milestones=[], gamma=0.1,
+                 lookahead=True, whiten_bias_fraction=0.3, translate=2, pad_mode="reflect", flip=True, tta=2),
+}
+FAST_GPU = dict(widths=[64, 256, 256], depth=2, epochs=9.9, batch_size=1024)
+FAST_CPU = dict(widths=[32, 96, 192], depth=2, epochs=8, batch_size=512)
+GENERIC = dict(epochs=15, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True,
+               weight_decay=5e-4, label_smoothing=0.1, schedule="onecycle", milestones=[], gamma=0.1,
+               lookahead=False, translate=4, pad_mode="reflect", flip=True, tta=1)
+
+
+def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
+    """Fill every unset field from the model's recipe (the `fast` size depends on the device)."""
+    recipe = dict(RECIPES.get(cfg.model, GENERIC))
+    if cfg.model == "fast":
+        recipe.update(FAST_GPU if device_type == "cuda" else FAST_CPU)
+    recipe.setdefault("whiten_bias_fraction", 0.0)
+    recipe.setdefault("bias_lr_scale", 1.0)
+    d = cfg.to_dict()
+    for k, v in recipe.items():
+        if d.get(k) is None:
+            d[k] = v
+    out = TrainConfig.from_dict(d)
+    validate(out)
+    return out
+
+
+def validate(cfg: TrainConfig) -> None:
+    from .schedules import SCHEDULES
+
+    def bad(msg: str) -> None:
+        raise LookalikeError(msg)
+
+    if cfg.epochs is not None and cfg.epochs <= 0:
+        bad(f"--epochs must be > 0, got {cfg.epochs}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        bad(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.lr is not None and cfg.lr <= 0:
+        bad(f"--lr must be > 0, got {cfg.lr}")
+    if cfg.schedule is not None and cfg.schedule not in SCHEDULES:
+        bad(f"--schedule {cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if cfg.gamma is not None and not 0 < cfg.gamma <= 1:
+        bad(f"--gamma must be in (0, 1], got {cfg.gamma}")
+    if cfg.label_smoothing is not None and not 0 <= cfg.label_smoothing < 1:
+        bad(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.tta is not None and cfg.tta not in (0, 1, 2):
+        bad(f"--tta must be 0, 1 or 2, got {cfg.tta}")
+    if cfg.translate is not None and not 0 <= cfg.translate <= 16:
+        bad(f"--translate must be between 0 and 16 pixels, got {cfg.translate}")
+    if cfg.widths is not None and (len(cfg.widths) != 3 or min(cfg.widths) < 1):
+        bad(f"--widths needs three positive numbers like 32,96,192, got {cfg.widths}")
+    if cfg.depth is not None and not 1 <= cfg.depth <= 4:
+        bad(f"--depth must be 1 to 4, got {cfg.depth}")
+    if cfg.time_budget is not None and cfg.time_budget <= 0:
+        bad("--time-budget must be positive")
+    if cfg.image_size is not None and not 8 <= cfg.image_size <= 1024:
+        bad(f"--image-size must be between 8 and 1024, got {cfg.image_size}")
+    if cfg.milestones and any(m <= 0 for m in cfg.milestones):
+        bad(f"--milestones must be positive epochs, got {cfg.milestones}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$", re.I)
+
+
+def parse_duration(text: str) -> float:
+    """"5m" -> 300.0, "90s" -> 90.0, "1.5h", or a bare number of seconds."""
+    m = _DURATION.match(text or "")
+    if not m or float(m.group(1)) <= 0:
+        raise LookalikeError(f"--time-budget {text!r} is not a duration like 5m, 90s or 1h")
+    unit = (m.group(2) or "s").lower()
+    return float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[unit]
+
+
+def parse_list(text: Optional[str], kind=float, option: str = "") -> Optional[list]:
+    """"5,10" -> [5.0, 10.0]; a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        return [kind(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise LookalikeError(f"{option} {text!r} is not a comma-separated list of numbers") from None

@@ -1,0 +1,441 @@
+"""The training loop: `fit` composes data, model, optimizer, schedule, evaluation and checkpoints.
+
+Determinism and resume: shuffling and augmentation use a generator seeded by (seed, epoch), the schedule is a
+pure function of the step, and each epoch ends with an atomic checkpoint holding the model, the optimizer, the
+lookahead weights, the step counter, the fixed total step count and the metrics so far. A run killed at any
+moment and resumed from `last.pt` therefore repeats the uninterrupted run exactly (same device and threads).
+
+The library never prints: progress goes to the `on_event(kind, payload)` callback.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..errors import LookalikeError
+from .config import TrainConfig, resolve
+
+Event = Callable[[str, Any], None]
+METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+LOOKAHEAD_EVERY = 5
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def model_kwargs(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+    kw: dict[str, Any] = {"num_classes": num_classes}
+    if cfg.model == "fast":
+        kw.update(widths=list(cfg.widths), depth=int(cfg.depth))
+    return kw
+
+
+def build_optimizer(model, cfg: TrainConfig):
+    """SGD. "sgd-sum" is airbench's parametrisation: lr and weight decay per 1024 examples for a summed loss,
+    decoupled from momentum, and BatchNorm shifts learning `bias_lr_scale` times faster."""
+    import torch
+    from torch import nn
+
+    norm_ids = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.bias is not None}
+    whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
+    params = [p for p in model.parameters() if p.requires_grad or p is whiten_bias]
+    norm = [p for p in params if id(p) in norm_ids]
+    other = [p for p in params if id(p) not in norm_ids]
+    if cfg.optimizer == "sgd-sum":
+        scale = 1024 * (1 + 1 / (1 - cfg.momentum))
+        lr = cfg.lr / scale
+        wd = cfg.weight_decay * cfg.batch_size / scale
+        lr_bias = lr * cfg.bias_lr_scale
+        groups = [dict(params=norm, lr=lr_bias, weight_decay=wd / lr_bias),
+                  dict(params=other, lr=lr, weight_decay=wd / lr)]
+    elif cfg.optimizer == "sgd":
+        groups = [dict(params=norm, lr=cfg.lr * cfg.bias_lr_scale, weight_decay=cfg.weight_decay),
+                  dict(params=other, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    else:
+        raise LookalikeError(f"unknown optimizer {cfg.optimizer!r}: use sgd or sgd-sum")
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=bool(cfg.nesterov and cfg.momentum > 0))
+
+
+class Lookahead:
+    """airbench's lookahead: every few steps the weights move to an average that trails them, with an averaging
+    strength that grows through the run (decay 0.95^5 * progress^3); at the end the average replaces the weights."""
+
+    def __init__(self, model, state: Optional[dict] = None):
+        live = model.state_dict()
+        if state is not None:
+            self.avg = {k: state[k].to(live[k].device) for k in live}
+        else:
+            self.avg = {k: v.detach().clone() for k, v in live.items()}
+
+    def update(self, model, decay: float) -> None:
+        import torch
+
+        with torch.no_grad():
+            for (k, live), avg in zip(model.state_dict().items(), self.avg.values()):
+                if live.is_floating_point():
+                    avg.lerp_(live, 1 - decay)
+                    live.copy_(avg)
+
+
+def tta_logits(model, x, level: int):
+    """0: plain; 1: mean with the mirror image; 2: also with 1-pixel shifts (reflect-padded), as airbench."""
+    import torch
+    import torch.nn.functional as F
+
+    def mirror(inp):
+        return 0.5 * model(inp) + 0.5 * model(inp.flip(-1)) if level >= 1 else model(inp)
+
+    logits = mirror(x)
+    if level >= 2:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = [padded[..., 0:h, 0:w], padded[..., 2 : h + 2, 2 : w + 2]]
+        logits = 0.5 * logits + 0.5 * torch.stack([mirror(s.contiguous(memory_format=torch.channels_last))
+                                                   for s in shifted]).mean(0)
+    return logits
+
+
+def evaluate(model, split, mean, std, device, tta: int = 0, batch_size: int = 1000,
+             num_classes: Optional[int] = None, images_on_device=None) -> dict[str, Any]:
+    """Loss (per sample, plain cross-entropy), accuracy and confusion matrix of `model` on `split`."""
+    import torch
+    import torch.nn.functional as F
+
+    from .augment import to_float
+
+    was_training = model.training
+    model.eval()
+    k = num_classes or int(split.labels.max()) + 1
+    confusion = torch.zeros(k * k, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
+    amp = device.type == "cuda"
+    with torch.inference_mode():
+        for start in range(0, len(split), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(split)))
+            if images_on_device is not None:
+                xb, yb = images_on_device[idx.to(device)], split.labels[idx]
+            else:
+                xb, yb = split.batch(idx)
+            if xb.shape[0] == 0:
+                continue
+            x = to_float(xb.to(device, non_blocking=True), mean, std)
+            y = yb.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = tta_logits(model, x, tta).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k)
+            n += y.shape[0]
+    model.train(was_training)
+    cm = confusion.view(k, k).cpu()
+    correct = int(cm.diag().sum())
+    per_class = (cm.diag().double() / cm.sum(1).clamp_min(1)).tolist()
+    return {"loss": float(loss_sum) / max(1, n), "acc": correct / max(1, n), "n": n,
+            "confusion": cm.tolist(), "per_class": per_class}
+
+
+# ---------------------------------------------------------------- files of a run
+
+
+def write_metrics(history: list[dict], path: Path) -> None:
+    """Rewrite metrics.csv from the history (atomic), so a resumed run never duplicates rows."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- time budget
+
+
+def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_probe: Callable[[], float],
+               n_train_batches: int, n_test: int, budget_left: float, forward_images_per_step: int,
+               device) -> dict[str, Any]:
+    """Measure training and evaluation throughput on a few real steps of a throw-away copy of the model, then
+    the largest step count whose training, per-epoch evaluations and final (TTA) evaluation fit `budget_left`."""
+    import torch
+    import torch.nn.functional as F
+
+    probe = copy.deepcopy(model)
+    opt = build_optimizer(probe, cfg)
+    warm, timed = 2, 4 if device.type == "cpu" else 10
+    t = 0.0
+    for i in range(warm + timed):
+        if i == warm:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+        x, y = batches(i)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(probe(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    step_s = (time.perf_counter() - t) / timed
+    del probe, opt
+    eval_img_s = eval_probe()  # seconds per image, one plain forward
+    passes = {0: 1, 1: 2, 2: 6}[cfg.tta]
+    per_epoch = n_test * eval_img_s + 1.5  # plain evaluation, checkpoint and curves
+    final = n_test * eval_img_s * passes + 3.0  # TTA evaluation and confusion plot
+    margin = 0.04 * budget_left + 2.0
+    avail = budget_left - final - margin
+    steps, epochs = 0, 1
+    for _ in range(4):  # the epoch count and the step count depend on each other
+        steps = int((avail - epochs * per_epoch) / step_s)
+        epochs = max(1, math.ceil(steps / n_train_batches))
+    if steps < 1:
+        raise LookalikeError(
+            f"--time-budget is too short: one training step takes {step_s:.2f} s and evaluation "
+            f"{n_test * eval_img_s * passes:.1f} s here; give more time or a smaller model"
+        )
+    return {"total_steps": steps, "epochs": steps / n_train_batches, "step_seconds": step_s,
+            "images_per_second": forward_images_per_step / step_s, "eval_seconds_per_epoch": per_epoch,
+            "final_eval_seconds": final}
+
+
+# ---------------------------------------------------------------- fit
+
+
+def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: Optional[Event] = None,
+        started_at: Optional[float] = None) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.data`, writing config.json, metrics.csv, curves.png, confusion.png, last.pt and
+    best.pt into `run_dir`. Returns the final summary (also written to result.json)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..datasets import load_data
+    from ..device import resolve_device
+    from ..models import create_model, get_model_entry
+    from . import plots
+    from .augment import augment, to_float
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .schedules import lr_factor
+
+    t0 = started_at if started_at is not None else time.time()
+    emit: Event = on_event or (lambda kind, payload: None)
+    run_dir = Path(run_dir)
+
+    state = None
+    if resume:
+        if not run_dir.is_dir():
+            raise LookalikeError(f"--resume {run_dir}: no such run folder")
+        if (run_dir / "last.pt").exists():
+            state = load_checkpoint(run_dir / "last.pt")
+            cfg = TrainConfig.from_dict(state["config"])
+        elif (run_dir / "config.json").exists():  # killed before its first checkpoint: start it again
+            cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+        else:
+            raise LookalikeError(f"--resume {run_dir}: no last.pt or config.json there, nothing to resume")
+
+    entry = get_model_entry(cfg.model)
+    if entry.kind != "cifar":
+        raise LookalikeError(f"model {cfg.model!r} is a {entry.kind} backbone, not trainable here: "
+                             "choose one of the cifar models in `lookalike models`")
+    device = resolve_device(cfg.device)
+    cfg = resolve(cfg, device.type)
+
+    data = load_data(cfg.data, cfg.image_size, progress=lambda m: emit("info", m))
+    if data.skipped:
+        emit("skipped", list(data.skipped))
+    train, test = data.train, data.test
+    classes, k = data.classes, len(data.classes)
+    n_train = len(train)
+    bs = min(cfg.batch_size, n_train)
+    spe = max(1, n_train // bs)  # full batches only, like airbench and the usual drop_last loaders
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = model_kwargs(cfg, k)
+    meta = {"model": cfg.model, "model_kwargs": kwargs, "classes": classes, "mean": list(data.mean),
+            "std": list(data.std), "input_size": data.input_size, "epoch": 0}
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, **kwargs)
+    mean_d = torch.tensor(data.mean, device=device)
+    std_d = torch.tensor(data.std, device=device)
+    if state is None and hasattr(model, "init_whitening"):
+        idx = torch.arange(min(n_train, 5000 if train.in_memory else 512))
+        model.init_whitening(to_float(train.batch(idx)[0], mean_d.cpu(), std_d.cpu(), channels_last=False))
+    model = model.to(device=device, memory_format=torch.channels_last)
+    if state is not None:
+        model.load_state_dict(state["model_state"])
+
+    # Small datasets live on the compute device; the loop then never copies images.
+    train_images = train.images.to(device) if (train.in_memory and device.type == "cuda") else None
+    test_images = test.images.to(device) if (test.in_memory and device.type == "cuda") else None
+
+    def get_batch(indices, generator, aug: bool = True):
+        if train_images is not None:
+            xb, yb = train_images[indices.to(device)], train.labels[indices]
+        else:
+            xb, yb = train.batch(indices)
+        x = to_float(xb.to(device, non_blocking=True), mean_d, std_d)
+        if aug:
+            x = augment(x, generator, cfg.translate, cfg.flip, cfg.pad_mode)
+        return x, yb.to(device, non_blocking=True)
+
+    optimizer = build_optimizer(model, cfg)
+    lookahead = Lookahead(model, state.get("lookahead") if state else None) if cfg.lookahead else None
+    train_model = model
+    if cfg.compile and device.type == "cuda":
+        train_model = torch.compile(model)
+
+    step, start_epoch, history, best_acc, elapsed_before = 0, 0, [], -1.0, 0.0
+    plan: dict[str, Any] = {}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        sched = state["scheduler"]
+        step, total_steps = int(sched["step"]), int(sched["total_steps"])
+        start_epoch = int(state["meta"]["epoch"])
+        history = list(state["history"])
+        best_acc = float(state["best_test_acc"])
+        elapsed_before = float(state.get("elapsed", 0.0))
+        plan = dict(state.get("plan") or {})
+        torch.set_rng_state(state["rng"]["torch"])
+        emit("info", f"resuming {run_dir} after epoch {start_epoch} (step {step} of {total_steps})")
+    elif cfg.time_budget:
+        probe_gen = torch.Generator().manual_seed(cfg.seed + 7919)
+
+        def probe_batch(i):
+            return get_batch(torch.randperm(n_train, generator=probe_gen)[:bs], probe_gen)
+
+        def eval_probe() -> float:
+            nb = min(len(test), cfg.eval_batch_size)
+            xb, _ = test.batch(torch.arange(nb))
+            x = to_float(xb.to(device), mean_d, std_d)
+            model.eval()
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t
+            model.train()
+            return dt / nb
+
+        budget_left = cfg.time_budget - (time.time() - t0)
+        plan = plan_steps(cfg, model, probe_batch, eval_probe, spe, len(test), budget_left, bs, device)
+        total_steps = plan["total_steps"]
+        emit("plan", plan)
+    else:
+        total_steps = max(1, math.ceil(cfg.epochs * spe))
+    n_epochs = math.ceil(total_steps / spe)
+
+    if state is None:
+        _write_json({"config": cfg.to_dict(), "classes": classes, "mean": list(data.mean), "std": list(data.std),
+                     "input_size": data.input_size, "total_steps": total_steps, "steps_per_epoch": spe,
+                     "batch_size": bs, "train_images": n_train, "test_images": len(test), "plan": plan,
+                     "data_source": data.source}, run_dir / "config.json")
+    write_metrics(history, run_dir / "metrics.csv")  # drops rows after the checkpoint's epoch
+
+    sum_loss = cfg.optimizer == "sgd-sum"
+    whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
+    freeze_step = int(cfg.whiten_bias_fraction * total_steps)
+    t_start = time.time()
+    model.train()
+    emit("start", {"epochs": n_epochs, "total_steps": total_steps, "steps_per_epoch": spe, "start_epoch": start_epoch,
+                   "step": step, "device": str(device), "config": cfg.to_dict()})
+
+    for epoch in range(start_epoch, n_epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n_train, generator=gen)
+        steps_now = min(spe, total_steps - step)
+        emit("epoch_start", {"epoch": epoch + 1, "steps": steps_now})
+        loss_acc = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        lr_now = 0.0
+        for b in range(steps_now):
+            if whiten_bias is not None:
+                whiten_bias.requires_grad_(step < freeze_step)
+            x, y = get_batch(perm[b * bs : (b + 1) * bs], gen)
+            if y.shape[0] == 0:
+                continue
+            factor = lr_factor(step, total_steps, spe, cfg.schedule, cfg.milestones or (), cfg.gamma)
+            for g in optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+            lr_now = cfg.lr * factor
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = train_model(x).float()
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing,
+                                   reduction="sum" if sum_loss else "mean")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            with torch.no_grad():
+                loss_acc += F.cross_entropy(logits.detach(), y, reduction="sum").double()
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += y.shape[0]
+            if lookahead is not None:
+                if step % LOOKAHEAD_EVERY == 0:
+                    lookahead.update(model, decay=0.95**5 * (step / total_steps) ** 3)
+                if step == total_steps:
+                    lookahead.update(model, decay=1.0)  # end on the averaged weights
+            emit("step", {"epoch": epoch + 1, "batch": b + 1, "steps": steps_now})
+
+        ev = evaluate(model, test, mean_d, std_d, device, tta=0, batch_size=cfg.eval_batch_size,
+                      num_classes=k, images_on_device=test_images)
+        seconds = elapsed_before + (time.time() - t_start)
+        row = {"epoch": epoch + 1, "step": step, "lr": lr_now, "train_loss": float(loss_acc) / max(1, seen),
+               "train_acc": int(correct) / max(1, seen), "test_loss": ev["loss"], "test_acc": ev["acc"],
+               "seconds": round(seconds, 2)}
+        history.append(row)
+        write_metrics(history, run_dir / "metrics.csv")
+        meta = {**meta, "epoch": epoch + 1, "test_acc": ev["acc"], "config": cfg.to_dict()}
+        ckpt = {"meta": meta, "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": {"kind": cfg.schedule, "step": step, "total_steps": total_steps, "steps_per_epoch": spe},
+                "lookahead": lookahead.avg if lookahead is not None else None,
+                "rng": {"torch": torch.get_rng_state()}, "history": history,
+                "best_test_acc": max(best_acc, ev["acc"]), "elapsed": seconds, "config": cfg.to_dict(), "plan": plan}
+        if device.type == "cuda":
+            ckpt["rng"]["cuda"] = torch.cuda.get_rng_state()
+        save_checkpoint(ckpt, run_dir / "last.pt")
+        if ev["acc"] > best_acc:
+            best_acc = ev["acc"]
+            save_checkpoint({"meta": meta, "model_state": model.state_dict()}, run_dir / "best.pt")
+        plots.plot_curves(history, run_dir / "curves.png")
+        emit("epoch", row)
+
+    final = evaluate(model, test, mean_d, std_d, device, tta=cfg.tta, batch_size=cfg.eval_batch_size,
+                     num_classes=k, images_on_device=test_images)
+    plots.plot_confusion(final["confusion"], classes, run_dir / "confusion.png",
+                         title=f"Confusion matrix (test, accuracy {100 * final['acc']:.2f}%)")
+    seconds = elapsed_before + (time.time() - t_start)
+    result = {
+        "run_dir": str(run_dir), "model": cfg.model, "device": str(device),
+        "test_acc": final["acc"], "test_loss": final["loss"], "tta": cfg.tta,
+        "last_epoch_test_acc": history[-1]["test_acc"] if history else None,
+        "best_test_acc": max([best_acc, final["acc"]]),
+        "epochs": len(history), "steps": step, "seconds": round(seconds, 2),
+        "wall_seconds": round(time.time() - t0, 2),
+        "trend": [round(r["test_acc"], 4) for r in history],
+        "per_class": dict(zip(classes, [round(a, 4) for a in final["per_class"]])),
+        "confusion": final["confusion"], "classes": classes,
+        "skipped": list(data.skipped), "time_budget": cfg.time_budget, "plan": plan,
+    }
+    _write_json(result, run_dir / "result.json")
+    return result
