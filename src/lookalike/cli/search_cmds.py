@@ -1,1 +1,215 @@
-"""Commands added by this module."""
+"""`lookalike index`, `search`, `compare`, `dupes` and `demo`: search images by content."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import app
+from ._common import console, out, print_json, warn
+
+MODEL_HELP = "Backbone: a registered name (see `lookalike models`) or a checkpoint file from `lookalike train`."
+
+
+def _open_index(index: Optional[Path]):
+    from ..errors import LookalikeError
+    from ..search.index import ImageIndex
+
+    try:
+        return ImageIndex.open(index or Path.cwd(), readonly=True)
+    except LookalikeError:
+        if index is None:
+            raise LookalikeError("no index in the current folder: pass --index PATH (an index, or a folder "
+                                 "indexed with `lookalike index FOLDER`)") from None
+        raise
+
+
+def _fmt_dist(x: float) -> str:
+    return f"{x:.4f}"
+
+
+@app.command("index")
+def index_command(
+    folder: Path = typer.Argument(..., help="Folder of images, walked recursively."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder [default: FOLDER/.lookalike, or under $LOOKALIKE_HOME]."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: the index's, else efficientnet_lite0]"),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="Global pooling of the feature map: avg or gem [default: avg]."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file for the backbone (offline use of resnet50 etc.)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Start the index over (another backbone, or a damaged index)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    runtime: str = typer.Option("auto", "--runtime", help="Inference runtime: auto (ONNX Runtime on CPU when installed), torch or onnx."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass (also the commit unit)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Index the images under FOLDER (only new or changed files are read again; safe to interrupt and rerun)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..search.sync import index_folder
+
+    with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("index", total=None, rate="")
+
+        def progress(done: int, total: int) -> None:
+            elapsed = bar.tasks[0].elapsed or 0.0
+            rate = f"{done / elapsed:.1f} img/s" if done and elapsed else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        summary = index_folder(folder, index, model=model, pooling=pooling, weights=str(weights) if weights else None,
+                               rebuild=rebuild, device=device, runtime=runtime, batch_size=batch_size,
+                               progress=progress)
+    if json_out:
+        print_json(summary)
+        return
+    for item in summary["skipped"]:
+        warn(f"skipped {item['path']}: {item['reason']}")
+    out.print(f"{summary['indexed']} images indexed in {summary['index_path']}: {summary['added']} added, "
+              f"{summary['updated']} updated, {summary['renamed']} renamed, {summary['removed']} removed, "
+              f"{summary['unchanged']} unchanged, {len(summary['skipped'])} skipped", highlight=False, soft_wrap=True)
+
+
+@app.command("search")
+def search_command(
+    queries: List[Path] = typer.Argument(..., help="Query images (inside the index or not)."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder, or a folder indexed with `lookalike index` [default: the current folder]."),
+    k: int = typer.Option(5, "-k", "--top", min=1, help="Results per query."),
+    include_self: bool = typer.Option(False, "--include-self", help="Keep an indexed query among its own results."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+) -> None:
+    """Rank the indexed images by distance to each QUERY (Euclidean distance of L2-normalised features)."""
+    import numpy as np
+
+    from ..errors import LookalikeError
+    from ..images import load_image
+    from ..search.features import embedder_for_index
+    from ..search.query import search
+
+    with _open_index(index) as ix:
+        vectors, excludes, embedder = [], [], None
+        for q in queries:
+            image_id = ix.id_of(q)
+            if image_id is not None and Path(q).is_file():
+                vectors.append(ix.vector_of(image_id))  # indexed already: reuse its vector
+                excludes.append(None if include_self else [image_id])
+                continue
+            if not Path(q).is_file():
+                raise LookalikeError(f"query {q}: no such file")
+            if embedder is None:
+                embedder = embedder_for_index(ix, device=device)
+            img = load_image(q, min_size=embedder.min_decode_size)
+            vectors.append(embedder.embed_images([img])[0])
+            excludes.append(None)
+        results = search(ix, np.stack(vectors), k=k, exclude_ids=excludes)
+    if json_out:
+        print_json([{"query": str(q), "results": [{key: h[key] for key in ("rank", "path", "distance", "similarity")}
+                                                  for h in hits]} for q, hits in zip(queries, results)])
+        return
+    from rich.table import Table
+
+    for q, hits in zip(queries, results):
+        table = Table("rank", "path", "distance", "similarity", title=str(q), title_justify="left")
+        for h in hits:
+            table.add_row(str(h["rank"]), h["path"], _fmt_dist(h["distance"]), f"{h['similarity']:.4f}")
+        out.print(table)
+
+
+@app.command("compare")
+def compare_command(
+    images: List[Path] = typer.Argument(..., help="Two or more images."),
+    model: str = typer.Option("efficientnet_lite0", "--model", help=MODEL_HELP),
+    pooling: str = typer.Option("avg", "--pooling", help="avg or gem."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file for the backbone."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+) -> None:
+    """Print the pairwise distance table of the images (Euclidean distance of L2-normalised features)."""
+    from ..errors import LookalikeError
+    from ..search.features import load_embedder
+    from ..search.query import compare
+
+    if len(images) < 2:
+        raise LookalikeError("compare needs at least two images")
+    embedder = load_embedder(model, device=device, pooling=pooling, weights=str(weights) if weights else None)
+    vectors, skipped = embedder.embed_paths([str(p) for p in images])
+    bad = {s["path"] for s in skipped}
+    for s in skipped:
+        warn(f"skipped {s['path']}: {s['reason']}")
+    paths = [str(p) for p in images if str(p) not in bad]
+    if len(paths) < 2:
+        raise LookalikeError("fewer than two readable images to compare")
+    dist, sim = compare(vectors)
+    write = sys.stdout.write
+    # Streamed row by row: 2,000 images make 4 million numbers, never one big string in memory.
+    if json_out:
+        write('{\n  "paths": ' + _json_list(paths) + ',\n')
+        for key, mat in (("distance", dist), ("similarity", sim)):
+            write(f'  "{key}": [\n')
+            for i, row in enumerate(mat):
+                write("    [" + ", ".join(f"{x:.6f}" for x in row) + ("]\n" if i == len(mat) - 1 else "],\n"))
+            write("  ]" + (",\n" if key == "distance" else "\n"))
+        write("}\n")
+        return
+    for i, p in enumerate(paths, start=1):
+        write(f"[{i}] {p}\n")
+    width = max(6, len(str(len(paths))) + 2)
+    write(" " * width + "".join(f"{f'[{j}]':>{width + 2}}" for j in range(1, len(paths) + 1)) + "\n")
+    for i, row in enumerate(dist, start=1):
+        write(f"{f'[{i}]':<{width}}" + "".join(f"{x:>{width + 2}.4f}" for x in row) + "\n")
+    sys.stdout.flush()
+
+
+def _json_list(items: list) -> str:
+    import json
+
+    return json.dumps(items)
+
+
+@app.command("dupes")
+def dupes_command(
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder, or a folder indexed with `lookalike index` [default: the current folder]."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=2.0, help="Largest distance between near-duplicates [default: 0.6]."),
+    k: int = typer.Option(10, "-k", min=1, help="Neighbours per image in the kNN graph."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+) -> None:
+    """Group near-duplicate images (k-nearest-neighbour graph + connected components, never an N x N matrix)."""
+    from ..search.query import DEFAULT_DUPE_THRESHOLD, find_duplicates
+
+    with _open_index(index) as ix:
+        groups = find_duplicates(ix, DEFAULT_DUPE_THRESHOLD if threshold is None else threshold, k=k)
+        named = [[str(ix.path_of(i)) for i in g] for g in groups]
+    if json_out:
+        print_json({"groups": named})
+        return
+    if not named:
+        out.print("no near-duplicates found")
+        return
+    for n, group in enumerate(named, start=1):
+        out.print(f"group {n} ({len(group)} images)", highlight=False)
+        for p in group:
+            out.print(f"  {p}", highlight=False)
+
+
+@app.command("demo")
+def demo_command(
+    out_dir: Path = typer.Option(Path("lookalike-demo"), "--out", help="Folder for the gallery, its index and report.html."),
+    model: str = typer.Option("efficientnet_lite0", "--model", help=MODEL_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
+) -> None:
+    """Build a gallery of real photos (shipped with scikit-image) and edited copies, index it, search with every
+    copy, print precision@1 and @5, and write report.html."""
+    from ..search.demo import run_demo
+
+    with console.status("building the gallery, indexing and searching..."):
+        result = run_demo(out_dir, model=model)
+    if json_out:
+        print_json(result)
+        return
+    out.print(f"gallery: {result['originals']} photos + {result['queries']} edited copies in {result['gallery']}",
+              highlight=False)
+    out.print(f"precision@1 = {result['precision_at_1']:.3f}   precision@5 = {result['precision_at_5']:.3f}   "
+              f"({result['model']}, {result['seconds']:.1f} s)", highlight=False)
+    out.print(f"report: {result['report']}", highlight=False)

@@ -14,10 +14,11 @@ import numpy as np
 if TYPE_CHECKING:
     from .index import ImageIndex
 
-# Distance under which two images count as near-duplicates. Calibrated on the demo gallery with the default
-# backbone: edited copies (crop, rotation, rescale, JPEG, colour shift) of a photo sit below it, different
-# photos above it (see `lookalike demo`, which prints both distributions).
-DEFAULT_DUPE_THRESHOLD: float = 0.5
+# Distance under which two images count as near-duplicates. Calibrated on the `lookalike demo` gallery with
+# EfficientNet-Lite0 + average pooling: the closest two different photos sit at 0.82, while the median edited
+# copy (crop, rotation, rescale, JPEG q15, colour shift) sits at 0.46 from its original; 0.6 keeps a margin
+# below the former and groups 92 of the 114 gallery images, with no group mixing two photos.
+DEFAULT_DUPE_THRESHOLD: float = 0.6
 
 # Rows per block in the kNN pass: block x N float32 similarities stay under ~64 MB.
 _BLOCK_BYTES = 64 * 2**20

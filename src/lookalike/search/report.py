@@ -1,0 +1,116 @@
+"""A self-contained HTML report of search results: each query beside its top-k thumbnails with distances, and a
+distance-matrix heat map. Thumbnails are inlined as base64 JPEG and the heat map as a base64 PNG, so the file
+can be mailed or opened anywhere."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+THUMB = 112  # thumbnail side, pixels
+
+
+def thumbnail_data_uri(path, size: int = THUMB) -> str:
+    from ..images import load_image
+
+    try:
+        img = load_image(path, min_size=size)
+    except Exception:  # a file gone since indexing: an empty cell, not a failed report
+        return ""
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def heatmap_data_uri(dist: np.ndarray, labels: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    side = min(14.0, max(5.0, 0.09 * n + 3))
+    fig, ax = plt.subplots(figsize=(side, side * 0.9), dpi=100)
+    im = ax.imshow(dist, cmap="viridis_r", vmin=0.0, vmax=float(max(1.0, dist.max())))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="distance (L2 of unit vectors)")
+    if n <= 150:
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        fs = max(3, min(8, int(400 / max(n, 1))))
+        ax.set_xticklabels(labels, rotation=90, fontsize=fs)
+        ax.set_yticklabels(labels, fontsize=fs)
+    ax.set_title("pairwise distances")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table.q{border-collapse:collapse;margin-bottom:1.5em}
+table.q td{padding:4px;text-align:center;vertical-align:top;font-size:12px}
+td.query{background:#eef}
+img.t{width:%dpx;height:%dpx;object-fit:contain;background:#f4f4f4;border:3px solid transparent}
+img.ok{border-color:#2a2}
+img.no{border-color:#c33}
+.figs td{padding:2px 12px}
+""" % (THUMB, THUMB)
+
+
+def _label(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return Path(path).name
+
+
+def write_report(path, rows: list[dict], dist: np.ndarray, labels: list[str], root: Path, figures: dict) -> Path:
+    """rows: [{"query", "results": [{"rank", "path", "distance", "relevant"?}]}]; dist: matrix over `labels`."""
+    path = Path(path)
+    root = Path(root)
+    cache: dict[str, str] = {}
+
+    def thumb(p: str) -> str:
+        if p not in cache:
+            cache[p] = thumbnail_data_uri(p)
+        return cache[p]
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Lookalike search report</title>",
+             f"<style>{_CSS}</style></head><body><h1>Lookalike search report</h1>"]
+    keys = [k for k in ("model", "originals", "queries", "precision_at_1", "precision_at_5",
+                        "same_photo_distance_max", "different_photo_distance_min") if k in figures]
+    if keys:
+        parts.append("<table class='figs'>")
+        for k in keys:
+            v = figures[k]
+            parts.append(f"<tr><td>{html.escape(k.replace('_', ' '))}</td>"
+                         f"<td>{v:.3f}</td></tr>" if isinstance(v, float) else
+                         f"<tr><td>{html.escape(k.replace('_', ' '))}</td><td>{html.escape(str(v))}</td></tr>")
+        parts.append("</table>")
+    parts.append("<p>Each row: the query (left, blue) and its nearest images with their distance. "
+                 "Green frame: from the same photo; red: another photo.</p>")
+    for row in rows:
+        q = row["query"]
+        parts.append("<table class='q'><tr>")
+        parts.append(f"<td class='query'><img class='t' src='{thumb(q)}' alt=''><br>"
+                     f"{html.escape(_label(q, root))}</td>")
+        for hit in row["results"]:
+            rel = hit.get("relevant")
+            cls = "ok" if rel else ("no" if rel is not None else "")
+            parts.append(f"<td><img class='t {cls}' src='{thumb(hit['path'])}' alt=''><br>"
+                         f"#{hit['rank']} {html.escape(_label(hit['path'], root))}<br>d = {hit['distance']:.3f}</td>")
+        parts.append("</tr></table>")
+    parts.append("<h2>Distance matrix</h2>")
+    parts.append(f"<img src='{heatmap_data_uri(dist, [_label(p, root) for p in labels])}' alt='distance heat map'>")
+    parts.append("</body></html>")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    tmp.replace(path)
+    return path
