@@ -38,24 +38,10 @@ def _check_port(host: str, port: int) -> None:
             raise LookalikeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def resolve_index(index: Optional[Path]) -> Path:
-    """`--index` may name the index itself or the image folder it was built for; default: this folder's."""
-    from ..search.index import default_index_path
-
-    if index is None:
-        return default_index_path(Path.cwd())
-    index = index.expanduser()
-    if index.is_dir() and not (index / "manifest.json").exists():
-        candidate = default_index_path(index)
-        if Path(candidate).exists():
-            return Path(candidate)
-    return index
-
-
 @app.command()
 def serve(
     index: Optional[Path] = typer.Option(
-        None, "--index", "-i", help="Index folder, or the image folder it was built for. Default: this folder's."
+        None, "--index", "-i", help="Index folder, or the image folder it was built for. Default: the current folder."
     ),
     host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback exposes your images."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
@@ -67,7 +53,7 @@ def serve(
 
     from ..web.app import create_app
 
-    index_path = resolve_index(index)
+    index_path = index.expanduser() if index is not None else Path.cwd()  # the index accepts its image folder too
     if not _is_loopback(host):
         warn(f"listening on {host}: anyone who can reach this machine can search and view the indexed images")
     _check_port(host, port)

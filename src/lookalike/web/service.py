@@ -69,7 +69,7 @@ class SearchService:
             self.embedder = embedder
             self.index_path = Path(index_path)
             self._ids = self.index.ids()
-            self._known = {int(i) for i in self._ids}
+            self._row = {int(i): n for n, i in enumerate(self._ids)}  # id -> row of vectors()
             self._embed_lock = threading.Lock()
             self._dupes: OrderedDict[tuple[float, int], list[list[int]]] = OrderedDict()
             self._dupes_lock = threading.Lock()
@@ -90,10 +90,10 @@ class SearchService:
         return facts
 
     def has_id(self, image_id: int) -> bool:
-        return image_id in self._known
+        return image_id in self._row
 
     def path_of(self, image_id: int) -> Path:
-        if image_id not in self._known:
+        if image_id not in self._row:
             raise KeyError(image_id)
         return Path(self.index.path_of(image_id))
 
@@ -114,9 +114,7 @@ class SearchService:
     def search_id(self, image_id: int, k: int, include_self: bool = False) -> dict:
         from ..search.query import search
 
-        if image_id not in self._known:
-            raise KeyError(image_id)
-        row = int((self._ids == image_id).nonzero()[0][0])
+        row = self._row[image_id]  # KeyError if unknown
         vector = self.index.vectors()[row : row + 1]
         exclude = None if include_self else [image_id]
         results = search(self.index, vector, k=_clamp_k(k, len(self._ids)), exclude_ids=exclude)[0]
@@ -140,7 +138,7 @@ class SearchService:
             if image_id is None:
                 rows.append(next(fresh))
             else:
-                rows.append(vectors[int((self._ids == image_id).nonzero()[0][0])])
+                rows.append(vectors[self._row[image_id]])
         distance, similarity = compare(np.stack(rows).astype(np.float32))
         return {
             "paths": [name for name, _, _ in items],

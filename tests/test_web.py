@@ -1,0 +1,415 @@
+"""The REST API and page through FastAPI's TestClient, over a real index of real photos and the real model."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from lookalike.errors import LookalikeError
+from web_fixtures import crop, family, gallery, jpeg_bytes, make_app, photo, snapshot  # noqa: F401
+
+STATIC = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "web" / "static"
+
+
+@pytest.fixture(scope="module")
+def app(gallery, tmp_path_factory):
+    return make_app(gallery, tmp_path_factory.mktemp("web_app"))
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def index_before(gallery, client):
+    """The index folder as it was before this module's first request (the app has opened it)."""
+    return snapshot(gallery["index"])
+
+
+def _files(name: str, data: bytes, mime: str = "image/jpeg") -> dict:
+    return {"image": (name, data, mime)}
+
+
+def _ids_by_name(client) -> dict:
+    """Gallery file name -> id, read through the API itself (search everything from one image)."""
+    stats = client.get("/api/stats").json()
+    out = client.post("/api/search", files=_files("q.jpg", jpeg_bytes(photo("coffee"))), data={"k": stats["count"]})
+    return {Path(r["path"]).name: r["id"] for r in out.json()["results"]}
+
+
+def test_index_was_built_from_the_gallery(gallery):
+    summary = gallery["summary"]
+    assert summary["indexed"] == len(gallery["files"]) and summary["skipped"] == []
+
+
+def test_stats_give_the_index_facts(client, gallery, index_before):
+    r = client.get("/api/stats")
+    assert r.status_code == 200
+    s = r.json()
+    assert s["count"] == len(gallery["files"])
+    assert s["model"] == "efficientnet_lite0"
+    assert s["dim"] == 1280 and s["pooling"] in {"avg", "gem"}
+    assert s["updated_at"] and s["max_upload_bytes"] == 20_000_000
+    assert 0 < s["dupe_threshold"] < 2
+
+
+def test_search_by_upload_finds_the_right_photo(client):
+    # A fresh edit that is not in the index: a tighter crop of the cat, re-encoded.
+    query = jpeg_bytes(crop(photo("chelsea"), 0.7), quality=70)
+    r = client.post("/api/search", files=_files("my cat.jpg", query), data={"k": "6"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["query"] == "my cat.jpg" and body["query_id"] is None
+    results = body["results"]
+    assert [x["rank"] for x in results] == [1, 2, 3, 4, 5, 6]
+    assert set(results[0]) == {"rank", "id", "path", "distance", "similarity"}
+    # The four cat images (original, crop, JPEG, tint) come first.
+    assert [family(x["path"]) for x in results[:4]] == ["chelsea"] * 4
+    distances = [x["distance"] for x in results]
+    assert distances == sorted(distances)
+    for x in results:
+        assert math.isclose(x["distance"], math.sqrt(max(0.0, 2 - 2 * x["similarity"])), abs_tol=1e-4)
+        assert Path(x["path"]).is_absolute()
+
+
+def test_every_photo_family_finds_itself(client):
+    for name in ("astronaut", "coffee", "rocket", "motorcycle"):
+        query = jpeg_bytes(crop(photo(name), 0.75).rotate(8, expand=False), quality=75)
+        r = client.post("/api/search", files=_files(f"{name}.jpg", query), data={"k": 1})
+        assert family(r.json()["results"][0]["path"]) == name
+
+
+def test_search_defaults_to_five_results_and_clamps_to_the_index(client, gallery):
+    r = client.post("/api/search", files=_files("q.jpg", jpeg_bytes(photo("rocket"))))
+    assert len(r.json()["results"]) == 5
+    r = client.post("/api/search", files=_files("q.jpg", jpeg_bytes(photo("rocket"))), data={"k": 100})
+    assert len(r.json()["results"]) == len(gallery["files"])
+
+
+def test_search_from_an_indexed_image(client):
+    ids = _ids_by_name(client)
+    cat = ids["chelsea.png"]
+    r = client.get("/api/search", params={"id": cat, "k": 3})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["query_id"] == cat and body["query"].endswith("chelsea.png")
+    assert cat not in [x["id"] for x in body["results"]]  # the query itself is left out by default
+    assert [family(x["path"]) for x in body["results"]] == ["chelsea"] * 3
+
+    with_self = client.get("/api/search", params={"id": cat, "k": 2, "include_self": "true"}).json()["results"]
+    assert with_self[0]["id"] == cat and with_self[0]["distance"] < 1e-3
+
+
+def test_search_with_an_unknown_or_malformed_id(client):
+    assert client.get("/api/search", params={"id": 987654}).status_code == 404
+    assert "no image with id 987654" in client.get("/api/search", params={"id": 987654}).json()["detail"]
+    assert client.get("/api/search", params={"id": "../etc/passwd"}).status_code == 422
+    assert client.get("/api/search").status_code == 422
+    assert client.get("/api/search", params={"id": 1, "k": 0}).status_code == 422
+    assert client.get("/api/search", params={"id": 1, "k": 101}).status_code == 422
+
+
+def _png_head() -> bytes:
+    """A real PNG cut just after its header: a known format whose pixels cannot be decoded."""
+    buf = io.BytesIO()
+    photo("coins").save(buf, format="PNG")
+    return buf.getvalue()[:120]
+
+
+@pytest.mark.parametrize(
+    "name, data, mime, status, message",
+    [
+        ("notes.txt", b"this is plain text, not a picture", "text/plain", 415, "notes.txt: not an image"),
+        ("cut.png", _png_head(), "image/png", 422, "cut.png: corrupt or truncated"),
+        ("empty.png", b"", "image/png", 415, "empty"),
+        ("script.html", b"<script>alert(1)</script>", "text/html", 415, "not an image"),
+    ],
+)
+def test_bad_uploads_get_a_clear_message(client, name, data, mime, status, message):
+    r = client.post("/api/search", files=_files(name, data, mime))
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+
+
+def test_truncated_jpeg_is_unprocessable(client):
+    data = jpeg_bytes(photo("coffee"))
+    r = client.post("/api/search", files=_files("cut.jpg", data[: len(data) // 3]))
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("cut.jpg: corrupt or truncated")
+
+
+def test_upload_name_never_leaks_a_path(client):
+    r = client.post("/api/search", files=_files("../../etc/passwd", jpeg_bytes(photo("coins"))))
+    assert r.status_code == 200 and r.json()["query"] == "passwd"
+
+
+def test_missing_image_field(client):
+    assert client.post("/api/search", data={"k": 3}).status_code == 422
+    assert client.post("/api/search", json={"k": 3}).status_code == 422
+
+
+def test_compare_ids_and_uploads(client):
+    ids = _ids_by_name(client)
+    upload = jpeg_bytes(crop(photo("rocket"), 0.8))
+    r = client.post(
+        "/api/compare",
+        data={"ids": [ids["rocket.png"], ids["coffee.png"]]},
+        files=[("images", ("rocket crop.jpg", upload, "image/jpeg"))],
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["paths"][0].endswith("rocket.png") and body["paths"][2] == "rocket crop.jpg"
+    assert body["ids"] == [ids["rocket.png"], ids["coffee.png"], None]
+    d, s = body["distance"], body["similarity"]
+    assert len(d) == 3 and all(len(row) == 3 for row in d)
+    for i in range(3):
+        assert abs(d[i][i]) < 1e-3 and abs(s[i][i] - 1) < 1e-3
+        for j in range(3):
+            assert math.isclose(d[i][j], d[j][i], abs_tol=1e-5)
+    assert d[0][2] < d[0][1] and d[0][2] < d[1][2]  # the crop is nearer its original than the coffee
+
+
+def test_compare_needs_two_to_fifty_known_images(client):
+    assert client.post("/api/compare", data={"ids": [1]}).status_code == 422
+    assert "at least two" in client.post("/api/compare", data={"ids": [1]}).json()["detail"]
+    assert client.post("/api/compare").status_code == 422
+    r = client.post("/api/compare", data={"ids": [1, 999999]})
+    assert r.status_code == 404 and "999999" in r.json()["detail"]
+    many = client.post("/api/compare", data={"ids": list(range(1, 52))})
+    assert many.status_code == 422 and "at most 50" in many.json()["detail"]
+    bad = client.post(
+        "/api/compare",
+        files=[("images", ("a.jpg", jpeg_bytes(photo("coins")), "image/jpeg")), ("images", ("b.txt", b"hello", "text/plain"))],
+    )
+    assert bad.status_code == 415 and "b.txt" in bad.json()["detail"]
+
+
+def test_duplicate_groups(client):
+    r = client.get("/api/dupes")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["groups"]) == len(body["group_ids"])
+    # The JPEG re-save of each photo is a near-duplicate of it: they share a group.
+    for paths in body["groups"]:
+        assert len(paths) >= 2 and len({family(p) for p in paths}) == 1
+    grouped = {Path(p).name for g in body["groups"] for p in g}
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        assert {f"{name}.png", f"{name}-jpeg.jpg"} <= grouped
+    ids = _ids_by_name(client)
+    for paths, group_ids in zip(body["groups"], body["group_ids"]):
+        assert [ids[Path(p).name] for p in paths] == group_ids
+
+    assert client.get("/api/dupes", params={"threshold": 0.0}).json()["groups"] == []
+    loose = client.get("/api/dupes", params={"threshold": 2.0, "k": 50}).json()
+    assert sum(len(g) for g in loose["groups"]) == len(ids)  # everything is within distance 2 of everything
+    assert client.get("/api/dupes", params={"threshold": -1}).status_code == 422
+
+
+def test_thumbnails_are_served_by_id_and_cached(client, app, gallery):
+    ids = _ids_by_name(client)
+    thumbs = app.state.thumbnails
+    r = client.get(f"/api/images/{ids['astronaut.png']}/thumbnail", params={"size": 96})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.format == "JPEG" and max(img.size) == 96
+    misses = thumbs.misses
+    again = client.get(f"/api/images/{ids['astronaut.png']}/thumbnail", params={"size": 96})
+    assert again.content == r.content and thumbs.misses == misses  # from the cache
+    etag = r.headers["etag"]
+    assert client.get(
+        f"/api/images/{ids['astronaut.png']}/thumbnail", params={"size": 96}, headers={"If-None-Match": etag}
+    ).status_code == 304
+    # The disk cache is where the app was told, never in the index or photo folders.
+    assert list(thumbs.cache_dir.rglob("*.jpg"))
+    assert not list(gallery["index"].rglob("*.jpg")) and not (gallery["folder"] / "thumbs").exists()
+
+
+def test_thumbnail_errors(client):
+    assert client.get("/api/images/999999/thumbnail").status_code == 404
+    assert client.get("/api/images/abc/thumbnail").status_code == 422
+    assert client.get("/api/images/1/thumbnail", params={"size": 5000}).status_code == 422
+    for probe in ("/api/images/..%2F..%2Fetc%2Fpasswd/thumbnail", "/api/images/../../etc/passwd",
+                  "/static/..%2F..%2F..%2Fetc%2Fpasswd", "/static/../app.py"):
+        r = client.get(probe)
+        assert r.status_code in (404, 422), probe
+        assert b"root:" not in r.content and b"create_app" not in r.content
+
+
+def test_upload_limit_by_content_length(gallery, tmp_path):
+    app = make_app(gallery, tmp_path, max_upload_bytes=50_000)
+    with TestClient(app) as c:
+        big = jpeg_bytes(photo("astronaut").resize((900, 900)), quality=95)
+        assert len(big) > 50_000
+        r = c.post("/api/search", files=_files("big.jpg", big))
+        assert r.status_code == 413 and "limit is 0.05 MB" in r.json()["detail"]
+        small = jpeg_bytes(photo("astronaut"), quality=60)
+        assert len(small) < 40_000 and c.post("/api/search", files=_files("s.jpg", small)).status_code == 200
+        assert c.get("/api/stats").json()["max_upload_bytes"] == 50_000
+
+
+def test_upload_limit_while_streaming_without_content_length(gallery, tmp_path):
+    """A chunked upload (no Content-Length) is cut off once past the limit: the rest of it is never read.
+
+    Driven as raw ASGI through the whole app (FastAPI's multipart parser included), because the test client
+    reads a streamed request body whole before handing it over.
+    """
+    import asyncio
+
+    app = make_app(gallery, tmp_path, max_upload_bytes=50_000)
+    boundary = "lookalike-test-boundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.bmp"\r\n'
+            "Content-Type: image/bmp\r\n\r\n").encode()
+    chunks = [head] + [b"\0" * 10_000] * 200  # 2 MB if it were all read
+    handed = 0
+    sent = []
+
+    async def receive():
+        nonlocal handed
+        handed += 1
+        return {"type": "http.request", "body": chunks[handed - 1], "more_body": handed < len(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/api/search", "raw_path": b"/api/search", "root_path": "", "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"content-type", f"multipart/form-data; boundary={boundary}".encode())],
+        "client": ("127.0.0.1", 1234), "server": ("testserver", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert b"upload too large" in b"".join(m.get("body", b"") for m in sent[1:])
+    assert handed <= 7  # the 50 kB limit is passed in the 6th chunk; nothing after it is read
+
+
+def test_live_server_answers_413_before_a_chunked_upload_ends(gallery, tmp_path):
+    """Over a real socket: the 413 arrives while the client has sent only part of its chunked body."""
+    import select
+    import socket
+
+    from web_fixtures import LiveServer
+
+    app = make_app(gallery, tmp_path, max_upload_bytes=50_000)
+    with LiveServer(app) as server, socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        boundary = "b0undary"
+        sock.sendall(
+            (f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+             f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+        )
+        part = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.bmp"\r\n\r\n').encode()
+        sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        sent = 0
+        while sent < 40 and not select.select([sock], [], [], 0.25)[0]:  # a body that would go on for 400 kB
+            sock.sendall(b"%x\r\n%s\r\n" % (10_000, b"\0" * 10_000))
+            sent += 1
+        answer = b""
+        while b"upload too large" not in answer:
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+        answer = answer.decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert sent <= 7  # answered as soon as the 50 kB limit was passed
+    assert "upload too large" in answer
+
+
+def test_page_and_static_files(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert '<meta name="viewport"' in html and "/static/app.js" in html and "/static/style.css" in html
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    for name, kind in (("app.js", "javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        s = client.get(f"/static/{name}")
+        assert s.status_code == 200 and kind in s.headers["content-type"]
+    assert client.get("/favicon.ico").status_code == 200
+
+
+def test_static_files_load_nothing_from_elsewhere():
+    for path in STATIC.iterdir():
+        text = path.read_text()
+        # No CDN, no remote fonts: every URL the page uses is relative to the server.
+        urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", text) + re.findall(r"url\(([^)]+)\)", text)
+        assert all(u.startswith(("/", "#", "data:")) for u in urls), (path.name, urls)
+        assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, path.name
+
+
+def test_openapi_lists_every_endpoint(client):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    assert set(paths) >= {"/api/search", "/api/compare", "/api/dupes", "/api/images/{image_id}/thumbnail", "/api/stats"}
+    assert set(paths["/api/search"]) == {"get", "post"}
+    assert "multipart/form-data" in paths["/api/search"]["post"]["requestBody"]["content"]
+
+
+def test_concurrent_searches_share_one_model(client):
+    """8 threads at once through the same app: same answers as one at a time, no errors."""
+    queries = {name: jpeg_bytes(crop(photo(name), 0.85)) for name in ("chelsea", "coffee", "rocket", "coins")}
+    expected = {
+        name: client.post("/api/search", files=_files(f"{name}.jpg", q), data={"k": 3}).json()["results"]
+        for name, q in queries.items()
+    }
+
+    def one(i):
+        name = list(queries)[i % len(queries)]
+        r = client.post("/api/search", files=_files(f"{name}.jpg", queries[name]), data={"k": 3})
+        return name, r.status_code, r.json().get("results")
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(32)))
+    for name, status, results in answers:
+        assert status == 200
+        assert [x["id"] for x in results] == [x["id"] for x in expected[name]]
+
+
+def test_the_server_never_writes_to_the_index(client, gallery, index_before):
+    # Runs after the requests above (same module, file order); the index folder is byte-for-byte unchanged.
+    client.get("/api/dupes", params={"threshold": 0.5})
+    client.get("/api/search", params={"id": 1})
+    assert snapshot(gallery["index"]) == index_before
+
+
+def test_missing_index_is_a_user_error(tmp_path, gallery):
+    from lookalike.web.app import create_app
+
+    with pytest.raises(LookalikeError):
+        create_app(tmp_path / "nowhere", embedder=gallery["embedder"])
+
+
+def _cli(*args, cwd=None):
+    code = "from lookalike.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_serve_reports_user_errors_in_one_line(tmp_path):
+    r = _cli("serve", "--index", str(tmp_path / "nowhere"), "--port", "0")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_serve_refuses_a_busy_port(gallery):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = _cli("serve", "--index", str(gallery["index"]), "--port", str(port))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
