@@ -64,7 +64,8 @@ def load_image(source: ImageSource, min_size: int | None = None, max_pixels: int
             fp = open(source, "rb")
         with fp:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                # Pillow warns from 89 MP; the explicit `max_pixels` check below is the limit that applies.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img = Image.open(fp)
                 width, height = img.size
                 if width * height > max_pixels:
