@@ -95,6 +95,8 @@ def test_upload_a_query_and_see_the_result_grid(live, browser, gallery, tmp_path
     page.click("#compare-run")
     expect(page.locator("#compare-table tbody tr")).to_have_count(3)
     expect(page.locator("#compare-table td.self")).to_have_count(3)
+    page.wait_for_function(THUMBS_LOADED, arg="#compare-table img")
+    page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
 
     # Near-duplicate groups.
     page.click("#tab-dupes")

@@ -194,9 +194,10 @@ function renderTray() {
   $("compare-run").disabled = n < 2;
 }
 
-function heat(value, max) {
-  // Closer pairs get a stronger tint; the accent colour keeps it readable in light and dark themes.
-  const t = max > 0 ? 1 - Math.min(value / max, 1) : 1;
+function heat(value) {
+  // Closer pairs get a stronger tint, on a fixed scale (distance 0 to 1.2) so colours mean the same in every
+  // table; the accent colour keeps it readable in light and dark themes.
+  const t = 1 - Math.min(value / 1.2, 1);
   return { background: `color-mix(in srgb, var(--accent) ${Math.round(t * 45)}%, transparent)` };
 }
 
@@ -219,7 +220,6 @@ async function runCompare() {
 }
 
 function renderTable(items, data) {
-  const max = Math.max(...data.distance.flat());
   const head = el("tr", {}, el("th"));
   items.forEach((item, i) => head.append(el("th", { title: data.paths[i] },
     el("img", { src: item.url, alt: item.name }), baseName(data.paths[i]))));
@@ -229,7 +229,7 @@ function renderTable(items, data) {
     const tr = el("tr", {}, el("th", { title: data.paths[i], scope: "row" }, el("img", { src: items[i].url, alt: items[i].name })));
     row.forEach((d, j) => tr.append(el("td", {
       class: i === j ? "self" : "", title: `cosine similarity ${fmt(data.similarity[i][j])}`,
-      style: i === j ? {} : heat(d, max), text: fmt(d) })));
+      style: i === j ? {} : heat(d), text: fmt(d) })));
     body.append(tr);
   });
   table.append(body);
