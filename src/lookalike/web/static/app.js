@@ -74,7 +74,7 @@ async function loadStats() {
 }
 
 // ---------- search ----------
-function resultCard(r, maxDistance) {
+function resultCard(r) {
   const picked = state.compare.some((c) => c.id === r.id);
   const checkbox = el("input", { type: "checkbox" });
   checkbox.checked = picked;
@@ -82,7 +82,8 @@ function resultCard(r, maxDistance) {
     if (checkbox.checked) addToCompare({ id: r.id, name: baseName(r.path), url: thumbUrl(r.id) });
     else removeFromCompare((c) => c.id === r.id);
   });
-  const width = maxDistance > 0 ? Math.max(2, 100 * (1 - r.distance / Math.max(maxDistance, 1.0))) : 100;
+  // Closeness bar on a fixed scale: full at distance 0, empty at 1.4 (unrelated photos sit around 1.2-1.4).
+  const width = Math.max(2, 100 * (1 - r.distance / 1.4));
   return el("li", { class: "card", "data-id": r.id },
     el("button", { class: "thumb", type: "button", title: `Search from ${baseName(r.path)}`,
       onclick: () => { location.hash = `#id=${r.id}`; } },
@@ -99,8 +100,7 @@ function resultCard(r, maxDistance) {
 function showResults(data) {
   const list = $("results");
   list.replaceChildren();
-  const maxDistance = Math.max(0, ...data.results.map((r) => r.distance));
-  for (const r of data.results) list.append(resultCard(r, maxDistance));
+  for (const r of data.results) list.append(resultCard(r));
   const n = data.results.length;
   setStatus($("status"), n ? `${n} most similar image${n === 1 ? "" : "s"} (distance: smaller is more alike)` : "The index is empty.");
 }
