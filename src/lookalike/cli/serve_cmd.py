@@ -58,7 +58,15 @@ def serve(
         warn(f"listening on {host}: anyone who can reach this machine can search and view the indexed images")
     _check_port(host, port)
     with console.status("loading the index and the model…"):
-        web_app = create_app(index_path, device=device, max_upload_bytes=int(max_upload_mb * 1_000_000))
+        try:
+            web_app = create_app(index_path, device=device, max_upload_bytes=int(max_upload_mb * 1_000_000))
+        except LookalikeError:
+            if index is None:
+                raise LookalikeError(
+                    "no index in the current folder: pass --index PATH (an index, or a folder indexed with "
+                    "`lookalike index FOLDER`)"
+                ) from None
+            raise
     facts = web_app.state.service.stats()
     shown = f"[{host}]" if ":" in host else host
     console.print(

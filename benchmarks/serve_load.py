@@ -1,0 +1,217 @@
+"""Load test of `lookalike serve`: N concurrent clients searching for a fixed time, on 127.0.0.1 only.
+
+Builds a gallery of real photos (scikit-image's bundled ones, with random crops, rotations, tints and JPEG
+re-saves) in a temporary folder, indexes it with `lookalike index`, starts the real server (`lookalike serve`,
+uvicorn, separate process), then runs the clients in threads of this process. Half the requests upload a query
+image (`POST /api/search`: decode + forward pass), half search from an indexed image (`GET /api/search?id=`:
+stored vector, one matrix product). Prints p50/p99 latency per kind, requests/s and the error count.
+
+    python benchmarks/serve_load.py                       # 8 clients, 30 s, 200 images
+    python benchmarks/serve_load.py --seconds 10 --images 100
+
+Everything (clients included) shares this machine's cores, so the figures are for the whole box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
+          "coins", "stereo_motorcycle", "retina", "colorwheel", "moon"]
+
+
+def _photo(name: str):
+    import skimage.data
+    from PIL import Image
+
+    arr = getattr(skimage.data, name)()
+    if isinstance(arr, tuple):
+        arr = arr[0]
+    return Image.fromarray(np.asarray(arr)).convert("RGB")
+
+
+def _edit(img, rng: random.Random):
+    from PIL import Image
+
+    w, h = img.size
+    f = rng.uniform(0.6, 0.95)
+    x0, y0 = rng.randint(0, int(w * (1 - f))), rng.randint(0, int(h * (1 - f)))
+    img = img.crop((x0, y0, x0 + int(w * f), y0 + int(h * f))).rotate(rng.uniform(-12, 12))
+    shift = np.array([rng.randint(-25, 25) for _ in range(3)], np.int16)
+    arr = np.clip(np.asarray(img).astype(np.int16) + shift, 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr)
+    side = rng.randint(200, 480)
+    img.thumbnail((side, side))
+    return img
+
+
+def make_gallery(folder: Path, count: int, seed: int = 0) -> list[bytes]:
+    """`count` images under `folder`; returns a few JPEG query uploads that are not in the gallery."""
+    rng = random.Random(seed)
+    originals = [_photo(n) for n in PHOTOS]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        _edit(originals[i % len(originals)], rng).save(folder / f"img{i:05d}.jpg", quality=rng.randint(60, 92))
+    queries = []
+    for img in originals:
+        buf = io.BytesIO()
+        _edit(img, rng).resize((640, 480)).save(buf, format="JPEG", quality=85)  # a typical phone-sized upload
+        queries.append(buf.getvalue())
+    return queries
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def lookalike_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from lookalike.cli import main; main()", *args]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> dict:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with code {proc.returncode}")
+        try:
+            return httpx.get(f"{url}/api/stats", timeout=2, trust_env=False).json()
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit("the server did not come up")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def run_clients(url: str, clients: int, seconds: float, queries: list[bytes], ids: list[int], k: int) -> dict:
+    import httpx
+
+    lat: dict[str, list[float]] = {"upload": [], "by_id": []}
+    errors: list[str] = []
+    lock = threading.Lock()
+    start_gate = threading.Barrier(clients)
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        mine = {"upload": [], "by_id": []}
+        bad = []
+        with httpx.Client(base_url=url, timeout=60, trust_env=False) as http:
+            start_gate.wait()
+            end = time.monotonic() + seconds
+            i = 0
+            while time.monotonic() < end:
+                kind = "upload" if (i + n) % 2 == 0 else "by_id"
+                i += 1
+                t0 = time.perf_counter()
+                try:
+                    if kind == "upload":
+                        r = http.post("/api/search", files={"image": ("q.jpg", rng.choice(queries), "image/jpeg")},
+                                      data={"k": str(k)})
+                    else:
+                        r = http.get("/api/search", params={"id": rng.choice(ids), "k": k})
+                    ok = r.status_code == 200 and len(r.json()["results"]) == min(k, len(ids) - (kind == "by_id"))
+                    if not ok:
+                        bad.append(f"{kind}: {r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    bad.append(f"{kind}: {exc!r}")
+                mine[kind].append(time.perf_counter() - t0)
+        with lock:
+            for key in lat:
+                lat[key] += mine[key]
+            errors.extend(bad)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"latency": lat, "errors": errors, "wall": wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=30.0, help="how long the clients run (default 30)")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    ap.add_argument("--images", type=int, default=200, help="gallery size (default 200)")
+    ap.add_argument("-k", type=int, default=10, help="results per search (default 10)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary gallery and index")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="lookalike-serve-load-"))
+    server = None
+    try:
+        t0 = time.perf_counter()
+        queries = make_gallery(work / "photos", args.images)
+        subprocess.run(lookalike_cmd("index", str(work / "photos"), "--index", str(work / "index"), "--json"),
+                       check=True, stdout=subprocess.DEVNULL)
+        print(f"gallery of {args.images} images generated and indexed in {time.perf_counter() - t0:.1f} s")
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        t0 = time.perf_counter()
+        server = subprocess.Popen(lookalike_cmd("serve", "--index", str(work / "index"), "--host", "127.0.0.1",
+                                                "--port", str(port)),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stats = wait_ready(url, server)
+        print(f"server ready in {time.perf_counter() - t0:.1f} s: {stats['count']} images, {stats['model']}, "
+              f"{os.cpu_count()} CPUs visible")
+
+        import httpx
+
+        ids = [r["id"] for r in httpx.post(f"{url}/api/search", files={"image": ("q.jpg", queries[0], "image/jpeg")},
+                                           data={"k": "100"}, trust_env=False, timeout=60).json()["results"]]
+        run = run_clients(url, args.clients, args.seconds, queries, ids, args.k)
+        lat, errors, wall = run["latency"], run["errors"], run["wall"]
+        total = sum(len(v) for v in lat.values())
+
+        print(f"\n{args.clients} clients for {args.seconds:g} s (wall {wall:.1f} s), k={args.k}")
+        print(f"{'requests':<24}{'count':>7}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}")
+        rows = [("POST /api/search (upload)", lat["upload"]), ("GET /api/search?id=", lat["by_id"]),
+                ("all", lat["upload"] + lat["by_id"])]
+        for name, values in rows:
+            print(f"{name:<24}{len(values):>7}{1000 * percentile(values, 50):>10.1f}"
+                  f"{1000 * percentile(values, 99):>10.1f}{len(values) / wall:>9.1f}")
+        print(f"errors: {len(errors)} of {total} requests")
+        for line in errors[:10]:
+            print("  ", line)
+        if server.poll() is not None:
+            print(f"the server died: {server.stderr.read()[-2000:]}")
+            sys.exit(1)
+        if errors:
+            sys.exit(1)
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
