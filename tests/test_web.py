@@ -413,3 +413,32 @@ def test_serve_refuses_a_busy_port(gallery):
         r = _cli("serve", "--index", str(gallery["index"]), "--port", str(port))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_empty_index_and_vanished_files(gallery, tmp_path):
+    """An index of nothing answers with empty lists; a file deleted after indexing gives 404, not a crash."""
+    import shutil
+
+    from lookalike.search.sync import index_folder
+
+    (tmp_path / "empty").mkdir()
+    index_folder(tmp_path / "empty", tmp_path / "empty-index", embedder=gallery["embedder"])
+    with TestClient(make_app(gallery, tmp_path / "a", index_path_override=tmp_path / "empty-index")) as c:
+        assert c.get("/api/stats").json()["count"] == 0
+        r = c.post("/api/search", files=_files("q.jpg", jpeg_bytes(photo("coins"))))
+        assert r.status_code == 200 and r.json()["results"] == []
+        assert c.get("/api/dupes").json() == {"threshold": c.get("/api/stats").json()["dupe_threshold"],
+                                              "groups": [], "group_ids": []}
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in ("coins.png", "coffee.png", "rocket.png"):
+        shutil.copy(gallery["folder"] / name, few / name)
+    index_folder(few, tmp_path / "few-index", embedder=gallery["embedder"])
+    (few / "coffee.png").unlink()
+    with TestClient(make_app(gallery, tmp_path / "b", index_path_override=tmp_path / "few-index")) as c:
+        hits = c.post("/api/search", files=_files("q.jpg", jpeg_bytes(photo("coins"))), data={"k": 3}).json()["results"]
+        ids = {Path(x["path"]).name: x["id"] for x in hits}
+        gone = c.get(f"/api/images/{ids['coffee.png']}/thumbnail")
+        assert gone.status_code == 404 and "no longer on disk" in gone.json()["detail"]
+        assert c.get(f"/api/images/{ids['rocket.png']}/thumbnail").status_code == 200

@@ -167,10 +167,10 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
-def make_app(g: dict, tmp_path: Path, **kwargs):
-    """An app over the shared index, reusing the loaded model; thumbnails cached under `tmp_path`."""
+def make_app(g: dict, tmp_path: Path, index_path_override: Path | None = None, **kwargs):
+    """An app over the shared index (or another one), reusing the loaded model; thumbnails under `tmp_path`."""
     from lookalike.web.app import create_app
 
     kwargs.setdefault("thumbnail_cache_dir", tmp_path / "thumbs")
-    return create_app(g["index"], embedder=g["embedder"], **kwargs)
+    return create_app(index_path_override or g["index"], embedder=g["embedder"], **kwargs)
 
