@@ -49,18 +49,29 @@ def index_command(
 
     from ..search.sync import index_folder
 
-    with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("index", total=None, rate="")
+    state: dict = {}
 
-        def progress(done: int, total: int) -> None:
-            elapsed = bar.tasks[0].elapsed or 0.0
-            rate = f"{done / elapsed:.1f} img/s" if done and elapsed else ""
-            bar.update(task, completed=done, total=total, rate=rate)
+    def progress(done: int, total: int) -> None:
+        # The bar starts with the first batch, so errors found before it (bad options, a mixed-up index)
+        # print as one clean line.
+        if total == 0:
+            return
+        if "bar" not in state:
+            bar = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                           TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+            bar.start()
+            state["bar"], state["task"] = bar, bar.add_task("index", total=total, rate="")
+        bar, task = state["bar"], state["task"]
+        elapsed = bar.tasks[0].elapsed or 0.0
+        bar.update(task, completed=done, total=total, rate=f"{done / elapsed:.1f} img/s" if done and elapsed else "")
 
+    try:
         summary = index_folder(folder, index, model=model, pooling=pooling, weights=str(weights) if weights else None,
                                rebuild=rebuild, device=device, runtime=runtime, batch_size=batch_size,
                                progress=progress)
+    finally:
+        if "bar" in state:
+            state["bar"].stop()
     if json_out:
         print_json(summary)
         return
@@ -136,11 +147,12 @@ def compare_command(
     embedder = load_embedder(model, device=device, pooling=pooling, weights=str(weights) if weights else None)
     vectors, skipped = embedder.embed_paths([str(p) for p in images])
     bad = {s["path"] for s in skipped}
-    for s in skipped:
-        warn(f"skipped {s['path']}: {s['reason']}")
     paths = [str(p) for p in images if str(p) not in bad]
     if len(paths) < 2:
-        raise LookalikeError("fewer than two readable images to compare")
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped)
+        raise LookalikeError(f"fewer than two readable images to compare ({reasons})")
+    for s in skipped:
+        warn(f"skipped {s['path']}: {s['reason']}")
     dist, sim = compare(vectors)
     write = sys.stdout.write
     # Streamed row by row: 2,000 images make 4 million numbers, never one big string in memory.

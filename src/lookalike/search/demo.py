@@ -82,8 +82,11 @@ def photo_of(path: Path) -> str:
     return stem.rsplit("-", 1)[0] if Path(path).parent.name == "edited" else stem
 
 
-def run_demo(out_dir, model: str = "efficientnet_lite0", photos=PHOTOS, k: int = 5, write_report: bool = True) -> dict:
-    """Build the gallery under `out_dir/gallery`, index it, query with every edited copy, write the report."""
+def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5, write_report: bool = True) -> dict:
+    """Build the gallery under `out_dir/gallery`, index it, query with every edited copy, write the report.
+
+    `photos`: names of `skimage.data` photos [default: PHOTOS]."""
+    photos = tuple(photos or PHOTOS)
     from .index import ImageIndex
     from .query import compare, search
     from .sync import index_folder
