@@ -442,3 +442,41 @@ def test_empty_index_and_vanished_files(gallery, tmp_path):
         gone = c.get(f"/api/images/{ids['coffee.png']}/thumbnail")
         assert gone.status_code == 404 and "no longer on disk" in gone.json()["detail"]
         assert c.get(f"/api/images/{ids['rocket.png']}/thumbnail").status_code == 200
+
+
+def test_serve_command_starts_the_real_server(gallery):
+    """`lookalike serve` end to end: binds 127.0.0.1 by default, answers the page and the API, stops on SIGTERM."""
+    import os
+    import time
+
+    import httpx
+
+    from web_fixtures import free_port
+
+    port = free_port()
+    env = {**os.environ, "LOOKALIKE_HOME": str(gallery["home"])}
+    code = "from lookalike.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--index", str(gallery["index"]), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        stats = None
+        while stats is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                stats = httpx.get(f"http://127.0.0.1:{port}/api/stats", timeout=2, trust_env=False).json()
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert stats is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+        assert stats["count"] == len(gallery["files"])
+        assert httpx.get(f"http://127.0.0.1:{port}/", trust_env=False).status_code == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert f"open http://127.0.0.1:{port}/" in err
+
+
+def test_only_loopback_counts_as_private():
+    from lookalike.cli.serve_cmd import _is_loopback
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5") and not _is_loopback("example.org")

@@ -130,6 +130,24 @@ def test_memory_cache_stays_within_its_byte_budget(tmp_path):
     assert cache._memory_bytes <= 3000 or len(cache._memory) == 1
 
 
+def test_disk_cache_is_pruned_least_recently_used_first(tmp_path):
+    import os
+
+    cache = ThumbnailCache(tmp_path / "cache")
+    keys = []
+    for i in range(6):
+        keys.append(cache.get(_photo(tmp_path / f"p{i}.png", size=(300, 300), color=(i * 40, 90, 0)), 128)[0])
+    files = {k: next((tmp_path / "cache").rglob(f"{k}.jpg")) for k in keys}
+    for n, k in enumerate(keys):  # oldest first: p0 ... p5
+        os.utime(files[k], ns=(10**18 + n * 10**9, 10**18 + n * 10**9))
+    total = sum(f.stat().st_size for f in files.values())
+    assert cache.prune(total) == 0  # within the budget: nothing goes
+    removed = cache.prune(total // 2)
+    left = [k for k in keys if files[k].exists()]
+    assert removed >= 3 and left == keys[removed:]  # the least recently used went first
+    assert sum(files[k].stat().st_size for k in left) <= total // 2 * 0.8
+
+
 def test_missing_and_broken_files(tmp_path):
     cache = ThumbnailCache(tmp_path / "cache")
     with pytest.raises(ImageGone):

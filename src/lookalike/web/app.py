@@ -25,6 +25,7 @@ from .thumbnails import ImageGone, ThumbnailCache
 
 DEFAULT_MAX_UPLOAD_BYTES = 20_000_000  # 20 MB
 MAX_COMPARE = 50
+DEFAULT_THUMBNAIL_CACHE_BYTES = 500_000_000  # on disk; trimmed to 80% at start-up when over
 STATIC_DIR = Path(__file__).parent / "static"
 
 
@@ -121,6 +122,7 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     thumbnail_cache_dir: str | os.PathLike | None = None,
     embedder: Any = None,
+    thumbnail_cache_bytes: int = DEFAULT_THUMBNAIL_CACHE_BYTES,
 ) -> FastAPI:
     """Build the app over the index at `index_path`, loading the index and the model now (once).
 
@@ -129,6 +131,7 @@ def create_app(
     """
     service = SearchService(index_path, device=device, embedder=embedder)
     thumbs = ThumbnailCache(Path(thumbnail_cache_dir) if thumbnail_cache_dir else cache_dir("thumbnails"))
+    thumbs.prune(thumbnail_cache_bytes)
     index_html = (STATIC_DIR / "index.html").read_bytes()
 
     @asynccontextmanager

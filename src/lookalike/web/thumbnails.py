@@ -73,6 +73,7 @@ class ThumbnailCache:
                 data = None
             if data:
                 self.hits += 1
+                _touch(disk_file)  # recently used files survive `prune`
                 self._remember(key, data)
                 return key, data
         try:
@@ -84,6 +85,43 @@ class ThumbnailCache:
             _write_atomic(disk_file, data)
         self._remember(key, data)
         return key, data
+
+
+    def prune(self, max_bytes: int) -> int:
+        """Shrink the disk cache to 80% of `max_bytes` when it is over, least recently used first.
+
+        Returns the number of files removed. Called once when a server starts, so the cache cannot grow forever.
+        """
+        if self.cache_dir is None or not self.cache_dir.is_dir():
+            return 0
+        files = []
+        for shard in self.cache_dir.iterdir():
+            if shard.is_dir():
+                for entry in os.scandir(shard):
+                    if entry.is_file() and entry.name.endswith(".jpg"):
+                        st = entry.stat()
+                        files.append((st.st_mtime_ns, st.st_size, entry.path))
+        total = sum(size for _, size, _ in files)
+        if total <= max_bytes:
+            return 0
+        removed = 0
+        for _, size, path in sorted(files):
+            if total <= max_bytes * 0.8:
+                break
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
+            total -= size
+            removed += 1
+        return removed
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def make_thumbnail(path: Path, size: int) -> bytes:
