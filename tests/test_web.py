@@ -143,6 +143,25 @@ def test_bad_uploads_get_a_clear_message(client, name, data, mime, status, messa
     assert message in r.json()["detail"]
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` pixels in a few dozen bytes: a decompression bomb's calling card."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [12_000, 40_000])
+def test_pixel_bombs_are_refused_before_decoding(client, side):
+    r = client.post("/api/search", files=_files("bomb.png", _png_header_only(side, side), "image/png"))
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("bomb.png:") and "pixel" in r.json()["detail"]
+
+
 def test_truncated_jpeg_is_unprocessable(client):
     data = jpeg_bytes(photo("coffee"))
     r = client.post("/api/search", files=_files("cut.jpg", data[: len(data) // 3]))
@@ -338,6 +357,8 @@ def test_page_and_static_files(client):
         s = client.get(f"/static/{name}")
         assert s.status_code == 200 and kind in s.headers["content-type"]
     assert client.get("/favicon.ico").status_code == 200
+    # FastAPI's own docs pages would pull scripts from a CDN: they are off (the schema is at /openapi.json).
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
 
 
 def test_static_files_load_nothing_from_elsewhere():

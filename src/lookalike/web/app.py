@@ -144,6 +144,9 @@ def create_app(
         version=__version__,
         description="Search a folder of images by content: upload a picture, or pick an indexed one by id.",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN; the schema itself stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.thumbnails = thumbs

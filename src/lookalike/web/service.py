@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ def decode_upload(data: bytes, filename: str | None, min_size: int | None = None
     if not data:
         raise UnsupportedImage(f"{name}: empty upload, not an image")
     try:
-        with Image.open(io.BytesIO(data)):  # reads the header only
-            pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # load_image below refuses those
+            with Image.open(io.BytesIO(data)):  # reads the header only
+                pass
     except UnidentifiedImageError:
         raise UnsupportedImage(f"{name}: not an image (unrecognised format)") from None
     except Exception:  # a known format with a broken header: decoding below gives the reason
