@@ -163,16 +163,19 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         queries = make_gallery(work / "photos", args.images)
+        # Caches (thumbnails, any model export) go to the temporary folder too, so nothing is left behind.
+        env = {**os.environ, "LOOKALIKE_HOME": str(work / "home")}
         subprocess.run(lookalike_cmd("index", str(work / "photos"), "--index", str(work / "index"), "--json"),
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, env=env)
         print(f"gallery of {args.images} images generated and indexed in {time.perf_counter() - t0:.1f} s")
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         t0 = time.perf_counter()
+        server_log = open(work / "server.log", "w")  # a file, not a pipe: a chatty server never blocks on it
         server = subprocess.Popen(lookalike_cmd("serve", "--index", str(work / "index"), "--host", "127.0.0.1",
                                                 "--port", str(port)),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.DEVNULL, stderr=server_log, env=env)
         stats = wait_ready(url, server)
         print(f"server ready in {time.perf_counter() - t0:.1f} s: {stats['count']} images, {stats['model']}, "
               f"{os.cpu_count()} CPUs visible")
@@ -195,8 +198,21 @@ def main() -> None:
         print(f"errors: {len(errors)} of {total} requests")
         for line in errors[:10]:
             print("  ", line)
+
+        # Thumbnails, one client: first request (decode + shrink + JPEG) against the cached answer.
+        with httpx.Client(base_url=url, timeout=60, trust_env=False) as http:
+            timings = {"first": [], "cached": []}
+            for phase in timings:
+                for image_id in ids[:50]:
+                    t = time.perf_counter()
+                    r = http.get(f"/api/images/{image_id}/thumbnail", params={"size": 256})
+                    timings[phase].append(time.perf_counter() - t)
+                    if r.status_code != 200:
+                        errors.append(f"thumbnail {image_id}: {r.status_code}")
+        print(f"thumbnails 256 px, {len(timings['first'])} images: first request p50 "
+              f"{1000 * percentile(timings['first'], 50):.1f} ms, cached p50 {1000 * percentile(timings['cached'], 50):.1f} ms")
         if server.poll() is not None:
-            print(f"the server died: {server.stderr.read()[-2000:]}")
+            print(f"the server died: {(work / 'server.log').read_text()[-2000:]}")
             sys.exit(1)
         if errors:
             sys.exit(1)
