@@ -231,29 +231,41 @@ class Embedder:
 # --- construction ----------------------------------------------------------------------------------------
 
 
-def _onnx_runner(net, model: str, pooling: str, weights: str | None, preprocess: dict):
-    """An ONNX Runtime session for the embedding net, exported once and cached; None when unavailable."""
-    from .onnx_runtime import onnx_runner
-
-    return onnx_runner(net, model=model, pooling=pooling, weights=weights, preprocess=preprocess)
-
-
 def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str = "avg", weights=None,
                   runtime: str = "auto") -> Embedder:
     """Build the embedder for a registered backbone name or a `lookalike train` checkpoint path.
 
     `runtime`: "torch", "onnx", or "auto" (ONNX Runtime on CPU for registered backbones when installed).
     """
-    from ..device import resolve_device
-    from ..models import get_model_entry
-
     pooling = (pooling or "avg").lower()
     if pooling not in POOLINGS:
         raise LookalikeError(f"unknown pooling {pooling!r}: use avg or gem")
-    dev = resolve_device(device)
+    if runtime not in ("auto", "torch", "onnx"):
+        raise LookalikeError(f"unknown runtime {runtime!r}: use auto, torch or onnx")
     weights = str(Path(weights).expanduser().resolve()) if weights else None
+    checkpoint = is_checkpoint_ref(model)
 
-    if is_checkpoint_ref(model):
+    if not checkpoint and device == "cpu" and runtime != "torch":
+        # Fast start: a cached ONNX export needs neither torch nor timm, which take seconds to import.
+        from ..models.pretrained import PREPROCESS
+        from . import onnx_runtime
+
+        if model in PREPROCESS and onnx_runtime.available():
+            path = onnx_runtime.onnx_path(model, pooling, weights, PREPROCESS[model])
+            if path.is_file():
+                try:
+                    run = onnx_runtime.open_session(path)
+                except Exception:  # a damaged cache file: export again below
+                    path.unlink(missing_ok=True)
+                else:
+                    return Embedder(None, model=model, pooling=pooling, preprocess=PREPROCESS[model],
+                                    dim=run.dim, device="cpu", weights=weights, runner=run, runtime="onnx")
+
+    from ..device import resolve_device
+    from ..models import get_model_entry
+
+    dev = resolve_device(device)
+    if checkpoint:
         from ..train.checkpoint import model_from_checkpoint
 
         path = Path(model).expanduser().resolve()
@@ -280,10 +292,10 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
         net = net.to(memory_format=torch.channels_last)
     dim = int(getattr(backbone, "num_features"))
     runner, used = None, "torch"
-    if runtime not in ("auto", "torch", "onnx"):
-        raise LookalikeError(f"unknown runtime {runtime!r}: use auto, torch or onnx")
-    if dev.type == "cpu" and (runtime == "onnx" or (runtime == "auto" and not is_checkpoint_ref(model))):
-        runner = _onnx_runner(net, model_id, pooling, weights, preprocess)
+    if dev.type == "cpu" and (runtime == "onnx" or (runtime == "auto" and not checkpoint)):
+        from .onnx_runtime import onnx_runner
+
+        runner = onnx_runner(net, model=model_id, pooling=pooling, weights=weights, preprocess=preprocess)
         if runner is None and runtime == "onnx":
             raise LookalikeError("--runtime onnx needs onnxruntime and onnx: pip install 'lookalike[onnx]'")
         used = "onnx" if runner is not None else "torch"

@@ -25,15 +25,53 @@ TOLERANCE = 1e-3
 
 
 def _cache_key(model: str, pooling: str, weights: str | None, preprocess: dict) -> str:
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
-    ident = {"model": model, "pooling": pooling, "preprocess": preprocess, "torch": torch.__version__,
+    try:  # the exporter's version, read without importing torch (start-up time matters)
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "?"
+    ident = {"model": model, "pooling": pooling, "preprocess": preprocess, "torch": torch_version,
              "lookalike": __version__}
     for name, ref in (("weights", weights), ("checkpoint", model if os.path.isfile(model) else None)):
         if ref:  # a file changed in place must not reuse a stale export
             st = os.stat(ref)
             ident[name] = [ref, st.st_size, st.st_mtime_ns]
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def onnx_path(model: str, pooling: str, weights: str | None, preprocess: dict) -> Path:
+    """Where the export of this backbone/weights/pooling/preprocessing is cached."""
+    safe = model.replace(os.sep, "_")[-60:]
+    return cache_dir("onnx") / f"{safe}-{pooling}-{_cache_key(model, pooling, weights, preprocess)}.onnx"
+
+
+def available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def open_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX Runtime CPU session on the cached graph, as a batch -> vectors function (with `.dim`)."""
+    import onnxruntime as ort
+
+    from ..device import free_cores
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = free_cores()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {"x": batch})[0]
+
+    run.path = path  # type: ignore[attr-defined]
+    run.dim = int(session.get_outputs()[0].shape[1])  # type: ignore[attr-defined]
+    return run
 
 
 def export_onnx(net, path: Path, input_size: int) -> None:
@@ -51,39 +89,31 @@ def export_onnx(net, path: Path, input_size: int) -> None:
 
 def onnx_runner(net, *, model: str, pooling: str, weights: str | None,
                 preprocess: dict) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Export `net` (once; checked against PyTorch right after the export) and open a session on it.
+    None when onnxruntime/onnx is missing or the export fails or disagrees with PyTorch."""
+    if not available():
+        return None
     try:
         import onnx  # noqa: F401  (the exporter needs it)
-        import onnxruntime as ort
     except ImportError:
         return None
     import torch
 
-    from ..device import free_cores
-
     size = int(preprocess["input_size"])
-    path = cache_dir("onnx") / f"{model.replace(os.sep, '_')[-60:]}-{pooling}-{_cache_key(model, pooling, weights, preprocess)}.onnx"
+    path = onnx_path(model, pooling, weights, preprocess)
     try:
-        if not path.is_file():
+        fresh = not path.is_file()
+        if fresh:
             export_onnx(net, path, size)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = free_cores()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        # Check the cached graph against PyTorch once, on a fixed input.
-        x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
-        with torch.inference_mode():
-            expected = net(torch.from_numpy(x)).numpy()
-        got = session.run(None, {"x": x})[0]
-        if not np.allclose(got, expected, atol=TOLERANCE):
-            path.unlink(missing_ok=True)
-            return None
+        run = open_session(path)
+        if fresh:  # check the new graph against PyTorch once, on a fixed input
+            x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+            with torch.inference_mode():
+                expected = net(torch.from_numpy(x)).numpy()
+            if not np.allclose(run(x), expected, atol=TOLERANCE):
+                path.unlink(missing_ok=True)
+                return None
     except Exception:  # any exporter/runtime gap: PyTorch still works
         path.unlink(missing_ok=True)
         return None
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {"x": batch})[0]
-
-    run.path = path  # type: ignore[attr-defined]
     return run
