@@ -125,6 +125,21 @@ def test_phone_width_layout_and_error_message(live, browser, tmp_path):
     assert boxes[0]["y"] == boxes[1]["y"] and boxes[1]["x"] > boxes[0]["x"]
     page.screenshot(path=str(tmp_path / "phone.png"), full_page=False)
 
+    # Drag and drop: a file dropped on the drop zone is searched like a chosen one.
+    is_upload = lambda r: r.url.endswith("/api/search") and r.request.method == "POST"  # noqa: E731
+    with page.expect_response(is_upload) as dropped:
+        page.evaluate("""async () => {
+      const cards = document.querySelectorAll('#results .card');
+      const blob = await (await fetch(cards[0].querySelector('img').src)).blob();
+      const data = new DataTransfer();
+      data.items.add(new File([blob], 'dropped.jpg', { type: 'image/jpeg' }));
+      document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+    }""")
+    assert dropped.value.status == 200
+    expect(page.locator("#query-name")).to_have_text("dropped.jpg")
+    expect(page.locator("#status")).not_to_have_class("status error")
+    expect(page.locator("#results .card")).to_have_count(10)
+
     # A file that is not an image: the server's message, shown on the page.
     bad = tmp_path / "notes.txt"
     bad.write_text("not a picture")
