@@ -76,6 +76,11 @@ def test_upload_a_query_and_see_the_result_grid(live, browser, gallery, tmp_path
     page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
     assert (tmp_path / "search.png").stat().st_size > 10_000
 
+    # More results: the same upload is searched again.
+    with page.expect_response(lambda r: r.url.endswith("/api/search") and r.request.method == "POST"):
+        page.select_option("#k", "20")
+    expect(cards).to_have_count(20)
+
     # Click a result: it becomes the query (by id), and the grid follows.
     target = cards.nth(4)
     target_name = target.locator(".name").text_content()

@@ -131,7 +131,10 @@ def create_app(
     """
     service = SearchService(index_path, device=device, embedder=embedder)
     thumbs = ThumbnailCache(Path(thumbnail_cache_dir) if thumbnail_cache_dir else cache_dir("thumbnails"))
-    thumbs.prune(thumbnail_cache_bytes)
+    try:
+        thumbs.prune(thumbnail_cache_bytes)
+    except OSError:  # an unreadable cache only costs disk space, never the server
+        pass
     index_html = (STATIC_DIR / "index.html").read_bytes()
 
     @asynccontextmanager

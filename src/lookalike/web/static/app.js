@@ -7,6 +7,7 @@ const state = {
   stats: null,
   compare: [], // {id, name, url, file?}
   queryUrl: null, // object URL of the uploaded query, revoked when replaced
+  queryFile: null, // the last uploaded query, searched again when the number of results changes
 };
 
 function el(tag, attrs = {}, ...children) {
@@ -120,6 +121,7 @@ async function searchFile(file) {
   }
   if (state.queryUrl) URL.revokeObjectURL(state.queryUrl);
   state.queryUrl = URL.createObjectURL(file);
+  state.queryFile = file;
   showQuery(state.queryUrl, file.name);
   if (location.hash) history.replaceState(null, "", location.pathname + location.search);
   const form = new FormData();
@@ -271,7 +273,10 @@ function wire() {
   // A file dropped outside the drop zone would make the browser leave the page.
   window.addEventListener("dragover", (e) => e.preventDefault());
   window.addEventListener("drop", (e) => e.preventDefault());
-  $("k").addEventListener("change", () => { if (/^#id=/.test(location.hash)) routeFromHash(); });
+  $("k").addEventListener("change", () => {
+    if (/^#id=/.test(location.hash)) routeFromHash();
+    else if (state.queryFile) searchFile(state.queryFile);
+  });
   $("compare-files").addEventListener("change", (e) => {
     for (const file of e.target.files) addToCompare({ id: null, name: file.name, url: URL.createObjectURL(file), file });
     e.target.value = "";
