@@ -1,0 +1,82 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lookalike.models import count_parameters, create_model, list_models
+
+
+@pytest.mark.parametrize("name", list_models(kind="cifar"))
+def test_forward_shapes(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.ndim == 4 and feats.shape[:2] == (2, model.num_features)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+        logits = model(x)
+    assert logits.shape == (2, 7)
+    assert torch.isfinite(logits).all()
+    assert torch.allclose(logits, model.forward_head(model.forward_features(x)))
+
+
+def test_cifar_models_registered():
+    assert {"fast", "lab", "resnet18"} <= set(list_models(kind="cifar"))
+
+
+def test_fast_width_and_depth_options_change_size():
+    small = count_parameters(create_model("fast", widths=(16, 32, 64)))
+    base = count_parameters(create_model("fast"))
+    deep = count_parameters(create_model("fast", depth=3))
+    assert small < base < deep
+    # Inputs other than 32 px work too (global pooling in the head).
+    assert create_model("fast", widths=(8, 8, 8)).eval()(torch.randn(1, 3, 48, 48)).shape == (1, 10)
+
+
+def test_whitening_layer_decorrelates_patches():
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.6, 0.5], [0.0, 0.0, 0.4]])
+    images = torch.einsum("ij,bjhw->bihw", mix, torch.randn(64, 3, 16, 16))
+    model = create_model("fast", widths=(8, 8, 8))
+    model.init_whitening(images)
+    with torch.no_grad():
+        out = F.conv2d(images, model.whiten.weight[:12])  # the + half of the +/- pairs
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    cov = flat @ flat.T / flat.shape[1]
+    assert torch.allclose(cov, torch.eye(12), atol=0.05)
+    assert not model.whiten.weight.requires_grad
+
+
+def test_overfits_one_small_batch():
+    from lookalike.train.config import TrainConfig, resolve
+    from lookalike.train.engine import build_optimizer
+
+    torch.manual_seed(0)
+    cfg = resolve(TrainConfig(model="fast", widths=[16, 32, 32], batch_size=16), "cpu")
+    model = create_model("fast", widths=(16, 32, 32), num_classes=4)
+    x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 4
+    model.init_whitening(x)
+    opt = build_optimizer(model, cfg)
+    for _ in range(60):
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).all()
+
+
+def test_lab_resnet_overfits_one_small_batch():
+    torch.manual_seed(0)
+    model = create_model("lab", num_classes=4)
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    first = None
+    for _ in range(25):
+        loss = F.cross_entropy(model(x), y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first

@@ -1,0 +1,97 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from lookalike.train.augment import random_flip, random_translate
+from lookalike.train.checkpoint import load_checkpoint, model_from_checkpoint
+from lookalike.train.config import TrainConfig, parse_duration, resolve
+from lookalike.train.engine import fit
+from lookalike.train.schedules import lr_factor
+
+pytestmark = pytest.mark.usefixtures("isolated_home")
+SMALL = dict(model="fast", widths=[8, 16, 16], batch_size=12, device="cpu", eval_batch_size=16)
+
+
+def test_short_run_writes_every_artifact(tiny_folder_dataset, tmp_path):
+    events = []
+    cfg = TrainConfig(data=str(tiny_folder_dataset), epochs=3, **SMALL)
+    result = fit(cfg, tmp_path / "run", on_event=lambda kind, payload: events.append(kind))
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.csv", "curves.png", "confusion.png", "last.pt", "best.pt", "result.json"):
+        assert (run / name).stat().st_size > 0, name
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert set(rows[0]) >= {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+    for r in rows:
+        assert 0 <= float(r["train_acc"]) <= 1 and 0 <= float(r["test_acc"]) <= 1 and float(r["test_loss"]) > 0
+    assert result["epochs"] == 3 and result["steps"] == 9 and 0 <= result["test_acc"] <= 1
+    assert set(result["per_class"]) == {"circle", "square", "triangle"}
+    assert sum(map(sum, result["confusion"])) == 12
+    assert json.loads((run / "config.json").read_text())["config"]["widths"] == [8, 16, 16]
+    assert events.count("epoch") == 3 and "start" in events
+    model, meta = model_from_checkpoint(run / "best.pt")
+    assert meta["classes"] == ["circle", "square", "triangle"] and meta["model"] == "fast"
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["scheduler"]["step"] == 9 and ckpt["meta"]["epoch"] == 3 and "optimizer" in ckpt
+
+
+def test_learns_the_generated_classes(tiny_folder_dataset, tmp_path):
+    cfg = TrainConfig(data=str(tiny_folder_dataset), epochs=12, **SMALL)
+    result = fit(cfg, tmp_path / "run")
+    assert result["test_acc"] >= 0.9
+
+
+def test_lab_recipe_is_the_course_template():
+    cfg = resolve(TrainConfig(model="lab"), "cpu")
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.epochs) == (0.1, 0.9, 5e-4, 128, 15)
+    assert cfg.schedule == "step" and cfg.milestones == [5, 10] and cfg.gamma == 0.1
+    lrs = [cfg.lr * lr_factor(e * 10, 150, 10, "step", cfg.milestones, cfg.gamma) for e in range(15)]
+    assert lrs[:5] == [0.1] * 5 and all(abs(v - 0.01) < 1e-12 for v in lrs[5:10])
+    assert all(abs(v - 0.001) < 1e-12 for v in lrs[10:])
+
+
+def test_fast_recipe_depends_on_device():
+    assert resolve(TrainConfig(model="fast"), "cuda").widths == [64, 256, 256]
+    assert resolve(TrainConfig(model="fast", widths=[8, 8, 8]), "cpu").widths == [8, 8, 8]
+
+
+def test_schedules():
+    assert lr_factor(0, 100, 10, "onecycle") == pytest.approx(0.2)
+    assert lr_factor(23, 100, 10, "onecycle") == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, "onecycle") == pytest.approx(0.07)
+    assert lr_factor(50, 100, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0)
+    assert lr_factor(5, 100, 10, "linear", warmup=0.1) == pytest.approx(0.5)
+
+
+def test_augmentation_is_batched_and_seeded():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    assert torch.equal(random_translate(x, 0, torch.Generator()), x)
+    a = random_translate(x, 2, torch.Generator().manual_seed(1))
+    b = random_translate(x, 2, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape
+    # Each output is a shifted window of its own (reflect-padded) input.
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    for i in range(2):
+        assert any(torch.equal(a[i], padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+    f = random_flip(x, torch.Generator().manual_seed(0))
+    for i in range(2):
+        assert torch.equal(f[i], x[i]) or torch.equal(f[i], x[i].flip(-1))
+
+
+def test_time_budget_plans_and_stores_the_step_count(tiny_folder_dataset, tmp_path):
+    events = {}
+    cfg = TrainConfig(data=str(tiny_folder_dataset), time_budget=20, **SMALL)
+    result = fit(cfg, tmp_path / "run", on_event=lambda k, p: events.setdefault(k, p))
+    plan = events["plan"]
+    assert plan["total_steps"] >= 1 and plan["images_per_second"] > 0
+    assert result["steps"] == plan["total_steps"]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["scheduler"]["total_steps"] == plan["total_steps"]
+
+
+def test_parse_duration():
+    assert parse_duration("5m") == 300 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
+    assert parse_duration("45") == 45
