@@ -116,7 +116,9 @@ def test_upload_a_query_and_see_the_result_grid(live, browser, gallery, tmp_path
 def test_phone_width_layout_and_error_message(live, browser, tmp_path):
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = browser.new_page(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True, color_scheme="dark"
+    )
     problems = _watch(page)
     page.goto(live.url)
     query = tmp_path / "rocket.jpg"
