@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS images (
     path TEXT NOT NULL UNIQUE,      -- relative to the manifest's root, '/'-separated
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    digest TEXT NOT NULL,           -- blake2b-128 of the file's bytes: finds renamed files
+    digest TEXT NOT NULL,           -- SHA-256 (first 128 bits) of the file's bytes: finds renamed files
     row INTEGER NOT NULL            -- row of the vector in the vector file
 );
 CREATE INDEX IF NOT EXISTS images_digest ON images (digest);
