@@ -404,7 +404,6 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                "train_acc": int(correct) / max(1, seen), "test_loss": ev["loss"], "test_acc": ev["acc"],
                "seconds": round(seconds, 2)}
         history.append(row)
-        write_metrics(history, run_dir / "metrics.csv")
         meta = {**meta, "epoch": epoch + 1, "test_acc": ev["acc"], "config": cfg.to_dict()}
         ckpt = {"meta": meta, "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": {"kind": cfg.schedule, "step": step, "total_steps": total_steps, "steps_per_epoch": spe},
@@ -417,6 +416,8 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         if ev["acc"] > best_acc:
             best_acc = ev["acc"]
             save_checkpoint({"meta": meta, "model_state": model.state_dict()}, run_dir / "best.pt")
+        # After the checkpoint: metrics.csv never runs ahead of what a resume can restore.
+        write_metrics(history, run_dir / "metrics.csv")
         plots.plot_curves(history, run_dir / "curves.png")
         emit("epoch", row)
 

@@ -1,0 +1,62 @@
+"""A training process killed with SIGKILL and resumed ends with exactly the metrics of an uninterrupted run."""
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lookalike.train.checkpoint import load_checkpoint
+from lookalike.train.config import TrainConfig
+from lookalike.train.engine import fit
+
+pytestmark = pytest.mark.usefixtures("isolated_home")
+EPOCHS = 8
+
+
+def _rows(path):
+    if not path.exists():
+        return []
+    return list(csv.DictReader(open(path)))
+
+
+def _without_time(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_folder_dataset, tmp_path):
+    args = ["--data", str(tiny_folder_dataset), "--epochs", str(EPOCHS), "--widths", "8,16,16", "--batch-size", "12",
+            "--device", "cpu", "--seed", "3"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", "from lookalike.cli import main; main()", "train", *args,
+                             "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(_rows(killed / "metrics.csv")) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_before = load_checkpoint(killed / "last.pt")["meta"]["epoch"]
+    assert 2 <= done_before < EPOCHS
+
+    resumed = fit(TrainConfig(), killed, resume=True)
+    straight = fit(TrainConfig(data=str(tiny_folder_dataset), epochs=EPOCHS, widths=[8, 16, 16], batch_size=12,
+                               device="cpu", seed=3), tmp_path / "straight")
+
+    rows_resumed, rows_straight = _rows(killed / "metrics.csv"), _rows(tmp_path / "straight" / "metrics.csv")
+    assert len(rows_resumed) == EPOCHS  # no duplicated rows
+    assert _without_time(rows_resumed) == _without_time(rows_straight)
+    assert resumed["test_acc"] == straight["test_acc"] and resumed["steps"] == straight["steps"]
+    a = load_checkpoint(killed / "last.pt")["model_state"]
+    b = load_checkpoint(tmp_path / "straight" / "last.pt")["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_a_finished_run_only_evaluates(tiny_folder_dataset, tmp_path):
+    cfg = TrainConfig(data=str(tiny_folder_dataset), epochs=2, widths=[8, 8, 8], batch_size=12, device="cpu")
+    first = fit(cfg, tmp_path / "run")
+    again = fit(TrainConfig(), tmp_path / "run", resume=True)
+    assert again["test_acc"] == first["test_acc"] and len(_rows(tmp_path / "run" / "metrics.csv")) == 2
