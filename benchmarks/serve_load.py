@@ -2,12 +2,13 @@
 
 Builds a gallery of real photos (scikit-image's bundled ones, with random crops, rotations, tints and JPEG
 re-saves) in a temporary folder, indexes it with `lookalike index`, starts the real server (`lookalike serve`,
-uvicorn, separate process), then runs the clients in threads of this process. Half the requests upload a query
-image (`POST /api/search`: decode + forward pass), half search from an indexed image (`GET /api/search?id=`:
-stored vector, one matrix product). Prints p50/p99 latency per kind, requests/s and the error count.
+uvicorn, separate process), then runs the clients in threads of this process. By default each client alternates
+uploading a query image (`POST /api/search`: decode + forward pass) and searching from an indexed image
+(`GET /api/search?id=`: stored vector, one matrix product); `--mode` runs only one kind. Prints p50/p99 latency
+per kind, requests/s and the error count, then first-request and cached thumbnail latency.
 
     python benchmarks/serve_load.py                       # 8 clients, 30 s, 200 images
-    python benchmarks/serve_load.py --seconds 10 --images 100
+    python benchmarks/serve_load.py --seconds 10 --mode upload
 
 Everything (clients included) shares this machine's cores, so the figures are for the whole box.
 """
@@ -101,7 +102,8 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def run_clients(url: str, clients: int, seconds: float, queries: list[bytes], ids: list[int], k: int) -> dict:
+def run_clients(url: str, clients: int, seconds: float, queries: list[bytes], ids: list[int], k: int,
+                mode: str = "mixed") -> dict:
     import httpx
 
     lat: dict[str, list[float]] = {"upload": [], "by_id": []}
@@ -118,7 +120,7 @@ def run_clients(url: str, clients: int, seconds: float, queries: list[bytes], id
             end = time.monotonic() + seconds
             i = 0
             while time.monotonic() < end:
-                kind = "upload" if (i + n) % 2 == 0 else "by_id"
+                kind = mode if mode != "mixed" else ("upload" if (i + n) % 2 == 0 else "by_id")
                 i += 1
                 t0 = time.perf_counter()
                 try:
@@ -154,6 +156,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     ap.add_argument("--images", type=int, default=200, help="gallery size (default 200)")
     ap.add_argument("-k", type=int, default=10, help="results per search (default 10)")
+    ap.add_argument("--mode", choices=["mixed", "upload", "by_id"], default="mixed",
+                    help="mixed: each client alternates uploads and by-id searches (default); or only one kind")
     ap.add_argument("--keep", action="store_true", help="keep the temporary gallery and index")
     args = ap.parse_args()
 
@@ -183,15 +187,17 @@ def main() -> None:
 
         ids = [r["id"] for r in httpx.post(f"{url}/api/search", files={"image": ("q.jpg", queries[0], "image/jpeg")},
                                            data={"k": "100"}, trust_env=False, timeout=60).json()["results"]]
-        run = run_clients(url, args.clients, args.seconds, queries, ids, args.k)
+        run = run_clients(url, args.clients, args.seconds, queries, ids, args.k, args.mode)
         lat, errors, wall = run["latency"], run["errors"], run["wall"]
         total = sum(len(v) for v in lat.values())
 
-        print(f"\n{args.clients} clients for {args.seconds:g} s (wall {wall:.1f} s), k={args.k}")
+        print(f"\n{args.clients} clients for {args.seconds:g} s (wall {wall:.1f} s), k={args.k}, mode={args.mode}")
         print(f"{'requests':<24}{'count':>7}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}")
         rows = [("POST /api/search (upload)", lat["upload"]), ("GET /api/search?id=", lat["by_id"]),
                 ("all", lat["upload"] + lat["by_id"])]
         for name, values in rows:
+            if not values:
+                continue
             print(f"{name:<24}{len(values):>7}{1000 * percentile(values, 50):>10.1f}"
                   f"{1000 * percentile(values, 99):>10.1f}{len(values) / wall:>9.1f}")
         print(f"errors: {len(errors)} of {total} requests")
