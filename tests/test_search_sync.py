@@ -209,13 +209,17 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def test_kill_9_then_resume(home, tmp_path):
-    folder = tmp_path / "many"
-    base = write_originals(folder, ["astronaut", "camera", "coffee", "rocket"])
-    for i in range(20):  # 24 distinct images: shifted crops make distinct bytes and vectors
+def many_photos(folder):
+    """24 distinct images: shifted crops make distinct bytes and vectors."""
+    write_originals(folder, ["astronaut", "camera", "coffee", "rocket"])
+    for i in range(20):
         img = photo(["astronaut", "camera", "coffee", "rocket"][i % 4])
         (folder / f"v{i:02d}.jpg").write_bytes(jpeg_bytes(img.crop((i, i, img.width - 20 + i, img.height - 20)), 85))
-    assert len(base) == 4
+    return folder
+
+
+def test_kill_9_then_resume(home, tmp_path):
+    folder = many_photos(tmp_path / "many")
     ix_path = tmp_path / "ix"
     env = {**os.environ, "LOOKALIKE_HOME": str(home)}
     proc = subprocess.run([sys.executable, "-c", KILLER, str(folder), str(ix_path)], env=env,
@@ -230,3 +234,35 @@ def test_kill_9_then_resume(home, tmp_path):
         assert len({ix.path_of(int(i)) for i in ix.ids()}) == 24
     manifest = json.loads((ix_path / "manifest.json").read_text())
     assert manifest["count"] == 24
+
+
+CTRL_C = textwrap.dedent("""
+    import os, signal, sys
+    import lookalike.search.sync as S
+    from lookalike.cli import main
+    real_sync = S._sync
+    def sync(index, root, embedder, batch_size, progress):
+        calls = []
+        def interrupting(done, total):
+            progress(done, total)
+            calls.append(done)
+            if len(calls) == 3:  # two batches committed: the user presses Ctrl-C
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_sync(index, root, embedder, batch_size, interrupting)
+    S._sync = sync
+    sys.argv = ["lookalike", "index", sys.argv[1], "--index", sys.argv[2], "--batch-size", "4"]
+    main()
+""")
+
+
+def test_ctrl_c_then_resume(home, tmp_path):
+    folder = many_photos(tmp_path / "many")
+    ix_path = tmp_path / "ix"
+    env = {**os.environ, "LOOKALIKE_HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-c", CTRL_C, str(folder), str(ix_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    with ImageIndex.open(ix_path) as ix:
+        assert len(ix) == 8
+    s = index_folder(folder, ix_path, embedder=embedder())
+    assert (s["unchanged"], s["added"], s["indexed"]) == (8, 16, 24)

@@ -198,17 +198,18 @@ class Embedder:
         workers = workers or max(2, free_cores())
         items = iter(items)
         ahead = batch_size * 2  # decoded images waiting: bounds memory to a few batches
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-decode") as pool:
-            pending: deque = deque()
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-decode")
+        pending: deque = deque()
 
-            def fill() -> None:
-                while len(pending) < ahead:
-                    try:
-                        item = next(items)
-                    except StopIteration:
-                        return
-                    pending.append((item, pool.submit(self.decode_file, path_of(item) if path_of else item, reuse)))
+        def fill() -> None:
+            while len(pending) < ahead:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                pending.append((item, pool.submit(self.decode_file, path_of(item) if path_of else item, reuse)))
 
+        try:
             fill()
             while pending:
                 batch = []
@@ -226,6 +227,9 @@ class Embedder:
                             del res["array"]
                             j += 1
                 yield batch
+        finally:
+            # Ctrl-C or an early stop: drop the queued decodes instead of finishing them.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- construction ----------------------------------------------------------------------------------------
