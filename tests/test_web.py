@@ -489,6 +489,10 @@ def test_serve_command_starts_the_real_server(gallery):
         assert stats is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
         assert stats["count"] == len(gallery["files"])
         assert httpx.get(f"http://127.0.0.1:{port}/", trust_env=False).status_code == 200
+        assert httpx.get(f"http://localhost:{port}/api/stats", trust_env=False).status_code == 200
+        # A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) gets nothing.
+        rebound = httpx.get(f"http://127.0.0.1:{port}/api/stats", headers={"Host": f"evil.example:{port}"}, trust_env=False)
+        assert rebound.status_code == 400 and rebound.json() == {"detail": "invalid Host header"}
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
@@ -500,3 +504,16 @@ def test_only_loopback_counts_as_private():
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5") and not _is_loopback("example.org")
+
+
+def test_host_check(gallery, tmp_path):
+    from lookalike.web.limits import host_name
+
+    assert host_name("Example.org:8000") == "example.org" and host_name("[::1]:8000") == "[::1]"
+    assert host_name("127.0.0.1") == "127.0.0.1"
+    app = make_app(gallery, tmp_path, allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/api/stats").status_code == 200
+        assert c.get("/api/stats", headers={"host": "[::1]:8000"}).status_code == 200
+        assert c.get("/api/stats", headers={"host": "evil.example"}).status_code == 400
+        assert c.get("/", headers={"host": "127.0.0.1.evil.example"}).status_code == 400

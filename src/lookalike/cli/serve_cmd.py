@@ -14,6 +14,9 @@ from . import app
 from ._common import console, warn
 
 
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "[::1]"]
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -59,7 +62,13 @@ def serve(
     _check_port(host, port)
     with console.status("loading the index and the model…"):
         try:
-            web_app = create_app(index_path, device=device, max_upload_bytes=int(max_upload_mb * 1_000_000))
+            web_app = create_app(
+                index_path,
+                device=device,
+                max_upload_bytes=int(max_upload_mb * 1_000_000),
+                # On loopback, answer loopback names only: no web page can reach us through DNS rebinding.
+                allowed_hosts=LOOPBACK_NAMES + [f"[{host}]" if ":" in host else host] if _is_loopback(host) else None,
+            )
         except LookalikeError:
             if index is None:
                 raise LookalikeError(

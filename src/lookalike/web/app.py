@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from .. import __version__
 from ..errors import BadImageError, LookalikeError
 from ..paths import cache_dir
-from .limits import UploadLimitMiddleware
+from .limits import HostCheckMiddleware, UploadLimitMiddleware
 from .service import MAX_K, SearchService, UnsupportedImage, decode_upload, display_name
 from .thumbnails import ImageGone, ThumbnailCache
 
@@ -123,11 +123,14 @@ def create_app(
     thumbnail_cache_dir: str | os.PathLike | None = None,
     embedder: Any = None,
     thumbnail_cache_bytes: int = DEFAULT_THUMBNAIL_CACHE_BYTES,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """Build the app over the index at `index_path`, loading the index and the model now (once).
 
     Raises `LookalikeError` when the index is missing or unreadable, so `lookalike serve` fails before binding.
     `embedder` lets a caller share an already loaded model (tests); by default the index's own backbone loads.
+    `allowed_hosts`: Host header names to answer (`lookalike serve` on loopback passes the loopback names);
+    None answers any.
     """
     service = SearchService(index_path, device=device, embedder=embedder)
     thumbs = ThumbnailCache(Path(thumbnail_cache_dir) if thumbnail_cache_dir else cache_dir("thumbnails"))
@@ -279,5 +282,7 @@ def create_app(
         return Response(data, media_type="image/jpeg", headers=headers)
 
     app.add_middleware(UploadLimitMiddleware, max_bytes=max_upload_bytes)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheckMiddleware, allowed_hosts=allowed_hosts)
     app.add_middleware(_SecurityHeaders)
     return app

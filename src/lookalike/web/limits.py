@@ -1,8 +1,11 @@
-"""Refuse request bodies over a size limit before they are read whole.
+"""Request guards as plain ASGI middleware (so they work with any FastAPI/Starlette version).
 
-A plain ASGI middleware, so it works with any FastAPI/Starlette version: a declared Content-Length over the
-limit is answered 413 before the body is touched; a body without one (chunked) is counted while it streams and
-cut off with 413 as soon as the count passes the limit.
+`UploadLimitMiddleware` refuses request bodies over a size limit before they are read whole: a declared
+Content-Length over the limit is answered 413 before the body is touched; a body without one (chunked) is counted
+while it streams and cut off with 413 as soon as the count passes the limit.
+
+`HostCheckMiddleware` answers 400 to a Host header outside an allowed list: a server on 127.0.0.1 is otherwise
+reachable from any web page through DNS rebinding (evil.example resolving to 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -109,3 +112,37 @@ def _contains(exc: BaseException, kind: type) -> bool:
         return any(_contains(e, kind) for e in inner)
     cause = exc.__cause__ or exc.__context__
     return cause is not None and _contains(cause, kind)
+
+
+def host_name(header: str) -> str:
+    """`example.org:8000` -> `example.org`, `[::1]:8000` -> `[::1]`, lower case."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        end = header.find("]")
+        return header[: end + 1] if end > 0 else header
+    return header.split(":", 1)[0]
+
+
+class HostCheckMiddleware:
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.allowed = {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = ""
+            for name, value in scope.get("headers", []):
+                if name == b"host":
+                    host = host_name(value.decode("latin-1"))
+            if host not in self.allowed:
+                body = json.dumps({"detail": "invalid Host header"}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
