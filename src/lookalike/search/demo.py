@@ -137,7 +137,10 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
     if write_report:
         from .report import write_report as _write
 
-        result["report"] = str(_write(out_dir / "report.html", rows, dist, [str(p) for p in all_paths],
-                                      gallery, result))
+        # Heat map rows grouped by photo (original, then its copies), so each photo is one bright block.
+        order = sorted(range(len(all_paths)), key=lambda i: (families[i], all_paths[i].parent.name == "edited",
+                                                             all_paths[i].name))
+        result["report"] = str(_write(out_dir / "report.html", rows, dist[np.ix_(order, order)],
+                                      [str(all_paths[i]) for i in order], gallery, result))
         result["seconds"] = time.perf_counter() - start
     return result

@@ -38,7 +38,7 @@ def heatmap_data_uri(dist: np.ndarray, labels: list[str]) -> str:
     fig, ax = plt.subplots(figsize=(side, side * 0.9), dpi=100)
     im = ax.imshow(dist, cmap="viridis_r", vmin=0.0, vmax=float(max(1.0, dist.max())))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="distance (L2 of unit vectors)")
-    if n <= 150:
+    if n <= 60:  # beyond that the labels are unreadable
         ax.set_xticks(range(n))
         ax.set_yticks(range(n))
         fs = max(3, min(8, int(400 / max(n, 1))))
@@ -61,6 +61,7 @@ img.t{width:%dpx;height:%dpx;object-fit:contain;background:#f4f4f4;border:3px so
 img.ok{border-color:#2a2}
 img.no{border-color:#c33}
 .figs td{padding:2px 12px}
+img.heat{max-width:100%%;height:auto}
 """ % (THUMB, THUMB)
 
 
@@ -108,7 +109,7 @@ def write_report(path, rows: list[dict], dist: np.ndarray, labels: list[str], ro
                          f"#{hit['rank']} {html.escape(_label(hit['path'], root))}<br>d = {hit['distance']:.3f}</td>")
         parts.append("</tr></table>")
     parts.append("<h2>Distance matrix</h2>")
-    parts.append(f"<img src='{heatmap_data_uri(dist, [_label(p, root) for p in labels])}' alt='distance heat map'>")
+    parts.append(f"<img class='heat' src='{heatmap_data_uri(dist, [_label(p, root) for p in labels])}' alt='distance heat map'>")
     parts.append("</body></html>")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(parts), encoding="utf-8")
