@@ -69,6 +69,11 @@ class SearchService:
                 from ..search.features import embedder_for_index
 
                 embedder = embedder_for_index(self.index, device=device)
+            if int(getattr(embedder, "dim", self.index.manifest["dim"])) != int(self.index.manifest["dim"]):
+                raise LookalikeError(
+                    f"the model gives {embedder.dim}-dimensional vectors, the index holds "
+                    f"{self.index.manifest['dim']}-dimensional ones: serve it with its own backbone"
+                )
             self.embedder = embedder
             self.index_path = Path(index_path)
             self._ids = self.index.ids()
