@@ -27,6 +27,25 @@ def _same_backbone(manifest: dict, backbone: dict) -> bool:
     return all(manifest.get(k) == backbone.get(k) for k in keys)
 
 
+def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooling: str | None,
+                   weights: str | None) -> None:
+    from .features import is_checkpoint_ref
+
+    m = index.manifest
+    wanted = dict(m)
+    if model:
+        wanted["model"] = str(Path(model).expanduser().resolve()) if is_checkpoint_ref(model) else model
+        wanted["weights"] = str(Path(weights).expanduser().resolve()) if weights else None
+    elif weights:
+        wanted["weights"] = str(Path(weights).expanduser().resolve())
+    if pooling:
+        wanted["pooling"] = pooling.lower()
+    if any(wanted.get(k) != m.get(k) for k in ("model", "pooling", "weights")):
+        index.close()
+        raise LookalikeError(f"index {index_path} holds vectors from {_describe_backbone(m)}, not "
+                             f"{_describe_backbone(wanted)}: pass --rebuild to start over with the new backbone")
+
+
 def index_folder(folder, index_path=None, *, model: str | None = None, pooling: str | None = None,
                  weights: str | None = None, rebuild: bool = False, device: str = "cpu", runtime: str = "auto",
                  batch_size: int | None = None, embedder: Embedder | None = None,
@@ -52,6 +71,8 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
             raise LookalikeError(f"index {index_path} belongs to {old_root}, not {root}: "
                                  "choose another --index, or pass --rebuild")
     try:
+        if existing is not None and embedder is None:
+            _check_request(existing, index_path, model, pooling, weights)  # before the seconds a model load takes
         if embedder is None:
             if existing is not None:
                 m = existing.manifest
