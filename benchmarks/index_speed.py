@@ -105,6 +105,18 @@ def forward_rates(model: str, batch: int = 32, reps: int = 4) -> dict:
     return out
 
 
+def decode_ms(paths: list[Path], model: str) -> float:
+    """CPU cost of one image's read + hash + draft decode + resize/crop, single thread, in ms."""
+    from lookalike.models.pretrained import PREPROCESS
+    from lookalike.search.features import Embedder
+
+    emb = Embedder(None, model=model, pooling="avg", preprocess=PREPROCESS[model], dim=1)
+    start = time.perf_counter()
+    for p in paths:
+        assert "array" in emb.decode_file(p)
+    return (time.perf_counter() - start) / len(paths) * 1000
+
+
 def steady_rate(folder: Path, home: Path, model: str, runtime: str) -> float:
     from lookalike.search.sync import index_folder
 
@@ -157,6 +169,7 @@ def main() -> None:
         fw = forward_rates(args.model)
         for k, v in fw.items():
             results[f"forward only, {k}, batch 32"] = v
+        dec = decode_ms(paths[:30], args.model)
         for runtime in fw:
             results[f"index steady state ({runtime})"] = steady_rate(folder, home, args.model, runtime)
 
@@ -171,6 +184,16 @@ def main() -> None:
         for runtime in fw:
             steady = results[f"index steady state ({runtime})"]
             print(f"  index steady state / forward only ({runtime}): {steady / fw[runtime]:.0%}   (target >= 70%)")
+        print(f"  decode cost: {dec:.0f} ms of one core per photo (read, hash, draft decode, resize); forward: "
+              + ", ".join(f"{k} {len(os.sched_getaffinity(0)) * 1000 / v:.0f} core-ms" for k, v in fw.items())
+              + f" (on {len(os.sched_getaffinity(0))} cores, decode and forward share them)")
+        cores = len(os.sched_getaffinity(0))
+        for runtime in fw:
+            # With every core busy either decoding or in the network, this is the most any pipeline can do.
+            bound = cores * 1000 / (dec + cores * 1000 / fw[runtime])
+            steady = results[f"index steady state ({runtime})"]
+            print(f"  CPU bound with {runtime} (decode + forward work on {cores} cores): {bound:.1f} images/s; "
+                  f"steady state reaches {steady / bound:.0%} of it")
         if "onnx" in fw and "torch" in fw:
             print(f"  forward only: ONNX Runtime / PyTorch eager: {fw['onnx'] / fw['torch']:.2f}x")
     finally:
