@@ -75,7 +75,7 @@ def lab_images_per_second(data: str, steps: int, device: str) -> float:
                 torch.cuda.synchronize()
             t = time.perf_counter()
         xb, yb = d.train.batch(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-        x = augment(to_float(xb.to(dev), mean, std), gen, cfg.translate, cfg.flip, cfg.pad_mode)
+        x = to_float(augment(xb.to(dev), gen, cfg.translate, cfg.flip, cfg.pad_mode), mean, std)
         loss = F.cross_entropy(model(x), yb.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from lookalike.train.augment import random_flip, random_translate
+from lookalike.train.augment import augment
 from lookalike.train.checkpoint import load_checkpoint, model_from_checkpoint
 from lookalike.train.config import TrainConfig, parse_duration, resolve
 from lookalike.train.engine import fit
@@ -67,19 +67,23 @@ def test_schedules():
     assert lr_factor(5, 100, 10, "linear", warmup=0.1) == pytest.approx(0.5)
 
 
-def test_augmentation_is_batched_and_seeded():
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    assert torch.equal(random_translate(x, 0, torch.Generator()), x)
-    a = random_translate(x, 2, torch.Generator().manual_seed(1))
-    b = random_translate(x, 2, torch.Generator().manual_seed(1))
-    assert torch.equal(a, b) and a.shape == x.shape
-    # Each output is a shifted window of its own (reflect-padded) input.
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
-    for i in range(2):
-        assert any(torch.equal(a[i], padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
-    f = random_flip(x, torch.Generator().manual_seed(0))
-    for i in range(2):
-        assert torch.equal(f[i], x[i]) or torch.equal(f[i], x[i].flip(-1))
+@pytest.mark.parametrize("mode", ["reflect", "constant"])
+def test_augmentation_is_one_seeded_gather(mode):
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(augment(x, torch.Generator(), translate=0, flip=False), x)
+    a = augment(x, torch.Generator().manual_seed(1), translate=2, flip=True, pad_mode=mode)
+    b = augment(x, torch.Generator().manual_seed(1), translate=2, flip=True, pad_mode=mode)
+    assert torch.equal(a, b) and a.shape == x.shape and a.dtype == torch.uint8
+    # Each output is a window of its own padded input, mirrored or not (the reference: torch's own padding).
+    padded = torch.nn.functional.pad(x.float(), (2, 2, 2, 2), mode=mode).to(torch.uint8)
+    flipped = 0
+    for i in range(16):
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        plain = any(torch.equal(a[i], win) for win in windows)
+        mirrored = any(torch.equal(a[i], win.flip(-1)) for win in windows)
+        assert plain or mirrored
+        flipped += mirrored and not plain
+    assert 0 < flipped < 16
 
 
 def test_time_budget_plans_and_stores_the_step_count(tiny_folder_dataset, tmp_path):

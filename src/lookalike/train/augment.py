@@ -1,9 +1,12 @@
-"""Batched tensor augmentation and normalisation: no per-sample Python, runs wherever the batch lives."""
+"""Batched tensor augmentation and normalisation: no per-sample Python, runs wherever the batch lives.
+
+Flip and translation are folded into one gather of source pixel indices (reflection or zero padding included), so
+an augmented batch costs one indexing op on the uint8 images, before they are converted to float.
+"""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def to_float(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
@@ -12,38 +15,39 @@ def to_float(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_la
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mirror a random half of the batch left-right."""
-    mask = torch.rand(x.shape[0], generator=generator) < 0.5
-    mask = mask.to(x.device)
-    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+def _reflect(idx: torch.Tensor, size: int) -> torch.Tensor:
+    """Mirror out-of-range indices back inside [0, size) without repeating the edge (torch's 'reflect')."""
+    idx = idx.abs()
+    return torch.where(idx >= size, 2 * (size - 1) - idx, idx)
 
 
-def random_translate(x: torch.Tensor, pad: int, generator: torch.Generator, mode: str = "reflect") -> torch.Tensor:
-    """Shift each image by up to `pad` pixels both ways (a random crop of the padded image).
-
-    Samples sharing a shift are cut in one slice, so the cost is (2*pad+1)^2 tensor ops per batch, not one per image.
-    `mode`: "reflect" (airbench) or "constant" (zero padding, torchvision's RandomCrop(padding=pad)).
-    """
-    if pad <= 0:
+def augment(x: torch.Tensor, generator: torch.Generator, translate: int = 0, flip: bool = True,
+            pad_mode: str = "reflect") -> torch.Tensor:
+    """Random horizontal flip of half the batch and a random shift of up to `translate` pixels both ways (a
+    random crop of the padded image; `pad_mode` "reflect" as airbench, or "constant" zeros as torchvision's
+    RandomCrop(padding=...)). Every random number comes from `generator` (seeded per epoch), which is what
+    makes a resumed run repeat an uninterrupted one exactly. Works on uint8 or float batches."""
+    n, c, h, w = x.shape
+    if n == 0 or (not flip and translate <= 0):
         return x
-    n, _, h, w = x.shape
-    shifts = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
-    padded = F.pad(x, (pad, pad, pad, pad), mode=mode)
-    out = torch.empty_like(x)
-    code = (shifts[0] * (2 * pad + 1) + shifts[1]).to(x.device)
-    for c in torch.unique(code).tolist():
-        dy, dx = divmod(int(c), 2 * pad + 1)
-        sel = (code == c).nonzero().squeeze(1)
-        out[sel] = padded[sel, :, dy : dy + h, dx : dx + w]
+    dev = x.device
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    if translate > 0:
+        shifts = torch.randint(-translate, translate + 1, (2, n), generator=generator)
+    else:
+        shifts = torch.zeros(2, n, dtype=torch.long)
+    flips, shifts = flips.to(dev), shifts.to(dev)
+    rows = shifts[0].view(n, 1) + torch.arange(h, device=dev)
+    cols = shifts[1].view(n, 1) + torch.arange(w, device=dev)
+    cols = torch.where(flips.view(n, 1), (w - 1) - cols, cols)
+    valid = None
+    if pad_mode == "reflect":
+        rows, cols = _reflect(rows, h), _reflect(cols, w)
+    else:
+        valid = ((rows >= 0) & (rows < h)).view(n, 1, h, 1) & ((cols >= 0) & (cols < w)).view(n, 1, 1, w)
+        rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    out = x[torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
+            rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    if valid is not None:
+        out = out * valid.to(out.dtype)
     return out
-
-
-def augment(x: torch.Tensor, generator: torch.Generator, translate: int, flip: bool, pad_mode: str) -> torch.Tensor:
-    """Augment a normalised float batch. Every random number comes from `generator` (seeded per epoch), which
-    is what makes a resumed run repeat an uninterrupted one exactly."""
-    if flip:
-        x = random_flip(x, generator)
-    if translate:
-        x = random_translate(x, translate, generator, pad_mode)
-    return x

@@ -289,10 +289,10 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
             xb, yb = train_images[indices.to(device)], train.labels[indices]
         else:
             xb, yb = train.batch(indices)
-        x = to_float(xb.to(device, non_blocking=True), mean_d, std_d)
+        xb = xb.to(device, non_blocking=True)
         if aug:
-            x = augment(x, generator, cfg.translate, cfg.flip, cfg.pad_mode)
-        return x, yb.to(device, non_blocking=True)
+            xb = augment(xb, generator, cfg.translate, cfg.flip, cfg.pad_mode)
+        return to_float(xb, mean_d, std_d), yb.to(device, non_blocking=True)
 
     optimizer = build_optimizer(model, cfg)
     lookahead = Lookahead(model, state.get("lookahead") if state else None) if cfg.lookahead else None
