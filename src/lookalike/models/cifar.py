@@ -97,8 +97,8 @@ class FastNet(nn.Module):
         k = self.whiten.kernel_size[0]
         x = images.float()
         c = x.shape[1]
-        patches = x.unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c * k * k).double()
-        cov = patches.T @ patches / patches.shape[0]
+        patches = x.unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c * k * k)
+        cov = (patches.T @ patches).double() / patches.shape[0]
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)
         scaled = (eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]).reshape(-1, c, k, k)

@@ -275,7 +275,9 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     std_d = torch.tensor(data.std, device=device)
     if state is None and hasattr(model, "init_whitening"):
         # An even spread over the training set: class folders are stored class by class.
-        idx = torch.linspace(0, n_train - 1, min(n_train, 5000 if train.in_memory else 512)).long()
+        # ~5M pixels (5000 CIFAR images) estimate the 2x2 patch covariance well and keep memory small.
+        n_white = max(16, 5_000_000 // (data.input_size**2))
+        idx = torch.linspace(0, n_train - 1, min(n_train, n_white)).long()
         model.init_whitening(to_float(train.batch(idx)[0], mean_d.cpu(), std_d.cpu(), channels_last=False))
     model = model.to(device=device, memory_format=torch.channels_last)
     if state is not None:
