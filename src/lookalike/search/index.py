@@ -338,6 +338,11 @@ class ImageIndex:
             mm = np.memmap(vpath, dtype=np.float32, mode="r", shape=(n, self.dim))
         except OSError as exc:
             raise LookalikeError(f"cannot read vector file {vpath} ({exc.strerror}): rebuild with --rebuild") from None
+        first = int(rows[0])
+        if int(rows[-1]) - first + 1 == len(rows) and np.array_equal(rows, np.arange(first, first + len(rows))):
+            # Rows in file order (a fresh or compacted index): a read-only view, paged in on demand and
+            # shared with other processes through the page cache, instead of a private copy.
+            return mm[first:first + len(rows)].view(np.ndarray)
         out = np.ascontiguousarray(mm[rows])
         del mm
         return out
