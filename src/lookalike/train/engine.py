@@ -357,7 +357,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     sum_loss = cfg.optimizer == "sgd-sum"
     whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
     freeze_step = int(cfg.whiten_bias_fraction * total_steps)
-    t_start = time.time()
+    t_start = t0  # the seconds column counts start-up, data loading and planning too
     model.train()
     emit("start", {"epochs": n_epochs, "total_steps": total_steps, "steps_per_epoch": spe, "start_epoch": start_epoch,
                    "step": step, "device": str(device), "config": cfg.to_dict()})
