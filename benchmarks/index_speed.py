@@ -84,6 +84,7 @@ def lab_rate(paths: list[Path], model: str) -> float:
 
 
 def forward_rates(model: str, batch: int = 32, reps: int = 4) -> dict:
+    """Images/s of the embedding net alone on ready uint8 crops (normalisation included), as `index` runs it."""
     from lookalike.search.features import load_embedder
 
     out = {}
@@ -168,7 +169,7 @@ def main() -> None:
         results["lab loop"] = lab_rate(paths[: args.lab_n], args.model)
         fw = forward_rates(args.model)
         for k, v in fw.items():
-            results[f"forward only, {k}, batch 32"] = v
+            results[f"forward only, {k}"] = v
         dec = decode_ms(paths[:30], args.model)
         for runtime in fw:
             results[f"index steady state ({runtime})"] = steady_rate(folder, home, args.model, runtime)

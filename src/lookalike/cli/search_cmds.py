@@ -41,7 +41,7 @@ def index_command(
     rebuild: bool = typer.Option(False, "--rebuild", help="Start the index over (another backbone, or a damaged index)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     runtime: str = typer.Option("auto", "--runtime", help="Inference runtime: auto (ONNX Runtime on CPU when installed), torch or onnx."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass (also the commit unit)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per pipeline batch, the unit committed to the index."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Index the images under FOLDER (only new or changed files are read again; safe to interrupt and rerun)."""
