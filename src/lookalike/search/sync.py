@@ -33,6 +33,9 @@ def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooli
 
     m = index.manifest
     wanted = dict(m)
+    if model and is_checkpoint_ref(model) and not Path(model).expanduser().is_file():
+        index.close()
+        raise LookalikeError(f"checkpoint {model} not found")
     if model:
         wanted["model"] = str(Path(model).expanduser().resolve()) if is_checkpoint_ref(model) else model
         wanted["weights"] = str(Path(weights).expanduser().resolve()) if weights else None
