@@ -99,3 +99,12 @@ def test_time_budget_plans_and_stores_the_step_count(tiny_folder_dataset, tmp_pa
 def test_parse_duration():
     assert parse_duration("5m") == 300 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
     assert parse_duration("45") == 45
+
+
+def test_alternating_flips_mirror_each_image_once_per_two_epochs():
+    from lookalike.train.augment import alternating_flips
+
+    idx = torch.arange(1000)
+    even, odd = alternating_flips(idx, 0, seed=5, n_total=1000), alternating_flips(idx, 1, seed=5, n_total=1000)
+    assert torch.equal(even, ~odd) and 400 < int(even.sum()) < 600
+    assert torch.equal(alternating_flips(idx[10:20], 2, 5, 1000), even[10:20])

@@ -21,17 +21,25 @@ def _reflect(idx: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(idx >= size, 2 * (size - 1) - idx, idx)
 
 
+def alternating_flips(indices: torch.Tensor, epoch: int, seed: int, n_total: int) -> torch.Tensor:
+    """airbench's alternating flip: a fixed random half of the images is mirrored in even epochs and the other
+    half in odd epochs, so every two epochs show each image both ways (less redundancy than coin flips)."""
+    base = torch.rand(n_total, generator=torch.Generator().manual_seed(seed + 104729)) < 0.5
+    return base[indices] ^ bool(epoch % 2)
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, translate: int = 0, flip: bool = True,
-            pad_mode: str = "reflect") -> torch.Tensor:
+            pad_mode: str = "reflect", flips: torch.Tensor | None = None) -> torch.Tensor:
     """Random horizontal flip of half the batch and a random shift of up to `translate` pixels both ways (a
     random crop of the padded image; `pad_mode` "reflect" as airbench, or "constant" zeros as torchvision's
-    RandomCrop(padding=...)). Every random number comes from `generator` (seeded per epoch), which is what
+    RandomCrop(padding=...)). `flips` replaces the coin flips with a given mask. Every random number comes from `generator` (seeded per epoch), which is what
     makes a resumed run repeat an uninterrupted one exactly. Works on uint8 or float batches."""
     n, c, h, w = x.shape
     if n == 0 or (not flip and translate <= 0):
         return x
     dev = x.device
-    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    if flips is None:  # `flips`: a precomputed mirror mask (alternating flips), else coin flips
+        flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
     if translate > 0:
         shifts = torch.randint(-translate, translate + 1, (2, n), generator=generator)
     else:

@@ -32,6 +32,7 @@ class TrainConfig:
     translate: Optional[int] = None     # random shift in pixels (random crop with padding)
     pad_mode: Optional[str] = None      # "reflect" or "constant"
     flip: Optional[bool] = None
+    alternate_flip: Optional[bool] = None  # airbench's alternating flips instead of coin flips
     tta: Optional[int] = None           # final evaluation: 0 plain, 1 + mirror, 2 + mirror and 1-px shifts
     time_budget: Optional[float] = None  # seconds for training + evaluation; fixes the step count
     image_size: Optional[int] = None
@@ -60,7 +61,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                      lookahead=False, translate=4, pad_mode="reflect", flip=True, tta=1),
     "fast": dict(optimizer="sgd-sum", lr=11.5, momentum=0.85, nesterov=True, weight_decay=0.0153,
                  bias_lr_scale=64.0, label_smoothing=0.2, schedule="onecycle", milestones=[], gamma=0.1,
-                 lookahead=True, whiten_bias_fraction=0.3, translate=2, pad_mode="reflect", flip=True, tta=2),
+                 lookahead=True, whiten_bias_fraction=0.3, translate=2, pad_mode="reflect", flip=True,
+                 alternate_flip=True, tta=2),
 }
 FAST_GPU = dict(widths=[64, 256, 256], depth=2, epochs=9.9, batch_size=1024)
 FAST_CPU = dict(widths=[32, 96, 192], depth=2, epochs=8, batch_size=512)
@@ -76,6 +78,7 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
         recipe.update(FAST_GPU if device_type == "cuda" else FAST_CPU)
     recipe.setdefault("whiten_bias_fraction", 0.0)
     recipe.setdefault("bias_lr_scale", 1.0)
+    recipe.setdefault("alternate_flip", False)
     d = cfg.to_dict()
     for k, v in recipe.items():
         if d.get(k) is None:

@@ -228,7 +228,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     from ..device import resolve_device
     from ..models import create_model, get_model_entry
     from . import plots
-    from .augment import augment, to_float
+    from .augment import alternating_flips, augment, to_float
     from .checkpoint import load_checkpoint, save_checkpoint
     from .schedules import lr_factor
 
@@ -287,14 +287,16 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     train_images = train.images.to(device) if (train.in_memory and device.type == "cuda") else None
     test_images = test.images.to(device) if (test.in_memory and device.type == "cuda") else None
 
-    def get_batch(indices, generator, aug: bool = True):
+    def get_batch(indices, generator, epoch: int = 0):
         if train_images is not None:
             xb, yb = train_images[indices.to(device)], train.labels[indices]
         else:
-            xb, yb = train.batch(indices)
+            xb, yb = train.batch(indices)  # a streamed batch may drop unreadable files: flips only for in-memory
         xb = xb.to(device, non_blocking=True)
-        if aug:
-            xb = augment(xb, generator, cfg.translate, cfg.flip, cfg.pad_mode)
+        flips = None
+        if cfg.flip and cfg.alternate_flip and train.in_memory:
+            flips = alternating_flips(indices, epoch, cfg.seed, n_train)
+        xb = augment(xb, generator, cfg.translate, cfg.flip, cfg.pad_mode, flips=flips)
         return to_float(xb, mean_d, std_d), yb.to(device, non_blocking=True)
 
     optimizer = build_optimizer(model, cfg)
@@ -374,7 +376,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         for b in range(steps_now):
             if whiten_bias is not None:
                 whiten_bias.requires_grad_(step < freeze_step)
-            x, y = get_batch(perm[b * bs : (b + 1) * bs], gen)
+            x, y = get_batch(perm[b * bs : (b + 1) * bs], gen, epoch)
             if y.shape[0] == 0:
                 continue
             factor = lr_factor(step, total_steps, spe, cfg.schedule, cfg.milestones or (), cfg.gamma)
