@@ -1,7 +1,8 @@
 """One registry and one factory for every model, trained here or pretrained elsewhere.
 
-Every registered model is an `nn.Module` whose `forward_features(x)` returns pre-logit features
-(batch x dim), so any of them can serve as a search backbone.
+Every registered model is an `nn.Module` split as timm splits its models: `forward_features(x)` returns the
+last feature map (B, C, H, W) before pooling, `forward_head(feats, pre_logits=False)` pools and classifies, and
+`num_features` is C. Search pools the map itself, so any of them can serve as a search backbone.
 """
 
 from __future__ import annotations
