@@ -305,7 +305,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     if cfg.compile and device.type == "cuda":
         train_model = torch.compile(model)
 
-    step, start_epoch, history, best_acc, elapsed_before = 0, 0, [], -1.0, 0.0
+    step, start_epoch, history, best_acc, elapsed_before, train_seconds = 0, 0, [], -1.0, 0.0, 0.0
     plan: dict[str, Any] = {}
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -315,6 +315,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         history = list(state["history"])
         best_acc = float(state["best_test_acc"])
         elapsed_before = float(state.get("elapsed", 0.0))
+        train_seconds = float(state.get("train_seconds", 0.0))
         plan = dict(state.get("plan") or {})
         torch.set_rng_state(state["rng"]["torch"])
         emit("info", f"resuming {run_dir} after epoch {start_epoch} (step {step} of {total_steps})")
@@ -373,6 +374,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         lr_now = 0.0
+        t_epoch = time.perf_counter()
         for b in range(steps_now):
             if whiten_bias is not None:
                 whiten_bias.requires_grad_(step < freeze_step)
@@ -402,6 +404,9 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                     lookahead.update(model, decay=1.0)  # end on the averaged weights
             emit("step", {"epoch": epoch + 1, "batch": b + 1, "steps": steps_now})
 
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds += time.perf_counter() - t_epoch  # the optimisation alone, without evaluation and files
         ev = evaluate(model, test, mean_d, std_d, device, tta=0, batch_size=cfg.eval_batch_size,
                       num_classes=k, images_on_device=test_images)
         seconds = elapsed_before + (time.time() - t_start)
@@ -414,7 +419,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                 "scheduler": {"kind": cfg.schedule, "step": step, "total_steps": total_steps, "steps_per_epoch": spe},
                 "lookahead": lookahead.avg if lookahead is not None else None,
                 "rng": {"torch": torch.get_rng_state()}, "history": history,
-                "best_test_acc": max(best_acc, ev["acc"]), "elapsed": seconds, "config": cfg.to_dict(), "plan": plan}
+                "best_test_acc": max(best_acc, ev["acc"]), "elapsed": seconds, "train_seconds": train_seconds, "config": cfg.to_dict(), "plan": plan}
         if device.type == "cuda":
             ckpt["rng"]["cuda"] = torch.cuda.get_rng_state()
         save_checkpoint(ckpt, run_dir / "last.pt")
@@ -437,6 +442,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         "last_epoch_test_acc": history[-1]["test_acc"] if history else None,
         "best_test_acc": max([best_acc, final["acc"]]),
         "epochs": len(history), "steps": step, "seconds": round(seconds, 2),
+        "train_seconds": round(train_seconds, 2),
         "wall_seconds": round(time.time() - t0, 2),
         "trend": [round(r["test_acc"], 4) for r in history],
         "per_class": dict(zip(classes, [round(a, 4) for a in final["per_class"]])),
