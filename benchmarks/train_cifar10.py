@@ -48,7 +48,7 @@ def time_to(result: dict, target: float) -> str:
     return "not reached"
 
 
-def lab_images_per_second(data: str, steps: int, device: str) -> float:
+def lab_images_per_second(data: str, steps: int, device: str) -> tuple[float, int]:
     """Training steps of the lab recipe exactly as `lookalike train --model lab` runs them."""
     import torch
     import torch.nn.functional as F
@@ -82,7 +82,7 @@ def lab_images_per_second(data: str, steps: int, device: str) -> float:
         opt.step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    return steps * cfg.batch_size / (time.perf_counter() - t)
+    return steps * cfg.batch_size / (time.perf_counter() - t), len(d.train)
 
 
 def main() -> None:
@@ -121,9 +121,9 @@ def main() -> None:
             print(f"{kind} {value} seed {seed}: test acc {100 * r['test_acc']:.2f}% in {r['outside_wall_s']:.0f} s",
                   file=sys.stderr, flush=True)
 
-    lab_ips = None
+    lab_ips, n_train = None, 50000
     if not args.skip_lab:
-        lab_ips = lab_images_per_second(args.data, args.lab_steps, args.device)
+        lab_ips, n_train = lab_images_per_second(args.data, args.lab_steps, args.device)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"\nCIFAR-10 ({args.data}), model `{args.model}` {args.train_args}, {cores} cores, device {args.device}\n")
@@ -144,9 +144,9 @@ def main() -> None:
                   f"{statistics.mean(r['train_seconds'] for r in group):.1f} s, wall "
                   f"{statistics.mean(r['outside_wall_s'] for r in group):.1f} s")
     if lab_ips is not None:
-        lab_s = 15 * 50000 / lab_ips
+        lab_s = 15 * n_train / lab_ips
         print(f"\nLab recipe (ResNet-18, batch 128): {lab_ips:.1f} training images/s measured over "
-              f"{args.lab_steps} steps -> 15 epochs of 50,000 images = {lab_s / 3600:.1f} h of training "
+              f"{args.lab_steps} steps -> 15 epochs of {n_train:,} images = {lab_s / 3600:.2f} h of training "
               "(evaluation not included).")
         for kind, value, seed, r in rows:
             hit = next((float(x["seconds"]) for x in r["rows"] if float(x["test_acc"]) >= 0.85), None)

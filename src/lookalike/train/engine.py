@@ -200,10 +200,10 @@ def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_pr
     final = n_test * eval_img_s * passes + 3.0  # TTA evaluation and confusion plot
     margin = 0.04 * budget_left + 2.0
     avail = budget_left - final - margin
-    steps, epochs = 0, 1
-    for _ in range(4):  # the epoch count and the step count depend on each other
-        steps = int((avail - epochs * per_epoch) / step_s)
-        epochs = max(1, math.ceil(steps / n_train_batches))
+    # Each epoch adds an evaluation: time(steps) = steps * step_s + ceil(steps / per-epoch steps) * per_epoch.
+    steps = max(0, int((avail - per_epoch) / (step_s + per_epoch / n_train_batches)))
+    while steps > 0 and steps * step_s + math.ceil(steps / n_train_batches) * per_epoch > avail:
+        steps -= 1
     if steps < 1:
         raise LookalikeError(
             f"--time-budget is too short: one training step takes {step_s:.2f} s and evaluation "
