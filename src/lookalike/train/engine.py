@@ -177,7 +177,8 @@ def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_pr
 
     probe = copy.deepcopy(model)
     opt = build_optimizer(probe, cfg)
-    warm, timed = 2, 4 if device.type == "cpu" else 10
+    # CPU steps keep speeding up over the first few (allocator and oneDNN caches): warm up before timing.
+    warm, timed = (3, 8) if device.type == "cpu" else (5, 20)
     t = 0.0
     for i in range(warm + timed):
         if i == warm:
@@ -204,6 +205,9 @@ def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_pr
     steps = max(0, int((avail - per_epoch) / (step_s + per_epoch / n_train_batches)))
     while steps > 0 and steps * step_s + math.ceil(steps / n_train_batches) * per_epoch > avail:
         steps -= 1
+    # A last epoch of a few steps would pay a whole evaluation for little training: end on the epoch before.
+    if steps > n_train_batches and steps % n_train_batches < n_train_batches // 4:
+        steps -= steps % n_train_batches
     if steps < 1:
         raise LookalikeError(
             f"--time-budget is too short: one training step takes {step_s:.2f} s and evaluation "
