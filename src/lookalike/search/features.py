@@ -307,7 +307,7 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
 
         runner = onnx_runner(net, model=model_id, pooling=pooling, weights=weights, preprocess=preprocess)
         if runner is None and runtime == "onnx":
-            raise LookalikeError("--runtime onnx needs onnxruntime and onnx: pip install 'lookalike[onnx]'")
+            raise LookalikeError("--runtime onnx needs onnxruntime and onnx: pip install onnxruntime onnx")
         used = "onnx" if runner is not None else "torch"
     return Embedder(net, model=model_id, pooling=pooling, preprocess=preprocess, dim=dim, device=str(dev),
                     weights=weights, runner=runner, runtime=used)
