@@ -51,14 +51,13 @@ def time_to(result: dict, target: float) -> str:
 def lab_images_per_second(data: str, steps: int, device: str) -> tuple[float, int]:
     """Training steps of the lab recipe exactly as `lookalike train --model lab` runs them."""
     import torch
-    import torch.nn.functional as F
 
     from lookalike.datasets import load_data
     from lookalike.device import resolve_device
     from lookalike.models import create_model
     from lookalike.train.augment import augment, to_float
     from lookalike.train.config import TrainConfig, resolve
-    from lookalike.train.engine import build_optimizer
+    from lookalike.train.engine import build_optimizer, time_training_steps
 
     dev = resolve_device(device)
     cfg = resolve(TrainConfig(model="lab", data=data), dev.type)
@@ -68,21 +67,13 @@ def lab_images_per_second(data: str, steps: int, device: str) -> tuple[float, in
     mean, std = torch.tensor(d.mean, device=dev), torch.tensor(d.std, device=dev)
     gen = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(d.train), generator=gen)
-    warm = 3
-    for i in range(warm + steps):
-        if i == warm:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
+
+    def batch(i: int) -> tuple:
         xb, yb = d.train.batch(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-        x = to_float(augment(xb.to(dev), gen, cfg.translate, cfg.flip, cfg.pad_mode), mean, std)
-        loss = F.cross_entropy(model(x), yb.to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * cfg.batch_size / (time.perf_counter() - t), len(d.train)
+        return to_float(augment(xb.to(dev), gen, cfg.translate, cfg.flip, cfg.pad_mode), mean, std), yb.to(dev)
+
+    step_s = time_training_steps(model, opt, batch, warm=3, timed=steps, device=dev)
+    return cfg.batch_size / step_s, len(d.train)
 
 
 def main() -> None:

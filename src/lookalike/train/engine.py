@@ -167,18 +167,12 @@ def _write_json(obj: Any, path: Path) -> None:
 # ---------------------------------------------------------------- time budget
 
 
-def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_probe: Callable[[], float],
-               n_train_batches: int, n_test: int, budget_left: float, forward_images_per_step: int,
-               device) -> dict[str, Any]:
-    """Measure training and evaluation throughput on a few real steps of a throw-away copy of the model, then
-    the largest step count whose training, per-epoch evaluations and final (TTA) evaluation fit `budget_left`."""
+def time_training_steps(model, opt, batches: Callable[[int], tuple], warm: int, timed: int, device) -> float:
+    """Seconds per training step (batch preparation included), timed after `warm` untimed steps: CPU steps keep
+    speeding up over the first few (allocator and oneDNN caches)."""
     import torch
     import torch.nn.functional as F
 
-    probe = copy.deepcopy(model)
-    opt = build_optimizer(probe, cfg)
-    # CPU steps keep speeding up over the first few (allocator and oneDNN caches): warm up before timing.
-    warm, timed = (3, 8) if device.type == "cpu" else (5, 20)
     t = 0.0
     for i in range(warm + timed):
         if i == warm:
@@ -187,14 +181,24 @@ def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_pr
             t = time.perf_counter()
         x, y = batches(i)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = F.cross_entropy(probe(x).float(), y)
+            loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    step_s = (time.perf_counter() - t) / timed
-    del probe, opt
+    return (time.perf_counter() - t) / timed
+
+
+def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_probe: Callable[[], float],
+               n_train_batches: int, n_test: int, budget_left: float, forward_images_per_step: int,
+               device) -> dict[str, Any]:
+    """Measure training and evaluation throughput on a few real steps of a throw-away copy of the model, then
+    the largest step count whose training, per-epoch evaluations and final (TTA) evaluation fit `budget_left`."""
+    probe = copy.deepcopy(model)
+    warm, timed = (3, 8) if device.type == "cpu" else (5, 20)
+    step_s = time_training_steps(probe, build_optimizer(probe, cfg), batches, warm, timed, device)
+    del probe
     eval_img_s = eval_probe()  # seconds per image, one plain forward
     passes = {0: 1, 1: 2, 2: 6}[cfg.tta]
     per_epoch = n_test * eval_img_s + 1.5  # plain evaluation, checkpoint and curves
