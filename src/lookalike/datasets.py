@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import BadImageError, LookalikeError
 from .images import list_image_files, load_image
 from .paths import cache_dir
@@ -256,12 +257,8 @@ def _cached_split(root: Path, files: list[Path], labels: list[int], size: int, p
 def _atomic_save(obj, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as fh:
         torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _mean_std(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..atomic import atomic_write, fsync_dir
 from ..errors import LookalikeError
 from ..paths import home
 
@@ -62,27 +63,9 @@ def default_index_path(folder) -> Path:
     return folder / ".lookalike"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not possible on every platform
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_write(path, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def resolve_index_dir(path) -> Path:
@@ -409,7 +392,7 @@ class ImageIndex:
             fh.write(np.ascontiguousarray(vectors, np.float32).tobytes())
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("UPDATE images SET row = ? WHERE id = ?", [(n, i) for n, i in enumerate(ids)])

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .. import __version__
 from ..paths import cache_dir
 
@@ -84,13 +85,11 @@ def export_onnx(net, path: Path, input_size: int) -> None:
     """Export with a dynamic batch axis, atomically (a killed export leaves no half file)."""
     import torch
 
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     example = torch.zeros(1, 3, input_size, input_size)
-    with warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net.cpu().float(), example, str(tmp), input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
-    os.replace(tmp, path)
 
 
 def onnx_runner(net, *, model: str, pooling: str, weights: str | None,

@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from ..atomic import atomic_write
 
 THUMB = 112  # thumbnail side, pixels
 
@@ -111,7 +112,6 @@ def write_report(path, rows: list[dict], dist: np.ndarray, labels: list[str], ro
     parts.append("<h2>Distance matrix</h2>")
     parts.append(f"<img class='heat' src='{heatmap_data_uri(dist, [_label(p, root) for p in labels])}' alt='distance heat map'>")
     parts.append("</body></html>")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(parts))
     return path

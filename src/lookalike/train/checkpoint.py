@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Union
 
+from ..atomic import atomic_write
 from ..errors import LookalikeError
 
 FORMAT = "lookalike-checkpoint"
@@ -20,26 +21,8 @@ VERSION = 1
 def save_checkpoint(state: dict[str, Any], path: Union[str, os.PathLike]) -> None:
     import torch
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    # Make the rename itself durable.
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    with atomic_write(path) as fh:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
 
 
 def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> dict[str, Any]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..atomic import atomic_write
 from ..errors import LookalikeError
 from .config import TrainConfig, resolve
 
@@ -149,19 +150,16 @@ def evaluate(model, split, mean, std, device, tta: int = 0, batch_size: int = 10
 
 def write_metrics(history: list[dict], path: Path) -> None:
     """Rewrite metrics.csv from the history (atomic), so a resumed run never duplicates rows."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for row in history:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as fh:
+        fh.write(json.dumps(obj, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- time budget

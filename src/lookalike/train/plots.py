@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Sequence
+from ..atomic import atomic_write
 
 
 def _pyplot():
@@ -17,9 +18,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png", dpi=100)
 
 
 def plot_curves(history: Sequence[dict], path: os.PathLike) -> None:

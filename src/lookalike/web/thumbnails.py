@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..images import load_image
 
 JPEG_QUALITY = 82
@@ -140,16 +140,7 @@ def _write_atomic(target: Path, data: bytes) -> None:
     """Write then rename, so a reader never sees half a file; a full or read-only disk only costs the cache."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_write(target, durable=False) as fh:
+            fh.write(data)
     except OSError:
         pass
