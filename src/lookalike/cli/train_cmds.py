@@ -94,6 +94,10 @@ def _run_with_progress(cfg, folder: Path, resume: bool) -> dict:
             console.print(
                 f"time budget: {payload['images_per_second']:.0f} training images/s measured, "
                 f"{payload['total_steps']} steps ({payload['epochs']:.2f} epochs) planned", highlight=False)
+        elif kind == "replan":
+            console.print(
+                f"time budget: {payload['step_seconds']:.3f} s a step after epoch {payload['after_epoch']}, "
+                f"now {payload['total_steps']} steps ({payload['epochs']:.2f} epochs)", style="dim", highlight=False)
         elif kind == "start":
             c = payload["config"]
             console.print(f"training {c['model']} on {payload['device']}: {payload['total_steps']} steps, "

@@ -188,6 +188,20 @@ def time_training_steps(model, opt, batches: Callable[[int], tuple], warm: int, 
     return (time.perf_counter() - t) / timed
 
 
+def steps_that_fit(avail: float, step_s: float, eval_s: float, steps_per_epoch: int, done: int = 0) -> int:
+    """The step count, counted from 0 with `done` (a whole number of epochs) already taken, whose remaining
+    training at `step_s` a step plus one evaluation of `eval_s` per epoch fits `avail` seconds. A last epoch of
+    only a few steps would pay a whole evaluation for little training, so the run then ends an epoch earlier."""
+    spe = max(1, steps_per_epoch)
+    more = max(0, int((avail - eval_s) / (step_s + eval_s / spe)))
+    while more > 0 and more * step_s + math.ceil(more / spe) * eval_s > avail:
+        more -= 1
+    total = done + more
+    if total > spe and total % spe < spe // 4 and total - total % spe > done:
+        total -= total % spe
+    return total
+
+
 def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_probe: Callable[[], float],
                n_train_batches: int, n_test: int, budget_left: float, forward_images_per_step: int,
                device) -> dict[str, Any]:
@@ -201,15 +215,7 @@ def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_pr
     passes = {0: 1, 1: 2, 2: 6}[cfg.tta]
     per_epoch = n_test * eval_img_s + 1.5  # plain evaluation, checkpoint and curves
     final = n_test * eval_img_s * passes + 3.0  # TTA evaluation and confusion plot
-    margin = 0.04 * budget_left + 2.0
-    avail = budget_left - final - margin
-    # Each epoch adds an evaluation: time(steps) = steps * step_s + ceil(steps / per-epoch steps) * per_epoch.
-    steps = max(0, int((avail - per_epoch) / (step_s + per_epoch / n_train_batches)))
-    while steps > 0 and steps * step_s + math.ceil(steps / n_train_batches) * per_epoch > avail:
-        steps -= 1
-    # A last epoch of a few steps would pay a whole evaluation for little training: end on the epoch before.
-    if steps > n_train_batches and steps % n_train_batches < n_train_batches // 4:
-        steps -= steps % n_train_batches
+    steps = steps_that_fit(budget_left - final - (0.04 * budget_left + 2.0), step_s, per_epoch, n_train_batches)
     if steps < 1:
         raise LookalikeError(
             f"--time-budget is too short: one training step takes {step_s:.2f} s and evaluation "
@@ -326,6 +332,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         torch.set_rng_state(state["rng"]["torch"])
         emit("info", f"resuming {run_dir} after epoch {start_epoch} (step {step} of {total_steps})")
     elif cfg.time_budget:
+        plots.load_pyplot()  # a one-off second or two: paid before the pace is measured, not inside an epoch
         probe_gen = torch.Generator().manual_seed(cfg.seed + 7919)
 
         def probe_batch(i):
@@ -371,7 +378,28 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     emit("start", {"epochs": n_epochs, "total_steps": total_steps, "steps_per_epoch": spe, "start_epoch": start_epoch,
                    "step": step, "device": str(device), "config": cfg.to_dict()})
 
-    for epoch in range(start_epoch, n_epochs):
+    replan = bool(cfg.time_budget) and plan.get("total_steps") is not None
+    passes = {0: 1, 1: 2, 2: 6}[cfg.tta]
+    timings: list[tuple[int, float, float, float]] = []  # per epoch: steps; seconds training, evaluating, writing
+    epoch = start_epoch
+    while epoch < n_epochs:
+        if replan and timings:
+            # The probe steps ran before the caches warmed and with the whitening bias still learning, so they
+            # run slower than later steps: fit the remaining steps to the pace of the last epochs instead.
+            recent = timings[-3:]
+            steps_last, train_s, eval_s, files_s = (sum(t[i] for t in recent) / len(recent) for i in range(4))
+            avail = cfg.time_budget - (time.time() - t0)
+            final_s = eval_s * passes + files_s + 1.0  # TTA evaluation, confusion plot and result files
+            new_total = steps_that_fit(avail - final_s - (0.015 * cfg.time_budget + 2.0), train_s / steps_last,
+                                       eval_s + files_s, spe, done=step)
+            new_total = max(step + 1, new_total)
+            if new_total != total_steps:
+                total_steps = new_total
+                n_epochs = math.ceil(total_steps / spe)
+                freeze_step = int(cfg.whiten_bias_fraction * total_steps)
+                plan.setdefault("replans", []).append({"after_epoch": epoch, "total_steps": total_steps})
+                emit("replan", {"after_epoch": epoch, "total_steps": total_steps, "epochs": total_steps / spe,
+                                "step_seconds": train_s / steps_last})
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(n_train, generator=gen)
         steps_now = min(spe, total_steps - step)
@@ -412,9 +440,11 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
 
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_seconds += time.perf_counter() - t_epoch  # the optimisation alone, without evaluation and files
+        t_trained = time.perf_counter()
+        train_seconds += t_trained - t_epoch  # the optimisation alone, without evaluation and files
         ev = evaluate(model, test, mean_d, std_d, device, tta=0, batch_size=cfg.eval_batch_size,
                       num_classes=k, images_on_device=test_images)
+        t_evaluated = time.perf_counter()
         seconds = elapsed_before + (time.time() - t_start)
         row = {"epoch": epoch + 1, "step": step, "lr": lr_now, "train_loss": float(loss_acc) / max(1, seen),
                "train_acc": int(correct) / max(1, seen), "test_loss": ev["loss"], "test_acc": ev["acc"],
@@ -436,6 +466,9 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         write_metrics(history, run_dir / "metrics.csv")
         plots.plot_curves(history, run_dir / "curves.png")
         emit("epoch", row)
+        timings.append((max(1, steps_now), t_trained - t_epoch, t_evaluated - t_trained,
+                        time.perf_counter() - t_evaluated))
+        epoch += 1
 
     final = evaluate(model, test, mean_d, std_d, device, tta=cfg.tta, batch_size=cfg.eval_batch_size,
                      num_classes=k, images_on_device=test_images)

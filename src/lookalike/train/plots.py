@@ -8,7 +8,8 @@ from typing import Sequence
 from ..atomic import atomic_write
 
 
-def _pyplot():
+def load_pyplot():
+    """matplotlib's pyplot on the headless Agg backend (its first import takes a second or two)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -24,7 +25,7 @@ def _save(fig, path: Path) -> None:
 
 def plot_curves(history: Sequence[dict], path: os.PathLike) -> None:
     """Loss and accuracy per epoch, train against test (as in the lab report)."""
-    plt = _pyplot()
+    plt = load_pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
@@ -46,7 +47,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     """Rows: true class; columns: predicted class; counts written in the cells when the grid is small."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = load_pyplot()
     cm = np.asarray(matrix)
     k = len(classes)
     size = max(5, min(16, 0.6 * k + 2))
