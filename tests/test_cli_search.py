@@ -138,3 +138,29 @@ def test_demo_builds_gallery_scores_and_report(home, tmp_path, monkeypatch, caps
     assert "http://" not in html and "https://" not in html  # self-contained
     code, out, _ = run_cli(["demo", "--out", tmp_path / "demo"], monkeypatch, capsys)
     assert code == 0 and "precision@1" in out and "report.html" in out
+
+
+def test_index_names_new_failures_and_sums_up_known_ones(home, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "mixed"
+    write_originals(folder, ["coffee", "camera"])
+    for i in range(5):
+        (folder / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken %d" % i)
+    code, out, err = run_cli(["index", folder], monkeypatch, capsys)
+    assert code == 0, err
+    assert sum("skipped " in line and "bad" in line for line in err.splitlines()) == 5  # one line each, new
+    assert "2 images indexed" in out and "5 skipped" in out
+
+    (folder / "bad0.jpg").write_bytes(b"\xff\xd8\xff\xe0 still broken, but changed")
+    code, out, err = run_cli(["index", folder], monkeypatch, capsys)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.strip()]  # the finished progress bar leaves a blank line
+    assert lines[0].startswith(f"warning: skipped {folder / 'bad0.jpg'}: "), err  # changed: decoded, named
+    known = [line for line in lines if "unchanged since" in line]
+    assert known == ["warning: skipped 4 files unchanged since they failed to decode (bad1.jpg, bad2.jpg, "
+                     "bad3.jpg and 1 more); --json lists the reasons"]
+    assert len(lines) == 2 and "5 skipped" in out and "2 unchanged" in out
+
+    code, out, _ = run_cli(["index", folder, "--json"], monkeypatch, capsys)
+    summary = json.loads(out)
+    assert summary["skipped_known"] == 5 and len(summary["skipped"]) == 5
+    assert all(s["reason"].endswith("(unchanged since it failed)") for s in summary["skipped"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 
 import numpy as np
@@ -81,12 +82,16 @@ def test_missing_and_damaged_index(tmp_path):
     with pytest.raises(LookalikeError, match="unreadable"):
         ImageIndex.open(tmp_path / "ix")
     (tmp_path / "ix" / "manifest.json").write_text(json.dumps({**BACKBONE, "root": str(tmp_path),
-                                                                 "format_version": 1}))
+                                                                 "format_version": FORMAT_VERSION}))
     (tmp_path / "ix" / "index.db").write_bytes(b"garbage" * 100)
     for name in ("index.db-wal", "index.db-shm"):
         (tmp_path / "ix" / name).unlink(missing_ok=True)
     with pytest.raises(LookalikeError, match="rebuild"):
         ImageIndex.open(tmp_path / "ix")
+    (tmp_path / "ix" / "manifest.json").write_text(json.dumps({**BACKBONE, "root": str(tmp_path),
+                                                                 "format_version": 1}))
+    with pytest.raises(LookalikeError, match="rebuild"):  # the upgrade meets the damage: same advice
+        ImageIndex.open(tmp_path / "ix", readonly=False)
 
 
 def test_truncated_vector_file_is_an_error_not_a_crash(tmp_path):
@@ -162,6 +167,7 @@ def test_migration_hook(tmp_path, monkeypatch):
     mpath.write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION - 1}))
     with pytest.raises(LookalikeError, match="older format"):
         ImageIndex.open(tmp_path / "ix")
+    monkeypatch.delitem(I.MIGRATIONS, FORMAT_VERSION - 1)
     with pytest.raises(LookalikeError, match="cannot be upgraded"):
         ImageIndex.open(tmp_path / "ix", readonly=False)
     seen = []
@@ -172,6 +178,44 @@ def test_migration_hook(tmp_path, monkeypatch):
     mpath.write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION + 1}))
     with pytest.raises(LookalikeError, match="newer"):
         ImageIndex.open(tmp_path / "ix")
+
+
+def test_failures_are_recorded_replaced_and_cleared(tmp_path):
+    ix, _, _ = make(tmp_path)
+    assert ix.failures() == {}
+    ix.commit(failed=[("bad.jpg", 10, 20, "not an image"), ("cut.jpg", 30, 40, "corrupt or truncated")])
+    assert ix.failures() == {"bad.jpg": (10, 20, "not an image"), "cut.jpg": (30, 40, "corrupt or truncated")}
+    ix.commit(failed=[("bad.jpg", 11, 21, "empty file")], cleared=["cut.jpg"])  # one transaction with the rows
+    assert ix.failures() == {"bad.jpg": (11, 21, "empty file")}
+    assert len(ix) == 5  # images untouched
+    ix.close()
+    ix = ImageIndex.create(tmp_path / "ix", root=tmp_path / "photos", backbone=BACKBONE)  # what --rebuild does
+    assert ix.failures() == {}
+    ix.close()
+
+
+def test_format_1_index_is_upgraded_in_place(tmp_path):
+    """An index written before the failures table existed: readers ask for an upgrade, the writer does it."""
+    ix, _, vecs = make(tmp_path)
+    ix.touch_manifest(count=5)
+    ix.close()
+    conn = sqlite3.connect(tmp_path / "ix" / "index.db")  # back to the format 1 schema
+    conn.execute("DROP TABLE failures")
+    conn.commit()
+    conn.close()
+    mpath = tmp_path / "ix" / "manifest.json"
+    mpath.write_text(json.dumps({**json.loads(mpath.read_text()), "format_version": 1}))
+    with pytest.raises(LookalikeError, match="older format 1"):
+        ImageIndex.open(tmp_path / "ix")
+
+    ix = ImageIndex.open(tmp_path / "ix", readonly=False)
+    assert json.loads(mpath.read_text())["format_version"] == FORMAT_VERSION == 2
+    assert ix.failures() == {}
+    ix.commit(failed=[("bad.jpg", 1, 2, "not an image")])
+    assert ix.failures() == {"bad.jpg": (1, 2, "not an image")}
+    ix.close()
+    with ImageIndex.open(tmp_path / "ix") as ro:  # the images and vectors came through unchanged
+        assert len(ro) == 5 and np.allclose(ro.vectors(), vecs) and ro.path_of(1).name == "img0.jpg"
 
 
 def test_readonly_index_shared_between_threads(tmp_path):

@@ -179,6 +179,59 @@ def test_bad_files_are_skipped_and_named(home, tmp_path):
     assert s["indexed"] == 5  # coffee + four converted modes
 
 
+def _failures(index_path) -> dict:
+    ix = ImageIndex.open(index_path, readonly=False)
+    try:
+        return ix.failures()
+    finally:
+        ix.close()
+
+
+def test_failed_files_are_remembered_until_changed_or_deleted(home, tmp_path):
+    folder = tmp_path / "mixed"
+    write_originals(folder, ["coffee", "camera"])
+    (folder / "text.png").write_bytes(b"just some text")
+    data = jpeg_bytes(photo("rocket"))
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    emb = embedder()
+    first = index_folder(folder, embedder=emb)
+    assert first["indexed"] == 2 and first["skipped_known"] == 0
+    reasons = {os.path.basename(x["path"]): x["reason"] for x in first["skipped"]}
+    assert set(reasons) == {"text.png", "truncated.jpg"}
+    index_path = first["index_path"]
+    assert {rel: f[2] for rel, f in _failures(index_path).items()} == reasons
+
+    totals = []
+    again = index_folder(folder, embedder=emb, progress=lambda done, total: totals.append(total))
+    assert totals == [0]  # nothing left to decode: the two bad files were not read again
+    assert (again["unchanged"], again["skipped_known"], again["added"]) == (2, 2, 0)
+    assert sorted(again["skipped"], key=lambda x: x["path"]) == [
+        {"path": str(folder.resolve() / name), "reason": f"{reasons[name]} (unchanged since it failed)"}
+        for name in ("text.png", "truncated.jpg")]
+
+    st = (folder / "truncated.jpg").stat()  # touched: decoded again, still bad, remembered with the new mtime
+    os.utime(folder / "truncated.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    (folder / "text.png").write_bytes(jpeg_bytes(photo("coins")))  # fixed (a PNG name on JPEG bytes decodes)
+    (folder / "coffee.jpg").write_bytes(b"overwritten")  # an indexed file turned bad
+    third = index_folder(folder, embedder=emb)
+    assert (third["added"], third["removed"], third["indexed"], third["skipped_known"]) == (1, 1, 2, 0)
+    assert {os.path.basename(x["path"]) for x in third["skipped"]} == {"truncated.jpg", "coffee.jpg"}
+    failures = _failures(index_path)
+    assert set(failures) == {"truncated.jpg", "coffee.jpg"}
+    assert failures["truncated.jpg"][1] == st.st_mtime_ns + 10**9
+    with ImageIndex.open(index_path) as ix:
+        assert ix.id_of(folder / "text.png") is not None and ix.id_of(folder / "coffee.jpg") is None
+
+    (folder / "truncated.jpg").unlink()  # deleted: forgotten
+    fourth = index_folder(folder, embedder=emb)
+    assert [os.path.basename(x["path"]) for x in fourth["skipped"]] == ["coffee.jpg"]
+    assert fourth["skipped_known"] == 1 and set(_failures(index_path)) == {"coffee.jpg"}
+
+    rebuilt = index_folder(folder, embedder=emb, rebuild=True)  # starts over: every file is tried again
+    assert rebuilt["skipped_known"] == 0 and rebuilt["added"] == 2
+    assert [os.path.basename(x["path"]) for x in rebuilt["skipped"]] == ["coffee.jpg"]
+
+
 def test_refuses_to_mix_backbones(home, tmp_path):
     folder = tmp_path / "p"
     write_originals(folder, ["coffee", "camera"])

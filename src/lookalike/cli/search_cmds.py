@@ -75,11 +75,24 @@ def index_command(
     if json_out:
         print_json(summary)
         return
-    for item in summary["skipped"]:
+    skipped, n_known = summary["skipped"], summary.get("skipped_known", 0)
+    fresh, known = skipped[:len(skipped) - n_known], skipped[len(skipped) - n_known:]  # known failures come last
+    for item in fresh:
         warn(f"skipped {item['path']}: {item['reason']}")
+    if known:
+        warn(_known_failures_line(known))
     out.print(f"{summary['indexed']} images indexed in {summary['index_path']}: {summary['added']} added, "
               f"{summary['updated']} updated, {summary['renamed']} renamed, {summary['removed']} removed, "
-              f"{summary['unchanged']} unchanged, {len(summary['skipped'])} skipped", highlight=False, soft_wrap=True)
+              f"{summary['unchanged']} unchanged, {len(skipped)} skipped", highlight=False, soft_wrap=True)
+
+
+def _known_failures_line(known: list[dict], shown: int = 3) -> str:
+    """One line for files that failed before and have not changed since, however many there are."""
+    names = [Path(item["path"]).name for item in known[:shown]]
+    more = f" and {len(known) - shown} more" if len(known) > shown else ""
+    files, they = ("file", "it") if len(known) == 1 else ("files", "they")
+    return (f"skipped {len(known)} {files} unchanged since {they} failed to decode ({', '.join(names)}{more}); "
+            "--json lists the reasons")
 
 
 @app.command("search")

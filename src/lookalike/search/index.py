@@ -2,7 +2,8 @@
 
 - `manifest.json`: backbone, preprocessing, pooling, dimension, format version, root folder (atomic replace);
 - `index.db`: SQLite (WAL) with one row per image: path relative to the root, size, mtime, content hash, and the
-  row of its vector in the vector file;
+  row of its vector in the vector file; one row per file that could not be decoded (so an unchanged bad file is
+  not decoded again);
 - `vectors-<gen>.f32`: float32 unit vectors, row after row, memory-mappable.
 
 Crash safety: vectors are appended and fsynced before the SQLite transaction that references them commits, so
@@ -28,7 +29,7 @@ from ..atomic import atomic_write, fsync_dir
 from ..errors import LookalikeError
 from ..paths import home
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the `failures` table
 MANIFEST = "manifest.json"
 DATABASE = "index.db"
 LOCKFILE = "write.lock"
@@ -47,7 +48,31 @@ CREATE TABLE IF NOT EXISTS images (
     row INTEGER NOT NULL            -- row of the vector in the vector file
 );
 CREATE INDEX IF NOT EXISTS images_digest ON images (digest);
+CREATE TABLE IF NOT EXISTS failures (
+    path TEXT PRIMARY KEY,          -- relative to the manifest's root, as in images
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 """
+
+
+def _add_failures_table(path: Path) -> None:
+    """Format 1 -> 2. The table is created empty: files that failed before the upgrade are decoded once more."""
+    db = path / DATABASE
+    if not db.is_file():  # created, killed before the first batch: the writer creates the whole schema
+        return
+    try:
+        conn = sqlite3.connect(db)
+        try:
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise LookalikeError(f"index database {db} is unreadable ({exc}): rebuild with --rebuild") from None
+
+
+MIGRATIONS[1] = _add_failures_table
 
 
 def now_iso() -> str:
@@ -357,9 +382,16 @@ class ImageIndex:
         return {r[1]: (r[0], r[2], r[3], r[4], r[5])
                 for r in self._conn.execute("SELECT id, path, size, mtime_ns, digest, row FROM images")}
 
-    def commit(self, inserts: Iterable[tuple] = (), updates: Iterable[tuple] = (), deletes: Iterable[int] = ()) -> None:
+    def failures(self) -> dict[str, tuple[int, int, str]]:
+        """{relative path: (size, mtime_ns, reason)} of the files that could not be decoded, for the writer's sync."""
+        return {r[0]: (r[1], r[2], r[3])
+                for r in self._conn.execute("SELECT path, size, mtime_ns, reason FROM failures")}
+
+    def commit(self, inserts: Iterable[tuple] = (), updates: Iterable[tuple] = (), deletes: Iterable[int] = (),
+               failed: Iterable[tuple] = (), cleared: Iterable[str] = ()) -> None:
         """One transaction. inserts: (path, size, mtime_ns, digest, row); updates: (id, path, size, mtime_ns,
-        digest, row); deletes: ids."""
+        digest, row); deletes: ids; failed: (path, size, mtime_ns, reason), replacing any earlier failure of the
+        path; cleared: paths whose failure no longer applies."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -368,6 +400,9 @@ class ImageIndex:
                              [(p, s, m, d, r, i) for i, p, s, m, d, r in updates])
             conn.executemany("INSERT INTO images (path, size, mtime_ns, digest, row) VALUES (?, ?, ?, ?, ?)",
                              list(inserts))
+            conn.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in cleared])
+            conn.executemany("INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)",
+                             list(failed))
             if self._meta(conn, "vector_file") is None:
                 conn.execute("INSERT INTO meta VALUES ('vector_file', ?)", (self._vector_file().name,))
             conn.execute("COMMIT")

@@ -1,6 +1,7 @@
 """Bring an index up to date with its folder: extract only new or changed files, forget deleted ones, reuse
-the vector of a renamed (or copied) file by content hash. Work is committed batch by batch, so an interrupted
-run loses at most the batch in flight and the next run resumes from there."""
+the vector of a renamed (or copied) file by content hash, and remember files that could not be decoded so that
+they are not decoded again while unchanged. Work is committed batch by batch, so an interrupted run loses at
+most the batch in flight and the next run resumes from there."""
 
 from __future__ import annotations
 
@@ -54,7 +55,11 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
                  batch_size: int | None = None, embedder: Embedder | None = None,
                  progress: Callable[[int, int], None] | None = None) -> dict:
     """Index the images under `folder`. Returns {"indexed", "added", "updated", "removed", "renamed",
-    "unchanged", "skipped": [{"path", "reason"}], "index_path"}.
+    "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path"}.
+
+    A file that could not be decoded is remembered with its size and mtime; while both stay the same, later runs
+    skip it without reading it, and list it last in "skipped" with "(unchanged since it failed)" after its
+    reason; "skipped_known" counts those.
 
     With no `model`/`pooling`, an existing index keeps its backbone; a new one uses EfficientNet-Lite0 and
     average pooling. Asking for another backbone than the index's raises LookalikeError unless `rebuild`.
@@ -103,8 +108,10 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
 def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | None,
           progress: Callable[[int, int], None] | None) -> dict:
     summary = {"indexed": 0, "added": 0, "updated": 0, "removed": 0, "renamed": 0, "unchanged": 0,
-               "skipped": [], "index_path": str(index.path)}
+               "skipped": [], "skipped_known": 0, "index_path": str(index.path)}
     known = index.entries()  # rel path -> (id, size, mtime_ns, digest, row)
+    failed_before = index.failures()  # rel path -> (size, mtime_ns, reason)
+    known_bad: list[dict] = []
     seen: set[str] = set()
     todo: list[tuple[Path, str, int, int]] = []  # (absolute path, rel, size, mtime_ns)
     for path in list_image_files(root):
@@ -116,8 +123,11 @@ def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | N
             continue
         seen.add(rel)
         entry = known.get(rel)
+        failure = failed_before.get(rel)
         if entry is not None and entry[1] == st.st_size and entry[2] == st.st_mtime_ns:
             summary["unchanged"] += 1
+        elif failure is not None and failure[0] == st.st_size and failure[1] == st.st_mtime_ns:
+            known_bad.append({"path": str(path), "reason": f"{failure[2]} (unchanged since it failed)"})
         else:
             todo.append((path, rel, st.st_size, st.st_mtime_ns))
     gone = {rel: e for rel, e in known.items() if rel not in seen}
@@ -136,12 +146,18 @@ def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | N
     for batch in embedder.stream(todo, batch_size=batch_size, reuse=reusable,
                                   path_of=lambda t: t[0]):
         new_vectors, pending = [], []  # pending[i] is the row that will reference new_vectors[i]
-        updates, deletes = [], []
+        updates, deletes, failed, cleared = [], [], [], []
         for (path, rel, size, mtime), res in batch:
             old = known.get(rel)
             digest = res.get("digest")
+            if rel in failed_before and not ("reason" in res and "digest" in res):
+                cleared.append(rel)  # fixed, or unreadable for now: either way the old failure no longer applies
             if "reason" in res:
                 summary["skipped"].append({"path": str(path), "reason": res["reason"]})
+                if digest is not None:
+                    # Read but not decodable: that lasts until the file changes. A read error (permissions, a
+                    # file gone since the walk) may not, so those are tried again next time.
+                    failed.append((rel, size, mtime, res["reason"]))
                 if old is not None:  # changed into something unreadable: its old vector no longer applies
                     deletes.append(old[0])
                     summary["removed"] += 1
@@ -172,14 +188,17 @@ def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | N
             else:
                 updates.append((old[0], rel, size, mtime, digest, row))
                 summary["updated"] += 1
-        index.commit(inserts=inserts, updates=updates, deletes=deletes)
+        index.commit(inserts=inserts, updates=updates, deletes=deletes, failed=failed, cleared=cleared)
         done += len(batch)
         if progress:
             progress(done, total)
     forget = [e[0] for e in gone.values() if e[0] not in claimed]
-    if forget:
-        index.commit(deletes=forget)
+    vanished = [rel for rel in failed_before if rel not in seen]
+    if forget or vanished:
+        index.commit(deletes=forget, cleared=vanished)
         summary["removed"] += len(forget)
+    summary["skipped"] += known_bad
+    summary["skipped_known"] = len(known_bad)
     if index.dead_rows() > max(COMPACT_MIN_DEAD, len(index)):
         index.compact()
     summary["indexed"] = len(index)
