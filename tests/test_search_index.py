@@ -11,7 +11,7 @@ import pytest
 
 from lookalike.errors import LookalikeError
 from lookalike.search import index as I
-from lookalike.search.index import FORMAT_VERSION, ImageIndex, default_index_path
+from lookalike.search.index import FORMAT_VERSION, ImageIndex, change_stamp, default_index_path
 
 DIM = 8
 BACKBONE = {"model": "toy", "pooling": "avg", "dim": DIM, "weights": None,
@@ -216,6 +216,32 @@ def test_format_1_index_is_upgraded_in_place(tmp_path):
     ix.close()
     with ImageIndex.open(tmp_path / "ix") as ro:  # the images and vectors came through unchanged
         assert len(ro) == 5 and np.allclose(ro.vectors(), vecs) and ro.path_of(1).name == "img0.jpg"
+
+
+def test_change_stamp_moves_with_every_committed_change(tmp_path):
+    ix, root, _ = make(tmp_path)
+    path = tmp_path / "ix"
+    first = change_stamp(path)
+    assert first is not None and change_stamp(path) == first  # nothing changed, nothing moved
+    rows = ix.append_vectors(unit(1, seed=4))
+    assert change_stamp(path) == first  # written, not committed: readers would not see it
+    ix.commit(inserts=[("more.jpg", 1, 1, "m", rows[0])])
+    second = change_stamp(path)
+    assert second != first
+    with ImageIndex.open(path) as ro:  # a snapshot knows the generation it was read at
+        assert ro.generation == second[-1] == first[-1] + 1
+    ix.commit(deletes=[1, 2, 3, 4])
+    third = change_stamp(path)
+    ix.compact()
+    fourth = change_stamp(path)
+    ix.touch_manifest(count=2)
+    fifth = change_stamp(path)
+    assert len({first, second, third, fourth, fifth}) == 5
+    ix.close()
+    assert change_stamp(path) == fifth  # closing the writer is no change
+    ImageIndex.create(path, root=root, backbone=BACKBONE).close()  # a rebuild, empty so far
+    assert change_stamp(path) not in {first, second, third, fourth, fifth, None}
+    assert change_stamp(tmp_path / "nowhere") is None
 
 
 def test_readonly_index_shared_between_threads(tmp_path):

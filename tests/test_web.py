@@ -517,3 +517,152 @@ def test_host_check(gallery, tmp_path):
         assert c.get("/api/stats", headers={"host": "[::1]:8000"}).status_code == 200
         assert c.get("/api/stats", headers={"host": "evil.example"}).status_code == 400
         assert c.get("/", headers={"host": "127.0.0.1.evil.example"}).status_code == 400
+
+
+# -- following `lookalike index` while serving ---------------------------------------------------------------
+def _small_folder(gallery, folder: Path, names=("coins.png", "coffee.png", "rocket.png")) -> Path:
+    import shutil
+
+    folder.mkdir()
+    for name in names:
+        shutil.copy(gallery["folder"] / name, folder / name)
+    return folder
+
+
+def test_a_running_app_follows_reindexing(gallery, tmp_path):
+    """Images added to the folder are found, deleted ones disappear, a changed one gets a new thumbnail: after
+    `index_folder`, with the same app."""
+    import shutil
+
+    from lookalike.search.sync import index_folder
+
+    folder = _small_folder(gallery, tmp_path / "live")
+    index_path = tmp_path / "live-index"
+    index_folder(folder, index_path, embedder=gallery["embedder"])
+    app = make_app(gallery, tmp_path, index_path_override=index_path, check_interval=0)
+    with TestClient(app) as c:
+        def hits(name: str) -> dict:
+            r = c.post("/api/search", files=_files("q.jpg", jpeg_bytes(crop(photo(name), 0.85))), data={"k": 10})
+            return {Path(x["path"]).name: x["id"] for x in r.json()["results"]}
+
+        before = hits("chelsea")
+        assert set(before) == {"coins.png", "coffee.png", "rocket.png"}
+        assert c.get("/api/dupes").json()["groups"] == []
+        rocket = before["rocket.png"]
+        old_thumb = c.get(f"/api/images/{rocket}/thumbnail", params={"size": 64})
+        assert old_thumb.status_code == 200
+
+        shutil.copy(gallery["folder"] / "chelsea.png", folder / "chelsea.png")
+        shutil.copy(gallery["folder"] / "edits" / "chelsea-jpeg.jpg", folder / "chelsea-jpeg.jpg")
+        (folder / "coffee.png").unlink()
+        shutil.copy(gallery["folder"] / "motorcycle.png", folder / "rocket.png")  # same name, other picture
+        s = index_folder(folder, index_path, embedder=gallery["embedder"])
+        assert (s["added"], s["removed"], s["updated"]) == (2, 1, 1)
+
+        after = hits("chelsea")
+        assert set(after) == {"coins.png", "rocket.png", "chelsea.png", "chelsea-jpeg.jpg"}
+        assert {family(n) for n in list(after)[:2]} == {"chelsea"}  # the new images rank first
+        assert c.get("/api/stats").json()["count"] == 4
+        assert after["rocket.png"] == rocket  # the id stayed, the file behind it changed
+        new_thumb = c.get(f"/api/images/{rocket}/thumbnail", params={"size": 64})
+        assert new_thumb.status_code == 200 and new_thumb.headers["etag"] != old_thumb.headers["etag"]
+        assert new_thumb.content != old_thumb.content
+        assert c.get(f"/api/images/{rocket}/thumbnail", params={"size": 64},
+                     headers={"If-None-Match": old_thumb.headers["etag"]}).status_code == 200  # not a stale 304
+
+        gone = before["coffee.png"]
+        assert c.get("/api/search", params={"id": gone}).status_code == 404
+        assert c.get(f"/api/images/{gone}/thumbnail").status_code == 404
+        assert c.post("/api/compare", data={"ids": [gone, rocket]}).status_code == 404
+        cat = c.get("/api/search", params={"id": after["chelsea.png"], "k": 1}).json()["results"]
+        assert [x["id"] for x in cat] == [after["chelsea-jpeg.jpg"]]
+        groups = c.get("/api/dupes").json()["groups"]  # the duplicate groups follow too
+        assert [sorted(Path(p).name for p in g) for g in groups] == [["chelsea-jpeg.jpg", "chelsea.png"]]
+
+
+def test_the_service_looks_at_most_once_per_interval_and_pins_a_snapshot(gallery, tmp_path):
+    import shutil
+
+    from lookalike.search.query import search
+    from lookalike.search.sync import index_folder
+    from lookalike.web.service import SearchService
+
+    folder = _small_folder(gallery, tmp_path / "live")
+    index_path = tmp_path / "live-index"
+    index_folder(folder, index_path, embedder=gallery["embedder"])
+    service = SearchService(index_path, embedder=gallery["embedder"], check_interval=3600)
+    try:
+        old = service.view()
+        shutil.copy(gallery["folder"] / "chelsea.png", folder / "chelsea.png")
+        index_folder(folder, index_path, embedder=gallery["embedder"])
+        assert service.view() is old and service.stats()["count"] == 3  # within the interval: not looked at
+        assert service.refresh() is True
+        new = service.view()
+        assert new is not old and service.stats()["count"] == 4
+        assert service.refresh() is False and service.view() is new  # nothing changed: nothing reloaded
+        # A request that took the old snapshot finishes on it, vectors and paths alike.
+        query = new.index.vectors()[new.row[max(new.row)]]
+        assert len(search(old.index, query, k=10)[0]) == 3 and len(search(new.index, query, k=10)[0]) == 4
+        assert {p.name for p in map(old.path_of, old.row)} == {"coins.png", "coffee.png", "rocket.png"}
+    finally:
+        service.close()
+
+
+def test_requests_during_reindexing_see_whole_snapshots(gallery, tmp_path):
+    """Threads search and fetch thumbnails while the folder is re-indexed twice: every answer comes from one
+    committed state (200 or, for an id just removed, 404), never an error."""
+    import shutil
+    import threading
+
+    from lookalike.search.sync import index_folder
+
+    folder = _small_folder(gallery, tmp_path / "live", ("coins.png", "coffee.png", "rocket.png", "astronaut.png"))
+    index_path = tmp_path / "live-index"
+    index_folder(folder, index_path, embedder=gallery["embedder"])
+    app = make_app(gallery, tmp_path, index_path_override=index_path, check_interval=0)
+    stop = threading.Event()
+    seen: list = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            for image_id in range(1, 9):
+                r = c.get("/api/search", params={"id": image_id, "k": 10})
+                body = r.json()
+                count = len(body["results"]) + 1 if r.status_code == 200 else None
+                seen.append((r.status_code, count))
+                seen.append((c.get(f"/api/images/{image_id}/thumbnail", params={"size": 32}).status_code, None))
+
+    with TestClient(app) as c:
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            _wait_for(lambda: len(seen) >= 16)
+            (folder / "coffee.png").unlink()
+            shutil.copy(gallery["folder"] / "chelsea.png", folder / "chelsea.png")
+            index_folder(folder, index_path, embedder=gallery["embedder"], batch_size=1)
+            (folder / "coins.png").unlink()
+            index_folder(folder, index_path, embedder=gallery["embedder"], batch_size=1)
+            done = len(seen)
+            _wait_for(lambda: len(seen) >= done + 16)  # a few requests on the last state too
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        final = c.get("/api/stats").json()["count"]
+    statuses = {status for status, _ in seen}
+    assert statuses <= {200, 404}, statuses
+    assert statuses == {200, 404}
+    # Index sizes the searches saw: committed states only (4; 5 once chelsea is in and before coffee goes; 4; 3).
+    counts = {count for _, count in seen if count}
+    assert {3, 4} <= counts <= {3, 4, 5}
+    assert final == 3
+
+
+def _wait_for(condition, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

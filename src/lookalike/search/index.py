@@ -3,7 +3,8 @@
 - `manifest.json`: backbone, preprocessing, pooling, dimension, format version, root folder (atomic replace);
 - `index.db`: SQLite (WAL) with one row per image: path relative to the root, size, mtime, content hash, and the
   row of its vector in the vector file; one row per file that could not be decoded (so an unchanged bad file is
-  not decoded again);
+  not decoded again); a `generation` counter in `meta`, bumped by every write transaction, so that a running
+  server can tell cheaply that the index changed (`change_stamp`);
 - `vectors-<gen>.f32`: float32 unit vectors, row after row, memory-mappable.
 
 Crash safety: vectors are appended and fsynced before the SQLite transaction that references them commits, so
@@ -107,6 +108,30 @@ def resolve_index_dir(path) -> Path:
     return path.resolve()
 
 
+def change_stamp(path) -> tuple | None:
+    """A fingerprint of the committed state of the index folder `path`, for a reader that wants to know whether
+    to reopen: one stat and one small query. It changes with every committed write and compaction (the
+    generation counter) and with every manifest rewrite, which a rebuild starts with. None while the index
+    cannot be read, e.g. in the moment a rebuild has removed the old files."""
+    path = Path(path)
+    try:
+        st = (path / MANIFEST).stat()
+    except OSError:
+        return None
+    generation = 0
+    db = path / DATABASE
+    if db.is_file():
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                generation = int(ImageIndex._meta(conn, "generation", "0"))
+            finally:
+                conn.close()
+        except (sqlite3.DatabaseError, ValueError):
+            return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size, generation)
+
+
 class ImageIndex:
     """An opened index. Read-only instances load a snapshot at open time and are safe to share between threads;
     writable instances (used by `lookalike index`) belong to one thread and hold the folder's write lock."""
@@ -124,6 +149,7 @@ class ImageIndex:
         self._by_path: dict[str, int] = {}
         self._vectors: np.ndarray | None = None
         self._vec_lock = threading.Lock()
+        self.generation = 0  # of the snapshot (read-only instances)
 
     # --- opening -----------------------------------------------------------------------------------------
     @classmethod
@@ -228,8 +254,13 @@ class ImageIndex:
             return
         conn = self._connect(readonly=True)
         try:
+            # One read transaction: rows, vector file and generation from the same commit, even while a writer
+            # commits or compacts (which switches the vector file).
+            conn.execute("BEGIN")
             rows = conn.execute("SELECT id, path, row FROM images ORDER BY id").fetchall()
             vec_file = self._meta(conn, "vector_file")
+            self.generation = int(self._meta(conn, "generation", "0"))
+            conn.execute("COMMIT")
         finally:
             conn.close()
         self._ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
@@ -405,10 +436,16 @@ class ImageIndex:
                              list(failed))
             if self._meta(conn, "vector_file") is None:
                 conn.execute("INSERT INTO meta VALUES ('vector_file', ?)", (self._vector_file().name,))
+            self._bump_generation()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _bump_generation(self) -> None:
+        """Inside a write transaction: tell readers (`change_stamp`) that the committed state changed."""
+        self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+        self._conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
 
     def dead_rows(self) -> int:
         total = self._vector_file().stat().st_size // (self.dim * 4) if self._vector_file().exists() else 0
@@ -432,6 +469,7 @@ class ImageIndex:
         try:
             conn.executemany("UPDATE images SET row = ? WHERE id = ?", [(n, i) for n, i in enumerate(ids)])
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('vector_file', ?)", (new.name,))
+            self._bump_generation()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -1,7 +1,9 @@
 """The FastAPI app: a static page plus a small REST API over one read-only index.
 
 No part of a request ever becomes a filesystem path: images are named by their integer id in the index, and
-uploads are decoded from memory. The server never writes to the index; thumbnails go to the user cache.
+uploads are decoded from memory. The server never writes to the index; thumbnails go to the user cache. It
+follows `lookalike index` runs on the index without a restart (see `SearchService`): each request makes one
+call into the service, so it sees one snapshot of the index, and an id that a re-index removed answers 404.
 """
 
 from __future__ import annotations
@@ -124,15 +126,16 @@ def create_app(
     embedder: Any = None,
     thumbnail_cache_bytes: int = DEFAULT_THUMBNAIL_CACHE_BYTES,
     allowed_hosts: list[str] | None = None,
+    check_interval: float = 1.0,
 ) -> FastAPI:
     """Build the app over the index at `index_path`, loading the index and the model now (once).
 
     Raises `LookalikeError` when the index is missing or unreadable, so `lookalike serve` fails before binding.
     `embedder` lets a caller share an already loaded model (tests); by default the index's own backbone loads.
     `allowed_hosts`: Host header names to answer (`lookalike serve` on loopback passes the loopback names);
-    None answers any.
+    None answers any. `check_interval`: seconds between looks at the index for changes made by `lookalike index`.
     """
-    service = SearchService(index_path, device=device, embedder=embedder)
+    service = SearchService(index_path, device=device, embedder=embedder, check_interval=check_interval)
     thumbs = ThumbnailCache(Path(thumbnail_cache_dir) if thumbnail_cache_dir else cache_dir("thumbnails"))
     try:
         thumbs.prune(thumbnail_cache_bytes)
@@ -220,9 +223,10 @@ def create_app(
         k: int = Query(5, ge=1, le=MAX_K),
         include_self: bool = Query(False, description="Keep the query image itself in the results"),
     ) -> dict:
-        if not service.has_id(id):
-            raise not_found(id)
-        return service.search_id(id, k, include_self=include_self)
+        try:
+            return service.search_id(id, k, include_self=include_self)
+        except KeyError:
+            raise not_found(id) from None
 
     @app.post(
         "/api/compare",
@@ -239,15 +243,17 @@ def create_app(
             raise HTTPException(422, detail="compare needs at least two images (ids, uploads, or both)")
         if total > MAX_COMPARE:
             raise HTTPException(422, detail=f"compare takes at most {MAX_COMPARE} images, got {total}")
-        items: list[tuple[str, int | None, Any]] = []
         for image_id in ids:
-            if not service.has_id(image_id):
+            if not service.has_id(image_id):  # before decoding any upload
                 raise not_found(image_id)
-            items.append((str(service.path_of(image_id)), image_id, None))
+        items: list[tuple[str | None, int | None, Any]] = [(None, image_id, None) for image_id in ids]
         for upload in images:
             name = display_name(upload.filename)
             items.append((name, None, decode_upload(read_upload(upload), name, min_size=service.min_size)))
-        return service.compare(items)
+        try:
+            return service.compare(items)
+        except KeyError as exc:  # removed by a re-index since the check above
+            raise not_found(exc.args[0]) from None
 
     @app.get("/api/dupes", response_model=DupesResponse, summary="Groups of near-duplicate images")
     def dupes(
@@ -267,10 +273,14 @@ def create_app(
     def thumbnail(
         request: Request, image_id: int, size: int = Query(256, ge=32, le=1024, description="Longest side")
     ) -> Response:
-        if not service.has_id(image_id):
-            raise not_found(image_id)
         try:
-            key, data = thumbs.get(service.path_of(image_id), size)
+            path = service.path_of(image_id)
+        except KeyError:
+            raise not_found(image_id) from None
+        try:
+            # Cached by the file's path, size and mtime, never by id: an id that a re-index points at another
+            # file gets that file's thumbnail (and another ETag).
+            key, data = thumbs.get(path, size)
         except ImageGone:
             raise HTTPException(
                 404, detail=f"image {image_id} is no longer on disk: re-run `lookalike index`"

@@ -1,14 +1,17 @@
 """What the web API does, apart from HTTP: search, compare and duplicate groups over one read-only index.
 
-The index, its vectors and the model load once; request handlers in worker threads share them. Results carry
-the same fields as the CLI's `--json`, plus `id` so the page can ask for thumbnails and search again.
+The model loads once; the index's snapshot loads at start and again after `lookalike index` changes it.
+Request handlers in worker threads share them. Results carry the same fields as the CLI's `--json`, plus `id`
+so the page can ask for thumbnails and search again.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sqlite3
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -57,53 +60,126 @@ def decode_upload(data: bytes, filename: str | None, min_size: int | None = None
         raise BadImageError(str(exc).replace("<bytes>", name, 1)) from None
 
 
+class IndexView:
+    """One read-only snapshot of the index and what derives from it. A request takes the current view once and
+    uses it to the end, so a reload in between never mixes two states of the index."""
+
+    def __init__(self, index: Any, stamp: tuple | None) -> None:
+        self.index = index
+        self.stamp = stamp
+        self.ids = index.ids()
+        self.row = {int(i): n for n, i in enumerate(self.ids)}  # id -> row of vectors()
+        self.dupes: OrderedDict[tuple[float, int], list[list[int]]] = OrderedDict()
+        self.dupes_lock = threading.Lock()
+
+    def path_of(self, image_id: int) -> Path:
+        if image_id not in self.row:
+            raise KeyError(image_id)
+        return Path(self.index.path_of(image_id))
+
+
 class SearchService:
-    """One index and its embedder. Thread-safe: the index is read-only and the embedder serialises itself."""
+    """One index and its embedder. Thread-safe: snapshots of the index are read-only and the embedder
+    serialises itself.
 
-    def __init__(self, index_path: str | os.PathLike, device: str = "cpu", embedder: Any = None) -> None:
-        from ..search.index import ImageIndex
+    `lookalike index` may update the index while a server runs: at most every `check_interval` seconds, a
+    request looks at the index's change stamp (a stat and one small query) and, when it moved, reopens the
+    snapshot; requests already running finish on the one they started with.
+    """
 
-        self.index = ImageIndex.open(index_path, readonly=True)
+    def __init__(self, index_path: str | os.PathLike, device: str = "cpu", embedder: Any = None,
+                 check_interval: float = 1.0) -> None:
+        from ..search.index import ImageIndex, change_stamp, resolve_index_dir
+
+        stamp = change_stamp(resolve_index_dir(index_path))  # before opening: a commit in between reloads again
+        index = ImageIndex.open(index_path, readonly=True)
         try:
             if embedder is None:
                 from ..search.features import embedder_for_index
 
-                embedder = embedder_for_index(self.index, device=device)
-            if int(getattr(embedder, "dim", self.index.manifest["dim"])) != int(self.index.manifest["dim"]):
+                embedder = embedder_for_index(index, device=device)
+            if int(getattr(embedder, "dim", index.manifest["dim"])) != int(index.manifest["dim"]):
                 raise LookalikeError(
                     f"the model gives {embedder.dim}-dimensional vectors, the index holds "
-                    f"{self.index.manifest['dim']}-dimensional ones: serve it with its own backbone"
+                    f"{index.manifest['dim']}-dimensional ones: serve it with its own backbone"
                 )
             self.embedder = embedder
             self.index_path = Path(index_path)
-            self._ids = self.index.ids()
-            self._row = {int(i): n for n, i in enumerate(self._ids)}  # id -> row of vectors()
+            self.check_interval = float(check_interval)
+            self._view = IndexView(index, stamp)
+            self._next_check = time.monotonic() + self.check_interval
+            self._reload_lock = threading.Lock()
             self._embed_lock = threading.Lock()
-            self._dupes: OrderedDict[tuple[float, int], list[list[int]]] = OrderedDict()
-            self._dupes_lock = threading.Lock()
-            self.min_size = _input_size(self.index.manifest, embedder)
+            self.min_size = _input_size(index.manifest, embedder)
         except BaseException:
-            self.index.close()
+            index.close()
             raise
 
+    @property
+    def index(self):
+        """The current snapshot's index."""
+        return self._view.index
+
     def close(self) -> None:
-        self.index.close()
+        self._view.index.close()
+
+    # -- following the index on disk -------------------------------------------------------------------
+    def view(self) -> IndexView:
+        """The current snapshot, reopened first when the index changed on disk (checked at most every
+        `check_interval` seconds; while one thread reloads, the others go on with the current snapshot)."""
+        if time.monotonic() >= self._next_check and self._reload_lock.acquire(blocking=False):
+            try:
+                if time.monotonic() >= self._next_check:  # not done by another thread meanwhile
+                    self._reload_if_changed()
+            finally:
+                self._next_check = time.monotonic() + self.check_interval
+                self._reload_lock.release()
+        return self._view
+
+    def refresh(self) -> bool:
+        """Check for changes now, whatever the interval; True when a new snapshot was loaded."""
+        with self._reload_lock:
+            before = self._view
+            self._reload_if_changed()
+            self._next_check = time.monotonic() + self.check_interval
+            return self._view is not before
+
+    def _reload_if_changed(self) -> None:
+        from ..search.index import ImageIndex, change_stamp
+
+        current = self._view
+        stamp = change_stamp(current.index.path)
+        if stamp is None or stamp == current.stamp:
+            return
+        try:
+            index = ImageIndex.open(current.index.path, readonly=True)
+        except (LookalikeError, OSError, sqlite3.Error):
+            # Caught mid-rebuild, or a compaction removed the vector file just read of: a failed reload must not
+            # fail the request, so serve what we have and try again at the next check.
+            return
+        if not _same_backbone(index.manifest, current.index.manifest):
+            # Rebuilt with another model: the loaded embedder no longer fits its vectors. Keep the old snapshot
+            # (and stop looking until the stamp moves again); a restart serves the new backbone.
+            index.close()
+            current.stamp = stamp
+            return
+        self._view = IndexView(index, stamp)  # one assignment: each request sees the old view or the new one
+        current.index.close()  # read-only: closes no file a running request still reads
 
     # -- facts -----------------------------------------------------------------------------------------
     def stats(self) -> dict:
         from ..search.query import DEFAULT_DUPE_THRESHOLD
 
-        facts = dict(self.index.stats())
+        facts = dict(self.view().index.stats())
         facts["dupe_threshold"] = float(DEFAULT_DUPE_THRESHOLD)
         return facts
 
     def has_id(self, image_id: int) -> bool:
-        return image_id in self._row
+        return image_id in self.view().row
 
     def path_of(self, image_id: int) -> Path:
-        if image_id not in self._row:
-            raise KeyError(image_id)
-        return Path(self.index.path_of(image_id))
+        """The file of an indexed image; KeyError if the id is unknown."""
+        return self.view().path_of(image_id)
 
     # -- queries ---------------------------------------------------------------------------------------
     def embed(self, images: list):
@@ -115,30 +191,36 @@ class SearchService:
     def search_image(self, image, name: str, k: int) -> dict:
         from ..search.query import search
 
+        view = self.view()
         vector = self.embed([image])
-        results = search(self.index, vector, k=_clamp_k(k, len(self._ids)))[0]
+        results = search(view.index, vector, k=_clamp_k(k, len(view.ids)))[0]
         return {"query": name, "query_id": None, "results": [_result(r) for r in results]}
 
     def search_id(self, image_id: int, k: int, include_self: bool = False) -> dict:
+        """Search from an indexed image; KeyError if the id is unknown."""
         from ..search.query import search
 
-        row = self._row[image_id]  # KeyError if unknown
-        vector = self.index.vectors()[row : row + 1]
+        view = self.view()
+        row = view.row[image_id]
+        vector = view.index.vectors()[row : row + 1]
         exclude = None if include_self else [image_id]
-        results = search(self.index, vector, k=_clamp_k(k, len(self._ids)), exclude_ids=exclude)[0]
+        results = search(view.index, vector, k=_clamp_k(k, len(view.ids)), exclude_ids=exclude)[0]
         return {
-            "query": str(self.index.path_of(image_id)),
+            "query": str(view.index.path_of(image_id)),
             "query_id": image_id,
             "results": [_result(r) for r in results],
         }
 
-    def compare(self, items: list[tuple[str, int | None, Any]]) -> dict:
-        """`items`: (name, id or None, PIL image or None); indexed ids reuse their stored vector."""
+    def compare(self, items: list[tuple[str | None, int | None, Any]]) -> dict:
+        """`items`: (name, id or None, PIL image or None); indexed ids reuse their stored vector and, when their
+        name is None, are named by their path. KeyError (with the id) if an id is unknown."""
         import numpy as np
 
         from ..search.query import compare
 
-        vectors = self.index.vectors()
+        view = self.view()
+        vectors = view.index.vectors()
+        names = [str(view.path_of(image_id)) if name is None else name for name, image_id, _ in items]
         uploads = [img for _, image_id, img in items if image_id is None]
         fresh = iter(self.embed(uploads)) if uploads else iter(())
         rows = []
@@ -146,10 +228,10 @@ class SearchService:
             if image_id is None:
                 rows.append(next(fresh))
             else:
-                rows.append(vectors[self._row[image_id]])
+                rows.append(vectors[view.row[image_id]])
         distance, similarity = compare(np.stack(rows).astype(np.float32))
         return {
-            "paths": [name for name, _, _ in items],
+            "paths": names,
             "ids": [image_id for _, image_id, _ in items],
             "distance": _matrix(distance),
             "similarity": _matrix(similarity),
@@ -160,20 +242,25 @@ class SearchService:
 
         threshold = float(DEFAULT_DUPE_THRESHOLD if threshold is None else threshold)
         key = (round(threshold, 6), int(k))
-        with self._dupes_lock:  # one computation per setting; the index never changes under a running server
-            groups = self._dupes.get(key)
+        view = self.view()
+        with view.dupes_lock:  # one computation per setting and snapshot: a reload starts an empty cache
+            groups = view.dupes.get(key)
             if groups is None:
-                groups = [sorted(int(i) for i in g) for g in find_duplicates(self.index, threshold=threshold, k=k)]
-                self._dupes[key] = groups
-                while len(self._dupes) > 16:
-                    self._dupes.popitem(last=False)
+                groups = [sorted(int(i) for i in g) for g in find_duplicates(view.index, threshold=threshold, k=k)]
+                view.dupes[key] = groups
+                while len(view.dupes) > 16:
+                    view.dupes.popitem(last=False)
             else:
-                self._dupes.move_to_end(key)
+                view.dupes.move_to_end(key)
         return {
             "threshold": threshold,
-            "groups": [[str(self.index.path_of(i)) for i in g] for g in groups],
+            "groups": [[str(view.index.path_of(i)) for i in g] for g in groups],
             "group_ids": groups,
         }
+
+
+def _same_backbone(a: dict, b: dict) -> bool:
+    return all(a.get(key) == b.get(key) for key in ("model", "pooling", "dim", "preprocess", "weights"))
 
 
 def _clamp_k(k: int, count: int) -> int:
