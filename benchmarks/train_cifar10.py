@@ -76,6 +76,42 @@ def lab_images_per_second(data: str, steps: int, device: str) -> tuple[float, in
     return cfg.batch_size / step_s, len(d.train)
 
 
+def lab_script_images_per_second(data: str, steps: int) -> float | None:
+    """The lab's loop as course templates write it, for comparison with `lab` run by Lookalike's engine:
+    torchvision's ImageFolder with per-image PIL transforms (random crop with 4-pixel zero padding, flip,
+    ToTensor, Normalize) through a DataLoader with 2 worker processes, default (NCHW) tensors, the same
+    ResNet-18, SGD lr 0.1 / momentum 0.9 / weight decay 5e-4, batch 128. None when `data` is not a folder."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from lookalike.models import create_model
+
+    root = Path(data) / "train"
+    if not root.is_dir():
+        return None
+    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor(),
+                             transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+    ds = datasets.ImageFolder(str(root), tf)
+    loader = DataLoader(ds, batch_size=128, shuffle=True, num_workers=2)
+    model = create_model("lab", num_classes=len(ds.classes)).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    batches = iter(loader)
+    warm = 3
+    for i in range(warm + steps):
+        if i == warm:
+            t = time.perf_counter()
+        x, y = next(batches)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps * 128 / (time.perf_counter() - t)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="/tmp/cifar10-jpeg", help="CIFAR-10 as train/ and test/ class folders, or cifar10")
@@ -112,9 +148,11 @@ def main() -> None:
             print(f"{kind} {value} seed {seed}: test acc {100 * r['test_acc']:.2f}% in {r['outside_wall_s']:.0f} s",
                   file=sys.stderr, flush=True)
 
-    lab_ips, n_train = None, 50000
+    lab_ips, script_ips, n_train = None, None, 50000
     if not args.skip_lab:
         lab_ips, n_train = lab_images_per_second(args.data, args.lab_steps, args.device)
+        if args.device in ("auto", "cpu"):
+            script_ips = lab_script_images_per_second(args.data, args.lab_steps)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"\nCIFAR-10 ({args.data}), model `{args.model}` {args.train_args}, {cores} cores, device {args.device}\n")
@@ -134,17 +172,22 @@ def main() -> None:
                   f"{100 * statistics.mean(r['test_acc'] for r in group):.2f}%, training "
                   f"{statistics.mean(r['train_seconds'] for r in group):.1f} s, wall "
                   f"{statistics.mean(r['outside_wall_s'] for r in group):.1f} s")
-    if lab_ips is not None:
-        lab_s = 15 * n_train / lab_ips
-        print(f"\nLab recipe (ResNet-18, batch 128): {lab_ips:.1f} training images/s measured over "
-              f"{args.lab_steps} steps -> 15 epochs of {n_train:,} images = {lab_s / 3600:.2f} h of training "
-              "(evaluation not included).")
+    labs = [("Lab recipe run by Lookalike (`--model lab`: ResNet-18, batch 128, channels_last, tensor "
+             "augmentation)", lab_ips),
+            ("Lab recipe as a course template runs it (ImageFolder + PIL transforms, DataLoader with 2 workers, "
+             "NCHW)", script_ips)]
+    for name, ips in labs:
+        if ips is None:
+            continue
+        lab_s = 15 * n_train / ips
+        print(f"\n{name}: {ips:.1f} training images/s measured over {args.lab_steps} steps -> 15 epochs of "
+              f"{n_train:,} images = {lab_s / 3600:.2f} h of training (evaluation not included).")
         for kind, value, seed, r in rows:
             hit = next((float(x["seconds"]) for x in r["rows"] if float(x["test_acc"]) >= 0.85), None)
             if hit is None and r["test_acc"] >= 0.85:
                 hit = r["wall_seconds"]
             if hit:
-                print(f"- `{value}` seed {seed}: 85% after {hit:.0f} s, {lab_s / hit:.0f}x less than the lab's 15 epochs")
+                print(f"- `{value}` seed {seed}: 85% after {hit:.0f} s, {lab_s / hit:.0f}x less than these 15 epochs")
 
 
 if __name__ == "__main__":

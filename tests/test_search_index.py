@@ -164,9 +164,10 @@ def test_migration_hook(tmp_path, monkeypatch):
     ix.close()
     mpath = tmp_path / "ix" / "manifest.json"
     manifest = json.loads(mpath.read_text())
-    mpath.write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION - 1}))
-    with pytest.raises(LookalikeError, match="older format"):
+    mpath.write_text(json.dumps({**manifest, "format_version": I.OLDEST_READABLE - 1}))
+    with pytest.raises(LookalikeError, match="older format"):  # too old to search: the writer must upgrade it
         ImageIndex.open(tmp_path / "ix")
+    mpath.write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION - 1}))
     monkeypatch.delitem(I.MIGRATIONS, FORMAT_VERSION - 1)
     with pytest.raises(LookalikeError, match="cannot be upgraded"):
         ImageIndex.open(tmp_path / "ix", readonly=False)
@@ -195,7 +196,7 @@ def test_failures_are_recorded_replaced_and_cleared(tmp_path):
 
 
 def test_format_1_index_is_upgraded_in_place(tmp_path):
-    """An index written before the failures table existed: readers ask for an upgrade, the writer does it."""
+    """An index written before the failures table existed: readers search it as it is, the writer upgrades it."""
     ix, _, vecs = make(tmp_path)
     ix.touch_manifest(count=5)
     ix.close()
@@ -205,8 +206,9 @@ def test_format_1_index_is_upgraded_in_place(tmp_path):
     conn.close()
     mpath = tmp_path / "ix" / "manifest.json"
     mpath.write_text(json.dumps({**json.loads(mpath.read_text()), "format_version": 1}))
-    with pytest.raises(LookalikeError, match="older format 1"):
-        ImageIndex.open(tmp_path / "ix")
+    with ImageIndex.open(tmp_path / "ix") as ro:
+        assert len(ro) == 5 and np.allclose(ro.vectors(), vecs)
+    assert json.loads(mpath.read_text())["format_version"] == 1  # reading changed nothing
 
     ix = ImageIndex.open(tmp_path / "ix", readonly=False)
     assert json.loads(mpath.read_text())["format_version"] == FORMAT_VERSION == 2

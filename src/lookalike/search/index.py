@@ -31,6 +31,7 @@ from ..errors import LookalikeError
 from ..paths import home
 
 FORMAT_VERSION = 2  # 2: the `failures` table
+OLDEST_READABLE = 1  # readers never touch the `failures` table, so format 1 is searchable as it is
 MANIFEST = "manifest.json"
 DATABASE = "index.db"
 LOCKFILE = "write.lock"
@@ -164,7 +165,7 @@ class ImageIndex:
         if version > FORMAT_VERSION:
             raise LookalikeError(f"index {path} has format {version}, newer than this Lookalike reads "
                                  f"({FORMAT_VERSION}): upgrade lookalike")
-        if version < FORMAT_VERSION:
+        if version < FORMAT_VERSION and not (readonly and version >= OLDEST_READABLE):
             if readonly:
                 raise LookalikeError(f"index {path} has the older format {version}: run `lookalike index` on "
                                      "its folder once to upgrade it")
