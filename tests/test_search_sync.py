@@ -312,6 +312,7 @@ def test_ctrl_c_then_resume(home, tmp_path):
     proc = subprocess.run([sys.executable, "-c", CTRL_C, str(folder), str(ix_path)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "interrupted"
     with ImageIndex.open(ix_path) as ix:
         assert len(ix) == 8
     s = index_folder(folder, ix_path, embedder=embedder())

@@ -57,7 +57,7 @@ def test_fast_recipe_depends_on_device():
     assert resolve(TrainConfig(model="fast"), "cuda").widths == [64, 256, 256]
     assert resolve(TrainConfig(model="fast", widths=[8, 8, 8]), "cpu").widths == [8, 8, 8]
     assert resolve(TrainConfig(model="fast", time_budget=300), "cpu").widths == [32, 64, 128]
-    assert resolve(TrainConfig(model="fast", time_budget=900), "cpu").widths == [32, 96, 192]
+    assert resolve(TrainConfig(model="fast", time_budget=900), "cpu").widths == [32, 128, 256]
 
 
 def test_schedules():

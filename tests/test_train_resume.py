@@ -60,3 +60,20 @@ def test_resume_of_a_finished_run_only_evaluates(tiny_folder_dataset, tmp_path):
     first = fit(cfg, tmp_path / "run")
     again = fit(TrainConfig(), tmp_path / "run", resume=True)
     assert again["test_acc"] == first["test_acc"] and len(_rows(tmp_path / "run" / "metrics.csv")) == 2
+
+
+def test_ctrl_c_keeps_finished_epochs_and_names_the_resume_command(tiny_folder_dataset, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", "from lookalike.cli import main; main()", "train",
+                             "--data", str(tiny_folder_dataset), "--epochs", "200", "--widths", "8,16,16",
+                             "--batch-size", "12", "--device", "cpu", "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(_rows(run / "metrics.csv")) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and f"lookalike train --resume {run}" in err
+    assert err.strip().splitlines()[-1] == "interrupted"
+    assert load_checkpoint(run / "last.pt")["meta"]["epoch"] >= 1

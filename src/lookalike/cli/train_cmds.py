@@ -28,7 +28,7 @@ def train_command(
     schedule: Optional[str] = typer.Option(None, "--schedule", help="step, onecycle, linear, cosine or constant."),
     milestones: Optional[str] = typer.Option(None, "--milestones", help="step schedule: epochs where the lr is multiplied by --gamma, e.g. 5,10."),
     gamma: Optional[float] = typer.Option(None, "--gamma", help="step schedule: lr multiplier at each milestone."),
-    widths: Optional[str] = typer.Option(None, "--widths", help="fast: channels of the three conv groups, e.g. 32,96,192 (GPU default 64,256,256)."),
+    widths: Optional[str] = typer.Option(None, "--widths", help="fast: channels of the three conv groups, e.g. 32,128,256 (the CPU default; 32,64,128 under a 10-minute budget; GPU 64,256,256)."),
     depth: Optional[int] = typer.Option(None, "--depth", help="fast: convolutions per group (2; 3 is deeper and slower)."),
     translate: Optional[int] = typer.Option(None, "--translate", help="Random shift augmentation in pixels (0: off)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips."),
@@ -117,6 +117,12 @@ def _run_with_progress(cfg, folder: Path, resume: bool) -> dict:
 
     try:
         return fit(cfg, folder, resume=resume, on_event=on_event, started_at=_STARTED)
+    except KeyboardInterrupt:
+        progress.stop()
+        if (folder / "last.pt").exists() or (folder / "config.json").exists():
+            console.print(f"stopped; finished epochs are kept: lookalike train --resume {folder} continues the run",
+                          highlight=False, soft_wrap=True)
+        raise
     finally:
         progress.stop()
 

@@ -23,7 +23,7 @@ from .registry import register_model
 # Widths of the three conv groups of `fast`. The GPU size is airbench94's; the CPU size was chosen from
 # measured training throughput on a 2-core CPU (see benchmarks/train_cifar10.py).
 FAST_WIDTHS_GPU = (64, 256, 256)
-FAST_WIDTHS_CPU = (32, 96, 192)
+FAST_WIDTHS_CPU = (32, 128, 256)
 
 
 class GhostlessBatchNorm(nn.BatchNorm2d):
