@@ -114,3 +114,14 @@ def test_alternating_flips_mirror_each_image_once_per_two_epochs():
     even, odd = alternating_flips(idx, 0, seed=5, n_total=1000), alternating_flips(idx, 1, seed=5, n_total=1000)
     assert torch.equal(even, ~odd) and 400 < int(even.sum()) < 600
     assert torch.equal(alternating_flips(idx[10:20], 2, 5, 1000), even[10:20])
+
+
+def test_steps_that_fit_counts_training_and_one_evaluation_per_epoch():
+    from lookalike.train.engine import steps_that_fit
+
+    # 63 steps of 1 s and 7 evaluations of 5 s take 98 s; 64 steps would start an 8th epoch (104 s).
+    assert steps_that_fit(100, 1.0, 5.0, 10) == 63
+    assert steps_that_fit(100, 1.0, 5.0, 10, done=20) == 83  # counted on from the steps already taken
+    assert steps_that_fit(3, 1.0, 5.0, 10, done=20) == 20  # no time left: nothing more
+    # A last epoch of 1 step out of 10 would pay a whole evaluation: the run ends on the epoch before.
+    assert steps_that_fit(22, 1.0, 5.0, 10) == 10  # 11 steps and 2 evaluations (21 s) would fit

@@ -388,7 +388,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
             # run slower than later steps: fit the remaining steps to the pace of the last epochs instead.
             recent = timings[-3:]
             steps_last, train_s, eval_s, files_s = (sum(t[i] for t in recent) / len(recent) for i in range(4))
-            avail = cfg.time_budget - (time.time() - t0)
+            avail = cfg.time_budget - elapsed_before - (time.time() - t0)  # a resumed run spent some already
             final_s = eval_s * passes + files_s + 1.0  # TTA evaluation, confusion plot and result files
             new_total = steps_that_fit(avail - final_s - (0.015 * cfg.time_budget + 2.0), train_s / steps_last,
                                        eval_s + files_s, spe, done=step)
