@@ -39,7 +39,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False               # torch.compile (CUDA only; no gain on CPU)
-    eval_batch_size: int = 1000
+    eval_batch_size: Optional[int] = None  # 256 on a CPU (cache-friendly: ~20% faster than 1000), 1000 on a GPU
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +83,7 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
         recipe.update(FAST_GPU if device_type == "cuda" else FAST_CPU)
         if device_type != "cuda" and cfg.time_budget is not None and cfg.time_budget < SHORT_BUDGET_S:
             recipe.update(FAST_CPU_SHORT)
+    recipe.setdefault("eval_batch_size", 1000 if device_type == "cuda" else 256)
     recipe.setdefault("whiten_bias_fraction", 0.0)
     recipe.setdefault("bias_lr_scale", 1.0)
     recipe.setdefault("alternate_flip", False)
