@@ -125,3 +125,13 @@ def test_steps_that_fit_counts_training_and_one_evaluation_per_epoch():
     assert steps_that_fit(3, 1.0, 5.0, 10, done=20) == 20  # no time left: nothing more
     # A last epoch of 1 step out of 10 would pay a whole evaluation: the run ends on the epoch before.
     assert steps_that_fit(22, 1.0, 5.0, 10) == 10  # 11 steps and 2 evaluations (21 s) would fit
+
+
+def test_refit_steps_uses_the_pace_of_the_last_epochs():
+    from lookalike.train.engine import refit_steps
+
+    # Epochs of 10 steps in 10 s, 5 s of evaluation: 100 s left, minus the final evaluation (6 s) and the margin
+    # (3.5 s), fits 57 more steps after the 20 taken.
+    timings = [(10, 30.0, 9.0, 2.0), (10, 10.0, 5.0, 0.0), (10, 10.0, 5.0, 0.0), (10, 10.0, 5.0, 0.0)]
+    assert refit_steps(timings, 100.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (77, 1.0)
+    assert refit_steps(timings, 0.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (21, 1.0)  # over: one more step

@@ -26,6 +26,7 @@ from .config import TrainConfig, resolve
 Event = Callable[[str, Any], None]
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 LOOKAHEAD_EVERY = 5
+TTA_PASSES = {0: 1, 1: 2, 2: 6}  # forward passes per image at each test-time augmentation level
 
 
 # ---------------------------------------------------------------- pieces
@@ -202,6 +203,21 @@ def steps_that_fit(avail: float, step_s: float, eval_s: float, steps_per_epoch: 
     return total
 
 
+def refit_steps(timings: list[tuple[int, float, float, float]], seconds_left: float, budget: float, tta: int,
+                steps_per_epoch: int, done: int) -> tuple[int, float]:
+    """After an epoch: the step count that fits `seconds_left` at the pace of the last (up to three) epochs, each
+    timed as (steps, training s, evaluation s, file-writing s); and that pace in seconds a step. The probe steps
+    of `plan_steps` run before the caches warm and while the whitening bias still learns, so they run slower
+    than later steps: this is what lets a run use its whole budget."""
+    recent = timings[-3:]
+    steps, train_s, eval_s, files_s = (sum(t[i] for t in recent) / len(recent) for i in range(4))
+    step_s = train_s / max(1.0, steps)
+    final_s = eval_s * TTA_PASSES[tta] + files_s + 1.0  # TTA evaluation, confusion plot and result files
+    margin = 0.015 * budget + 2.0
+    total = steps_that_fit(seconds_left - final_s - margin, step_s, eval_s + files_s, steps_per_epoch, done=done)
+    return max(done + 1, total), step_s
+
+
 def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_probe: Callable[[], float],
                n_train_batches: int, n_test: int, budget_left: float, forward_images_per_step: int,
                device) -> dict[str, Any]:
@@ -212,7 +228,7 @@ def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_pr
     step_s = time_training_steps(probe, build_optimizer(probe, cfg), batches, warm, timed, device)
     del probe
     eval_img_s = eval_probe()  # seconds per image, one plain forward
-    passes = {0: 1, 1: 2, 2: 6}[cfg.tta]
+    passes = TTA_PASSES[cfg.tta]
     per_epoch = n_test * eval_img_s + 1.5  # plain evaluation, checkpoint and curves
     final = n_test * eval_img_s * passes + 3.0  # TTA evaluation and confusion plot
     steps = steps_that_fit(budget_left - final - (0.04 * budget_left + 2.0), step_s, per_epoch, n_train_batches)
@@ -379,27 +395,19 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                    "step": step, "device": str(device), "config": cfg.to_dict()})
 
     replan = bool(cfg.time_budget) and plan.get("total_steps") is not None
-    passes = {0: 1, 1: 2, 2: 6}[cfg.tta]
     timings: list[tuple[int, float, float, float]] = []  # per epoch: steps; seconds training, evaluating, writing
     epoch = start_epoch
     while epoch < n_epochs:
         if replan and timings:
-            # The probe steps ran before the caches warmed and with the whitening bias still learning, so they
-            # run slower than later steps: fit the remaining steps to the pace of the last epochs instead.
-            recent = timings[-3:]
-            steps_last, train_s, eval_s, files_s = (sum(t[i] for t in recent) / len(recent) for i in range(4))
-            avail = cfg.time_budget - elapsed_before - (time.time() - t0)  # a resumed run spent some already
-            final_s = eval_s * passes + files_s + 1.0  # TTA evaluation, confusion plot and result files
-            new_total = steps_that_fit(avail - final_s - (0.015 * cfg.time_budget + 2.0), train_s / steps_last,
-                                       eval_s + files_s, spe, done=step)
-            new_total = max(step + 1, new_total)
+            seconds_left = cfg.time_budget - elapsed_before - (time.time() - t0)  # a resumed run spent some already
+            new_total, step_s = refit_steps(timings, seconds_left, cfg.time_budget, cfg.tta, spe, done=step)
             if new_total != total_steps:
                 total_steps = new_total
                 n_epochs = math.ceil(total_steps / spe)
                 freeze_step = int(cfg.whiten_bias_fraction * total_steps)
                 plan.setdefault("replans", []).append({"after_epoch": epoch, "total_steps": total_steps})
                 emit("replan", {"after_epoch": epoch, "total_steps": total_steps, "epochs": total_steps / spe,
-                                "step_seconds": train_s / steps_last})
+                                "step_seconds": step_s})
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(n_train, generator=gen)
         steps_now = min(spe, total_steps - step)
