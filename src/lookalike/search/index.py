@@ -109,6 +109,14 @@ def resolve_index_dir(path) -> Path:
     return path.resolve()
 
 
+BACKBONE_KEYS = ("model", "pooling", "dim", "preprocess", "weights")
+
+
+def same_backbone(a: dict, b: dict) -> bool:
+    """Whether two manifests (or a manifest and a backbone description) give comparable vectors."""
+    return all(a.get(k) == b.get(k) for k in BACKBONE_KEYS)
+
+
 def change_stamp(path) -> tuple | None:
     """A fingerprint of the committed state of the index folder `path`, for a reader that wants to know whether
     to reopen: one stat and one small query. It changes with every committed write and compaction (the

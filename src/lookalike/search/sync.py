@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import LookalikeError
 from ..images import list_image_files
 from .features import DEFAULT_MODEL, Embedder, load_embedder
-from .index import MANIFEST, ImageIndex, default_index_path
+from .index import MANIFEST, ImageIndex, default_index_path, same_backbone
 
 # Compact the vector file once dead rows outnumber live ones (and are worth the rewrite).
 COMPACT_MIN_DEAD = 1024
@@ -21,11 +21,6 @@ COMPACT_MIN_DEAD = 1024
 
 def _describe_backbone(m: dict) -> str:
     return f"{m['model']} ({m.get('pooling', 'avg')} pooling)"
-
-
-def _same_backbone(manifest: dict, backbone: dict) -> bool:
-    keys = ("model", "pooling", "dim", "preprocess", "weights")
-    return all(manifest.get(k) == backbone.get(k) for k in keys)
 
 
 def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooling: str | None,
@@ -91,7 +86,7 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
                 embedder = load_embedder(model or DEFAULT_MODEL, device=device, pooling=pooling or "avg",
                                          weights=weights, runtime=runtime)
         backbone = embedder.describe()
-        if existing is not None and not _same_backbone(existing.manifest, backbone):
+        if existing is not None and not same_backbone(existing.manifest, backbone):
             old = _describe_backbone(existing.manifest)
             existing.close()
             raise LookalikeError(f"index {index_path} holds vectors from {old}, not {_describe_backbone(backbone)}: "

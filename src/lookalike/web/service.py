@@ -145,7 +145,7 @@ class SearchService:
             return self._view is not before
 
     def _reload_if_changed(self) -> None:
-        from ..search.index import ImageIndex, change_stamp
+        from ..search.index import ImageIndex, change_stamp, same_backbone
 
         current = self._view
         stamp = change_stamp(current.index.path)
@@ -157,7 +157,7 @@ class SearchService:
             # Caught mid-rebuild, or a compaction removed the vector file just read of: a failed reload must not
             # fail the request, so serve what we have and try again at the next check.
             return
-        if not _same_backbone(index.manifest, current.index.manifest):
+        if not same_backbone(index.manifest, current.index.manifest):
             # Rebuilt with another model: the loaded embedder no longer fits its vectors. Keep the old snapshot
             # (and stop looking until the stamp moves again); a restart serves the new backbone.
             index.close()
@@ -257,10 +257,6 @@ class SearchService:
             "groups": [[str(view.index.path_of(i)) for i in g] for g in groups],
             "group_ids": groups,
         }
-
-
-def _same_backbone(a: dict, b: dict) -> bool:
-    return all(a.get(key) == b.get(key) for key in ("model", "pooling", "dim", "preprocess", "weights"))
 
 
 def _clamp_k(k: int, count: int) -> int:
