@@ -58,6 +58,13 @@ def test_fast_recipe_depends_on_device():
     assert resolve(TrainConfig(model="fast", widths=[8, 8, 8]), "cpu").widths == [8, 8, 8]
     assert resolve(TrainConfig(model="fast", time_budget=300), "cpu").widths == [32, 64, 128]
     assert resolve(TrainConfig(model="fast", time_budget=900), "cpu").widths == [32, 128, 256]
+    # CPU runs use Muon, GPU runs airbench94's SGD; each optimizer brings its own settings.
+    cpu, gpu = resolve(TrainConfig(model="fast"), "cpu"), resolve(TrainConfig(model="fast"), "cuda")
+    assert (cpu.optimizer, cpu.schedule, cpu.lookahead) == ("muon", "linear", False)
+    assert (gpu.optimizer, gpu.lr, gpu.lookahead) == ("sgd-sum", 11.5, True)
+    sgd_on_cpu = resolve(TrainConfig(model="fast", optimizer="sgd-sum"), "cpu")
+    assert (sgd_on_cpu.lr, sgd_on_cpu.schedule, sgd_on_cpu.widths) == (11.5, "onecycle", [32, 128, 256])
+    assert resolve(TrainConfig(model="fast", time_budget=300), "cpu").lr > cpu.lr  # fewer steps, larger angle
 
 
 def test_schedules():
@@ -88,17 +95,29 @@ def test_augmentation_is_one_seeded_gather(mode):
     assert 0 < flipped < 16
 
 
+def test_augmentation_cuts_small_crops():
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    a = augment(x, torch.Generator().manual_seed(2), translate=1, flip=True, size=5)
+    assert a.shape == (16, 3, 5, 5)
+    padded = torch.nn.functional.pad(x.float(), (1, 1, 1, 1), mode="reflect").to(torch.uint8)
+    for i in range(16):  # a 5 x 5 window anywhere in the image padded by `translate`, mirrored or not
+        windows = [padded[i, :, dy:dy + 5, dx:dx + 5] for dy in range(6) for dx in range(6)]
+        assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(-1)) for w in windows)
+
+
 def test_time_budget_plans_and_stores_the_step_count(tiny_folder_dataset, tmp_path):
     events = {}
-    cfg = TrainConfig(data=str(tiny_folder_dataset), time_budget=20, **SMALL)
+    cfg = TrainConfig(data=str(tiny_folder_dataset), time_budget=20, crop_size=24, crop_fraction=0.5, **SMALL)
     result = fit(cfg, tmp_path / "run", on_event=lambda k, p: events.setdefault(k, p))
     plan = events["plan"]
     assert plan["total_steps"] >= 1 and plan["images_per_second"] > 0
+    assert plan["small_step_seconds"] > 0 and plan["small_step_ratio"] > 0  # both crop sizes were timed
     # After each epoch the step count is fitted again to the measured pace; the checkpoint keeps the latest.
     replans = result["plan"].get("replans", [])
     final_total = replans[-1]["total_steps"] if replans else plan["total_steps"]
     assert result["steps"] == final_total
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["scheduler"]["total_steps"] == final_total
+    scheduler = load_checkpoint(tmp_path / "run" / "last.pt")["scheduler"]
+    assert scheduler["total_steps"] == final_total and 0 < scheduler["crop_steps"] < final_total
     assert all(r["after_epoch"] >= 1 for r in replans)
 
 
@@ -119,19 +138,32 @@ def test_alternating_flips_mirror_each_image_once_per_two_epochs():
 def test_steps_that_fit_counts_training_and_one_evaluation_per_epoch():
     from lookalike.train.engine import steps_that_fit
 
-    # 63 steps of 1 s and 7 evaluations of 5 s take 98 s; 64 steps would start an 8th epoch (104 s).
-    assert steps_that_fit(100, 1.0, 5.0, 10) == 63
-    assert steps_that_fit(100, 1.0, 5.0, 10, done=20) == 83  # counted on from the steps already taken
+    # 65 steps of 1 s and 7 evaluations of 5 s take 100 s; 66 steps would take 101 s.
+    assert steps_that_fit(100, 1.0, 5.0, 10) == 65
+    assert steps_that_fit(100, 1.0, 5.0, 10, done=20) == 85  # counted on from the steps already taken
     assert steps_that_fit(3, 1.0, 5.0, 10, done=20) == 20  # no time left: nothing more
     # A last epoch of 1 step out of 10 would pay a whole evaluation: the run ends on the epoch before.
-    assert steps_that_fit(22, 1.0, 5.0, 10) == 10  # 11 steps and 2 evaluations (21 s) would fit
+    assert steps_that_fit(21, 1.0, 5.0, 10) == 10  # 11 steps and 2 evaluations (21 s) would fit
+    assert steps_that_fit(22, 1.0, 5.0, 10) == 12  # 2 steps into the last epoch are kept
+
+
+def test_steps_that_fit_costs_small_crop_steps_at_their_own_pace():
+    from lookalike.train.engine import steps_that_fit
+
+    # The first half of the steps take 0.5 s: 40 x 0.5 + 40 x 1 + 8 evaluations x 5 = 100 s.
+    assert steps_that_fit(100, 1.0, 5.0, 10, small_step_s=0.5, small_fraction=0.5) == 80
+    # The same with all steps at full size fits 65: small crops buy 15 more steps.
+    assert steps_that_fit(100, 1.0, 5.0, 10, small_step_s=1.0, small_fraction=0.5) == 65
 
 
 def test_refit_steps_uses_the_pace_of_the_last_epochs():
     from lookalike.train.engine import refit_steps
 
     # Epochs of 10 steps in 10 s, 5 s of evaluation: 100 s left, minus the final evaluation (6 s) and the margin
-    # (3.5 s), fits 57 more steps after the 20 taken.
-    timings = [(10, 30.0, 9.0, 2.0), (10, 10.0, 5.0, 0.0), (10, 10.0, 5.0, 0.0), (10, 10.0, 5.0, 0.0)]
-    assert refit_steps(timings, 100.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (77, 1.0)
+    # (3.5 s), fits 60 more steps after the 20 taken.
+    timings = [(0, 10, 30.0, 9.0, 2.0), (0, 10, 10.0, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0)]
+    assert refit_steps(timings, 100.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (80, 1.0)
     assert refit_steps(timings, 0.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (21, 1.0)  # over: one more step
+    # Epochs that mixed small-crop steps (half the time of a full one) and full-size steps: 1 s a full step.
+    mixed = [(10, 0, 5.0, 5.0, 0.0), (5, 5, 7.5, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0)]
+    assert refit_steps(mixed, 100.0, 100.0, tta=0, steps_per_epoch=10, done=30, small_ratio=0.5) == (90, 1.0)

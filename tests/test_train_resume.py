@@ -28,8 +28,9 @@ def _without_time(rows):
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tiny_folder_dataset, tmp_path):
+    # The first half trains on 24-pixel crops: the kill falls inside that phase, the resumed run crosses it.
     args = ["--data", str(tiny_folder_dataset), "--epochs", str(EPOCHS), "--widths", "8,16,16", "--batch-size", "12",
-            "--device", "cpu", "--seed", "3"]
+            "--device", "cpu", "--seed", "3", "--crop-size", "24", "--crop-fraction", "0.5"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", "from lookalike.cli import main; main()", "train", *args,
                              "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -44,7 +45,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_folder_dataset, tmp_pa
 
     resumed = fit(TrainConfig(), killed, resume=True)
     straight = fit(TrainConfig(data=str(tiny_folder_dataset), epochs=EPOCHS, widths=[8, 16, 16], batch_size=12,
-                               device="cpu", seed=3), tmp_path / "straight")
+                               device="cpu", seed=3, crop_size=24, crop_fraction=0.5), tmp_path / "straight")
 
     rows_resumed, rows_straight = _rows(killed / "metrics.csv"), _rows(tmp_path / "straight" / "metrics.csv")
     assert len(rows_resumed) == EPOCHS  # no duplicated rows

@@ -21,9 +21,10 @@ def train_command(
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs (fractions allowed). Default: the model's recipe."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall time for training + evaluation, e.g. 5m: throughput is measured on the first steps and the step count fitted to it."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Training batch size."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (fast: per 1024 examples with a summed loss, airbench-style)."),
-    momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (fast: per 1024 examples, decoupled)."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd, sgd-sum (airbench's parametrisation; fast on a GPU) or muon (orthogonalised conv-filter updates; fast on a CPU)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (sgd-sum: per 1024 examples of a summed loss; muon: the angle of a filter step)."),
+    momentum: Optional[float] = typer.Option(None, "--momentum", help="Momentum (muon: of the filter updates)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (sgd-sum: per 1024 examples, decoupled; muon: per example, for biases and head)."),
     label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Label smoothing of the training loss."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="step, onecycle, linear, cosine or constant."),
     milestones: Optional[str] = typer.Option(None, "--milestones", help="step schedule: epochs where the lr is multiplied by --gamma, e.g. 5,10."),
@@ -31,6 +32,8 @@ def train_command(
     widths: Optional[str] = typer.Option(None, "--widths", help="fast: channels of the three conv groups, e.g. 32,128,256 (the CPU default; 32,64,128 under a 10-minute budget; GPU 64,256,256)."),
     depth: Optional[int] = typer.Option(None, "--depth", help="fast: convolutions per group (2; 3 is deeper and slower)."),
     translate: Optional[int] = typer.Option(None, "--translate", help="Random shift augmentation in pixels (0: off)."),
+    crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Side in pixels of the small random crops that the first --crop-fraction of the steps train on (default 3/4 of the image side); steps run faster, testing stays at full size."),
+    crop_fraction: Optional[float] = typer.Option(None, "--crop-fraction", help="Fraction of the steps trained on --crop-size crops (0: none)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips."),
     lookahead: Optional[bool] = typer.Option(None, "--lookahead/--no-lookahead", help="Lookahead weight averaging."),
     tta: Optional[int] = typer.Option(None, "--tta", help="Final test-time augmentation: 0 none, 1 mirror, 2 mirror + shifts."),
@@ -51,10 +54,11 @@ def train_command(
     if compile_ and device == "cpu":
         raise LookalikeError("--compile is for CUDA only (it gives no gain on CPU)")
     cfg = TrainConfig(
-        data=data or "", model=model, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+        data=data or "", model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
         weight_decay=weight_decay, label_smoothing=label_smoothing, schedule=schedule,
         milestones=parse_list(milestones, float, "--milestones"), gamma=gamma,
         widths=parse_list(widths, int, "--widths"), depth=depth, translate=translate, flip=flip,
+        crop_size=crop_size, crop_fraction=crop_fraction,
         lookahead=lookahead, tta=tta, image_size=image_size, seed=seed, device=device, compile=compile_,
         time_budget=parse_duration(time_budget) if time_budget else None,
     )
@@ -91,8 +95,10 @@ def _run_with_progress(cfg, folder: Path, resume: bool) -> dict:
             for line in payload:
                 warn(f"skipped {line}")
         elif kind == "plan":
+            small = payload.get("small_step_ratio")
+            faster = f" ({1 / small:.1f}x that on small crops)" if small else ""
             console.print(
-                f"time budget: {payload['images_per_second']:.0f} training images/s measured, "
+                f"time budget: {payload['images_per_second']:.0f} training images/s measured{faster}, "
                 f"{payload['total_steps']} steps ({payload['epochs']:.2f} epochs) planned", highlight=False)
         elif kind == "replan":
             console.print(

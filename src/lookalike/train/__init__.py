@@ -1,1 +1,1 @@
-"""Training: config and recipes, batched augmentation, schedules, the engine, checkpoints and plots."""
+"""Training: recipes, batched augmentation, schedules, the Muon optimizer, the engine, checkpoints, plots."""

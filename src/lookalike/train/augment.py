@@ -29,33 +29,39 @@ def alternating_flips(indices: torch.Tensor, epoch: int, seed: int, n_total: int
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, translate: int = 0, flip: bool = True,
-            pad_mode: str = "reflect", flips: torch.Tensor | None = None) -> torch.Tensor:
+            pad_mode: str = "reflect", flips: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
     """Random horizontal flip of half the batch and a random shift of up to `translate` pixels both ways (a
     random crop of the padded image; `pad_mode` "reflect" as airbench, or "constant" zeros as torchvision's
-    RandomCrop(padding=...)). `flips` replaces the coin flips with a given mask. Every random number comes from `generator` (seeded per epoch), which is what
-    makes a resumed run repeat an uninterrupted one exactly. Works on uint8 or float batches."""
+    RandomCrop(padding=...)). `size` cuts a random size x size window instead (shifted up to `translate` beyond
+    the edges), for training on smaller crops. `flips` replaces the coin flips with a given mask. Every random
+    number comes from `generator` (seeded per epoch), which is what makes a resumed run repeat an uninterrupted
+    one exactly. Works on uint8 or float batches."""
     n, c, h, w = x.shape
-    if n == 0 or (not flip and translate <= 0):
+    oh, ow = (h, w) if size is None else (min(size, h), min(size, w))
+    if n == 0 or (not flip and translate <= 0 and (oh, ow) == (h, w)):
         return x
     dev = x.device
     if flips is None:  # `flips`: a precomputed mirror mask (alternating flips), else coin flips
         flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
-    if translate > 0:
+    if (oh, ow) != (h, w):  # window corners: anywhere inside, or up to `translate` beyond the edges
+        shifts = torch.stack([torch.randint(-translate, translate + h - oh + 1, (n,), generator=generator),
+                              torch.randint(-translate, translate + w - ow + 1, (n,), generator=generator)])
+    elif translate > 0:
         shifts = torch.randint(-translate, translate + 1, (2, n), generator=generator)
     else:
         shifts = torch.zeros(2, n, dtype=torch.long)
     flips, shifts = flips.to(dev), shifts.to(dev)
-    rows = shifts[0].view(n, 1) + torch.arange(h, device=dev)
-    cols = shifts[1].view(n, 1) + torch.arange(w, device=dev)
+    rows = shifts[0].view(n, 1) + torch.arange(oh, device=dev)
+    cols = shifts[1].view(n, 1) + torch.arange(ow, device=dev)
     cols = torch.where(flips.view(n, 1), (w - 1) - cols, cols)
     valid = None
     if pad_mode == "reflect":
         rows, cols = _reflect(rows, h), _reflect(cols, w)
     else:
-        valid = ((rows >= 0) & (rows < h)).view(n, 1, h, 1) & ((cols >= 0) & (cols < w)).view(n, 1, 1, w)
+        valid = ((rows >= 0) & (rows < h)).view(n, 1, oh, 1) & ((cols >= 0) & (cols < w)).view(n, 1, 1, ow)
         rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
     out = x[torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
-            rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+            rows.view(n, 1, oh, 1), cols.view(n, 1, 1, ow)]
     if valid is not None:
         out = out * valid.to(out.dtype)
     return out

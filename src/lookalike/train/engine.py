@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -60,12 +61,42 @@ def build_optimizer(model, cfg: TrainConfig):
     elif cfg.optimizer == "sgd":
         groups = [dict(params=norm, lr=cfg.lr * cfg.bias_lr_scale, weight_decay=cfg.weight_decay),
                   dict(params=other, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    elif cfg.optimizer == "muon":
+        return _build_muon(model, cfg, norm, other)
     else:
-        raise LookalikeError(f"unknown optimizer {cfg.optimizer!r}: use sgd or sgd-sum")
+        raise LookalikeError(f"unknown optimizer {cfg.optimizer!r}: use sgd, sgd-sum or muon")
     groups = [g for g in groups if g["params"]]
     for g in groups:
         g["initial_lr"] = g["lr"]
     return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=bool(cfg.nesterov and cfg.momentum > 0))
+
+
+# airbench94_muon's settings for the parameters Muon does not take, for a summed loss: SGD with Nesterov
+# momentum 0.85, lr 0.053 for the norm and whitening biases, 0.67 for a unit-variance head divided by its width,
+# weight decay 2e-6 per example.
+MUON_SGD_MOMENTUM = 0.85
+MUON_BIAS_LR = 0.053
+MUON_HEAD_LR = 0.67
+
+
+def _build_muon(model, cfg: TrainConfig, norm: list, other: list):
+    from .muon import Muon
+
+    filters = [p for p in other if p.ndim == 4]
+    rest = [p for p in other if p.ndim != 4]
+    head = [p for p in rest if p.ndim == 2]
+    biases = norm + [p for p in rest if p.ndim != 2]
+    # Our head multiplies by `logit_scale` instead of 1/width: the same logit steps need lr x (1/width / scale)^2.
+    width = getattr(model, "num_features", 1)
+    head_lr = MUON_HEAD_LR * ((1 / width) / getattr(model, "logit_scale", 1 / width)) ** 2
+    wd = cfg.weight_decay * cfg.batch_size  # per example -> per step of a summed loss
+    groups = [dict(params=filters, lr=cfg.lr, momentum=cfg.momentum, orthogonal=True),
+              dict(params=biases, lr=MUON_BIAS_LR, momentum=MUON_SGD_MOMENTUM, weight_decay=wd / MUON_BIAS_LR),
+              dict(params=head, lr=head_lr, momentum=MUON_SGD_MOMENTUM, weight_decay=wd / head_lr)]
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    return Muon(groups, nesterov=True)
 
 
 class Lookahead:
@@ -189,57 +220,84 @@ def time_training_steps(model, opt, batches: Callable[[int], tuple], warm: int, 
     return (time.perf_counter() - t) / timed
 
 
-def steps_that_fit(avail: float, step_s: float, eval_s: float, steps_per_epoch: int, done: int = 0) -> int:
-    """The step count, counted from 0 with `done` (a whole number of epochs) already taken, whose remaining
-    training at `step_s` a step plus one evaluation of `eval_s` per epoch fits `avail` seconds. A last epoch of
-    only a few steps would pay a whole evaluation for little training, so the run then ends an epoch earlier."""
+def steps_that_fit(avail: float, step_s: float, eval_s: float, steps_per_epoch: int, done: int = 0,
+                   small_step_s: float = 0.0, small_fraction: float = 0.0) -> int:
+    """The largest step count, counted from 0 with `done` (a whole number of epochs) already taken, whose remaining
+    training plus one evaluation of `eval_s` per epoch fits `avail` seconds. A step takes `step_s`, except the
+    steps before `small_fraction` of the total, which train on small crops and take `small_step_s`. A last epoch
+    of only a few steps would pay a whole evaluation for little training, so the run then ends an epoch earlier."""
     spe = max(1, steps_per_epoch)
-    more = max(0, int((avail - eval_s) / (step_s + eval_s / spe)))
-    while more > 0 and more * step_s + math.ceil(more / spe) * eval_s > avail:
-        more -= 1
-    total = done + more
+
+    def seconds(total: int) -> float:  # grows with `total`, so the largest fit is found by bisection
+        more = total - done
+        small = max(0, min(total, math.ceil(small_fraction * total)) - done) if small_fraction > 0 else 0
+        return small * small_step_s + (more - small) * step_s + math.ceil(more / spe) * eval_s
+
+    fits, over = done, done + 1
+    while seconds(over) <= avail:
+        fits, over = over, done + 2 * (over - done)
+    while over - fits > 1:
+        mid = (fits + over) // 2
+        fits, over = (mid, over) if seconds(mid) <= avail else (fits, mid)
+    total = fits
     if total > spe and total % spe < spe // 4 and total - total % spe > done:
         total -= total % spe
     return total
 
 
-def refit_steps(timings: list[tuple[int, float, float, float]], seconds_left: float, budget: float, tta: int,
-                steps_per_epoch: int, done: int) -> tuple[int, float]:
+def refit_steps(timings: list[tuple[int, int, float, float, float]], seconds_left: float, budget: float, tta: int,
+                steps_per_epoch: int, done: int, small_ratio: float = 1.0,
+                small_fraction: float = 0.0) -> tuple[int, float]:
     """After an epoch: the step count that fits `seconds_left` at the pace of the last (up to three) epochs, each
-    timed as (steps, training s, evaluation s, file-writing s); and that pace in seconds a step. The probe steps
-    of `plan_steps` run before the caches warm and while the whitening bias still learns, so they run slower
-    than later steps: this is what lets a run use its whole budget."""
+    timed as (small-crop steps, full-size steps, training s, evaluation s, file-writing s); and that pace in
+    seconds a full-size step. The probe steps of `plan_steps` run before the caches warm and while the whitening
+    bias still learns, so they run slower than later steps: this is what lets a run use its whole budget.
+    `small_ratio` (a small-crop step's time over a full-size one's, from the probe) splits the pace of epochs
+    that mixed both sizes; `small_fraction` is the share of the total still trained on small crops, 0 once that
+    phase is over."""
     recent = timings[-3:]
-    steps, train_s, eval_s, files_s = (sum(t[i] for t in recent) / len(recent) for i in range(4))
-    step_s = train_s / max(1.0, steps)
+    weighted_steps = sum(t[0] * small_ratio + t[1] for t in recent)
+    step_s = sum(t[2] for t in recent) / max(1.0, weighted_steps)
+    eval_s, files_s = (sum(t[i] for t in recent) / len(recent) for i in (3, 4))
     final_s = eval_s * TTA_PASSES[tta] + files_s + 1.0  # TTA evaluation, confusion plot and result files
     margin = 0.015 * budget + 2.0
-    total = steps_that_fit(seconds_left - final_s - margin, step_s, eval_s + files_s, steps_per_epoch, done=done)
+    total = steps_that_fit(seconds_left - final_s - margin, step_s, eval_s + files_s, steps_per_epoch, done=done,
+                           small_step_s=step_s * small_ratio, small_fraction=small_fraction)
     return max(done + 1, total), step_s
 
 
-def plan_steps(cfg: TrainConfig, model, batches: Callable[[int], tuple], eval_probe: Callable[[], float],
-               n_train_batches: int, n_test: int, budget_left: float, forward_images_per_step: int,
-               device) -> dict[str, Any]:
-    """Measure training and evaluation throughput on a few real steps of a throw-away copy of the model, then
-    the largest step count whose training, per-epoch evaluations and final (TTA) evaluation fit `budget_left`."""
+def plan_steps(cfg: TrainConfig, model, batches: Callable[[int, Optional[int]], tuple],
+               eval_probe: Callable[[], float], n_train_batches: int, n_test: int, budget_left: float,
+               forward_images_per_step: int, device) -> dict[str, Any]:
+    """Measure training and evaluation throughput on a few real steps of a throw-away copy of the model (at both
+    sizes when the run starts on small crops), then the largest step count whose training, per-epoch
+    evaluations and final (TTA) evaluation fit `budget_left`."""
     probe = copy.deepcopy(model)
     warm, timed = (3, 8) if device.type == "cpu" else (5, 20)
-    step_s = time_training_steps(probe, build_optimizer(probe, cfg), batches, warm, timed, device)
-    del probe
+    opt = build_optimizer(probe, cfg)
+    step_s = time_training_steps(probe, opt, lambda i: batches(i, None), warm, timed, device)
+    small_fraction = cfg.crop_fraction if cfg.crop_size else 0.0
+    small_step_s = 0.0
+    if small_fraction > 0:
+        small_step_s = time_training_steps(probe, opt, lambda i: batches(i, cfg.crop_size), warm, timed, device)
+    del probe, opt
     eval_img_s = eval_probe()  # seconds per image, one plain forward
     passes = TTA_PASSES[cfg.tta]
     per_epoch = n_test * eval_img_s + 1.5  # plain evaluation, checkpoint and curves
     final = n_test * eval_img_s * passes + 3.0  # TTA evaluation and confusion plot
-    steps = steps_that_fit(budget_left - final - (0.04 * budget_left + 2.0), step_s, per_epoch, n_train_batches)
+    steps = steps_that_fit(budget_left - final - (0.04 * budget_left + 2.0), step_s, per_epoch, n_train_batches,
+                           small_step_s=small_step_s, small_fraction=small_fraction)
     if steps < 1:
         raise LookalikeError(
             f"--time-budget is too short: one training step takes {step_s:.2f} s and evaluation "
             f"{n_test * eval_img_s * passes:.1f} s here; give more time or a smaller model"
         )
-    return {"total_steps": steps, "epochs": steps / n_train_batches, "step_seconds": step_s,
+    plan = {"total_steps": steps, "epochs": steps / n_train_batches, "step_seconds": step_s,
             "images_per_second": forward_images_per_step / step_s, "eval_seconds_per_epoch": per_epoch,
             "final_eval_seconds": final}
+    if small_fraction > 0:
+        plan.update(small_step_seconds=small_step_s, small_step_ratio=small_step_s / step_s)
+    return plan
 
 
 # ---------------------------------------------------------------- fit
@@ -291,6 +349,8 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     n_train = len(train)
     bs = min(cfg.batch_size, n_train)
     spe = max(1, n_train // bs)  # full batches only, like airbench and the usual drop_last loaders
+    if cfg.crop_fraction and not cfg.crop_size:  # small crops default to 3/4 of the side (24 px on CIFAR)
+        cfg = dataclasses.replace(cfg, crop_size=max(8, round(0.75 * data.input_size)))
 
     run_dir.mkdir(parents=True, exist_ok=True)
     kwargs = model_kwargs(cfg, k)
@@ -315,7 +375,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     train_images = train.images.to(device) if (train.in_memory and device.type == "cuda") else None
     test_images = test.images.to(device) if (test.in_memory and device.type == "cuda") else None
 
-    def get_batch(indices, generator, epoch: int = 0):
+    def get_batch(indices, generator, epoch: int = 0, size: Optional[int] = None):
         if train_images is not None:
             xb, yb = train_images[indices.to(device)], train.labels[indices]
         else:
@@ -324,7 +384,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         flips = None
         if cfg.flip and cfg.alternate_flip and train.in_memory:
             flips = alternating_flips(indices, epoch, cfg.seed, n_train)
-        xb = augment(xb, generator, cfg.translate, cfg.flip, cfg.pad_mode, flips=flips)
+        xb = augment(xb, generator, cfg.translate, cfg.flip, cfg.pad_mode, flips=flips, size=size)
         return to_float(xb, mean_d, std_d), yb.to(device, non_blocking=True)
 
     optimizer = build_optimizer(model, cfg)
@@ -339,6 +399,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         optimizer.load_state_dict(state["optimizer"])
         sched = state["scheduler"]
         step, total_steps = int(sched["step"]), int(sched["total_steps"])
+        crop_steps = int(sched.get("crop_steps", 0))
         start_epoch = int(state["meta"]["epoch"])
         history = list(state["history"])
         best_acc = float(state["best_test_acc"])
@@ -351,8 +412,8 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         plots.load_pyplot()  # a one-off second or two: paid before the pace is measured, not inside an epoch
         probe_gen = torch.Generator().manual_seed(cfg.seed + 7919)
 
-        def probe_batch(i):
-            return get_batch(torch.randperm(n_train, generator=probe_gen)[:bs], probe_gen)
+        def probe_batch(i, size=None):
+            return get_batch(torch.randperm(n_train, generator=probe_gen)[:bs], probe_gen, size=size)
 
         def eval_probe() -> float:
             nb = min(len(test), cfg.eval_batch_size)
@@ -377,6 +438,9 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         emit("plan", plan)
     else:
         total_steps = max(1, math.ceil(cfg.epochs * spe))
+    crop_fraction = cfg.crop_fraction if cfg.crop_size else 0.0
+    if state is None:
+        crop_steps = math.ceil(crop_fraction * total_steps)  # the first steps train on small crops
     n_epochs = math.ceil(total_steps / spe)
 
     if state is None:
@@ -386,7 +450,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                      "data_source": data.source}, run_dir / "config.json")
     write_metrics(history, run_dir / "metrics.csv")  # drops rows after the checkpoint's epoch
 
-    sum_loss = cfg.optimizer == "sgd-sum"
+    sum_loss = cfg.optimizer in ("sgd-sum", "muon")  # both calibrated for a loss summed over the batch
     whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
     freeze_step = int(cfg.whiten_bias_fraction * total_steps)
     t_start = t0  # the seconds column counts start-up, data loading and planning too
@@ -395,14 +459,20 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                    "step": step, "device": str(device), "config": cfg.to_dict()})
 
     replan = bool(cfg.time_budget) and plan.get("total_steps") is not None
-    timings: list[tuple[int, float, float, float]] = []  # per epoch: steps; seconds training, evaluating, writing
+    # Per epoch: small-crop steps, full-size steps; seconds training, evaluating, writing files.
+    timings: list[tuple[int, int, float, float, float]] = []
     epoch = start_epoch
     while epoch < n_epochs:
         if replan and timings:
             seconds_left = cfg.time_budget - elapsed_before - (time.time() - t0)  # a resumed run spent some already
-            new_total, step_s = refit_steps(timings, seconds_left, cfg.time_budget, cfg.tta, spe, done=step)
+            cropping = step < crop_steps  # while small crops last, their share of the new total stays the same
+            new_total, step_s = refit_steps(timings, seconds_left, cfg.time_budget, cfg.tta, spe, done=step,
+                                            small_ratio=plan.get("small_step_ratio", 1.0),
+                                            small_fraction=crop_fraction if cropping else 0.0)
             if new_total != total_steps:
                 total_steps = new_total
+                if cropping:
+                    crop_steps = math.ceil(crop_fraction * total_steps)
                 n_epochs = math.ceil(total_steps / spe)
                 freeze_step = int(cfg.whiten_bias_fraction * total_steps)
                 plan.setdefault("replans", []).append({"after_epoch": epoch, "total_steps": total_steps})
@@ -416,11 +486,14 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         lr_now = 0.0
+        small_steps = 0
         t_epoch = time.perf_counter()
         for b in range(steps_now):
             if whiten_bias is not None:
                 whiten_bias.requires_grad_(step < freeze_step)
-            x, y = get_batch(perm[b * bs : (b + 1) * bs], gen, epoch)
+            small = step < crop_steps
+            small_steps += small
+            x, y = get_batch(perm[b * bs : (b + 1) * bs], gen, epoch, cfg.crop_size if small else None)
             if y.shape[0] == 0:
                 continue
             factor = lr_factor(step, total_steps, spe, cfg.schedule, cfg.milestones or (), cfg.gamma)
@@ -460,7 +533,8 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         history.append(row)
         meta = {**meta, "epoch": epoch + 1, "test_acc": ev["acc"], "config": cfg.to_dict()}
         ckpt = {"meta": meta, "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": {"kind": cfg.schedule, "step": step, "total_steps": total_steps, "steps_per_epoch": spe},
+                "scheduler": {"kind": cfg.schedule, "step": step, "total_steps": total_steps, "steps_per_epoch": spe,
+                              "crop_steps": crop_steps},
                 "lookahead": lookahead.avg if lookahead is not None else None,
                 "rng": {"torch": torch.get_rng_state()}, "history": history,
                 "best_test_acc": max(best_acc, ev["acc"]), "elapsed": seconds, "train_seconds": train_seconds, "config": cfg.to_dict(), "plan": plan}
@@ -474,7 +548,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         write_metrics(history, run_dir / "metrics.csv")
         plots.plot_curves(history, run_dir / "curves.png")
         emit("epoch", row)
-        timings.append((max(1, steps_now), t_trained - t_epoch, t_evaluated - t_trained,
+        timings.append((small_steps, max(1, steps_now) - small_steps, t_trained - t_epoch, t_evaluated - t_trained,
                         time.perf_counter() - t_evaluated))
         epoch += 1
 
