@@ -52,9 +52,10 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-# Recipes. The `fast` net comes with two optimizer settings (FAST_OPTIMIZERS): airbench94's SGD (lr 11.5 and weight
-# decay 0.0153 per 1024 examples, Nesterov 0.85, triangle schedule, lookahead) and Muon after airbench94_muon
-# (orthogonalised filter updates, linear decay, no lookahead). Both use label smoothing 0.2 and flip+shift TTA.
+# Recipes. The `fast` net takes its optimizer settings from FAST_OPTIMIZERS: airbench94's SGD (lr 11.5 and weight
+# decay 0.0153 per 1024 examples, Nesterov 0.85, triangle schedule, lookahead), Muon after airbench94_muon
+# (orthogonalised filter updates, linear decay, no lookahead), or plain SGD. All use label smoothing 0.2 and
+# flip+shift TTA.
 RECIPES: dict[str, dict[str, Any]] = {
     "lab": dict(epochs=15, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False,
                 weight_decay=5e-4, label_smoothing=0.0, schedule="step", milestones=[5, 10], gamma=0.1,
@@ -65,6 +66,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": dict(label_smoothing=0.2, milestones=[], gamma=0.1, whiten_bias_fraction=0.3, translate=2,
                  pad_mode="reflect", flip=True, alternate_flip=True, tta=2),
 }
+PLAIN_SGD = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle", lookahead=False)
 FAST_OPTIMIZERS: dict[str, dict[str, Any]] = {
     "sgd-sum": dict(lr=11.5, momentum=0.85, nesterov=True, weight_decay=0.0153, bias_lr_scale=64.0,
                     schedule="onecycle", lookahead=True),
@@ -72,7 +74,7 @@ FAST_OPTIMIZERS: dict[str, dict[str, Any]] = {
     # CIFAR-10 we measured 0.06 best for 2 epochs, 0.03 for 8 and use 0.025 for the ~11 of a 15-minute budget.
     # Weight decay is per example (2e-6) and momentum 0.9 averages the noisier small-batch gradients.
     "muon": dict(lr=0.025, momentum=0.9, nesterov=True, weight_decay=2e-6, schedule="linear", lookahead=False),
-    "sgd": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle", lookahead=False),
+    "sgd": PLAIN_SGD,
 }
 FAST_GPU = dict(widths=[64, 256, 256], depth=2, epochs=9.9, batch_size=1024, optimizer="sgd-sum")
 # CPU sizes, measured on CIFAR-10 with 2 cores (benchmarks/train_cifar10.py). At 15 minutes 32,128,256 (11.5
@@ -84,10 +86,9 @@ FAST_CPU = dict(widths=[32, 128, 256], depth=2, epochs=8, batch_size=256, optimi
 SHORT_BUDGET_S = 600
 FAST_CPU_SHORT = dict(widths=[32, 64, 128])
 FAST_CPU_SHORT_MUON_LR = 0.03  # fewer steps take a larger angle
-OPTIMIZERS = ("sgd", "sgd-sum", "muon")
-GENERIC = dict(epochs=15, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True,
-               weight_decay=5e-4, label_smoothing=0.1, schedule="onecycle", milestones=[], gamma=0.1,
-               lookahead=False, translate=4, pad_mode="reflect", flip=True, tta=1)
+OPTIMIZERS = tuple(FAST_OPTIMIZERS)
+GENERIC = dict(epochs=15, batch_size=128, optimizer="sgd", **PLAIN_SGD, label_smoothing=0.1, milestones=[],
+               gamma=0.1, translate=4, pad_mode="reflect", flip=True, tta=1)
 
 
 def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:

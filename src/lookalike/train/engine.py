@@ -41,8 +41,9 @@ def model_kwargs(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
 
 
 def build_optimizer(model, cfg: TrainConfig):
-    """SGD. "sgd-sum" is airbench's parametrisation: lr and weight decay per 1024 examples for a summed loss,
-    decoupled from momentum, and BatchNorm shifts learning `bias_lr_scale` times faster."""
+    """SGD, or Muon for the conv filters. "sgd-sum" is airbench's parametrisation: lr and weight decay per 1024
+    examples for a summed loss, decoupled from momentum, and BatchNorm shifts learning `bias_lr_scale` times
+    faster."""
     import torch
     from torch import nn
 
@@ -62,12 +63,16 @@ def build_optimizer(model, cfg: TrainConfig):
         groups = [dict(params=norm, lr=cfg.lr * cfg.bias_lr_scale, weight_decay=cfg.weight_decay),
                   dict(params=other, lr=cfg.lr, weight_decay=cfg.weight_decay)]
     elif cfg.optimizer == "muon":
-        return _build_muon(model, cfg, norm, other)
+        groups = _muon_groups(model, cfg, norm, other)
     else:
         raise LookalikeError(f"unknown optimizer {cfg.optimizer!r}: use sgd, sgd-sum or muon")
     groups = [g for g in groups if g["params"]]
     for g in groups:
         g["initial_lr"] = g["lr"]
+    if cfg.optimizer == "muon":
+        from .muon import Muon
+
+        return Muon(groups, nesterov=True)
     return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=bool(cfg.nesterov and cfg.momentum > 0))
 
 
@@ -79,9 +84,7 @@ MUON_BIAS_LR = 0.053
 MUON_HEAD_LR = 0.67
 
 
-def _build_muon(model, cfg: TrainConfig, norm: list, other: list):
-    from .muon import Muon
-
+def _muon_groups(model, cfg: TrainConfig, norm: list, other: list) -> list[dict]:
     filters = [p for p in other if p.ndim == 4]
     rest = [p for p in other if p.ndim != 4]
     head = [p for p in rest if p.ndim == 2]
@@ -90,13 +93,9 @@ def _build_muon(model, cfg: TrainConfig, norm: list, other: list):
     width = getattr(model, "num_features", 1)
     head_lr = MUON_HEAD_LR * ((1 / width) / getattr(model, "logit_scale", 1 / width)) ** 2
     wd = cfg.weight_decay * cfg.batch_size  # per example -> per step of a summed loss
-    groups = [dict(params=filters, lr=cfg.lr, momentum=cfg.momentum, orthogonal=True),
-              dict(params=biases, lr=MUON_BIAS_LR, momentum=MUON_SGD_MOMENTUM, weight_decay=wd / MUON_BIAS_LR),
-              dict(params=head, lr=head_lr, momentum=MUON_SGD_MOMENTUM, weight_decay=wd / head_lr)]
-    groups = [g for g in groups if g["params"]]
-    for g in groups:
-        g["initial_lr"] = g["lr"]
-    return Muon(groups, nesterov=True)
+    return [dict(params=filters, lr=cfg.lr, momentum=cfg.momentum, orthogonal=True),
+            dict(params=biases, lr=MUON_BIAS_LR, momentum=MUON_SGD_MOMENTUM, weight_decay=wd / MUON_BIAS_LR),
+            dict(params=head, lr=head_lr, momentum=MUON_SGD_MOMENTUM, weight_decay=wd / head_lr)]
 
 
 class Lookahead:
@@ -230,7 +229,7 @@ def steps_that_fit(avail: float, step_s: float, eval_s: float, steps_per_epoch: 
 
     def seconds(total: int) -> float:  # grows with `total`, so the largest fit is found by bisection
         more = total - done
-        small = max(0, min(total, math.ceil(small_fraction * total)) - done) if small_fraction > 0 else 0
+        small = max(0, min(total, math.ceil(small_fraction * total)) - done)
         return small * small_step_s + (more - small) * step_s + math.ceil(more / spe) * eval_s
 
     fits, over = done, done + 1
@@ -276,7 +275,7 @@ def plan_steps(cfg: TrainConfig, model, batches: Callable[[int, Optional[int]], 
     warm, timed = (3, 8) if device.type == "cpu" else (5, 20)
     opt = build_optimizer(probe, cfg)
     step_s = time_training_steps(probe, opt, lambda i: batches(i, None), warm, timed, device)
-    small_fraction = cfg.crop_fraction if cfg.crop_size else 0.0
+    small_fraction = cfg.crop_fraction  # `fit` has set crop_size wherever this is > 0
     small_step_s = 0.0
     if small_fraction > 0:
         small_step_s = time_training_steps(probe, opt, lambda i: batches(i, cfg.crop_size), warm, timed, device)
@@ -438,7 +437,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         emit("plan", plan)
     else:
         total_steps = max(1, math.ceil(cfg.epochs * spe))
-    crop_fraction = cfg.crop_fraction if cfg.crop_size else 0.0
+    crop_fraction = cfg.crop_fraction
     if state is None:
         crop_steps = math.ceil(crop_fraction * total_steps)  # the first steps train on small crops
     n_epochs = math.ceil(total_steps / spe)
