@@ -644,7 +644,9 @@ def test_requests_during_reindexing_see_whole_snapshots(gallery, tmp_path):
             (folder / "coins.png").unlink()
             index_folder(folder, index_path, embedder=gallery["embedder"], batch_size=1)
             done = len(seen)
-            _wait_for(lambda: len(seen) >= done + 16)  # a few requests on the last state too
+            # A few requests on the last state too: 16 answers may all be 404s for ids 6-8 or still in flight
+            # from before the commit, so wait until one search has seen the final 3 images.
+            _wait_for(lambda: len(seen) >= done + 16 and any(n == 3 for _, n in seen[done:]))
         finally:
             stop.set()
             for t in threads:
