@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from lookalike.train.augment import augment
 from lookalike.train.checkpoint import load_checkpoint, model_from_checkpoint
-from lookalike.train.config import TrainConfig, parse_duration, resolve
+from lookalike.train.config import TrainConfig, muon_lr, parse_duration, resolve, with_lr_for_length
 from lookalike.train.engine import fit
 from lookalike.train.schedules import lr_factor
 
@@ -29,7 +30,8 @@ def test_short_run_writes_every_artifact(tiny_folder_dataset, tmp_path):
     assert result["epochs"] == 3 and result["steps"] == 9 and 0 <= result["test_acc"] <= 1
     assert set(result["per_class"]) == {"circle", "square", "triangle"}
     assert sum(map(sum, result["confusion"])) == 12
-    assert json.loads((run / "config.json").read_text())["config"]["widths"] == [8, 16, 16]
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["widths"] == [8, 16, 16] and saved["lr"] == muon_lr(3)  # the lr actually used is recorded
     assert events.count("epoch") == 3 and "start" in events
     model, meta = model_from_checkpoint(run / "best.pt")
     assert meta["classes"] == ["circle", "square", "triangle"] and meta["model"] == "fast"
@@ -64,7 +66,20 @@ def test_fast_recipe_depends_on_device():
     assert (gpu.optimizer, gpu.lr, gpu.lookahead) == ("sgd-sum", 11.5, True)
     sgd_on_cpu = resolve(TrainConfig(model="fast", optimizer="sgd-sum"), "cpu")
     assert (sgd_on_cpu.lr, sgd_on_cpu.schedule, sgd_on_cpu.widths) == (11.5, "onecycle", [32, 128, 256])
-    assert resolve(TrainConfig(model="fast", time_budget=300), "cpu").lr > cpu.lr  # fewer steps, larger angle
+    assert cpu.lr is None  # Muon's lr waits for the run's length
+    assert resolve(TrainConfig(model="lab", optimizer="muon"), "cpu").lr is None  # SGD's 0.1 is no Muon angle
+    assert resolve(TrainConfig(model="fast", optimizer="muon", lr=0.05), "cpu").lr == 0.05
+
+
+def test_muon_lr_follows_the_run_length():
+    # The measured best angles: 0.06 for 2 epochs, 0.03 for ~9 (5 minutes), 0.025 for ~11 (15 minutes).
+    assert muon_lr(2) == pytest.approx(0.06, rel=0.03)
+    assert muon_lr(9) == pytest.approx(0.03, rel=0.06)
+    assert muon_lr(11) == pytest.approx(0.025, rel=0.03)
+    assert muon_lr(0.25) == muon_lr(1)  # a fraction of an epoch takes no wilder step than one epoch
+    cfg = resolve(TrainConfig(model="fast"), "cpu")
+    assert with_lr_for_length(cfg, 4).lr == muon_lr(4)
+    assert with_lr_for_length(dataclasses.replace(cfg, lr=0.01), 4).lr == 0.01
 
 
 def test_schedules():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Optional
 
 from ..errors import LookalikeError
@@ -70,10 +71,9 @@ PLAIN_SGD = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedu
 FAST_OPTIMIZERS: dict[str, dict[str, Any]] = {
     "sgd-sum": dict(lr=11.5, momentum=0.85, nesterov=True, weight_decay=0.0153, bias_lr_scale=64.0,
                     schedule="onecycle", lookahead=True),
-    # lr: the angle of a filter step. airbench94_muon takes 0.24 at batch 2000 for 200 steps; at batch 256 on
-    # CIFAR-10 we measured 0.06 best for 2 epochs, 0.03 for 8 and use 0.025 for the ~11 of a 15-minute budget.
-    # Weight decay is per example (2e-6) and momentum 0.9 averages the noisier small-batch gradients.
-    "muon": dict(lr=0.025, momentum=0.9, nesterov=True, weight_decay=2e-6, schedule="linear", lookahead=False),
+    # No lr: Muon's (the angle of a filter step) follows the run's length, see `muon_lr`. Weight decay is per
+    # example (2e-6) and momentum 0.9 averages the noisier small-batch gradients.
+    "muon": dict(momentum=0.9, nesterov=True, weight_decay=2e-6, schedule="linear", lookahead=False),
     "sgd": PLAIN_SGD,
 }
 FAST_GPU = dict(widths=[64, 256, 256], depth=2, epochs=9.9, batch_size=1024, optimizer="sgd-sum")
@@ -85,14 +85,19 @@ FAST_GPU = dict(widths=[64, 256, 256], depth=2, epochs=9.9, batch_size=1024, opt
 FAST_CPU = dict(widths=[32, 128, 256], depth=2, epochs=8, batch_size=256, optimizer="muon")
 SHORT_BUDGET_S = 600
 FAST_CPU_SHORT = dict(widths=[32, 64, 128])
-FAST_CPU_SHORT_MUON_LR = 0.03  # fewer steps take a larger angle
+# airbench94_muon takes lr 0.24 at batch 2000 for 200 steps. At batch 256 on CIFAR-10 the best angle shrinks
+# with the run: we measured 0.06 best for 2 epochs, 0.03 for the ~9 of a 5-minute budget and 0.025 for the ~11
+# of a 15-minute one, which 0.085 / sqrt(epochs) fits within 3%.
+MUON_LR_ONE_EPOCH = 0.085
 OPTIMIZERS = tuple(FAST_OPTIMIZERS)
 GENERIC = dict(epochs=15, batch_size=128, optimizer="sgd", **PLAIN_SGD, label_smoothing=0.1, milestones=[],
                gamma=0.1, translate=4, pad_mode="reflect", flip=True, tta=1)
 
 
 def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
-    """Fill every unset field from the model's recipe (the `fast` size depends on the device)."""
+    """Fill every unset field from the model's recipe (the `fast` size depends on the device). Muon's lr stays
+    unset: it depends on the run's length, which a time budget only fixes once throughput is measured
+    (`with_lr_for_length`)."""
     recipe = dict(RECIPES.get(cfg.model, GENERIC))
     if cfg.model == "fast":
         recipe.update(FAST_GPU if device_type == "cuda" else FAST_CPU)
@@ -101,8 +106,8 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
             recipe.update(FAST_CPU_SHORT)
         optimizer = cfg.optimizer or recipe["optimizer"]  # the settings follow the optimizer actually used
         recipe.update(FAST_OPTIMIZERS.get(optimizer, {}), optimizer=optimizer)
-        if optimizer == "muon" and short:
-            recipe["lr"] = FAST_CPU_SHORT_MUON_LR
+    if (cfg.optimizer or recipe.get("optimizer")) == "muon":
+        recipe.pop("lr", None)  # another optimizer's lr means nothing to Muon
     recipe.setdefault("eval_batch_size", 1000 if device_type == "cuda" else 256)
     recipe.setdefault("whiten_bias_fraction", 0.0)
     recipe.setdefault("bias_lr_scale", 1.0)
@@ -115,6 +120,20 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
     out = TrainConfig.from_dict(d)
     validate(out)
     return out
+
+
+def muon_lr(epochs: float) -> float:
+    """Muon's filter-step angle for a run of `epochs` (at least one): longer runs take smaller steps."""
+    return MUON_LR_ONE_EPOCH / math.sqrt(max(1.0, epochs))
+
+
+def with_lr_for_length(cfg: TrainConfig, epochs: float) -> TrainConfig:
+    """`cfg` with its lr set for a run of `epochs` when neither the user nor the recipe fixed one (Muon)."""
+    if cfg.lr is not None:
+        return cfg
+    if cfg.optimizer != "muon":
+        raise LookalikeError(f"--lr is needed with --optimizer {cfg.optimizer}")
+    return replace(cfg, lr=muon_lr(epochs))
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from ..atomic import atomic_write
 from ..errors import LookalikeError
-from .config import TrainConfig, resolve
+from .config import TrainConfig, resolve, with_lr_for_length
 
 Event = Callable[[str, Any], None]
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
@@ -386,16 +386,9 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         xb = augment(xb, generator, cfg.translate, cfg.flip, cfg.pad_mode, flips=flips, size=size)
         return to_float(xb, mean_d, std_d), yb.to(device, non_blocking=True)
 
-    optimizer = build_optimizer(model, cfg)
-    lookahead = Lookahead(model, state.get("lookahead") if state else None) if cfg.lookahead else None
-    train_model = model
-    if cfg.compile and device.type == "cuda":
-        train_model = torch.compile(model)
-
     step, start_epoch, history, best_acc, elapsed_before, train_seconds = 0, 0, [], -1.0, 0.0, 0.0
     plan: dict[str, Any] = {}
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
         sched = state["scheduler"]
         step, total_steps = int(sched["step"]), int(sched["total_steps"])
         crop_steps = int(sched.get("crop_steps", 0))
@@ -432,11 +425,21 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
             return dt / nb
 
         budget_left = cfg.time_budget - (time.time() - t0)
-        plan = plan_steps(cfg, model, probe_batch, eval_probe, spe, len(test), budget_left, bs, device)
+        plan = plan_steps(with_lr_for_length(cfg, cfg.epochs or 1), model, probe_batch, eval_probe, spe, len(test),
+                          budget_left, bs, device)
         total_steps = plan["total_steps"]
         emit("plan", plan)
     else:
         total_steps = max(1, math.ceil(cfg.epochs * spe))
+    # Muon's lr follows the planned length. Re-plans after each epoch move the schedule's end, not this angle.
+    cfg = with_lr_for_length(cfg, total_steps / spe)
+    optimizer = build_optimizer(model, cfg)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    lookahead = Lookahead(model, state.get("lookahead") if state else None) if cfg.lookahead else None
+    train_model = model
+    if cfg.compile and device.type == "cuda":
+        train_model = torch.compile(model)
     crop_fraction = cfg.crop_fraction
     if state is None:
         crop_steps = math.ceil(crop_fraction * total_steps)  # the first steps train on small crops
