@@ -174,11 +174,29 @@ def test_steps_that_fit_costs_small_crop_steps_at_their_own_pace():
 def test_refit_steps_uses_the_pace_of_the_last_epochs():
     from lookalike.train.engine import refit_steps
 
-    # Epochs of 10 steps in 10 s, 5 s of evaluation: 100 s left, minus the final evaluation (6 s) and the margin
+    # Epochs of 10 steps in 10 s, 5 s of evaluation: 100 s left, minus the confusion plot (1 s) and the margin
     # (3.5 s), fits 60 more steps after the 20 taken.
     timings = [(0, 10, 30.0, 9.0, 2.0), (0, 10, 10.0, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0)]
     assert refit_steps(timings, 100.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (80, 1.0)
+    # TTA level 2 turns the last evaluation into 6 passes, 25 s more: 70.5 s fit 45 steps and their 5 evaluations.
+    assert refit_steps(timings, 100.0, 100.0, tta=2, steps_per_epoch=10, done=20) == (65, 1.0)
     assert refit_steps(timings, 0.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (21, 1.0)  # over: one more step
     # Epochs that mixed small-crop steps (half the time of a full one) and full-size steps: 1 s a full step.
     mixed = [(10, 0, 5.0, 5.0, 0.0), (5, 5, 7.5, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0)]
     assert refit_steps(mixed, 100.0, 100.0, tta=0, steps_per_epoch=10, done=30, small_ratio=0.5) == (90, 1.0)
+
+
+def test_tta_evaluation_also_gives_the_plain_result_of_the_same_sweep(tiny_folder_dataset, tmp_path):
+    from lookalike.datasets import load_data
+    from lookalike.models import create_model
+    from lookalike.train.engine import evaluate
+
+    data = load_data(str(tiny_folder_dataset))
+    torch.manual_seed(0)
+    model = create_model("fast", num_classes=len(data.classes), widths=[8, 16, 16], depth=2)
+    mean, std = torch.tensor(data.mean), torch.tensor(data.std)
+    plain = evaluate(model, data.test, mean, std, torch.device("cpu"), tta=0, batch_size=5)
+    for level in (1, 2):
+        ev = evaluate(model, data.test, mean, std, torch.device("cpu"), tta=level, batch_size=5)
+        assert ev["plain_acc"] == plain["acc"] and ev["plain_loss"] == pytest.approx(plain["loss"], rel=1e-6)
+        assert ev["loss"] != pytest.approx(plain["loss"], rel=1e-6)  # the augmented views did change the logits

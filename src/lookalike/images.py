@@ -23,17 +23,17 @@ ImageSource = Union[str, os.PathLike, bytes]
 
 
 def is_image_path(path: Union[str, os.PathLike]) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
 def iter_image_files(root: Union[str, os.PathLike], recursive: bool = True) -> Iterator[Path]:
     """Image files under `root` by extension, in sorted order; hidden files and folders are skipped."""
-    root = Path(root)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = Path(dirpath)
         for name in sorted(filenames):
             if not name.startswith(".") and is_image_path(name):
-                yield Path(dirpath) / name
+                yield folder / name
         if not recursive:
             break
 

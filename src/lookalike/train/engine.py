@@ -120,26 +120,30 @@ class Lookahead:
 
 
 def tta_logits(model, x, level: int):
-    """0: plain; 1: mean with the mirror image; 2: also with 1-pixel shifts (reflect-padded), as airbench."""
+    """(plain logits, test-time-augmented logits). 0: plain; 1: mean with the mirror image; 2: also with 1-pixel
+    shifts (reflect-padded), as airbench. The plain pass is the first of the augmented ones, so one sweep gives
+    both."""
     import torch
     import torch.nn.functional as F
 
-    def mirror(inp):
-        return 0.5 * model(inp) + 0.5 * model(inp.flip(-1)) if level >= 1 else model(inp)
-
-    logits = mirror(x)
+    plain = model(x)
+    if level == 0:
+        return plain, plain
+    logits = 0.5 * plain + 0.5 * model(x.flip(-1))
     if level >= 2:
         h, w = x.shape[-2:]
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        shifted = [padded[..., 0:h, 0:w], padded[..., 2 : h + 2, 2 : w + 2]]
-        logits = 0.5 * logits + 0.5 * torch.stack([mirror(s.contiguous(memory_format=torch.channels_last))
-                                                   for s in shifted]).mean(0)
-    return logits
+        shifted = [padded[..., 0:h, 0:w].contiguous(memory_format=torch.channels_last),
+                   padded[..., 2 : h + 2, 2 : w + 2].contiguous(memory_format=torch.channels_last)]
+        views = [0.5 * model(s) + 0.5 * model(s.flip(-1)) for s in shifted]
+        logits = 0.5 * logits + 0.5 * torch.stack(views).mean(0)
+    return plain, logits
 
 
 def evaluate(model, split, mean, std, device, tta: int = 0, batch_size: int = 1000,
              num_classes: Optional[int] = None, images_on_device=None) -> dict[str, Any]:
-    """Loss (per sample, plain cross-entropy), accuracy and confusion matrix of `model` on `split`."""
+    """Loss (per sample, plain cross-entropy), accuracy and confusion matrix of `model` on `split` at TTA level
+    `tta`; with TTA, also the plain loss and accuracy (`plain_loss`, `plain_acc`) from the same sweep."""
     import torch
     import torch.nn.functional as F
 
@@ -150,6 +154,8 @@ def evaluate(model, split, mean, std, device, tta: int = 0, batch_size: int = 10
     k = num_classes or int(split.labels.max()) + 1
     confusion = torch.zeros(k * k, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    plain_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    plain_correct = torch.zeros((), dtype=torch.long, device=device)
     n = 0
     amp = device.type == "cuda"
     with torch.inference_mode():
@@ -164,15 +170,18 @@ def evaluate(model, split, mean, std, device, tta: int = 0, batch_size: int = 10
             x = to_float(xb.to(device, non_blocking=True), mean, std)
             y = yb.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = tta_logits(model, x, tta).float()
+                plain, logits = (t.float() for t in tta_logits(model, x, tta))
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k)
+            plain_loss_sum += F.cross_entropy(plain, y, reduction="sum").double()
+            plain_correct += (plain.argmax(1) == y).sum()
             n += y.shape[0]
     model.train(was_training)
     cm = confusion.view(k, k).cpu()
     correct = int(cm.diag().sum())
     per_class = (cm.diag().double() / cm.sum(1).clamp_min(1)).tolist()
     return {"loss": float(loss_sum) / max(1, n), "acc": correct / max(1, n), "n": n,
+            "plain_loss": float(plain_loss_sum) / max(1, n), "plain_acc": int(plain_correct) / max(1, n),
             "confusion": cm.tolist(), "per_class": per_class}
 
 
@@ -258,7 +267,8 @@ def refit_steps(timings: list[tuple[int, int, float, float, float]], seconds_lef
     weighted_steps = sum(t[0] * small_ratio + t[1] for t in recent)
     step_s = sum(t[2] for t in recent) / max(1.0, weighted_steps)
     eval_s, files_s = (sum(t[i] for t in recent) / len(recent) for i in (3, 4))
-    final_s = eval_s * TTA_PASSES[tta] + files_s + 1.0  # TTA evaluation, confusion plot and result files
+    # The last epoch's evaluation grows into the TTA one (its plain pass is the first), plus the confusion plot.
+    final_s = eval_s * (TTA_PASSES[tta] - 1) + 1.0
     margin = 0.015 * budget + 2.0
     total = steps_that_fit(seconds_left - final_s - margin, step_s, eval_s + files_s, steps_per_epoch, done=done,
                            small_step_s=step_s * small_ratio, small_fraction=small_fraction)
@@ -272,7 +282,7 @@ def plan_steps(cfg: TrainConfig, model, batches: Callable[[int, Optional[int]], 
     sizes when the run starts on small crops), then the largest step count whose training, per-epoch
     evaluations and final (TTA) evaluation fit `budget_left`."""
     probe = copy.deepcopy(model)
-    warm, timed = (3, 8) if device.type == "cpu" else (5, 20)
+    warm, timed = (2, 6) if device.type == "cpu" else (5, 20)  # a rough pace: each epoch re-fits it
     opt = build_optimizer(probe, cfg)
     step_s = time_training_steps(probe, opt, lambda i: batches(i, None), warm, timed, device)
     small_fraction = cfg.crop_fraction  # `fit` has set crop_size wherever this is > 0
@@ -283,7 +293,7 @@ def plan_steps(cfg: TrainConfig, model, batches: Callable[[int, Optional[int]], 
     eval_img_s = eval_probe()  # seconds per image, one plain forward
     passes = TTA_PASSES[cfg.tta]
     per_epoch = n_test * eval_img_s + 1.5  # plain evaluation, checkpoint and curves
-    final = n_test * eval_img_s * passes + 3.0  # TTA evaluation and confusion plot
+    final = n_test * eval_img_s * (passes - 1) + 1.5  # the last evaluation's TTA passes, confusion plot
     steps = steps_that_fit(budget_left - final - (0.04 * budget_left + 2.0), step_s, per_epoch, n_train_batches,
                            small_step_s=small_step_s, small_fraction=small_fraction)
     if steps < 1:
@@ -464,6 +474,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     # Per epoch: small-crop steps, full-size steps; seconds training, evaluating, writing files.
     timings: list[tuple[int, int, float, float, float]] = []
     epoch = start_epoch
+    final = None
     while epoch < n_epochs:
         if replan and timings:
             seconds_left = cfg.time_budget - elapsed_before - (time.time() - t0)  # a resumed run spent some already
@@ -525,8 +536,12 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
             torch.cuda.synchronize()
         t_trained = time.perf_counter()
         train_seconds += t_trained - t_epoch  # the optimisation alone, without evaluation and files
-        ev = evaluate(model, test, mean_d, std_d, device, tta=0, batch_size=cfg.eval_batch_size,
-                      num_classes=k, images_on_device=test_images)
+        # The last epoch's plain evaluation is the first pass of the final, test-time-augmented one.
+        ev = evaluate(model, test, mean_d, std_d, device, tta=cfg.tta if step >= total_steps else 0,
+                      batch_size=cfg.eval_batch_size, num_classes=k, images_on_device=test_images)
+        if step >= total_steps:
+            final = ev
+            ev = {"loss": final["plain_loss"], "acc": final["plain_acc"]}
         t_evaluated = time.perf_counter()
         seconds = elapsed_before + (time.time() - t_start)
         row = {"epoch": epoch + 1, "step": step, "lr": lr_now, "train_loss": float(loss_acc) / max(1, seen),
@@ -554,8 +569,9 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                         time.perf_counter() - t_evaluated))
         epoch += 1
 
-    final = evaluate(model, test, mean_d, std_d, device, tta=cfg.tta, batch_size=cfg.eval_batch_size,
-                     num_classes=k, images_on_device=test_images)
+    if final is None:  # resumed after the last epoch's checkpoint
+        final = evaluate(model, test, mean_d, std_d, device, tta=cfg.tta, batch_size=cfg.eval_batch_size,
+                         num_classes=k, images_on_device=test_images)
     plots.plot_confusion(final["confusion"], classes, run_dir / "confusion.png",
                          title=f"Confusion matrix (test, accuracy {100 * final['acc']:.2f}%)")
     seconds = elapsed_before + (time.time() - t_start)
