@@ -232,6 +232,24 @@ def test_failed_files_are_remembered_until_changed_or_deleted(home, tmp_path):
     assert [os.path.basename(x["path"]) for x in rebuilt["skipped"]] == ["coffee.jpg"]
 
 
+def test_failed_files_are_tried_again_by_an_upgraded_decoder(home, tmp_path, monkeypatch):
+    import lookalike.search.sync as sync
+
+    folder = tmp_path / "mixed"
+    write_originals(folder, ["coffee"])
+    (folder / "text.png").write_bytes(b"just some text")
+    emb = embedder()
+    assert index_folder(folder, embedder=emb)["skipped_known"] == 0
+    assert index_folder(folder, embedder=emb)["skipped_known"] == 1  # same decoder: not read again
+    monkeypatch.setattr(sync, "decoder_version", lambda: "lookalike 9.9, Pillow 99.0")
+    totals = []
+    upgraded = index_folder(folder, embedder=emb, progress=lambda done, total: totals.append(total))
+    assert totals == [1, 1] and upgraded["skipped_known"] == 0  # the new decoder tried it, and failed too
+    assert [os.path.basename(x["path"]) for x in upgraded["skipped"]] == ["text.png"]
+    assert set(_failures(upgraded["index_path"])) == {"text.png"}
+    assert index_folder(folder, embedder=emb)["skipped_known"] == 1  # remembered again, for the new decoder
+
+
 def test_refuses_to_mix_backbones(home, tmp_path):
     folder = tmp_path / "p"
     write_originals(folder, ["coffee", "camera"])

@@ -157,9 +157,19 @@ def test_steps_that_fit_counts_training_and_one_evaluation_per_epoch():
     assert steps_that_fit(100, 1.0, 5.0, 10) == 65
     assert steps_that_fit(100, 1.0, 5.0, 10, done=20) == 85  # counted on from the steps already taken
     assert steps_that_fit(3, 1.0, 5.0, 10, done=20) == 20  # no time left: nothing more
-    # A last epoch of 1 step out of 10 would pay a whole evaluation: the run ends on the epoch before.
-    assert steps_that_fit(21, 1.0, 5.0, 10) == 10  # 11 steps and 2 evaluations (21 s) would fit
-    assert steps_that_fit(22, 1.0, 5.0, 10) == 12  # 2 steps into the last epoch are kept
+    # A tail of under a quarter epoch joins the epoch before and shares its evaluation.
+    assert steps_that_fit(16, 1.0, 5.0, 10) == 11  # 11 steps, 1 evaluation
+    assert steps_that_fit(21, 1.0, 5.0, 10) == 11  # 12 steps would make a second epoch and pay 2 evaluations
+    assert steps_that_fit(22, 1.0, 5.0, 10) == 12
+
+
+def test_a_short_tail_joins_the_last_epoch():
+    from lookalike.train.engine import epoch_steps, epochs_between
+
+    assert [epoch_steps(s, 31, 10) for s in (0, 10, 20)] == [10, 10, 11]
+    assert epoch_steps(20, 23, 10) == 3 and epoch_steps(20, 32, 10) == 10  # a quarter epoch or more is its own
+    assert [epochs_between(0, t, 10) for t in (5, 10, 11, 12, 21, 30)] == [1, 1, 1, 2, 2, 3]
+    assert epochs_between(20, 31, 10) == 1
 
 
 def test_steps_that_fit_costs_small_crop_steps_at_their_own_pace():
@@ -175,15 +185,15 @@ def test_refit_steps_uses_the_pace_of_the_last_epochs():
     from lookalike.train.engine import refit_steps
 
     # Epochs of 10 steps in 10 s, 5 s of evaluation: 100 s left, minus the confusion plot (1 s) and the margin
-    # (3.5 s), fits 60 more steps after the 20 taken.
+    # (3.5 s), fits 6 more epochs after the 20 steps taken, and 1 step that joins the last of them.
     timings = [(0, 10, 30.0, 9.0, 2.0), (0, 10, 10.0, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0)]
-    assert refit_steps(timings, 100.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (80, 1.0)
+    assert refit_steps(timings, 100.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (81, 1.0)
     # TTA level 2 turns the last evaluation into 6 passes, 25 s more: 70.5 s fit 45 steps and their 5 evaluations.
     assert refit_steps(timings, 100.0, 100.0, tta=2, steps_per_epoch=10, done=20) == (65, 1.0)
     assert refit_steps(timings, 0.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (21, 1.0)  # over: one more step
     # Epochs that mixed small-crop steps (half the time of a full one) and full-size steps: 1 s a full step.
     mixed = [(10, 0, 5.0, 5.0, 0.0), (5, 5, 7.5, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0)]
-    assert refit_steps(mixed, 100.0, 100.0, tta=0, steps_per_epoch=10, done=30, small_ratio=0.5) == (90, 1.0)
+    assert refit_steps(mixed, 100.0, 100.0, tta=0, steps_per_epoch=10, done=30, small_ratio=0.5) == (91, 1.0)
 
 
 def test_tta_evaluation_also_gives_the_plain_result_of_the_same_sweep(tiny_folder_dataset, tmp_path):
@@ -200,3 +210,24 @@ def test_tta_evaluation_also_gives_the_plain_result_of_the_same_sweep(tiny_folde
         ev = evaluate(model, data.test, mean, std, torch.device("cpu"), tta=level, batch_size=5)
         assert ev["plain_acc"] == plain["acc"] and ev["plain_loss"] == pytest.approx(plain["loss"], rel=1e-6)
         assert ev["loss"] != pytest.approx(plain["loss"], rel=1e-6)  # the augmented views did change the logits
+
+
+def test_a_short_tail_trains_in_the_last_epoch_and_resumes_exactly(tiny_folder_dataset, tmp_path):
+    # 36 images in batches of 4: 9 steps an epoch; 19 steps are 2 epochs, the second of 10 steps.
+    cfg = TrainConfig(data=str(tiny_folder_dataset), epochs=19 / 9, model="fast", widths=[8, 16, 16],
+                      batch_size=4, device="cpu", eval_batch_size=16, seed=2)
+    straight = fit(cfg, tmp_path / "straight")
+    rows = list(csv.DictReader(open(tmp_path / "straight" / "metrics.csv")))
+    assert straight["steps"] == 19 and [(r["epoch"], r["step"]) for r in rows] == [("1", "9"), ("2", "19")]
+
+    def stop_after_first_epoch(kind, payload):
+        if kind == "epoch":
+            raise KeyboardInterrupt  # what Ctrl-C does: the epoch's checkpoint is already written
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "stopped", on_event=stop_after_first_epoch)
+    resumed = fit(TrainConfig(), tmp_path / "stopped", resume=True)
+    again = list(csv.DictReader(open(tmp_path / "stopped" / "metrics.csv")))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert resumed["test_acc"] == straight["test_acc"]

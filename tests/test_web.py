@@ -608,6 +608,45 @@ def test_the_service_looks_at_most_once_per_interval_and_pins_a_snapshot(gallery
         service.close()
 
 
+def test_an_index_rebuilt_with_another_backbone_brings_its_backbone(gallery, tmp_path):
+    from PIL import Image
+
+    from lookalike.errors import LookalikeError
+    from lookalike.search.features import embedder_for_index
+    from lookalike.search.sync import index_folder
+    from lookalike.web.service import SearchService
+
+    folder = _small_folder(gallery, tmp_path / "live")
+    index_path = tmp_path / "live-index"
+    index_folder(folder, index_path, embedder=gallery["embedder"])
+    loads = []
+
+    def load(index):
+        loads.append(index.manifest["pooling"])
+        return embedder_for_index(index, runtime="torch")
+
+    def broken(index):
+        raise LookalikeError("weights not found")
+
+    service = SearchService(index_path, embedder=gallery["embedder"], check_interval=3600, load_embedder=load)
+    stuck = SearchService(index_path, embedder=gallery["embedder"], check_interval=3600, load_embedder=broken)
+    try:
+        before = service.view()
+        assert service.embedder.describe()["pooling"] == "avg" and loads == []
+        index_folder(folder, index_path, pooling="gem", runtime="torch", rebuild=True)
+        assert service.refresh() is True and loads == ["gem"]
+        assert service.embedder.describe()["pooling"] == "gem" and before.embedder is gallery["embedder"]
+        # An upload is embedded by the backbone of the snapshot it searches: a photo finds itself at distance 0.
+        hit = service.search_image(Image.open(folder / "coffee.png").convert("RGB"), "coffee.png", k=1)["results"][0]
+        assert Path(hit["path"]).name == "coffee.png" and hit["distance"] < 1e-3
+        # A backbone that cannot load leaves the server on its old snapshot, answering as before.
+        assert stuck.refresh() is False and stuck.embedder is gallery["embedder"]
+        assert stuck.stats()["count"] == 3
+    finally:
+        service.close()
+        stuck.close()
+
+
 def test_requests_during_reindexing_see_whole_snapshots(gallery, tmp_path):
     """Threads search and fetch thumbnails while the folder is re-indexed twice: every answer comes from one
     committed state (200 or, for an id just removed, 404), never an error."""

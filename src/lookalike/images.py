@@ -38,6 +38,15 @@ def iter_image_files(root: Union[str, os.PathLike], recursive: bool = True) -> I
             break
 
 
+def decoder_version() -> str:
+    """What decides whether a file decodes: an index trusts its recorded failures only while this is unchanged."""
+    import PIL
+
+    from . import __version__
+
+    return f"lookalike {__version__}, Pillow {PIL.__version__}"
+
+
 def list_image_files(root: Union[str, os.PathLike], recursive: bool = True) -> list[Path]:
     return list(iter_image_files(root, recursive))
 

@@ -427,11 +427,15 @@ class ImageIndex:
         return {r[0]: (r[1], r[2], r[3])
                 for r in self._conn.execute("SELECT path, size, mtime_ns, reason FROM failures")}
 
+    def failures_decoder(self) -> str | None:
+        """The decoder (`images.decoder_version`) that last tried the recorded failures, None before any."""
+        return self._meta(self._conn, "failures_decoder")
+
     def commit(self, inserts: Iterable[tuple] = (), updates: Iterable[tuple] = (), deletes: Iterable[int] = (),
-               failed: Iterable[tuple] = (), cleared: Iterable[str] = ()) -> None:
+               failed: Iterable[tuple] = (), cleared: Iterable[str] = (), decoder: str | None = None) -> None:
         """One transaction. inserts: (path, size, mtime_ns, digest, row); updates: (id, path, size, mtime_ns,
         digest, row); deletes: ids; failed: (path, size, mtime_ns, reason), replacing any earlier failure of the
-        path; cleared: paths whose failure no longer applies."""
+        path; cleared: paths whose failure no longer applies; decoder: the decoder that found `failed`."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -445,6 +449,8 @@ class ImageIndex:
                              list(failed))
             if self._meta(conn, "vector_file") is None:
                 conn.execute("INSERT INTO meta VALUES ('vector_file', ?)", (self._vector_file().name,))
+            if decoder is not None:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('failures_decoder', ?)", (decoder,))
             self._bump_generation()
             conn.execute("COMMIT")
         except BaseException:

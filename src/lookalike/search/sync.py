@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import LookalikeError
-from ..images import list_image_files
+from ..images import decoder_version, list_image_files
 from .features import DEFAULT_MODEL, Embedder, load_embedder
 from .index import MANIFEST, ImageIndex, default_index_path, same_backbone
 
@@ -52,8 +52,8 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
     """Index the images under `folder`. Returns {"indexed", "added", "updated", "removed", "renamed",
     "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path"}.
 
-    A file that could not be decoded is remembered with its size and mtime; while both stay the same, later runs
-    skip it without reading it, and list it last in "skipped" with "(unchanged since it failed)" after its
+    A file that could not be decoded is remembered with its size and mtime; while both stay the same (and so do
+    the decoder's versions, `images.decoder_version`), later runs skip it without reading it, and list it last in "skipped" with "(unchanged since it failed)" after its
     reason; "skipped_known" counts those.
 
     With no `model`/`pooling`, an existing index keeps its backbone; a new one uses EfficientNet-Lite0 and
@@ -106,6 +106,8 @@ def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | N
                "skipped": [], "skipped_known": 0, "index_path": str(index.path)}
     known = index.entries()  # rel path -> (id, size, mtime_ns, digest, row)
     failed_before = index.failures()  # rel path -> (size, mtime_ns, reason)
+    decoder = decoder_version()
+    trust_failures = index.failures_decoder() == decoder  # an upgraded decoder may read what the old one could not
     known_bad: list[dict] = []
     seen: set[str] = set()
     todo: list[tuple[Path, str, int, int]] = []  # (absolute path, rel, size, mtime_ns)
@@ -121,7 +123,7 @@ def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | N
         failure = failed_before.get(rel)
         if entry is not None and entry[1] == st.st_size and entry[2] == st.st_mtime_ns:
             summary["unchanged"] += 1
-        elif failure is not None and failure[0] == st.st_size and failure[1] == st.st_mtime_ns:
+        elif trust_failures and failure is not None and failure[0] == st.st_size and failure[1] == st.st_mtime_ns:
             known_bad.append({"path": str(path), "reason": f"{failure[2]} (unchanged since it failed)"})
         else:
             todo.append((path, rel, st.st_size, st.st_mtime_ns))
@@ -183,7 +185,8 @@ def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | N
             else:
                 updates.append((old[0], rel, size, mtime, digest, row))
                 summary["updated"] += 1
-        index.commit(inserts=inserts, updates=updates, deletes=deletes, failed=failed, cleared=cleared)
+        index.commit(inserts=inserts, updates=updates, deletes=deletes, failed=failed, cleared=cleared,
+                     decoder=decoder)
         done += len(batch)
         if progress:
             progress(done, total)

@@ -228,29 +228,43 @@ def time_training_steps(model, opt, batches: Callable[[int], tuple], warm: int, 
     return (time.perf_counter() - t) / timed
 
 
+def epoch_steps(step: int, total: int, steps_per_epoch: int) -> int:
+    """Steps of the epoch that starts at `step`: a whole epoch, or the rest of the run when that is less than
+    1.25 epochs. A last epoch of a few steps would pay a whole evaluation for little training, so those steps
+    join the epoch before (drawn from a second shuffle of the data)."""
+    spe = max(1, steps_per_epoch)
+    rest = total - step
+    return rest if rest < spe + spe // 4 else spe
+
+
+def epochs_between(done: int, total: int, steps_per_epoch: int) -> int:
+    """How many epochs (and so evaluations) run from step `done` (a whole number of epochs) to `total`."""
+    spe = max(1, steps_per_epoch)
+    rest = max(0, total - done)
+    full, tail = divmod(rest, spe)
+    return full if full and tail < spe // 4 else full + (tail > 0)
+
+
 def steps_that_fit(avail: float, step_s: float, eval_s: float, steps_per_epoch: int, done: int = 0,
                    small_step_s: float = 0.0, small_fraction: float = 0.0) -> int:
     """The largest step count, counted from 0 with `done` (a whole number of epochs) already taken, whose remaining
-    training plus one evaluation of `eval_s` per epoch fits `avail` seconds. A step takes `step_s`, except the
-    steps before `small_fraction` of the total, which train on small crops and take `small_step_s`. A last epoch
-    of only a few steps would pay a whole evaluation for little training, so the run then ends an epoch earlier."""
+    training plus one evaluation of `eval_s` per epoch (`epochs_between`) fits `avail` seconds. A step takes
+    `step_s`, except the steps before `small_fraction` of the total, which train on small crops and take
+    `small_step_s`."""
     spe = max(1, steps_per_epoch)
 
-    def seconds(total: int) -> float:  # grows with `total`, so the largest fit is found by bisection
+    def seconds(total: int) -> float:
         more = total - done
         small = max(0, min(total, math.ceil(small_fraction * total)) - done)
-        return small * small_step_s + (more - small) * step_s + math.ceil(more / spe) * eval_s
+        return small * small_step_s + (more - small) * step_s + epochs_between(done, total, spe) * eval_s
 
-    fits, over = done, done + 1
+    fits, over = done, done + 1  # `seconds` grows with `total`: the largest fit is found by bisection
     while seconds(over) <= avail:
         fits, over = over, done + 2 * (over - done)
     while over - fits > 1:
         mid = (fits + over) // 2
         fits, over = (mid, over) if seconds(mid) <= avail else (fits, mid)
-    total = fits
-    if total > spe and total % spe < spe // 4 and total - total % spe > done:
-        total -= total % spe
-    return total
+    return fits
 
 
 def refit_steps(timings: list[tuple[int, int, float, float, float]], seconds_left: float, budget: float, tta: int,
@@ -453,7 +467,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     crop_fraction = cfg.crop_fraction
     if state is None:
         crop_steps = math.ceil(crop_fraction * total_steps)  # the first steps train on small crops
-    n_epochs = math.ceil(total_steps / spe)
+    n_epochs = start_epoch + epochs_between(step, total_steps, spe)
 
     if state is None:
         _write_json({"config": cfg.to_dict(), "classes": classes, "mean": list(data.mean), "std": list(data.std),
@@ -486,14 +500,16 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                 total_steps = new_total
                 if cropping:
                     crop_steps = math.ceil(crop_fraction * total_steps)
-                n_epochs = math.ceil(total_steps / spe)
+                n_epochs = epoch + epochs_between(step, total_steps, spe)
                 freeze_step = int(cfg.whiten_bias_fraction * total_steps)
                 plan.setdefault("replans", []).append({"after_epoch": epoch, "total_steps": total_steps})
                 emit("replan", {"after_epoch": epoch, "total_steps": total_steps, "epochs": total_steps / spe,
                                 "step_seconds": step_s})
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(n_train, generator=gen)
-        steps_now = min(spe, total_steps - step)
+        steps_now = epoch_steps(step, total_steps, spe)
+        if steps_now > spe:  # the run's last few steps joined this epoch: they draw from a second shuffle
+            perm = torch.cat([perm[: spe * bs], torch.randperm(n_train, generator=gen)])
         emit("epoch_start", {"epoch": epoch + 1, "steps": steps_now})
         loss_acc = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
@@ -506,7 +522,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                 whiten_bias.requires_grad_(step < freeze_step)
             small = step < crop_steps
             small_steps += small
-            x, y = get_batch(perm[b * bs : (b + 1) * bs], gen, epoch, cfg.crop_size if small else None)
+            x, y = get_batch(perm[b * bs : (b + 1) * bs], gen, epoch + (b >= spe), cfg.crop_size if small else None)
             if y.shape[0] == 0:
                 continue
             factor = lr_factor(step, total_steps, spe, cfg.schedule, cfg.milestones or (), cfg.gamma)

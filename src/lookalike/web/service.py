@@ -1,6 +1,7 @@
 """What the web API does, apart from HTTP: search, compare and duplicate groups over one read-only index.
 
-The model loads once; the index's snapshot loads at start and again after `lookalike index` changes it.
+The model loads once; the index's snapshot loads at start and again after `lookalike index` changes it (with
+the new model when the index was rebuilt with another backbone).
 Request handlers in worker threads share them. Results carry the same fields as the CLI's `--json`, plus `id`
 so the page can ask for thumbnails and search again.
 """
@@ -15,7 +16,7 @@ import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import BadImageError, LookalikeError
 from ..images import load_image
@@ -64,9 +65,11 @@ class IndexView:
     """One read-only snapshot of the index and what derives from it. A request takes the current view once and
     uses it to the end, so a reload in between never mixes two states of the index."""
 
-    def __init__(self, index: Any, stamp: tuple | None) -> None:
+    def __init__(self, index: Any, stamp: tuple | None, embedder: Any) -> None:
         self.index = index
         self.stamp = stamp
+        self.embedder = embedder  # the backbone of this snapshot's vectors
+        self.min_size = _input_size(index.manifest, embedder)
         self.ids = index.ids()
         self.row = {int(i): n for n, i in enumerate(self.ids)}  # id -> row of vectors()
         self.dupes: OrderedDict[tuple[float, int], list[list[int]]] = OrderedDict()
@@ -84,33 +87,32 @@ class SearchService:
 
     `lookalike index` may update the index while a server runs: at most every `check_interval` seconds, a
     request looks at the index's change stamp (a stat and one small query) and, when it moved, reopens the
-    snapshot; requests already running finish on the one they started with.
+    snapshot; requests already running finish on the one they started with. An index rebuilt with another
+    backbone brings that backbone in with its snapshot (`load_embedder(index)`, by default the index's own).
     """
 
     def __init__(self, index_path: str | os.PathLike, device: str = "cpu", embedder: Any = None,
-                 check_interval: float = 1.0) -> None:
+                 check_interval: float = 1.0, load_embedder: Callable[[Any], Any] | None = None) -> None:
         from ..search.index import ImageIndex, change_stamp, resolve_index_dir
+
+        if load_embedder is None:
+            from ..search.features import embedder_for_index
+
+            def load_embedder(index):
+                return embedder_for_index(index, device=device)
 
         stamp = change_stamp(resolve_index_dir(index_path))  # before opening: a commit in between reloads again
         index = ImageIndex.open(index_path, readonly=True)
         try:
-            if embedder is None:
-                from ..search.features import embedder_for_index
-
-                embedder = embedder_for_index(index, device=device)
-            if int(getattr(embedder, "dim", index.manifest["dim"])) != int(index.manifest["dim"]):
-                raise LookalikeError(
-                    f"the model gives {embedder.dim}-dimensional vectors, the index holds "
-                    f"{index.manifest['dim']}-dimensional ones: serve it with its own backbone"
-                )
-            self.embedder = embedder
+            embedder = embedder if embedder is not None else load_embedder(index)
+            _check_dim(index, embedder)
+            self._load_embedder = load_embedder
             self.index_path = Path(index_path)
             self.check_interval = float(check_interval)
-            self._view = IndexView(index, stamp)
+            self._view = IndexView(index, stamp, embedder)
             self._next_check = time.monotonic() + self.check_interval
             self._reload_lock = threading.Lock()
             self._embed_lock = threading.Lock()
-            self.min_size = _input_size(index.manifest, embedder)
         except BaseException:
             index.close()
             raise
@@ -119,6 +121,16 @@ class SearchService:
     def index(self):
         """The current snapshot's index."""
         return self._view.index
+
+    @property
+    def embedder(self):
+        """The current snapshot's embedder."""
+        return self._view.embedder
+
+    @property
+    def min_size(self) -> int | None:
+        """The current backbone's input side: JPEG uploads are draft-decoded no smaller."""
+        return self._view.min_size
 
     def close(self) -> None:
         self._view.index.close()
@@ -157,13 +169,19 @@ class SearchService:
             # Caught mid-rebuild, or a compaction removed the vector file just read of: a failed reload must not
             # fail the request, so serve what we have and try again at the next check.
             return
+        embedder = current.embedder
         if not same_backbone(index.manifest, current.index.manifest):
-            # Rebuilt with another model: the loaded embedder no longer fits its vectors. Keep the old snapshot
-            # (and stop looking until the stamp moves again); a restart serves the new backbone.
-            index.close()
-            current.stamp = stamp
-            return
-        self._view = IndexView(index, stamp)  # one assignment: each request sees the old view or the new one
+            # Rebuilt with another model: load it while the other requests go on with the old snapshot.
+            try:
+                embedder = self._load_embedder(index)
+                _check_dim(index, embedder)
+            except (LookalikeError, OSError, RuntimeError):
+                # Its weights are missing or do not fit: serve the old snapshot, and look again when the
+                # stamp moves.
+                index.close()
+                current.stamp = stamp
+                return
+        self._view = IndexView(index, stamp, embedder)  # one assignment: a request sees the old view or the new
         current.index.close()  # read-only: closes no file a running request still reads
 
     # -- facts -----------------------------------------------------------------------------------------
@@ -182,17 +200,19 @@ class SearchService:
         return self.view().path_of(image_id)
 
     # -- queries ---------------------------------------------------------------------------------------
-    def embed(self, images: list):
+    def embed(self, images: list, view: IndexView | None = None):
+        """Vectors of PIL images by the backbone of `view` (default: the current snapshot)."""
         # The embedder is documented as thread-safe; the lock keeps two forward passes from fighting over the
         # same cores even if a future embedder is not.
+        embedder = (view or self._view).embedder
         with self._embed_lock:
-            return self.embedder.embed_images(images)
+            return embedder.embed_images(images)
 
     def search_image(self, image, name: str, k: int) -> dict:
         from ..search.query import search
 
         view = self.view()
-        vector = self.embed([image])
+        vector = self.embed([image], view)
         results = search(view.index, vector, k=_clamp_k(k, len(view.ids)))[0]
         return {"query": name, "query_id": None, "results": [_result(r) for r in results]}
 
@@ -222,7 +242,7 @@ class SearchService:
         vectors = view.index.vectors()
         names = [str(view.path_of(image_id)) if name is None else name for name, image_id, _ in items]
         uploads = [img for _, image_id, img in items if image_id is None]
-        fresh = iter(self.embed(uploads)) if uploads else iter(())
+        fresh = iter(self.embed(uploads, view)) if uploads else iter(())
         rows = []
         for _, image_id, _img in items:
             if image_id is None:
@@ -277,6 +297,13 @@ def _result(r: dict) -> dict:
 
 def _matrix(m) -> list[list[float]]:
     return [[round(float(x), 6) for x in row] for row in m]
+
+
+def _check_dim(index: Any, embedder: Any) -> None:
+    dim = int(index.manifest["dim"])
+    if int(getattr(embedder, "dim", dim)) != dim:
+        raise LookalikeError(f"the model gives {embedder.dim}-dimensional vectors, the index holds "
+                             f"{dim}-dimensional ones: serve it with its own backbone")
 
 
 def _input_size(manifest: dict, embedder: Any) -> int | None:
