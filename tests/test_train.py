@@ -191,6 +191,8 @@ def test_refit_steps_uses_the_pace_of_the_last_epochs():
     # TTA level 2 turns the last evaluation into 6 passes, 25 s more: 70.5 s fit 45 steps and their 5 evaluations.
     assert refit_steps(timings, 100.0, 100.0, tta=2, steps_per_epoch=10, done=20) == (65, 1.0)
     assert refit_steps(timings, 0.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (21, 1.0)  # over: one more step
+    assert refit_steps(timings[:2], 100.0, 100.0, tta=0, steps_per_epoch=10, done=20)[1] == 1.0  # warm-up left out
+    assert refit_steps(timings[:1], 100.0, 100.0, tta=0, steps_per_epoch=10, done=10)[1] == 3.0  # unless alone
     # Epochs that mixed small-crop steps (half the time of a full one) and full-size steps: 1 s a full step.
     mixed = [(10, 0, 5.0, 5.0, 0.0), (5, 5, 7.5, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0)]
     assert refit_steps(mixed, 100.0, 100.0, tta=0, steps_per_epoch=10, done=30, small_ratio=0.5) == (91, 1.0)
