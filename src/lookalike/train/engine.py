@@ -47,6 +47,7 @@ def build_optimizer(model, cfg: TrainConfig):
     import torch
     from torch import nn
 
+    cfg = with_lr_for_length(cfg, cfg.epochs or 1)  # no-op once `fit` set the lr for the planned length
     norm_ids = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.bias is not None}
     whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
     params = [p for p in model.parameters() if p.requires_grad or p is whiten_bias]
@@ -272,9 +273,9 @@ def refit_steps(timings: list[tuple[int, int, float, float, float]], seconds_lef
                 small_fraction: float = 0.0) -> tuple[int, float]:
     """After an epoch: the step count that fits `seconds_left` at the pace of the last (up to three; the first only
     while it is the only one) epochs, each timed as (small-crop steps, full-size steps, training s, evaluation s,
-    file-writing s); and that pace in
-    seconds a full-size step. The probe steps of `plan_steps` run before the caches warm and while the whitening
-    bias still learns, so they run slower than later steps: this is what lets a run use its whole budget.
+    file-writing s); and that pace in seconds a full-size step. The probe steps of `plan_steps` run before the
+    caches warm and while the whitening bias still learns, so they run slower than later steps: this is what
+    lets a run use its whole budget.
     `small_ratio` (a small-crop step's time over a full-size one's, from the probe) splits the pace of epochs
     that mixed both sizes; `small_fraction` is the share of the total still trained on small crops, 0 once that
     phase is over."""
@@ -450,8 +451,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
             return dt / nb
 
         budget_left = cfg.time_budget - (time.time() - t0)
-        plan = plan_steps(with_lr_for_length(cfg, cfg.epochs or 1), model, probe_batch, eval_probe, spe, len(test),
-                          budget_left, bs, device)
+        plan = plan_steps(cfg, model, probe_batch, eval_probe, spe, len(test), budget_left, bs, device)
         total_steps = plan["total_steps"]
         emit("plan", plan)
     else:
