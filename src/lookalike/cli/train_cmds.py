@@ -107,8 +107,8 @@ def _run_with_progress(cfg, folder: Path, resume: bool) -> dict:
         elif kind == "start":
             c = payload["config"]
             console.print(f"training {c['model']} on {payload['device']}: {payload['total_steps']} steps, "
-                          f"{payload['steps_per_epoch']} per epoch, batch {c['batch_size']}, {c['optimizer']} lr {c['lr']:.4g}",
-                          highlight=False)
+                          f"{payload['steps_per_epoch']} per epoch, batch {c['batch_size']}, "
+                          f"{c['optimizer']} lr {c['lr']:.4g}", highlight=False)
             progress.start()
         elif kind == "epoch_start":
             if task is not None:
