@@ -80,13 +80,13 @@ FAST_GPU = dict(widths=[64, 256, 256], depth=2, epochs=9.9, batch_size=1024, opt
 # CPU sizes, measured on CIFAR-10 with 2 cores (benchmarks/train_cifar10.py). At 15 minutes 32,128,256 (11.5
 # epochs) beat 32,96,192 (14.7 epochs) and 32,160,320 (8.3 epochs); a 5-minute budget affords so few epochs that
 # the narrower 32,64,128 wins. Batch 256 runs ~10% more images/s than 512 on a CPU at the same accuracy per epoch.
-# With Muon the 5- and 15-minute budgets reach 86.86/87.56% and 90.37/90.19% (seeds 0/1); with airbench94's SGD
-# 86.18/86.42% and 89.90/89.65%.
+# With Muon the 3-, 5- and 15-minute budgets reach 85.61/85.43%, 86.96/87.13% and 90.18/90.12% (seeds 0/1);
+# airbench94's SGD reached 86.18/86.42% and 89.90/89.65% at 5 and 15 minutes.
 FAST_CPU = dict(widths=[32, 128, 256], depth=2, epochs=8, batch_size=256, optimizer="muon")
 SHORT_BUDGET_S = 600
 FAST_CPU_SHORT = dict(widths=[32, 64, 128])
 # airbench94_muon takes lr 0.24 at batch 2000 for 200 steps. At batch 256 on CIFAR-10 the best angle shrinks
-# with the run: we measured 0.06 best for 2 epochs, 0.03 for the ~9 of a 5-minute budget and 0.025 for the ~11
+# with the run: we measured 0.06 best for 2 epochs, 0.03 for the ~8 of a 5-minute budget and 0.025 for the ~11
 # of a 15-minute one, which 0.085 / sqrt(epochs) fits within 3%.
 MUON_LR_ONE_EPOCH = 0.085
 OPTIMIZERS = tuple(FAST_OPTIMIZERS)
