@@ -54,8 +54,8 @@ def train_command(
     if compile_ and device == "cpu":
         raise LookalikeError("--compile is for CUDA only (it gives no gain on CPU)")
     cfg = TrainConfig(
-        data=data or "", model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, label_smoothing=label_smoothing, schedule=schedule,
+        data=data or "", model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+        momentum=momentum, weight_decay=weight_decay, label_smoothing=label_smoothing, schedule=schedule,
         milestones=parse_list(milestones, float, "--milestones"), gamma=gamma,
         widths=parse_list(widths, int, "--widths"), depth=depth, translate=translate, flip=flip,
         crop_size=crop_size, crop_fraction=crop_fraction,

@@ -53,8 +53,8 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
     "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path"}.
 
     A file that could not be decoded is remembered with its size and mtime; while both stay the same (and so do
-    the decoder's versions, `images.decoder_version`), later runs skip it without reading it, and list it last in "skipped" with "(unchanged since it failed)" after its
-    reason; "skipped_known" counts those.
+    the decoder's versions, `images.decoder_version`), later runs skip it without reading it, and list it last in
+    "skipped" with "(unchanged since it failed)" after its reason; "skipped_known" counts those.
 
     With no `model`/`pooling`, an existing index keeps its backbone; a new one uses EfficientNet-Lite0 and
     average pooling. Asking for another backbone than the index's raises LookalikeError unless `rebuild`.

@@ -101,8 +101,7 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
     recipe = dict(RECIPES.get(cfg.model, GENERIC))
     if cfg.model == "fast":
         recipe.update(FAST_GPU if device_type == "cuda" else FAST_CPU)
-        short = device_type != "cuda" and cfg.time_budget is not None and cfg.time_budget < SHORT_BUDGET_S
-        if short:
+        if device_type != "cuda" and cfg.time_budget is not None and cfg.time_budget < SHORT_BUDGET_S:
             recipe.update(FAST_CPU_SHORT)
         optimizer = cfg.optimizer or recipe["optimizer"]  # the settings follow the optimizer actually used
         recipe.update(FAST_OPTIMIZERS.get(optimizer, {}), optimizer=optimizer)

@@ -229,13 +229,18 @@ def time_training_steps(model, opt, batches: Callable[[int], tuple], warm: int, 
     return (time.perf_counter() - t) / timed
 
 
+def _tail_joins(tail: int, steps_per_epoch: int) -> bool:
+    """Whether a run's last `tail` steps (after whole epochs) join the epoch before: a last epoch of under a
+    quarter epoch would pay a whole evaluation for little training."""
+    return tail < steps_per_epoch // 4
+
+
 def epoch_steps(step: int, total: int, steps_per_epoch: int) -> int:
-    """Steps of the epoch that starts at `step`: a whole epoch, or the rest of the run when that is less than
-    1.25 epochs. A last epoch of a few steps would pay a whole evaluation for little training, so those steps
-    join the epoch before (drawn from a second shuffle of the data)."""
+    """Steps of the epoch that starts at `step`: a whole epoch, or the rest of the run when that is at most one
+    epoch plus a tail that joins it (`_tail_joins`; those steps draw from a second shuffle of the data)."""
     spe = max(1, steps_per_epoch)
     rest = total - step
-    return rest if rest < spe + spe // 4 else spe
+    return rest if rest <= spe or _tail_joins(rest - spe, spe) else spe
 
 
 def epochs_between(done: int, total: int, steps_per_epoch: int) -> int:
@@ -243,7 +248,7 @@ def epochs_between(done: int, total: int, steps_per_epoch: int) -> int:
     spe = max(1, steps_per_epoch)
     rest = max(0, total - done)
     full, tail = divmod(rest, spe)
-    return full if full and tail < spe // 4 else full + (tail > 0)
+    return full if full and _tail_joins(tail, spe) else full + (tail > 0)
 
 
 def steps_that_fit(avail: float, step_s: float, eval_s: float, steps_per_epoch: int, done: int = 0,
