@@ -52,3 +52,34 @@ def test_muon_recipe_trains(tiny_folder_dataset, tmp_path):
                       lookahead=False, device="cpu", seed=1)
     result = fit(cfg, tmp_path / "run")
     assert result["test_acc"] > 0.6  # 3 classes: chance is 1/3
+
+
+def test_state_dict_round_trip_continues_the_same_steps():
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    grads = [(torch.randn_like(w), torch.randn_like(b)) for _ in range(5)]
+
+    def make(w, b):
+        return Muon([dict(params=[w], lr=0.05, momentum=0.9, orthogonal=True),
+                     dict(params=[b], lr=0.1, momentum=0.85, weight_decay=0.01)])
+
+    def run(opt, w, b, steps):
+        for gw, gb in steps:
+            w.grad, b.grad = gw.clone(), gb.clone()
+            opt.step()
+
+    opt = make(w, b)
+    run(opt, w, b, grads[:2])
+    saved = opt.state_dict()
+    assert sorted(saved["state"]) == [0, 1] and saved["param_groups"][0]["params"] == [0]
+    w2, b2 = w.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+    restored = make(w2, b2)
+    restored.load_state_dict(saved)
+    run(opt, w, b, grads[2:])
+    run(restored, w2, b2, grads[2:])
+    assert torch.equal(w, w2) and torch.equal(b, b2)
+    restored.zero_grad()
+    assert w2.grad is None and b2.grad is None
+    with pytest.raises(ValueError):
+        Muon([dict(params=[w2, b2])]).load_state_dict(saved)
