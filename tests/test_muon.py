@@ -13,12 +13,13 @@ def test_orthogonalize_pulls_every_singular_value_near_one(shape):
     assert orthogonalize(g).shape == g.shape
 
 
-def test_sgd_groups_step_exactly_like_torch_sgd():
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_sgd_groups_step_exactly_like_torch_sgd(nesterov):
     torch.manual_seed(0)
-    a, b = torch.randn(5, 3, requires_grad=True), None
+    a = torch.randn(5, 3, requires_grad=True)
     b = a.detach().clone().requires_grad_(True)
-    ours = Muon([dict(params=[a], lr=0.1, momentum=0.85, weight_decay=0.01)], nesterov=True)
-    ref = torch.optim.SGD([b], lr=0.1, momentum=0.85, weight_decay=0.01, nesterov=True)
+    ours = Muon([dict(params=[a], lr=0.1, momentum=0.85, weight_decay=0.01)], nesterov=nesterov)
+    ref = torch.optim.SGD([b], lr=0.1, momentum=0.85, weight_decay=0.01, nesterov=nesterov)
     for _ in range(4):
         g = torch.randn(5, 3)
         a.grad, b.grad = g.clone(), g.clone()

@@ -44,7 +44,6 @@ def build_optimizer(model, cfg: TrainConfig):
     """SGD, or Muon for the conv filters. "sgd-sum" is airbench's parametrisation: lr and weight decay per 1024
     examples for a summed loss, decoupled from momentum, and BatchNorm shifts learning `bias_lr_scale` times
     faster."""
-    import torch
     from torch import nn
 
     cfg = with_lr_for_length(cfg, cfg.epochs or 1)  # no-op once `fit` set the lr for the planned length
@@ -70,11 +69,12 @@ def build_optimizer(model, cfg: TrainConfig):
     groups = [g for g in groups if g["params"]]
     for g in groups:
         g["initial_lr"] = g["lr"]
-    if cfg.optimizer == "muon":
-        from .muon import Muon
+    from .muon import Muon
 
+    if cfg.optimizer == "muon":
         return Muon(groups, nesterov=True)
-    return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=bool(cfg.nesterov and cfg.momentum > 0))
+    # Without orthogonal groups Muon steps exactly like torch.optim.SGD, without SGD's one-off TorchDynamo import.
+    return Muon(groups, momentum=cfg.momentum, nesterov=bool(cfg.nesterov and cfg.momentum > 0))
 
 
 # airbench94_muon's settings for the parameters Muon does not take, for a summed loss: SGD with Nesterov
