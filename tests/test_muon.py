@@ -84,3 +84,23 @@ def test_state_dict_round_trip_continues_the_same_steps():
     assert w2.grad is None and b2.grad is None
     with pytest.raises(ValueError):
         Muon([dict(params=[w2, b2])]).load_state_dict(saved)
+
+
+def test_loads_the_state_of_torch_sgd_and_continues_like_it():
+    """Checkpoints written while the SGD recipes used torch.optim.SGD still resume."""
+    torch.manual_seed(0)
+    a = torch.randn(6, 2, requires_grad=True)
+    b = a.detach().clone().requires_grad_(True)
+    ref = torch.optim.SGD([a], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    grads = [torch.randn(6, 2) for _ in range(5)]
+    for g in grads[:2]:
+        a.grad = g.clone()
+        ref.step()
+    b.data.copy_(a.detach())
+    ours = Muon([dict(params=[b], lr=0.1, momentum=0.9, weight_decay=5e-4)], nesterov=False)
+    ours.load_state_dict(ref.state_dict())
+    for g in grads[2:]:
+        a.grad, b.grad = g.clone(), g.clone()
+        ref.step()
+        ours.step()
+    assert torch.allclose(a, b, atol=1e-6)

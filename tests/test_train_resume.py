@@ -78,3 +78,17 @@ def test_ctrl_c_keeps_finished_epochs_and_names_the_resume_command(tiny_folder_d
     assert "Traceback" not in err and f"lookalike train --resume {run}" in err
     assert err.strip().splitlines()[-1] == "interrupted"
     assert load_checkpoint(run / "last.pt")["meta"]["epoch"] >= 1
+
+
+def test_resume_with_an_optimizer_state_that_does_not_fit_is_one_clear_error(tiny_folder_dataset, tmp_path):
+    from lookalike.errors import LookalikeError
+    from lookalike.train.checkpoint import save_checkpoint
+
+    cfg = TrainConfig(data=str(tiny_folder_dataset), widths=[8, 16, 16], batch_size=12, epochs=2, device="cpu")
+    fit(cfg, tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    state["meta"]["epoch"] = 1  # as if killed after the first epoch
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, tmp_path / "run" / "last.pt")
+    with pytest.raises(LookalikeError, match="optimizer state in last.pt does not fit"):
+        fit(cfg, tmp_path / "run", resume=True)

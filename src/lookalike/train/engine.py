@@ -465,7 +465,11 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     cfg = with_lr_for_length(cfg, total_steps / spe)
     optimizer = build_optimizer(model, cfg)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, IndexError) as exc:
+            raise LookalikeError(f"--resume {run_dir}: the optimizer state in last.pt does not fit the model "
+                                 f"({exc})") from None
     lookahead = Lookahead(model, state.get("lookahead") if state else None) if cfg.lookahead else None
     train_model = model
     if cfg.compile and device.type == "cuda":

@@ -97,9 +97,9 @@ class Muon:
                 if not group["orthogonal"] and group["weight_decay"]:
                     g = g.add(p, alpha=group["weight_decay"])
                 state = self.state.setdefault(p, {})
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
-                buf = state["momentum_buffer"]
+                buf = state.get("momentum_buffer")
+                if buf is None:  # first step (torch's SGD saves None here when it ran without momentum)
+                    buf = state["momentum_buffer"] = torch.zeros_like(g)
                 buf.mul_(momentum).add_(g)
                 update = g.add(buf, alpha=momentum) if nesterov else buf
                 if group["orthogonal"]:
