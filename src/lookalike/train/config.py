@@ -80,8 +80,9 @@ FAST_GPU = dict(widths=[64, 256, 256], depth=2, epochs=9.9, batch_size=1024, opt
 # CPU sizes, measured on CIFAR-10 with 2 cores (benchmarks/train_cifar10.py). At 15 minutes 32,128,256 (11.5
 # epochs) beat 32,96,192 (14.7 epochs) and 32,160,320 (8.3 epochs); a 5-minute budget affords so few epochs that
 # the narrower 32,64,128 wins. Batch 256 runs ~10% more images/s than 512 on a CPU at the same accuracy per epoch.
-# With Muon the 3-, 5- and 15-minute budgets reach 85.41% (mean of 7 runs, 84.89-85.78%), 86.96/87.13% and
-# 90.18/90.12% (seeds 0/1); airbench94's SGD reached 86.18/86.42% and 89.90/89.65% at 5 and 15 minutes. At 3
+# With Muon the 3-, 5- and 15-minute budgets reach 85.41% (mean of 7 runs, 84.89-85.78%), 87.23% (mean of 3
+# seeds, 86.93-87.39%) and 90.18/90.12% (seeds 0/1); airbench94's SGD reached 86.18/86.42% and 89.90/89.65% at 5
+# and 15 minutes. At 3
 # minutes, shifts of 1 or 0 pixels, label smoothing 0.1, widths 24,64,128 and less whitening-bias training all
 # land within the spread between seeds (README).
 FAST_CPU = dict(widths=[32, 128, 256], depth=2, epochs=8, batch_size=256, optimizer="muon")
