@@ -82,9 +82,8 @@ FAST_GPU = dict(widths=[64, 256, 256], depth=2, epochs=9.9, batch_size=1024, opt
 # the narrower 32,64,128 wins. Batch 256 runs ~10% more images/s than 512 on a CPU at the same accuracy per epoch.
 # With Muon the 3-, 5- and 15-minute budgets reach 85.41% (mean of 7 runs, 84.89-85.78%), 87.23% (mean of 3
 # seeds, 86.93-87.39%) and 90.18/90.12% (seeds 0/1); airbench94's SGD reached 86.18/86.42% and 89.90/89.65% at 5
-# and 15 minutes. At 3
-# minutes, shifts of 1 or 0 pixels, label smoothing 0.1, widths 24,64,128 and less whitening-bias training all
-# land within the spread between seeds (README).
+# and 15 minutes. At 3 minutes, shifts of 1 or 0 pixels, label smoothing 0.1, widths 24,64,128 and less
+# whitening-bias training all land within the spread between seeds (README).
 FAST_CPU = dict(widths=[32, 128, 256], depth=2, epochs=8, batch_size=256, optimizer="muon")
 SHORT_BUDGET_S = 600
 FAST_CPU_SHORT = dict(widths=[32, 64, 128])
