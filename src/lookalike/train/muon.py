@@ -6,7 +6,7 @@ learning rate is an angle. airbench94_muon reports 94% on CIFAR-10 in 8 epochs w
 
 Groups marked `orthogonal=True` take the Muon update; the others take PyTorch's SGD update (L2 weight decay
 added to the gradient, momentum, optional Nesterov). One optimizer object keeps the engine, its schedule and its
-checkpoints unchanged.
+checkpoints unchanged; the SGD recipes use it too, with no orthogonal group.
 """
 
 from __future__ import annotations
@@ -78,13 +78,14 @@ class Muon:
                 len(s["params"]) != len(g["params"]) for s, g in zip(saved, self.param_groups)):
             raise ValueError("the optimizer state does not match this model's parameter groups")
         params = self._params()
-        for s, g in zip(saved, self.param_groups):
-            g.update({k: v for k, v in s.items() if k != "params"})
+        for saved_group, group in zip(saved, self.param_groups):
+            group.update({k: v for k, v in saved_group.items() if k != "params"})
         self.state = {}
-        for i, s in state_dict["state"].items():
+        for i, saved_state in state_dict["state"].items():
             p = params[int(i)]
             # Copies: the loaded optimizer must not share buffers with the one that saved the state.
-            self.state[p] = {k: (v.to(p.device, copy=True) if torch.is_tensor(v) else v) for k, v in s.items()}
+            self.state[p] = {k: (v.to(p.device, copy=True) if torch.is_tensor(v) else v)
+                             for k, v in saved_state.items()}
 
     @torch.no_grad()
     def step(self) -> None:
