@@ -44,8 +44,8 @@ def time_to(result: dict, target: float) -> str:
     for row in result["rows"]:
         if float(row["test_acc"]) >= target:
             return f"{float(row['seconds']):.0f} s (epoch {row['epoch']})"
-    if result["test_acc"] >= target:
-        return f"{result['wall_seconds']:.0f} s (final, TTA)"
+    if result["test_acc"] >= target:  # the whole process, start to exit: the strictest clock for the final result
+        return f"{result['outside_wall_s']:.0f} s (final, TTA)"
     return "not reached"
 
 
@@ -215,7 +215,7 @@ def main() -> None:
         for kind, value, seed, r in rows:
             hit = next((float(x["seconds"]) for x in r["rows"] if float(x["test_acc"]) >= 0.85), None)
             if hit is None and r["test_acc"] >= 0.85:
-                hit = r["wall_seconds"]
+                hit = r["outside_wall_s"]
             if hit:
                 print(f"- `{value}` seed {seed}: 85% after {hit:.0f} s (start-up and evaluations included): "
                       f"{lab_s / hit:.0f}x less than these 15 epochs with their evaluations, "

@@ -77,6 +77,7 @@ def test_corrupt_image_is_named_and_training_goes_on(capsys, monkeypatch, tiny_f
     ("ok", ["--widths", "8,16"], "--widths"),
     ("ok", ["--widths", "a,b,c"], "--widths"),
     ("ok", ["--tta", "7"], "--tta"),
+    ("ok", ["--whitening", "cubic"], "--whitening"),
     ("ok", ["--optimizer", "adam"], "--optimizer"),
     ("ok", ["--crop-size", "4"], "--crop-size"),
     ("ok", ["--crop-fraction", "1.5"], "--crop-fraction"),

@@ -33,18 +33,33 @@ def test_fast_width_and_depth_options_change_size():
     assert create_model("fast", widths=(8, 8, 8)).eval()(torch.randn(1, 3, 48, 48)).shape == (1, 10)
 
 
-def test_whitening_layer_decorrelates_patches():
+@pytest.mark.parametrize("whitening", ["pairs", "linear"])
+def test_whitening_layer_decorrelates_patches(whitening):
     torch.manual_seed(0)
     mix = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.6, 0.5], [0.0, 0.0, 0.4]])
     images = torch.einsum("ij,bjhw->bihw", mix, torch.randn(64, 3, 16, 16))
-    model = create_model("fast", widths=(8, 8, 8))
+    model = create_model("fast", widths=(8, 8, 8), whitening=whitening)
     model.init_whitening(images)
+    weight = model.whiten.weight
+    if whitening == "pairs":
+        assert weight.shape[0] == 24 and torch.equal(weight[12:], -weight[:12])
+    else:
+        assert weight.shape[0] == 12 and model.whiten.bias is None
     with torch.no_grad():
-        out = F.conv2d(images, model.whiten.weight[:12])  # the + half of the +/- pairs
+        out = F.conv2d(images, weight[:12])  # "pairs": the + half of the +/- pairs
     flat = out.permute(1, 0, 2, 3).reshape(12, -1)
     cov = flat @ flat.T / flat.shape[1]
     assert torch.allclose(cov, torch.eye(12), atol=0.05)
-    assert not model.whiten.weight.requires_grad
+    assert not weight.requires_grad
+
+
+def test_linear_whitening_halves_the_first_conv_and_drops_its_activation():
+    pairs, linear = create_model("fast"), create_model("fast", whitening="linear")
+    assert pairs.group1.conv1.in_channels == 24 and linear.group1.conv1.in_channels == 12
+    assert isinstance(pairs.act, torch.nn.GELU) and isinstance(linear.act, torch.nn.Identity)
+    assert count_parameters(linear) < count_parameters(pairs)
+    with pytest.raises(ValueError, match="whitening"):
+        create_model("fast", whitening="cubic")
 
 
 def test_overfits_one_small_batch():

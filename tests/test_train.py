@@ -40,10 +40,21 @@ def test_short_run_writes_every_artifact(tiny_folder_dataset, tmp_path):
     assert ckpt["scheduler"]["step"] == 9 and ckpt["meta"]["epoch"] == 3 and "optimizer" in ckpt
 
 
-def test_learns_the_generated_classes(tiny_folder_dataset, tmp_path):
-    cfg = TrainConfig(data=str(tiny_folder_dataset), epochs=12, **SMALL)
+@pytest.mark.parametrize("whitening", ["linear", "pairs"])
+def test_learns_the_generated_classes(tiny_folder_dataset, tmp_path, whitening):
+    cfg = TrainConfig(data=str(tiny_folder_dataset), epochs=12, whitening=whitening, **SMALL)
     result = fit(cfg, tmp_path / "run")
     assert result["test_acc"] >= 0.9
+    model, meta = model_from_checkpoint(tmp_path / "run" / "last.pt")
+    assert meta["model_kwargs"]["whitening"] == whitening and model.whitening == whitening
+
+
+def test_a_config_saved_before_linear_whitening_existed_resumes_with_pairs():
+    saved = resolve(TrainConfig(model="fast", data="x"), "cpu").to_dict()
+    del saved["whitening"]  # what every config.json and last.pt held before the field
+    assert TrainConfig.from_saved(saved).whitening == "pairs"
+    assert resolve(TrainConfig.from_saved(saved), "cpu").whitening == "pairs"
+    assert TrainConfig.from_saved({**saved, "whitening": "linear"}).whitening == "linear"
 
 
 def test_lab_recipe_is_the_course_template():
@@ -60,6 +71,10 @@ def test_fast_recipe_depends_on_device():
     assert resolve(TrainConfig(model="fast", widths=[8, 8, 8]), "cpu").widths == [8, 8, 8]
     assert resolve(TrainConfig(model="fast", time_budget=300), "cpu").widths == [32, 64, 128]
     assert resolve(TrainConfig(model="fast", time_budget=900), "cpu").widths == [32, 128, 256]
+    # Linear whitening is the CPU default (faster steps); GPU runs keep airbench's +/- pairs.
+    assert resolve(TrainConfig(model="fast"), "cpu").whitening == "linear"
+    assert resolve(TrainConfig(model="fast"), "cuda").whitening == "pairs"
+    assert resolve(TrainConfig(model="fast", whitening="pairs"), "cpu").whitening == "pairs"
     # CPU runs use Muon, GPU runs airbench94's SGD; each optimizer brings its own settings.
     cpu, gpu = resolve(TrainConfig(model="fast"), "cpu"), resolve(TrainConfig(model="fast"), "cuda")
     assert (cpu.optimizer, cpu.schedule, cpu.lookahead) == ("muon", "linear", False)

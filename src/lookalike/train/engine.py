@@ -36,7 +36,7 @@ TTA_PASSES = {0: 1, 1: 2, 2: 6}  # forward passes per image at each test-time au
 def model_kwargs(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     kw: dict[str, Any] = {"num_classes": num_classes}
     if cfg.model == "fast":
-        kw.update(widths=list(cfg.widths), depth=int(cfg.depth))
+        kw.update(widths=list(cfg.widths), depth=int(cfg.depth), whitening=cfg.whitening)
     return kw
 
 
@@ -358,9 +358,9 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
             raise LookalikeError(f"--resume {run_dir}: no such run folder")
         if (run_dir / "last.pt").exists():
             state = load_checkpoint(run_dir / "last.pt")
-            cfg = TrainConfig.from_dict(state["config"])
+            cfg = TrainConfig.from_saved(state["config"])
         elif (run_dir / "config.json").exists():  # killed before its first checkpoint: start it again
-            cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+            cfg = TrainConfig.from_saved(json.loads((run_dir / "config.json").read_text())["config"])
         else:
             raise LookalikeError(f"--resume {run_dir}: no last.pt or config.json there, nothing to resume")
 
