@@ -31,7 +31,7 @@ def train_command(
     gamma: Optional[float] = typer.Option(None, "--gamma", help="step schedule: lr multiplier at each milestone."),
     widths: Optional[str] = typer.Option(None, "--widths", help="fast: channels of the three conv groups, e.g. 32,128,256 (the CPU default; 32,64,128 under a 10-minute budget; GPU 64,256,256)."),
     depth: Optional[int] = typer.Option(None, "--depth", help="fast: convolutions per group (2; 3 is deeper and slower)."),
-    whitening: Optional[str] = typer.Option(None, "--whitening", help="fast: first layer 'linear' (12 whitened channels, the CPU default: faster steps) or 'pairs' (airbench's +/- pairs with a GELU, the GPU default)."),
+    whitening: Optional[str] = typer.Option(None, "--whitening", help="fast: first layer 'linear' (12 whitened channels: faster steps; the default for CPU budgets under 10 minutes) or 'pairs' (airbench's +/- pairs with a GELU: more accuracy per epoch; the default otherwise)."),
     translate: Optional[int] = typer.Option(None, "--translate", help="Random shift augmentation in pixels (0: off)."),
     crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Side in pixels of the small random crops that the first --crop-fraction of the steps train on (default 3/4 of the image side); steps run faster, testing stays at full size."),
     crop_fraction: Optional[float] = typer.Option(None, "--crop-fraction", help="Fraction of the steps trained on --crop-size crops (0: none)."),

@@ -1,0 +1,109 @@
+"""Training-step and evaluation speed of the `fast` net's whitening layouts, side by side.
+
+    python benchmarks/fast_step.py                        # widths 32,64,128 (the CPU size under 10 minutes)
+    python benchmarks/fast_step.py --widths 32,128,256 --rounds 7
+
+Each layout gets the optimizer, loss and channels_last layout that `lookalike train` gives it on this device,
+and trains on one fixed random batch (the step's cost does not depend on the pixels). The "pairs" whitening
+bias is frozen, as it is after the first 30% of a run. Rounds alternate between the layouts so that a noisy,
+shared machine slows both alike; each figure is the median round. Prints a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+
+def build(whitening: str, widths: list[int], batch: int, device):
+    import torch
+
+    from lookalike.models import create_model
+    from lookalike.train.config import TrainConfig, resolve, with_lr_for_length
+    from lookalike.train.engine import build_optimizer
+
+    torch.manual_seed(0)
+    cfg = with_lr_for_length(resolve(TrainConfig(data="-", whitening=whitening, widths=widths, batch_size=batch),
+                                     device.type), 4)
+    model = create_model("fast", num_classes=10, widths=widths, whitening=whitening)
+    model.init_whitening(torch.randn(256, 3, 32, 32))
+    model = model.to(device=device, memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg)
+    if model.whiten.bias is not None:
+        model.whiten.bias.requires_grad_(False)
+    return model, opt, cfg
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--widths", default="32,64,128")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    from lookalike.device import resolve_device
+
+    device = resolve_device(args.device)
+    widths = [int(w) for w in args.widths.split(",")]
+    x = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    layouts = {w: build(w, widths, args.batch, device) for w in ("pairs", "linear")}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_steps(model, opt, cfg, n: int) -> float:
+        sync()
+        t = time.perf_counter()
+        for _ in range(n):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(x).float()
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync()
+        return (time.perf_counter() - t) / n
+
+    def eval_passes(model, n: int) -> float:
+        model.eval()
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            sync()
+            t = time.perf_counter()
+            for _ in range(n):
+                model(x)
+            sync()
+        model.train()
+        return (time.perf_counter() - t) / n
+
+    for model, opt, cfg in layouts.values():  # warm-up: allocator and oneDNN caches
+        train_steps(model, opt, cfg, 3)
+        eval_passes(model, 2)
+    step = {w: [] for w in layouts}
+    ev = {w: [] for w in layouts}
+    for _ in range(args.rounds):
+        for w, (model, opt, cfg) in layouts.items():
+            step[w].append(train_steps(model, opt, cfg, args.steps))
+            ev[w].append(eval_passes(model, args.steps))
+
+    threads = torch.get_num_threads()
+    print(f"`fast` {args.widths}, batch {args.batch}, {device}, {threads} threads, median of {args.rounds} rounds "
+          f"of {args.steps} steps\n")
+    print("| whitening | training step | training images/s | evaluation pass | evaluation images/s |")
+    print("|---|---|---|---|---|")
+    med = {w: (statistics.median(step[w]), statistics.median(ev[w])) for w in layouts}
+    for w, (s, e) in med.items():
+        print(f"| {w} | {s * 1e3:.1f} ms | {args.batch / s:.0f} | {e * 1e3:.1f} ms | {args.batch / e:.0f} |")
+    (ps, pe), (ls, le) = med["pairs"], med["linear"]
+    print(f"\nlinear against pairs: training steps {ps / ls:.2f}x as fast, evaluation {pe / le:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
