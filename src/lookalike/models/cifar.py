@@ -26,9 +26,9 @@ from .registry import register_model
 FAST_WIDTHS_GPU = (64, 256, 256)
 FAST_WIDTHS_CPU = (32, 128, 256)
 # Whitening layouts. "pairs" (airbench): each whitened channel and its negative, a learnable bias and a GELU, so
-# 24 channels at full resolution. "linear": the 12 whitened channels as they are, no bias, no activation. The
-# first conv then reads half the channels and the largest GELU is gone: a CPU training step is 8-18% faster.
-# Without an activation between them, the whitening and the first conv also run as one 4x4 conv.
+# 24 channels at full resolution. "linear": the 12 whitened channels as they are, no bias, no activation, so the
+# whitening and the first conv compose into one 4x4 conv of the pixels. A CPU training step is ~1.26x as fast
+# (benchmarks/fast_step.py), but a little less is learnt per epoch.
 WHITENINGS = ("pairs", "linear")
 
 
