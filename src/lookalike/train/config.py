@@ -101,7 +101,7 @@ SHORT_BUDGET_S = 600
 # Linear whitening makes a CPU step ~1.26x as fast (benchmarks/fast_step.py: no GELU at full resolution, and the
 # whitening and first conv run as one 4x4 conv) and has no bias to train, but learns a little less per epoch.
 # Short runs gain: a 160-second budget reaches 85.09-85.74% over seeds 0-4, more than the pairs reached in 3
-# minutes (mean 85.23%). At 15 minutes linear (before the 4x4 fusion) reached 89.58% (seed 0) against 90.18%.
+# minutes (mean 85.23%). At 15 minutes linear reached 89.78% (seed 0) against 90.18% with the pairs.
 FAST_CPU_SHORT = dict(widths=[32, 64, 128], whitening="linear")
 # airbench94_muon takes lr 0.24 at batch 2000 for 200 steps. At batch 256 on CIFAR-10 the best angle shrinks
 # with the run: we measured 0.06 best for 2 epochs, 0.03 for the ~8 of a 5-minute budget and 0.025 for the ~11
