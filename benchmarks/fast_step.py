@@ -3,10 +3,11 @@
     python benchmarks/fast_step.py                        # widths 32,64,128 (the CPU size under 10 minutes)
     python benchmarks/fast_step.py --widths 32,128,256 --rounds 7
 
-Each layout gets the optimizer, loss and channels_last layout that `lookalike train` gives it on this device,
-and trains on one fixed random batch (the step's cost does not depend on the pixels). The "pairs" whitening
-bias is frozen, as it is after the first 30% of a run. Rounds alternate between the layouts so that a noisy,
-shared machine slows both alike; each figure is the median round. Prints a Markdown table on stdout.
+Each layout gets the optimizer and channels_last layout that `lookalike train` gives it on this device, and
+its steps are timed by the engine's own `time_training_steps` on one fixed random batch (a step's cost does
+not depend on the pixels). The "pairs" whitening bias is frozen, as it is after the first 30% of a run. Rounds
+alternate between the layouts so that a noisy, shared machine slows both alike; each figure is the median
+round. Prints a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def build(whitening: str, widths: list[int], batch: int, device):
     opt = build_optimizer(model, cfg)
     if model.whiten.bias is not None:
         model.whiten.bias.requires_grad_(False)
-    return model, opt, cfg
+    return model, opt
 
 
 def main() -> None:
@@ -45,9 +46,9 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    import torch.nn.functional as F
 
     from lookalike.device import resolve_device
+    from lookalike.train.engine import time_training_steps
 
     device = resolve_device(args.device)
     widths = [int(w) for w in args.widths.split(",")]
@@ -58,19 +59,6 @@ def main() -> None:
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
-
-    def train_steps(model, opt, cfg, n: int) -> float:
-        sync()
-        t = time.perf_counter()
-        for _ in range(n):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(x).float()
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sync()
-        return (time.perf_counter() - t) / n
 
     def eval_passes(model, n: int) -> float:
         model.eval()
@@ -83,14 +71,17 @@ def main() -> None:
         model.train()
         return (time.perf_counter() - t) / n
 
-    for model, opt, cfg in layouts.values():  # warm-up: allocator and oneDNN caches
-        train_steps(model, opt, cfg, 3)
+    def train_steps(model, opt, n: int) -> float:
+        return time_training_steps(model, opt, lambda i: (x, y), warm=0, timed=n, device=device)
+
+    for model, opt in layouts.values():  # warm-up: allocator and oneDNN caches
+        train_steps(model, opt, 3)
         eval_passes(model, 2)
     step = {w: [] for w in layouts}
     ev = {w: [] for w in layouts}
     for _ in range(args.rounds):
-        for w, (model, opt, cfg) in layouts.items():
-            step[w].append(train_steps(model, opt, cfg, args.steps))
+        for w, (model, opt) in layouts.items():
+            step[w].append(train_steps(model, opt, args.steps))
             ev[w].append(eval_passes(model, args.steps))
 
     threads = torch.get_num_threads()
