@@ -79,18 +79,18 @@ def test_missing_and_damaged_index(tmp_path):
     ix, _, _ = make(tmp_path)
     ix.close()
     (tmp_path / "ix" / "manifest.json").write_text("{ not json")
-    with pytest.raises(LookalikeError, match="unreadable"):
+    with pytest.raises(LookalikeError, match="damaged .*images themselves are untouched"):
         ImageIndex.open(tmp_path / "ix")
     (tmp_path / "ix" / "manifest.json").write_text(json.dumps({**BACKBONE, "root": str(tmp_path),
                                                                  "format_version": FORMAT_VERSION}))
     (tmp_path / "ix" / "index.db").write_bytes(b"garbage" * 100)
     for name in ("index.db-wal", "index.db-shm"):
         (tmp_path / "ix" / name).unlink(missing_ok=True)
-    with pytest.raises(LookalikeError, match="rebuild"):
+    with pytest.raises(LookalikeError, match="damaged.*--rebuild.*untouched"):
         ImageIndex.open(tmp_path / "ix")
     (tmp_path / "ix" / "manifest.json").write_text(json.dumps({**BACKBONE, "root": str(tmp_path),
                                                                  "format_version": 1}))
-    with pytest.raises(LookalikeError, match="rebuild"):  # the upgrade meets the damage: same advice
+    with pytest.raises(LookalikeError, match="damaged.*--rebuild"):  # the upgrade meets the damage: same advice
         ImageIndex.open(tmp_path / "ix", readonly=False)
 
 
@@ -99,7 +99,10 @@ def test_truncated_vector_file_is_an_error_not_a_crash(tmp_path):
     vfile = ix._vector_file()
     ix.close()
     vfile.write_bytes(vfile.read_bytes()[: DIM * 4 * 2])
-    with pytest.raises(LookalikeError, match="shorter"):
+    with pytest.raises(LookalikeError, match="holds 2 vectors, fewer than index.db refers to: run `lookalike index"):
+        ImageIndex.open(tmp_path / "ix")
+    vfile.unlink()
+    with pytest.raises(LookalikeError, match="is missing: run `lookalike index"):
         ImageIndex.open(tmp_path / "ix")
 
 

@@ -11,6 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import LookalikeError
+from ..paths import printable
 
 app = typer.Typer(
     name="lookalike",
@@ -43,7 +44,7 @@ def main() -> None:
     try:
         app()
     except LookalikeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)  # a file name may not be valid UTF-8
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,14 +8,30 @@ from typing import Any
 
 from rich.console import Console
 
+from ..paths import printable
+
 console = Console(stderr=True)  # progress and tables for people go to stderr, so stdout stays clean JSON
 out = Console()
 
 
+def _printable_strings(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {_printable_strings(k): _printable_strings(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_printable_strings(v) for v in obj]
+    return obj
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """One JSON document on stdout; file names that are not valid UTF-8 appear escaped (`paths.printable`)."""
+    sys.stdout.write(json.dumps(_printable_strings(obj), indent=2, default=lambda o: printable(str(o))) + "\n")
     sys.stdout.flush()
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # Escaped: a file name in the message may hold brackets, which rich would read as markup.
+    console.print("[yellow]warning:[/yellow] " + escape(printable(message)), highlight=False, soft_wrap=True)

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from . import app
+from ..paths import printable
 from ._common import console, out, print_json, warn
 
 MODEL_HELP = "Backbone: a registered name (see `lookalike models`) or a checkpoint file from `lookalike train`."
@@ -75,13 +76,15 @@ def index_command(
     if json_out:
         print_json(summary)
         return
+    for note in summary.get("notes", []):
+        warn(note)
     skipped, n_known = summary["skipped"], summary.get("skipped_known", 0)
     fresh, known = skipped[:len(skipped) - n_known], skipped[len(skipped) - n_known:]  # known failures come last
     for item in fresh:
         warn(f"skipped {item['path']}: {item['reason']}")
     if known:
         warn(_known_failures_line(known))
-    out.print(f"{summary['indexed']} images indexed in {summary['index_path']}: {summary['added']} added, "
+    out.print(f"{summary['indexed']} images indexed in {printable(summary['index_path'])}: {summary['added']} added, "
               f"{summary['updated']} updated, {summary['renamed']} renamed, {summary['removed']} removed, "
               f"{summary['unchanged']} unchanged, {len(skipped)} skipped", highlight=False, soft_wrap=True)
 
@@ -132,12 +135,14 @@ def search_command(
         print_json([{"query": str(q), "results": [{key: h[key] for key in ("rank", "path", "distance", "similarity")}
                                                   for h in hits]} for q, hits in zip(queries, results)])
         return
+    from rich.markup import escape
     from rich.table import Table
 
     for q, hits in zip(queries, results):
-        table = Table("rank", "path", "distance", "similarity", title=str(q), title_justify="left")
+        table = Table("rank", "path", "distance", "similarity", title=escape(printable(q)), title_justify="left")
         for h in hits:
-            table.add_row(str(h["rank"]), h["path"], _fmt_dist(h["distance"]), f"{h['similarity']:.4f}")
+            table.add_row(str(h["rank"]), escape(printable(h["path"])), _fmt_dist(h["distance"]),
+                          f"{h['similarity']:.4f}")
         out.print(table)
 
 
@@ -160,9 +165,9 @@ def compare_command(
     embedder = load_embedder(model, device=device, pooling=pooling, weights=str(weights) if weights else None)
     vectors, skipped = embedder.embed_paths([str(p) for p in images])
     bad = {s["path"] for s in skipped}
-    paths = [str(p) for p in images if str(p) not in bad]
+    paths = [printable(p) for p in images if str(p) not in bad]
     if len(paths) < 2:
-        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped)
+        reasons = "; ".join(f"{printable(s['path'])}: {s['reason']}" for s in skipped)
         raise LookalikeError(f"fewer than two readable images to compare ({reasons})")
     for s in skipped:
         warn(f"skipped {s['path']}: {s['reason']}")
@@ -205,7 +210,7 @@ def dupes_command(
 
     with _open_index(index) as ix:
         groups = find_duplicates(ix, DEFAULT_DUPE_THRESHOLD if threshold is None else threshold, k=k)
-        named = [[str(ix.path_of(i)) for i in g] for g in groups]
+        named = [[printable(ix.path_of(i)) for i in g] for g in groups]
     if json_out:
         print_json({"groups": named})
         return
@@ -215,7 +220,7 @@ def dupes_command(
     for n, group in enumerate(named, start=1):
         out.print(f"group {n} ({len(group)} images)", highlight=False)
         for p in group:
-            out.print(f"  {p}", highlight=False)
+            out.print(f"  {p}", highlight=False, markup=False)
 
 
 @app.command("demo")

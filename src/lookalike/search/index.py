@@ -11,18 +11,35 @@ Crash safety: vectors are appended and fsynced before the SQLite transaction tha
 a kill at any point leaves at worst unreferenced rows at the end of the vector file (reclaimed by compaction),
 never a row pointing at missing data. Compaction writes a new generation file and switches to it in one
 transaction.
+
+Ownership: the index deletes only files its own bookkeeping names. A folder is taken for a new index only when
+it is new or empty, or holds a valid manifest; vector files are deleted only when the database records them
+(`vector_file`, or `pending_vector_file` / `retired_vector_file` around a compaction).
+
+Checks on open: the manifest's fields and types; the database's presence and readability; the vector file's
+length against the highest row the database refers to. Readers refuse a short vector file; the writer repairs
+it by forgetting the images whose vectors are gone, so that the run embeds them again (vectors are derived
+from the image files, so nothing is lost that the run does not restore).
+
+Paths are stored as text when they are valid UTF-8, else as the file system's bytes (a BLOB), so a file name
+that is not valid UTF-8 round-trips to the same file.
 """
+
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -35,6 +52,9 @@ OLDEST_READABLE = 1  # readers never touch the `failures` table, so format 1 is 
 MANIFEST = "manifest.json"
 DATABASE = "index.db"
 LOCKFILE = "write.lock"
+_DB_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal")
+_VECTOR_NAME = re.compile(r"vectors-(\d+)\.f32")
+_MANIFEST_TMP = re.compile(re.escape(f".{MANIFEST}.") + r".*\.tmp")  # left by a kill inside atomic_write
 
 # Upgrades of an older index, in place: {from_version: function(index_dir)} bringing it to from_version + 1.
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
@@ -43,7 +63,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,      -- relative to the manifest's root, '/'-separated
+    path TEXT NOT NULL UNIQUE,      -- relative to the manifest's root, '/'-separated; a BLOB when not UTF-8
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     digest TEXT NOT NULL,           -- SHA-256 (first 128 bits) of the file's bytes: finds renamed files
@@ -58,20 +78,135 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 """
 
+# --- storage errors ---------------------------------------------------------------------------------------
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_DENIED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _kind(exc: BaseException) -> str | None:
+    """'full', 'denied', 'damaged' or 'io' for a storage error, None for anything else (a bug stays a bug)."""
+    if isinstance(exc, OSError):
+        if exc.errno in _FULL_ERRNOS:
+            return "full"
+        return "denied" if exc.errno in _DENIED_ERRNOS else "io"
+    if isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError)) and not isinstance(
+            exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+        name = getattr(exc, "sqlite_errorname", "") or ""  # Python >= 3.11; the message text otherwise
+        msg = str(exc).lower()
+        if name.startswith("SQLITE_FULL") or "disk is full" in msg:
+            return "full"
+        if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")) \
+                or "readonly" in msg or "unable to open" in msg:
+            return "denied"
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in msg or "not a database" in msg:
+            return "damaged"
+        return "io"
+    return None
+
+
+def _detail(exc: BaseException) -> str:
+    return (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+
+
+def _low_on_space(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path).free < 1 << 20
+    except OSError:
+        return False
+
+
+def rebuild_hint(root: Any = None) -> str:
+    """The advice for an index whose data is unusable: rebuilding re-reads the images and never changes them."""
+    return (f"rebuild it with `lookalike index {root or 'FOLDER'} --rebuild` (this embeds the images again; "
+            "the images themselves are untouched)")
+
+
+def storage_error(exc: BaseException, path: Path, *, writing: bool, root: Any = None) -> LookalikeError | None:
+    """The one-line error for a failed read or write of the index at `path`, or None when `exc` is no storage
+    error. A permission problem never gets the advice to rebuild: the data is fine, the access is not."""
+    kind = _kind(exc)
+    if kind is None:
+        return None
+    detail = _detail(exc)
+    if kind == "full" or (kind == "io" and writing and _low_on_space(path)):
+        return LookalikeError(f"disk full: cannot write the index at {path} ({detail}); free some space and run "
+                              "`lookalike index` again, which resumes from the last committed batch")
+    if kind == "denied":
+        if writing:
+            return LookalikeError(f"cannot write the index at {path} ({detail}): `lookalike index` needs write "
+                                  "access to that folder and its files (searching needs only read access)")
+        return LookalikeError(f"cannot read the index at {path} ({detail}): searching needs read access to "
+                              "that folder and its files")
+    if kind == "damaged":
+        return LookalikeError(f"index database {path / DATABASE} is damaged ({detail}): {rebuild_hint(root)}")
+    return LookalikeError(f"cannot {'write' if writing else 'read'} the index at {path} ({detail})")
+
+
+# --- paths as stored ----------------------------------------------------------------------------------------
+def db_path(rel: str) -> str | bytes:
+    """The stored form of a root-relative path: itself when it is valid UTF-8, else the file system's bytes
+    (a name read through surrogateescape), so that every name round-trips to the same file."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return os.fsencode(rel)
+
+
+def from_db_path(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+# --- manifest -------------------------------------------------------------------------------------------------
+_NONE = type(None)
+# field: (allowed types, required)
+_MANIFEST_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "model": ((str,), True), "pooling": ((str,), True), "dim": ((int,), True), "preprocess": ((dict,), True),
+    "root": ((str,), True), "format_version": ((int,), False), "weights": ((str, _NONE), False),
+    "count": ((int,), False), "created_at": ((str,), False), "updated_at": ((str,), False),
+}
+_PREPROCESS_FIELDS: dict[str, tuple[type, ...]] = {
+    "input_size": (int,), "resize_size": (int,), "mean": (list,), "std": (list,), "interpolation": (str,),
+}
+
+
+def _manifest_problem(m: Any) -> str | None:
+    """What is wrong with a parsed manifest (a missing field or one of the wrong type), None if nothing."""
+    if not isinstance(m, dict):
+        return "not a JSON object"
+
+    def bad_type(value, types) -> bool:
+        return not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+
+    missing = [k for k, (_, required) in _MANIFEST_FIELDS.items() if required and k not in m]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key, (types, _) in _MANIFEST_FIELDS.items():
+        if key in m and bad_type(m[key], types):
+            return f"{key} is {type(m[key]).__name__}, not {' or '.join(t.__name__ for t in types)}"
+    if m["dim"] <= 0:
+        return f"dim is {m['dim']}"
+    for key, types in _PREPROCESS_FIELDS.items():
+        value = m["preprocess"].get(key)
+        if value is None:
+            continue
+        if bad_type(value, types) or (isinstance(value, int) and value <= 0):
+            return f"preprocess.{key} is {value!r}"
+        if isinstance(value, list) and (len(value) != 3 or any(bad_type(x, (int, float)) for x in value)):
+            return f"preprocess.{key} is {value!r}, not 3 numbers"
+    return None
+
 
 def _add_failures_table(path: Path) -> None:
     """Format 1 -> 2. The table is created empty: files that failed before the upgrade are decoded once more."""
     db = path / DATABASE
     if not db.is_file():  # created, killed before the first batch: the writer creates the whole schema
         return
+    conn = sqlite3.connect(db)
     try:
-        conn = sqlite3.connect(db)
-        try:
-            conn.executescript(_SCHEMA)
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise LookalikeError(f"index database {db} is unreadable ({exc}): rebuild with --rebuild") from None
+        conn.executescript(_SCHEMA)
+    finally:
+        conn.close()
 
 
 MIGRATIONS[1] = _add_failures_table
@@ -85,7 +220,7 @@ def default_index_path(folder) -> Path:
     """`folder/.lookalike`, or a folder under `$LOOKALIKE_HOME/indexes` when that variable is set."""
     folder = Path(folder).expanduser().resolve()
     if os.environ.get("LOOKALIKE_HOME"):
-        tag = hashlib.sha1(str(folder).encode()).hexdigest()[:12]
+        tag = hashlib.sha1(os.fsencode(str(folder))).hexdigest()[:12]
         return home() / "indexes" / f"{folder.name or 'root'}-{tag}"
     return folder / ".lookalike"
 
@@ -117,38 +252,93 @@ def same_backbone(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in BACKBONE_KEYS)
 
 
+def _connect_reader(path: Path, root: Any = None) -> sqlite3.Connection:
+    """A read-only connection to the index database in `path`; never writes, so it works for a user who may only
+    read the index (another account, a read-only mount).
+
+    SQLite's WAL mode needs the `-shm` file even to read. When the folder is not writable and no `-wal` file
+    exists, every committed change is in the main file and no writer can be running in that folder, so the file is
+    opened `immutable` (no shared memory, no locks); otherwise `mode=ro`, falling back to `immutable` on the same
+    condition."""
+    db = path / DATABASE
+    try:
+        os.stat(db)
+    except FileNotFoundError:
+        raise LookalikeError(f"index database {db} is missing: run `lookalike index {root or 'FOLDER'}` to index "
+                             "the images again (the images themselves are untouched)") from None
+    except OSError as exc:
+        raise storage_error(exc, path, writing=False) from None
+    uri = "file:" + _uri_path(db)
+    try:
+        no_wal = os.path.getsize(path / f"{DATABASE}-wal") == 0
+    except OSError:
+        no_wal = True
+    candidates = [f"{uri}?mode=ro"]
+    if no_wal:
+        if not os.access(path, os.W_OK):
+            candidates.insert(0, f"{uri}?mode=ro&immutable=1")
+        else:
+            candidates.append(f"{uri}?mode=ro&immutable=1")
+    error: BaseException | None = None
+    for candidate in candidates:
+        try:
+            conn = sqlite3.connect(candidate, uri=True, check_same_thread=False)
+            try:
+                conn.execute("SELECT count(*) FROM images").fetchone()
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        except sqlite3.Error as exc:
+            error = exc
+            if _kind(exc) == "damaged":
+                break
+    assert error is not None
+    if _kind(error) == "denied" and not no_wal and not os.access(path, os.W_OK):
+        raise LookalikeError(f"cannot read the index at {path} ({error}): it holds changes not yet merged into "
+                             f"{DATABASE} ({DATABASE}-wal), which only a user who can write the folder can read; "
+                             "run `lookalike index` once as such a user") from None
+    raise storage_error(error, path, writing=False, root=root) from None
+
+
+def _uri_path(path: Path) -> str:
+    from urllib.parse import quote
+
+    return quote(os.fsencode(str(path)), safe="/")
+
+
 def change_stamp(path) -> tuple | None:
     """A fingerprint of the committed state of the index folder `path`, for a reader that wants to know whether
     to reopen: one stat and one small query. It changes with every committed write and compaction (the
-    generation counter) and with every manifest rewrite, which a rebuild starts with. None while the index
+    generation counter) and with every manifest rewrite, which a rebuild ends with. None while the index
     cannot be read, e.g. in the moment a rebuild has removed the old files."""
     path = Path(path)
     try:
         st = (path / MANIFEST).stat()
-    except OSError:
+        conn = _connect_reader(path)
+    except (OSError, LookalikeError):
         return None
-    generation = 0
-    db = path / DATABASE
-    if db.is_file():
-        try:
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            try:
-                generation = int(ImageIndex._meta(conn, "generation", "0"))
-            finally:
-                conn.close()
-        except (sqlite3.DatabaseError, ValueError):
-            return None
+    try:
+        generation = int(ImageIndex._meta(conn, "generation", "0"))
+    except (sqlite3.Error, ValueError):
+        return None
+    finally:
+        conn.close()
     return (st.st_ino, st.st_mtime_ns, st.st_size, generation)
 
 
 class ImageIndex:
     """An opened index. Read-only instances load a snapshot at open time and are safe to share between threads;
-    writable instances (used by `lookalike index`) belong to one thread and hold the folder's write lock."""
+    writable instances (used by `lookalike index`) belong to one thread and hold the folder's write lock.
+
+    `notes` lists what opening found and repaired (a missing database, vectors lost from the vector file), one
+    line each, for the caller to show."""
 
     def __init__(self, path: Path, manifest: dict, readonly: bool) -> None:
         self.path = path
         self.manifest = manifest
         self.readonly = readonly
+        self.notes: list[str] = []
         self._conn: sqlite3.Connection | None = None
         self._lock_fh = None
         self._ids = np.zeros(0, np.int64)
@@ -158,6 +348,7 @@ class ImageIndex:
         self._by_path: dict[str, int] = {}
         self._vectors: np.ndarray | None = None
         self._vec_lock = threading.Lock()
+        self._rows_needed = 0  # the writer's vector file must hold at least this many rows
         self.generation = 0  # of the snapshot (read-only instances)
 
     # --- opening -----------------------------------------------------------------------------------------
@@ -165,82 +356,157 @@ class ImageIndex:
     def open(cls, path, readonly: bool = True) -> "ImageIndex":
         """Open an existing index (its folder, or an image folder holding `.lookalike/`).
 
-        LookalikeError when it is missing, unreadable, or made by a newer Lookalike.
+        LookalikeError when it is missing, unreadable, damaged, or made by a newer Lookalike.
         """
         path = resolve_index_dir(path)
         manifest = cls._read_manifest(path)
-        version = int(manifest.get("format_version", 0))
+        version = manifest.get("format_version", 0)
         if version > FORMAT_VERSION:
             raise LookalikeError(f"index {path} has format {version}, newer than this Lookalike reads "
                                  f"({FORMAT_VERSION}): upgrade lookalike")
-        if version < FORMAT_VERSION and not (readonly and version >= OLDEST_READABLE):
+        if readonly and version < OLDEST_READABLE:
+            raise LookalikeError(f"index {path} has the older format {version}: run `lookalike index` on "
+                                 "its folder once to upgrade it")
+        index = cls(path, manifest, readonly)
+        try:
             if readonly:
-                raise LookalikeError(f"index {path} has the older format {version}: run `lookalike index` on "
-                                     "its folder once to upgrade it")
+                index._load_snapshot()
+            else:
+                index._acquire_lock()  # before any write, the upgrade's included
+                if version < FORMAT_VERSION:
+                    index._upgrade(version)
+                index._open_writer()
+        except BaseException:
+            index.close()
+            raise
+        return index
+
+    def _upgrade(self, version: int) -> None:
+        with self._writing():
             for v in range(version, FORMAT_VERSION):
                 if v not in MIGRATIONS:
-                    raise LookalikeError(f"index {path} has format {v}, which cannot be upgraded: use --rebuild")
-                MIGRATIONS[v](path)
-            manifest["format_version"] = FORMAT_VERSION
-            write_json_atomic(path / MANIFEST, manifest)
-        index = cls(path, manifest, readonly)
-        if readonly:
-            index._load_snapshot()
-        else:
-            index._open_writer()
-        return index
+                    raise LookalikeError(f"index {self.path} has format {v}, which cannot be upgraded: "
+                                         f"{rebuild_hint(self.manifest.get('root'))}")
+                MIGRATIONS[v](self.path)
+            self.manifest["format_version"] = FORMAT_VERSION
+            write_json_atomic(self.path / MANIFEST, self.manifest)
 
     @classmethod
     def create(cls, path, *, root, backbone: dict) -> "ImageIndex":
         """Start a new, empty index at `path` for images under `root`, recording the backbone description
-        (`Embedder.describe()`). Any previous index files there are removed."""
+        (`Embedder.describe()`). `path` must be new, empty, or hold an index (whose files are then replaced);
+        anything else is refused, so that a mistyped `--index` never deletes a user's files."""
         path = Path(path).expanduser().resolve()
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise LookalikeError(f"index path {path} is a file, not a folder") from None
+        except OSError as exc:
+            raise storage_error(exc, path, writing=True) from None
         index = cls(path, {}, readonly=False)
         index._acquire_lock()
-        for f in list(path.iterdir()):
-            if f.name in (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", MANIFEST) or f.suffix == ".f32":
-                f.unlink()
-        stamp = now_iso()
-        manifest = {**backbone, "format_version": FORMAT_VERSION, "root": str(Path(root).resolve()),
-                    "created_at": stamp, "updated_at": stamp, "count": 0}
-        write_json_atomic(path / MANIFEST, manifest)
-        index.manifest = manifest
-        index._open_writer(lock=False)
+        try:
+            old_files = index._claim_folder()
+            with index._writing():
+                # The old manifest stays until the old files are gone: a kill in between leaves a folder that
+                # is still provably an index, which the next run reopens or rebuilds.
+                for name in old_files:
+                    (path / name).unlink(missing_ok=True)
+                stamp = now_iso()
+                manifest = {**backbone, "format_version": FORMAT_VERSION, "root": str(Path(root).resolve()),
+                            "created_at": stamp, "updated_at": stamp, "count": 0}
+                write_json_atomic(path / MANIFEST, manifest)
+                index.manifest = manifest
+            index._open_writer(lock=False, new=True)
+            unknown = sorted(f.name for f in path.iterdir() if _VECTOR_NAME.fullmatch(f.name)
+                             and f.name != index._vector_file().name)
+            if unknown:
+                index.notes.append(f"left {', '.join(unknown)} in {path}: the old index's database could not "
+                                   "show that it is the index's own; delete it yourself to reclaim the space")
+        except BaseException:
+            index.close()
+            raise
         return index
+
+    def _claim_folder(self) -> list[str]:
+        """Whether a new index may be started in `self.path` (else LookalikeError), and which files of the old
+        index there its bookkeeping names, to be removed."""
+        path = self.path
+        if (path / MANIFEST).exists():
+            try:
+                self._read_manifest(path)
+            except LookalikeError as exc:
+                raise LookalikeError(f"{path} does not hold a Lookalike index that can be replaced ({exc}); "
+                                     "choose a new or empty folder for --index") from None
+            return [*_DB_FILES, *self._vector_files_of(path)]
+        try:
+            others = sorted(e for e in os.listdir(path) if e != LOCKFILE and not _MANIFEST_TMP.fullmatch(e))
+        except OSError as exc:
+            raise storage_error(exc, path, writing=True) from None
+        if others:
+            raise LookalikeError(f"{path} is not empty and holds no Lookalike index ({len(others)} entries, e.g. "
+                                 f"{others[0]!r}): choose a new or empty folder for --index")
+        return []
+
+    @staticmethod
+    def _vector_files_of(path: Path) -> list[str]:
+        """The vector files the database in `path` names as its own; none when it cannot be read."""
+        if not (path / DATABASE).is_file():
+            return []
+        try:
+            conn = _connect_reader(path)
+        except LookalikeError:
+            return []
+        try:
+            names = [row[0] for row in conn.execute(
+                "SELECT value FROM meta WHERE key IN ('vector_file', 'pending_vector_file', 'retired_vector_file')")]
+            has_images = conn.execute("SELECT 1 FROM images LIMIT 1").fetchone() is not None
+        except sqlite3.Error:
+            return []
+        finally:
+            conn.close()
+        if not names and not has_images:
+            names = ["vectors-0.f32"]  # the name older versions wrote to before their first commit recorded it
+        return [n for n in names if _VECTOR_NAME.fullmatch(n)]
 
     @staticmethod
     def _read_manifest(path: Path) -> dict:
         mpath = path / MANIFEST
-        if not mpath.is_file():
-            raise LookalikeError(f"no index at {path}: build one with `lookalike index FOLDER`")
         try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise LookalikeError(f"index manifest {mpath} is unreadable ({exc.__class__.__name__}): "
-                                 "rebuild with `lookalike index FOLDER --rebuild`") from None
-        missing = [k for k in ("model", "pooling", "dim", "preprocess", "root") if k not in manifest]
-        if not isinstance(manifest, dict) or missing:
-            raise LookalikeError(f"index manifest {mpath} lacks {', '.join(missing)}: rebuild with --rebuild")
+            data = mpath.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise LookalikeError(f"no index at {path}: build one with `lookalike index FOLDER`") from None
+        except OSError as exc:
+            raise storage_error(exc, path, writing=False) from None
+        try:
+            manifest = json.loads(data.decode("utf-8"))
+            problem = _manifest_problem(manifest)
+        except ValueError as exc:
+            problem = f"{exc.__class__.__name__}: {exc}"
+        if problem:
+            # Lookalike writes its manifest whole (atomic replace), so a bad one was written by something else.
+            raise LookalikeError(f"index manifest {mpath} is damaged or not Lookalike's ({problem}): if {path} is "
+                                 "a Lookalike index, delete that folder and run `lookalike index` again (the images "
+                                 "themselves are untouched)")
         return manifest
 
-    def _connect(self, readonly: bool) -> sqlite3.Connection:
-        db = self.path / DATABASE
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path / DATABASE, isolation_level=None)  # explicit BEGIN/COMMIT
         try:
-            if readonly:
-                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
-            else:
-                conn = sqlite3.connect(db, isolation_level=None)  # explicit BEGIN/COMMIT
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.executescript(_SCHEMA)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
             conn.execute("SELECT count(*) FROM images").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise LookalikeError(f"index database {db} is unreadable ({exc}): rebuild with --rebuild") from None
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _acquire_lock(self) -> None:
-        self._lock_fh = open(self.path / LOCKFILE, "a+")
+        try:
+            self._lock_fh = open(self.path / LOCKFILE, "a+")
+        except OSError as exc:
+            raise storage_error(exc, self.path, writing=True) from None
         try:
             import fcntl
 
@@ -252,16 +518,54 @@ class ImageIndex:
             self._lock_fh = None
             raise LookalikeError(f"another `lookalike index` is updating {self.path}: wait for it to finish")
 
-    def _open_writer(self, lock: bool = True) -> None:
+    def _open_writer(self, lock: bool = True, new: bool = False) -> None:
         if lock:
             self._acquire_lock()
-        self._conn = self._connect(readonly=False)
-        self._clean_orphan_files()
+        with self._writing():
+            missing = not (self.path / DATABASE).is_file()
+            self._conn = self._connect_writer()
+            if self._meta(self._conn, "vector_file") is None:
+                # A new database starts a vector file of its own, after any file already there, so it never
+                # appends to rows it cannot account for. An existing one without the record was written by an
+                # older version, which used vectors-0.f32 until its first commit recorded it.
+                name = self._fresh_vector_name() if missing else "vectors-0.f32"
+                self._conn.execute("INSERT INTO meta VALUES ('vector_file', ?)", (name,))
+            if missing and not new:
+                self.notes.append(f"index database {self.path / DATABASE} was missing: started a new one, so every "
+                                  "image is embedded again")
+            self._check_vector_file()
+            self._clean_orphan_files()
+
+    def _check_vector_file(self) -> None:
+        """Repair a vector file shorter than the database says (deleted, truncated, restored from an older
+        backup): forget the images whose vectors are gone, so this run embeds them again. Refusing instead would
+        leave only --rebuild, which embeds every image again; this re-embeds only those that lost their vector,
+        and the rows that remain are whole rows written and fsynced before their commit."""
+        conn = self._conn
+        top = conn.execute("SELECT max(row) FROM images").fetchone()[0]
+        vfile = self._vector_file()
+        try:
+            have = vfile.stat().st_size // (self.dim * 4)
+        except FileNotFoundError:
+            have = None
+        if top is not None and top >= (have or 0):
+            with self._transaction():
+                lost = conn.execute("SELECT count(*) FROM images WHERE row >= ?", (have or 0,)).fetchone()[0]
+                conn.execute("DELETE FROM images WHERE row >= ?", (have or 0,))
+                self._bump_generation()
+            state = "is missing" if have is None else f"holds {have} vectors"
+            self.notes.append(f"vector file {vfile} {state}, fewer than {DATABASE} refers to: forgot the {lost} "
+                              "images whose vectors were lost, so that this run embeds them again")
+        top = conn.execute("SELECT max(row) FROM images").fetchone()[0]
+        self._rows_needed = 0 if top is None else top + 1
+
+    def _fresh_vector_name(self) -> str:
+        """A vector file name not used in the folder, numbered after every one there."""
+        numbers = [int(m.group(1)) for f in self.path.iterdir() if (m := _VECTOR_NAME.fullmatch(f.name))]
+        return f"vectors-{max(numbers) + 1 if numbers else 0}.f32"
 
     def _load_snapshot(self) -> None:
-        if not (self.path / DATABASE).is_file():  # created, killed before the first batch
-            return
-        conn = self._connect(readonly=True)
+        conn = _connect_reader(self.path, self.manifest.get("root"))
         try:
             # One read transaction: rows, vector file and generation from the same commit, even while a writer
             # commits or compacts (which switches the vector file).
@@ -270,10 +574,12 @@ class ImageIndex:
             vec_file = self._meta(conn, "vector_file")
             self.generation = int(self._meta(conn, "generation", "0"))
             conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path, writing=False, root=self.manifest.get("root")) from None
         finally:
             conn.close()
         self._ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        self._paths = [r[1] for r in rows]
+        self._paths = [from_db_path(r[1]) for r in rows]
         self._rows = np.fromiter((r[2] for r in rows), np.int64, len(rows))
         self._by_id = {int(i): n for n, i in enumerate(self._ids)}
         self._by_path = {p: int(i) for p, i in zip(self._paths, self._ids)}
@@ -293,6 +599,9 @@ class ImageIndex:
         if self.readonly:
             return len(self._ids)
         return int(self._conn.execute("SELECT count(*) FROM images").fetchone()[0])
+
+    def __bool__(self) -> bool:
+        return True  # an opened index exists, even with no images: `if index:` must not mean `if len(index):`
 
     def ids(self) -> np.ndarray:
         """int64 image ids, aligned with `vectors()`."""
@@ -316,10 +625,10 @@ class ImageIndex:
         row = self._conn.execute("SELECT path FROM images WHERE id = ?", (int(image_id),)).fetchone()
         if row is None:
             raise KeyError(image_id)
-        return self.root / row[0]
+        return self.root / from_db_path(row[0])
 
     def relpath(self, path) -> str | None:
-        """The stored (root-relative) form of `path`, or None when it lies outside the root."""
+        """The root-relative form of `path` ('/'-separated), or None when it lies outside the root."""
         try:
             rel = Path(os.path.abspath(Path(path).expanduser())).relative_to(self.root)
         except ValueError:
@@ -332,7 +641,7 @@ class ImageIndex:
             return None
         if self.readonly:
             return self._by_path.get(rel)
-        row = self._conn.execute("SELECT id FROM images WHERE path = ?", (rel,)).fetchone()
+        row = self._conn.execute("SELECT id FROM images WHERE path = ?", (db_path(rel),)).fetchone()
         return None if row is None else int(row[0])
 
     def vector_of(self, image_id: int) -> np.ndarray:
@@ -363,6 +672,35 @@ class ImageIndex:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # --- writing helpers -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Storage errors of a write (a full disk, a read-only folder) as one LookalikeError line."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            err = storage_error(exc, self.path, writing=True, root=self.manifest.get("root"))
+            if err is None:
+                raise
+            raise err from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            # SQLite may have rolled back already (a full disk does): a second ROLLBACK would raise "no
+            # transaction is active" and hide the real error.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+
     # --- vector file ---------------------------------------------------------------------------------------
     @staticmethod
     def _meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
@@ -378,14 +716,18 @@ class ImageIndex:
             return np.zeros((0, self.dim), np.float32)
         vpath = self.path / (name or "vectors-0.f32")
         row_bytes = self.dim * 4
+        again = (f"run `lookalike index {self.manifest.get('root', 'FOLDER')}` to embed the images whose vectors "
+                 "are lost again (the images themselves are untouched)")
         try:
             n = vpath.stat().st_size // row_bytes
             if int(rows.max()) >= n:
-                raise LookalikeError(f"vector file {vpath} is shorter than the database says: "
-                                     "rebuild with --rebuild")
+                raise LookalikeError(f"vector file {vpath} holds {n} vectors, fewer than {DATABASE} refers to: "
+                                     f"{again}")
             mm = np.memmap(vpath, dtype=np.float32, mode="r", shape=(n, self.dim))
+        except FileNotFoundError:
+            raise LookalikeError(f"vector file {vpath} is missing: {again}") from None
         except OSError as exc:
-            raise LookalikeError(f"cannot read vector file {vpath} ({exc.strerror}): rebuild with --rebuild") from None
+            raise storage_error(exc, self.path, writing=False) from None
         first = int(rows[0])
         if int(rows[-1]) - first + 1 == len(rows) and np.array_equal(rows, np.arange(first, first + len(rows))):
             # Rows in file order (a fresh or compacted index): a read-only view, paged in on demand and
@@ -406,8 +748,12 @@ class ImageIndex:
             raise ValueError(f"expected (n, {self.dim}) vectors, got {vectors.shape}")
         vpath = self._vector_file()
         row_bytes = self.dim * 4
-        with open(vpath, "ab") as fh:
+        with self._writing(), open(vpath, "ab") as fh:
             size = fh.seek(0, os.SEEK_END)
+            if size // row_bytes < self._rows_needed:
+                # Cut short behind our back while this run held the lock: appending would reuse live rows.
+                raise LookalikeError(f"vector file {vpath} was truncated while `lookalike index` was writing it: "
+                                     "run `lookalike index` again, which repairs it")
             if size % row_bytes:  # a write cut short by a kill: drop the partial row
                 fh.truncate(size - size % row_bytes)
                 size -= size % row_bytes
@@ -415,16 +761,17 @@ class ImageIndex:
             fh.flush()
             os.fsync(fh.fileno())
         start = size // row_bytes
+        self._rows_needed = start + len(vectors)
         return list(range(start, start + len(vectors)))
 
     def entries(self) -> dict[str, tuple[int, int, int, str, int]]:
         """{relative path: (id, size, mtime_ns, digest, row)} for the writer's sync."""
-        return {r[1]: (r[0], r[2], r[3], r[4], r[5])
+        return {from_db_path(r[1]): (r[0], r[2], r[3], r[4], r[5])
                 for r in self._conn.execute("SELECT id, path, size, mtime_ns, digest, row FROM images")}
 
     def failures(self) -> dict[str, tuple[int, int, str]]:
         """{relative path: (size, mtime_ns, reason)} of the files that could not be decoded, for the writer's sync."""
-        return {r[0]: (r[1], r[2], r[3])
+        return {from_db_path(r[0]): (r[1], r[2], r[3])
                 for r in self._conn.execute("SELECT path, size, mtime_ns, reason FROM failures")}
 
     def failures_decoder(self) -> str | None:
@@ -437,25 +784,18 @@ class ImageIndex:
         digest, row); deletes: ids; failed: (path, size, mtime_ns, reason), replacing any earlier failure of the
         path; cleared: paths whose failure no longer applies; decoder: the decoder that found `failed`."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing(), self._transaction():
             conn.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in deletes])
             conn.executemany("UPDATE images SET path = ?, size = ?, mtime_ns = ?, digest = ?, row = ? WHERE id = ?",
-                             [(p, s, m, d, r, i) for i, p, s, m, d, r in updates])
+                             [(db_path(p), s, m, d, r, i) for i, p, s, m, d, r in updates])
             conn.executemany("INSERT INTO images (path, size, mtime_ns, digest, row) VALUES (?, ?, ?, ?, ?)",
-                             list(inserts))
-            conn.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in cleared])
+                             [(db_path(p), s, m, d, r) for p, s, m, d, r in inserts])
+            conn.executemany("DELETE FROM failures WHERE path = ?", [(db_path(p),) for p in cleared])
             conn.executemany("INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)",
-                             list(failed))
-            if self._meta(conn, "vector_file") is None:
-                conn.execute("INSERT INTO meta VALUES ('vector_file', ?)", (self._vector_file().name,))
+                             [(db_path(p), s, m, r) for p, s, m, r in failed])
             if decoder is not None:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('failures_decoder', ?)", (decoder,))
             self._bump_generation()
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _bump_generation(self) -> None:
         """Inside a write transaction: tell readers (`change_stamp`) that the committed state changed."""
@@ -463,44 +803,54 @@ class ImageIndex:
         self._conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
 
     def dead_rows(self) -> int:
-        total = self._vector_file().stat().st_size // (self.dim * 4) if self._vector_file().exists() else 0
+        vfile = self._vector_file()
+        total = vfile.stat().st_size // (self.dim * 4) if vfile.exists() else 0
         return total - len(self)
 
     def compact(self) -> None:
-        """Rewrite the vector file without dead rows, into a new generation file, switched to atomically."""
+        """Rewrite the vector file without dead rows, into a new generation file, switched to atomically.
+        The new file is recorded as pending before it is written and the old one as retired in the switch, so
+        a kill at any point leaves only files the database names, which the next writer removes."""
         conn = self._conn
         old = self._vector_file()
         rows = conn.execute("SELECT id, row FROM images ORDER BY id").fetchall()
         ids = [r[0] for r in rows]
         vectors = self._gather(old.name, np.asarray([r[1] for r in rows], np.int64))
-        gen = int(old.stem.split("-")[-1]) + 1 if old.stem.split("-")[-1].isdigit() else 1
-        new = self.path / f"vectors-{gen}.f32"
-        with open(new, "wb") as fh:
-            fh.write(np.ascontiguousarray(vectors, np.float32).tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        fsync_dir(self.path)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("UPDATE images SET row = ? WHERE id = ?", [(n, i) for n, i in enumerate(ids)])
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('vector_file', ?)", (new.name,))
-            self._bump_generation()
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self._clean_orphan_files()
+        new = self.path / self._fresh_vector_name()
+        with self._writing():
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('pending_vector_file', ?)", (new.name,))
+            with open(new, "wb") as fh:
+                fh.write(np.ascontiguousarray(vectors, np.float32).tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            fsync_dir(self.path)
+            with self._transaction():
+                conn.executemany("UPDATE images SET row = ? WHERE id = ?", [(n, i) for n, i in enumerate(ids)])
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('vector_file', ?)", (new.name,))
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('retired_vector_file', ?)", (old.name,))
+                conn.execute("DELETE FROM meta WHERE key = 'pending_vector_file'")
+                self._bump_generation()
+            self._rows_needed = len(ids)
+            self._clean_orphan_files()
 
     def _clean_orphan_files(self) -> None:
+        """Remove the vector files the database records as pending (a compaction cut short) or retired (one
+        finished); never any other file."""
+        conn = self._conn
         current = self._vector_file().name
-        for f in self.path.glob("vectors-*.f32"):
-            if f.name != current:
+        for key in ("pending_vector_file", "retired_vector_file"):
+            name = self._meta(conn, key)
+            if name is None:
+                continue
+            if name != current and _VECTOR_NAME.fullmatch(name):
                 try:
-                    f.unlink()
+                    (self.path / name).unlink(missing_ok=True)
                 except OSError:
-                    pass
+                    continue  # kept on record: tried again next time
+            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def touch_manifest(self, **fields: Any) -> None:
         self.manifest.update(fields)
         self.manifest["updated_at"] = now_iso()
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        with self._writing():
+            write_json_atomic(self.path / MANIFEST, self.manifest)

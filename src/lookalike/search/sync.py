@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import LookalikeError
 from ..images import decoder_version, list_image_files
 from .features import DEFAULT_MODEL, Embedder, load_embedder
-from .index import MANIFEST, ImageIndex, default_index_path, same_backbone
+from .index import MANIFEST, ImageIndex, default_index_path, same_backbone, storage_error
 
 # Compact the vector file once dead rows outnumber live ones (and are worth the rewrite).
 COMPACT_MIN_DEAD = 1024
@@ -50,7 +50,9 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
                  batch_size: int | None = None, embedder: Embedder | None = None,
                  progress: Callable[[int, int], None] | None = None) -> dict:
     """Index the images under `folder`. Returns {"indexed", "added", "updated", "removed", "renamed",
-    "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path"}.
+    "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path", "notes"}; "notes" are lines
+    on what opening the index found and repaired (`ImageIndex.notes`). Paths are `str` of the file system's
+    names, so a name that is not valid UTF-8 holds surrogate escapes (`paths.printable` shows it).
 
     A file that could not be decoded is remembered with its size and mtime; while both stay the same (and so do
     the decoder's versions, `images.decoder_version`), later runs skip it without reading it, and list it last in
@@ -66,7 +68,7 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
     root = root.resolve()
     index_path = Path(index_path).expanduser().resolve() if index_path else default_index_path(root)
     existing = None
-    if not rebuild and (index_path / MANIFEST).is_file():
+    if not rebuild and (index_path / MANIFEST).exists():
         existing = ImageIndex.open(index_path, readonly=False)
         if Path(existing.manifest["root"]) != root:
             old_root = existing.manifest["root"]
@@ -91,10 +93,19 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
             existing.close()
             raise LookalikeError(f"index {index_path} holds vectors from {old}, not {_describe_backbone(backbone)}: "
                                  "pass --rebuild to start over with the new backbone")
-        index = existing or ImageIndex.create(index_path, root=root, backbone=backbone)
+        # `is None`, not truthiness: an index with no images is still an index (and holds the write lock).
+        index = existing if existing is not None else ImageIndex.create(index_path, root=root, backbone=backbone)
         existing = None
         with index:
-            return _sync(index, root, embedder, batch_size, progress)
+            try:
+                summary = _sync(index, root, embedder, batch_size, progress)
+            except OSError as exc:  # a full disk met outside the index's own writes
+                err = storage_error(exc, index.path, writing=True)
+                if err is None:
+                    raise
+                raise err from None
+            summary["notes"] = list(index.notes)
+            return summary
     finally:
         if existing is not None:
             existing.close()
