@@ -273,3 +273,238 @@ def test_readonly_index_shared_between_threads(tmp_path):
         t.join()
     assert not errors and len(results) == 80 and all(results)
     ro.close()
+
+
+# --- ownership: only files the index can prove its own are ever deleted ---------------------------------------
+def test_create_refuses_folders_it_cannot_prove_its_own(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    plain = tmp_path / "plain"  # an ordinary folder that happens to hold .f32 files and a manifest.json
+    plain.mkdir()
+    for name, data in (("weights.f32", b"\1" * 64), ("vectors-0.f32", b"\2" * 64), ("notes.txt", b"mine")):
+        (plain / name).write_bytes(data)
+    before = {f.name: f.read_bytes() for f in plain.iterdir()}
+    with pytest.raises(LookalikeError, match="not empty and holds no Lookalike index") as exc:
+        ImageIndex.create(plain, root=root, backbone=BACKBONE)
+    assert "\n" not in str(exc.value)
+    (plain / "manifest.json").write_text(json.dumps({"name": "a web app", "icons": []}))
+    before["manifest.json"] = (plain / "manifest.json").read_bytes()
+    with pytest.raises(LookalikeError, match="does not hold a Lookalike index that can be replaced"):
+        ImageIndex.create(plain, root=root, backbone=BACKBONE)  # what --rebuild does
+    assert {f.name: f.read_bytes() for f in plain.iterdir() if f.name != "write.lock"} == before
+
+    # New, empty, or holding only what a kill during creation leaves: taken.
+    ImageIndex.create(tmp_path / "new" / "ix", root=root, backbone=BACKBONE).close()
+    (tmp_path / "empty").mkdir()
+    ImageIndex.create(tmp_path / "empty", root=root, backbone=BACKBONE).close()
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / "write.lock").touch()
+    (tmp_path / "killed" / ".manifest.json.abc123.tmp").write_text("{")
+    ImageIndex.create(tmp_path / "killed", root=root, backbone=BACKBONE).close()
+    with pytest.raises(LookalikeError, match="is a file"):
+        ImageIndex.create(plain / "notes.txt", root=root, backbone=BACKBONE)
+
+
+def test_rebuild_deletes_only_the_files_the_old_index_names(tmp_path):
+    ix, root, _ = make(tmp_path)
+    old_vectors = ix._vector_file()
+    ix.close()
+    folder = tmp_path / "ix"
+    (folder / "vectors-7.f32").write_bytes(b"\3" * 32)  # not named by the database: not the index's to delete
+    (folder / "README.txt").write_text("a user's note")
+    ix = ImageIndex.create(folder, root=root, backbone=BACKBONE)
+    assert not old_vectors.exists() and len(ix) == 0
+    assert (folder / "vectors-7.f32").read_bytes() == b"\3" * 32 and (folder / "README.txt").exists()
+    assert ix._vector_file().name == "vectors-8.f32"  # never appends to a file it cannot account for
+    assert any("vectors-7.f32" in note and "delete it yourself" in note for note in ix.notes)
+    ix.close()
+
+
+def test_only_recorded_vector_files_are_cleaned_up(tmp_path):
+    ix, _, vecs = make(tmp_path, n=6)
+    folder = tmp_path / "ix"
+    stray = folder / "vectors-50.f32"
+    stray.write_bytes(b"\4" * 32)
+    ix.commit(deletes=[1, 2])
+    old = ix._vector_file()
+    ix.compact()  # the old file is recorded as retired, then removed
+    assert not old.exists() and stray.exists()
+    current = ix._vector_file()
+    assert current.name == "vectors-51.f32"  # numbered after every file there, so the stray is never overwritten
+    # A compaction killed after writing its new file: recorded as pending, removed by the next writer.
+    pending = folder / "vectors-52.f32"
+    ix._conn.execute("INSERT INTO meta VALUES ('pending_vector_file', ?)", (pending.name,))
+    pending.write_bytes(b"\5" * 32)
+    ix.close()
+    with ImageIndex.open(folder) as ro:  # readers never delete
+        assert pending.exists() and np.allclose(ro.vectors(), vecs[2:])
+    ImageIndex.open(folder, readonly=False).close()
+    assert not pending.exists() and stray.exists() and current.exists()
+
+
+# --- the vector file and the database are checked against each other on open ------------------------------
+@pytest.mark.parametrize("damage", ["truncate", "cut-mid-row", "delete"])
+def test_writer_repairs_a_short_vector_file_by_forgetting_lost_rows(tmp_path, damage):
+    ix, root, vecs = make(tmp_path, n=5)
+    vfile = ix._vector_file()
+    ix.close()
+    if damage == "delete":
+        vfile.unlink()
+    else:
+        vfile.write_bytes(vfile.read_bytes()[: DIM * 4 * 2 + (DIM * 2 if damage == "cut-mid-row" else 0)])
+    kept = 0 if damage == "delete" else 2
+    with pytest.raises(LookalikeError, match="run `lookalike index"):
+        ImageIndex.open(tmp_path / "ix")  # readers refuse, and say how to repair
+    ix = ImageIndex.open(tmp_path / "ix", readonly=False)
+    assert len(ix) == kept and len(ix.notes) == 1
+    assert f"forgot the {5 - kept} images" in ix.notes[0] and "\n" not in ix.notes[0]
+    new = unit(5 - kept, seed=11)
+    rows = ix.append_vectors(new)
+    assert rows == list(range(kept, 5))  # after the surviving rows: none of them is overwritten
+    ix.commit(inserts=[(f"img{i}.jpg", 1, 1, f"n{i}", r) for i, r in zip(range(kept, 5), rows)])
+    ix.close()
+    with ImageIndex.open(tmp_path / "ix") as ro:
+        assert len(ro) == 5 and not ro.notes
+        got = {ro.path_of(int(i)).name: v for i, v in zip(ro.ids(), ro.vectors())}
+    for i in range(kept):
+        assert np.array_equal(got[f"img{i}.jpg"], vecs[i])
+    for j, i in enumerate(range(kept, 5)):
+        assert np.array_equal(got[f"img{i}.jpg"], new[j])
+
+
+def test_missing_database_is_an_error_for_readers_and_restarted_by_the_writer(tmp_path):
+    ix, root, _ = make(tmp_path)
+    ix.touch_manifest(count=5)
+    old_vectors = ix._vector_file()
+    ix.close()
+    folder = tmp_path / "ix"
+    for name in ("index.db", "index.db-wal", "index.db-shm"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(LookalikeError, match="index database .* is missing: run `lookalike index"):
+        ImageIndex.open(folder)
+    assert change_stamp(folder) is None
+    ix = ImageIndex.open(folder, readonly=False)
+    assert len(ix) == 0 and bool(ix) and any("was missing" in n for n in ix.notes)
+    assert ix._vector_file() != old_vectors and old_vectors.exists()  # a fresh file; the old one left alone
+    rows = ix.append_vectors(unit(1, seed=2))
+    assert rows == [0]
+    ix.commit(inserts=[("again.jpg", 1, 1, "a", rows[0])])
+    ix.close()
+    with ImageIndex.open(folder) as ro:
+        assert len(ro) == 1
+
+
+@pytest.mark.parametrize("field, value", [
+    ("dim", "8"), ("dim", True), ("dim", 0), ("model", 3), ("preprocess", [1, 2]), ("root", None),
+    ("format_version", "2"), ("weights", 5), ("count", "many"),
+    ("preprocess", {"input_size": "32"}), ("preprocess", {"mean": [0.5, 0.5]}), ("preprocess", {"std": "x"}),
+])
+def test_manifest_with_wrong_types_is_one_line(tmp_path, field, value):
+    ix, _, _ = make(tmp_path)
+    ix.close()
+    mpath = tmp_path / "ix" / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest[field] = value
+    mpath.write_text(json.dumps(manifest))
+    for readonly in (True, False):
+        with pytest.raises(LookalikeError, match=f"damaged or not Lookalike's \\(.*{field.split('.')[0]}") as exc:
+            ImageIndex.open(tmp_path / "ix", readonly=readonly)
+        assert "\n" not in str(exc.value) and "untouched" in str(exc.value)
+    mpath.write_text(json.dumps([1, 2]))
+    with pytest.raises(LookalikeError, match="not a JSON object"):
+        ImageIndex.open(tmp_path / "ix")
+
+
+# --- an empty index is an index ---------------------------------------------------------------------------------
+def test_empty_index_is_truthy_and_can_be_reopened_for_writing(tmp_path):
+    ix = ImageIndex.create(tmp_path / "ix", root=tmp_path, backbone=BACKBONE)
+    assert len(ix) == 0 and bool(ix)
+    ix.close()
+    for _ in range(2):  # reopened, closed, reopened: the lock is released each time
+        with ImageIndex.open(tmp_path / "ix", readonly=False) as w:
+            assert len(w) == 0 and bool(w)
+    with ImageIndex.open(tmp_path / "ix") as ro:
+        assert len(ro) == 0 and bool(ro) and ro.vectors().shape == (0, DIM)
+
+
+# --- names that are not valid UTF-8 ----------------------------------------------------------------------------
+def test_non_utf8_names_round_trip(tmp_path):
+    import os
+
+    from lookalike.paths import printable
+
+    ix, root, _ = make(tmp_path, n=1)
+    name = os.fsdecode(b"z\xe9t\xe9.jpg")  # what os.walk gives for that name: surrogate escapes
+    (row,) = ix.append_vectors(unit(1, seed=3))
+    ix.commit(inserts=[(f"sub/{name}", 1, 2, "zz", row)], failed=[(f"bad-{name}", 3, 4, "not an image")])
+    assert f"sub/{name}" in ix.entries() and f"bad-{name}" in ix.failures()
+    kinds = dict(ix._conn.execute("SELECT path, typeof(path) FROM images").fetchall())
+    assert kinds["img0.jpg"] == "text" and kinds[b"sub/z\xe9t\xe9.jpg"] == "blob"  # the file system's bytes
+    ix.close()
+    with ImageIndex.open(tmp_path / "ix") as ro:
+        image_id = ro.id_of(root / "sub" / name)
+        assert image_id == 2 and ro.path_of(image_id) == root.resolve() / "sub" / name
+        assert os.fsencode(str(ro.path_of(image_id))).endswith(b"/sub/z\xe9t\xe9.jpg")
+        assert printable(ro.path_of(image_id)).endswith("sub/z\\xe9t\\xe9.jpg")
+    ix = ImageIndex.open(tmp_path / "ix", readonly=False)
+    ix.commit(cleared=[f"bad-{name}"], deletes=[ix.id_of(root / "sub" / name)])
+    assert ix.failures() == {} and len(ix) == 1
+    ix.close()
+
+
+# --- storage errors: one line naming the cause; never --rebuild for a permission problem ------------------------
+def test_sqlite_disk_full_is_one_line_and_the_next_commit_resumes(tmp_path):
+    ix, _, _ = make(tmp_path)
+    # SQLite's own limit on the database size fails a transaction exactly as a full disk does (SQLITE_FULL).
+    pages = ix._conn.execute("PRAGMA page_count").fetchone()[0]
+    ix._conn.execute(f"PRAGMA max_page_count = {pages}")
+    rows = ix.append_vectors(unit(400, seed=4))
+    with pytest.raises(LookalikeError, match="^disk full: .*free some space") as exc:
+        ix.commit(inserts=[(f"n{i:03d}-{'x' * 200}.jpg", 1, 1, f"d{i}", r) for i, r in enumerate(rows)])
+    assert "rollback" not in str(exc.value) and "\n" not in str(exc.value)
+    assert len(ix) == 5  # the failed batch left nothing behind
+    ix._conn.execute("PRAGMA max_page_count = 1073741823")  # space freed
+    ix.commit(inserts=[(f"n{i:03d}.jpg", 1, 1, f"d{i}", r) for i, r in enumerate(rows)])
+    assert len(ix) == 405
+    ix.close()
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_enospc_writing_vectors_is_one_line(tmp_path):
+    import os
+
+    ix, _, _ = make(tmp_path)
+    vfile = ix._vector_file()
+    ix.close()
+    vfile.rename(tmp_path / "saved.f32")
+    os.symlink("/dev/full", vfile)  # every write there fails with ENOSPC, as on a full disk
+    ix = ImageIndex.open(tmp_path / "ix", readonly=False)
+    ix.notes.clear()
+    with pytest.raises(LookalikeError, match="^disk full: cannot write the index at .*No space left"):
+        ix.append_vectors(unit(2, seed=1))
+    ix.close()
+
+
+def test_storage_error_messages():
+    import errno
+    import sqlite3
+    from pathlib import Path
+
+    from lookalike.search.index import storage_error
+
+    where = Path("/srv/photos/.lookalike")
+    denied = [PermissionError(errno.EACCES, "Permission denied"), OSError(errno.EROFS, "Read-only file system"),
+              sqlite3.OperationalError("attempt to write a readonly database"),
+              sqlite3.OperationalError("unable to open database file")]
+    for exc in denied:
+        for writing in (True, False):
+            msg = str(storage_error(exc, where, writing=writing))
+            assert "rebuild" not in msg and "delete" not in msg and "\n" not in msg, msg
+            assert msg.startswith("cannot write" if writing else "cannot read"), msg
+    for exc in (OSError(errno.ENOSPC, "No space left on device"), sqlite3.OperationalError("database or disk is full")):
+        assert str(storage_error(exc, where, writing=True)).startswith("disk full: cannot write the index at /srv")
+    damaged = str(storage_error(sqlite3.DatabaseError("file is not a database"), where, writing=False,
+                                root="/srv/photos"))
+    assert "--rebuild" in damaged and "images themselves are untouched" in damaged
+    assert storage_error(ValueError("a bug"), where, writing=True) is None
+    assert storage_error(sqlite3.IntegrityError("UNIQUE constraint failed"), where, writing=True) is None
