@@ -152,5 +152,33 @@ def run_cli_subprocess(args: list[str], env_home: Path, timeout: float = 300) ->
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
-__all__ = ["EDITS", "PHOTOS", "embedder", "home", "jpeg_bytes", "photo", "run_cli", "run_cli_subprocess",
+def tiny_checkpoint(path: Path) -> Path:
+    """A checkpoint of the small CIFAR `fast` net (random weights, 32-px input) at `path`: a backbone that loads
+    and embeds in a fraction of the default one's time, for tests that run `lookalike index` many times."""
+    if not path.exists():
+        import torch
+
+        from lookalike.models import create_model
+        from lookalike.train.checkpoint import save_checkpoint
+
+        torch.manual_seed(0)
+        model = create_model("fast", widths=(8, 16, 32))
+        meta = {"model": "fast", "model_kwargs": {"widths": [8, 16, 32]}, "classes": [str(i) for i in range(10)],
+                "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26], "input_size": 32, "epoch": 1}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"meta": meta, "model_state": model.state_dict()}, path)
+    return path
+
+
+def pattern_image(seed: int, side: int = 40) -> bytes:
+    """A small PNG of smooth random colour blobs, distinct for every seed (bytes and features)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+__all__ = ["pattern_image", "tiny_checkpoint", "EDITS", "PHOTOS", "embedder", "home", "jpeg_bytes", "photo", "run_cli", "run_cli_subprocess",
            "shared_home", "write_copies", "write_originals"]

@@ -530,7 +530,9 @@ class ImageIndex:
                 # older version, which used vectors-0.f32 until its first commit recorded it.
                 name = self._fresh_vector_name() if missing else "vectors-0.f32"
                 self._conn.execute("INSERT INTO meta VALUES ('vector_file', ?)", (name,))
-            if missing and not new:
+            lost_work = self.manifest.get("count", 0) or any(
+                _VECTOR_NAME.fullmatch(f.name) for f in self.path.iterdir())
+            if missing and not new and lost_work:  # not merely created and killed before its database
                 self.notes.append(f"index database {self.path / DATABASE} was missing: started a new one, so every "
                                   "image is embedded again")
             self._check_vector_file()

@@ -1,0 +1,286 @@
+"""Fault injection into the index: `lookalike index` killed with SIGKILL at random points of its writes, vector
+files truncated or deleted, the database deleted, the disk filled up. After each fault the index must open,
+every committed image must still be found at distance 0 by its own file, nothing committed before must have
+moved, and the next run must finish the work.
+
+The backbone is a small random-weight CIFAR net (`tiny_checkpoint`), so that the many runs stay cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.errors import LookalikeError
+from lookalike.search.index import ImageIndex
+from lookalike.search.query import search
+
+from search_fixtures import home, pattern_image, run_cli_subprocess, tiny_checkpoint  # noqa: F401
+
+# Runs `lookalike index ARGS` and kills itself at the TARGET-th fault point: before and after every fsync and
+# atomic rename, vector append, commit, generation bump (inside the transaction, before COMMIT), compaction,
+# clean-up and manifest write.
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import lookalike.search.index as I
+    import lookalike.search.sync as S
+
+    S.COMPACT_MIN_DEAD = 0  # compact as soon as dead rows outnumber live ones, so kills land in compactions too
+    target, count = int(sys.argv[1]), [0]
+
+    def point():
+        count[0] += 1
+        if count[0] == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def hook(owner, name):
+        real = getattr(owner, name)
+
+        def hooked(*args, **kwargs):
+            point()
+            result = real(*args, **kwargs)
+            point()
+            return result
+
+        setattr(owner, name, hooked)
+
+    hook(os, "fsync")
+    hook(os, "replace")
+    for name in ("append_vectors", "commit", "_bump_generation", "compact", "_clean_orphan_files",
+                 "touch_manifest"):
+        hook(I.ImageIndex, name)
+    from lookalike.cli import main
+
+    sys.argv = ["lookalike", *sys.argv[2:]]
+    main()
+""")
+
+
+class Gallery:
+    """The image folder, changed at random between runs; knows which files a step touched."""
+
+    def __init__(self, folder: Path, rng: np.random.Generator) -> None:
+        self.folder, self.rng, self.seed = folder, rng, 0
+        folder.mkdir(parents=True)
+        for _ in range(8):
+            self.add()
+        # A name that is not valid UTF-8 rides along through every fault.
+        with open(os.path.join(os.fsencode(folder), b"z\xe9t\xe9.png"), "wb") as fh:
+            fh.write(pattern_image(999))
+
+    def add(self) -> str:
+        self.seed += 1
+        name = f"p{self.seed:03d}.png"
+        (self.folder / name).write_bytes(pattern_image(self.seed))
+        return name
+
+    def files(self) -> list[str]:
+        return sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*.png"))
+
+    def mutate(self) -> set[str]:
+        """Add, delete, rename, rewrite and copy files at random; returns the names touched."""
+        touched = {self.add() for _ in range(int(self.rng.integers(1, 4)))}
+        names = [n for n in self.files() if n not in touched and n.startswith("p")]
+        self.rng.shuffle(names)
+        ops = ["delete", "rename", "rewrite", "copy"]
+        for op, name in zip(self.rng.permutation(ops)[: int(self.rng.integers(1, 5))], names):
+            path = self.folder / name
+            touched.add(name)
+            if op == "delete":
+                path.unlink()
+            elif op == "rename":
+                (self.folder / "moved").mkdir(exist_ok=True)
+                target = f"moved/{name}"
+                path.rename(self.folder / target)
+                touched.add(target)
+            elif op == "rewrite":
+                self.seed += 1
+                path.write_bytes(pattern_image(self.seed))
+            else:
+                target = f"copy-{name}"
+                shutil.copyfile(path, self.folder / target)
+                touched.add(target)
+        return touched
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    from lookalike.search.features import load_embedder
+
+    path = tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pt")
+    return path, load_embedder(str(path))
+
+
+def _state(ix_path: Path) -> dict[str, tuple[int, int, int, np.ndarray]]:
+    """{rel: (id, size, mtime_ns, vector)} of what is committed. The writer must open without any repair:
+    a kill never leaves the index in a state that needs one."""
+    with ImageIndex.open(ix_path, readonly=False) as w:
+        assert w.notes == [], w.notes
+        entries = w.entries()
+    with ImageIndex.open(ix_path) as ro:
+        return {rel: (e[0], e[1], e[2], ro.vector_of(e[0]).copy()) for rel, e in entries.items()}
+
+
+def _check(ix_path: Path, folder: Path, embedder, before: dict, touched: set[str]) -> dict:
+    """Every committed image whose file is unchanged since it was committed is found at distance 0 by that
+    file; every image committed before the run and untouched since kept its id and vector."""
+    state = _state(ix_path)
+    current = {}
+    for rel, (image_id, size, mtime, vector) in state.items():
+        path = folder / rel
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue  # deleted, and the run was killed before forgetting it
+        if (st.st_size, st.st_mtime_ns) == (size, mtime):
+            current[rel] = (image_id, path)
+    fresh, skipped = embedder.embed_paths([str(p) for _, p in current.values()])
+    assert not skipped
+    with ImageIndex.open(ix_path) as ro:
+        hits = search(ro, fresh, k=1)
+        for (rel, (image_id, _)), vec, hit in zip(current.items(), fresh, hits):
+            assert float(np.linalg.norm(vec - ro.vector_of(image_id))) < 1e-4, rel
+            assert hit[0]["distance"] < 1e-3, rel  # found at distance 0 (by itself, or by an identical copy)
+    for rel, (image_id, _, _, vector) in before.items():
+        if rel in touched:
+            continue
+        assert rel in state, f"{rel} was forgotten"
+        assert state[rel][0] == image_id and np.array_equal(state[rel][3], vector), f"{rel} moved"
+    return state
+
+
+def _complete(ix_path: Path, gallery: Gallery, state: dict) -> None:
+    assert sorted(state) == gallery.files()
+
+
+def test_kill_9_at_random_points_and_damaged_files(backbone, home, tmp_path):
+    ckpt, embedder = backbone
+    rng = np.random.default_rng(20261201)
+    gallery = Gallery(tmp_path / "photos", rng)
+    ix_path = tmp_path / "ix"
+    args = ["index", gallery.folder, "--index", ix_path, "--model", ckpt, "--batch-size", "3", "--json"]
+    env = {**os.environ, "LOOKALIKE_HOME": str(home)}
+    before: dict = {}
+    touched: set[str] = set()
+    outcomes = []
+    for step in range(11):
+        if step in (3, 6, 9):  # damage a file, then a plain run repairs it
+            if not ix_path.exists():
+                continue
+            fault = {3: "truncate vectors", 6: "delete vectors", 9: "delete database"}[step]
+            with ImageIndex.open(ix_path, readonly=False) as w:
+                vfile = w._vector_file()
+            if fault == "truncate vectors" and vfile.exists():
+                size = vfile.stat().st_size
+                with open(vfile, "r+b") as fh:
+                    fh.truncate(int(rng.integers(0, max(1, size))))
+            elif fault == "delete vectors":
+                vfile.unlink(missing_ok=True)
+            else:
+                for name in ("index.db", "index.db-wal", "index.db-shm"):
+                    (ix_path / name).unlink(missing_ok=True)
+            try:
+                ImageIndex.open(ix_path).close()  # a reader may find nothing lost, else it must say what to run
+            except LookalikeError as exc:
+                assert "run `lookalike index" in str(exc) and "--rebuild" not in str(exc)
+            proc = run_cli_subprocess(args, home)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            summary = json.loads(proc.stdout)
+            outcomes.append((fault, len(summary["notes"])))
+            state = _check(ix_path, gallery.folder, embedder, {}, set())
+            _complete(ix_path, gallery, state)
+            before, touched = state, set()
+            continue
+        touched |= gallery.mutate()
+        target = int(rng.integers(1, 45))
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(target), *map(str, args)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr[-3000:]
+        outcomes.append((target, proc.returncode))
+        if not (ix_path / "manifest.json").exists():
+            continue  # killed before the index existed
+        state = _check(ix_path, gallery.folder, embedder, before, touched)
+        if proc.returncode == 0:
+            _complete(ix_path, gallery, state)
+            before, touched = state, set()
+        else:  # what the killed run committed counts as "before" for the next run only where untouched
+            before = {rel: v for rel, v in state.items() if rel not in touched}
+    assert any(code == -signal.SIGKILL for _, code in outcomes if isinstance(_, int)), outcomes
+    proc = run_cli_subprocess(args, home)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _complete(ix_path, gallery, _check(ix_path, gallery.folder, embedder, before, touched))
+
+
+# Inside a private mount namespace with a small tmpfs at MNT: index, fill the disk, run twice more (each must end
+# in one line naming the full disk), free the space, run again; copies the index out for the checks.
+FULL_DISK = textwrap.dedent("""
+    import json, os, shutil, subprocess, sys
+    mnt, folder, ckpt, out, extra = sys.argv[1:6]
+    ix = os.path.join(mnt, "ix")
+    cmd = [sys.executable, "-c", "from lookalike.cli import main; main()", "index", folder, "--index", ix,
+           "--model", ckpt, "--batch-size", "4"]
+    runs = [subprocess.run(cmd, capture_output=True, text=True)]
+    filler = os.path.join(mnt, "filler")
+    with open(filler, "wb", buffering=0) as fh:
+        for chunk in (1 << 16, 1 << 12, 1 << 9, 1):
+            try:
+                while True:
+                    fh.write(b"\\0" * chunk)
+            except OSError:
+                pass
+    shutil.copytree(extra, folder, dirs_exist_ok=True)  # new photos to index on the full disk
+    runs += [subprocess.run(cmd, capture_output=True, text=True) for _ in range(2)]
+    os.unlink(filler)
+    runs.append(subprocess.run(cmd, capture_output=True, text=True))
+    shutil.copytree(ix, out)
+    print(json.dumps([[r.returncode, r.stderr] for r in runs]))
+""")
+
+
+def _unshare_works(mnt: Path) -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0"', str(mnt)],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def test_full_disk_is_one_line_and_the_next_run_resumes(backbone, home, tmp_path):
+    ckpt, embedder = backbone
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if not _unshare_works(mnt):
+        pytest.skip("cannot mount a small tmpfs here (needs `unshare -rm` with user namespaces, or root)")
+    folder, extra = tmp_path / "photos", tmp_path / "extra"
+    folder.mkdir()
+    extra.mkdir()
+    for i in range(6):
+        (folder / f"a{i}.png").write_bytes(pattern_image(100 + i))
+    for i in range(9):
+        (extra / f"b{i}.png").write_bytes(pattern_image(200 + i))
+    env = {**os.environ, "LOOKALIKE_HOME": str(home)}
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=2m tmpfs "$0" && exec "$@"',
+                           str(mnt), sys.executable, "-c", FULL_DISK, str(mnt), str(folder), str(ckpt),
+                           str(tmp_path / "ix-copy"), str(extra)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout)
+    assert runs[0][0] == 0, runs[0][1]
+    for code, err in runs[1:3]:  # the run that meets the full disk, and the one after it
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and "Traceback" not in err, err
+        assert lines[-1].startswith("error: disk full: cannot write the index at "), err
+        assert "rebuild" not in err
+    assert runs[3][0] == 0, runs[3][1]
+    # The copy lives outside the tmpfs; it names the same photo folder, so the usual checks apply.
+    state = _check(tmp_path / "ix-copy", folder, embedder, {}, set())
+    assert sorted(state) == sorted(p.name for p in folder.iterdir())
