@@ -5,6 +5,7 @@ most the batch in flight and the next run resumes from there."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Callable
 
@@ -99,11 +100,11 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
         with index:
             try:
                 summary = _sync(index, root, embedder, batch_size, progress)
-            except OSError as exc:  # a full disk met outside the index's own writes
-                err = storage_error(exc, index.path, writing=True)
-                if err is None:
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                     raise
-                raise err from None
+                # A full disk met outside the index's own writes (which name it themselves).
+                raise storage_error(exc, index.path, writing=True) from None
             summary["notes"] = list(index.notes)
             return summary
     finally:
