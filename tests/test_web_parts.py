@@ -51,21 +51,39 @@ def _run(app, headers, chunks):
     return status, json.loads(body), handed
 
 
-def test_declared_length_over_limit_is_refused_before_reading():
+def test_declared_length_over_limit_is_refused_and_the_body_dropped():
     app = UploadLimitMiddleware(_echo_app, max_bytes=1000)
     status, body, handed = _run(app, [(b"content-length", b"5000")], [b"x" * 5000])
-    assert status == 413
-    assert handed == 0  # not one byte of the body was read
-    assert "limit is 0.001 MB" in body["detail"]
+    assert status == 413 and "limit is 0.001 MB" in body["detail"]  # the echo app never ran
+    # Read and dropped before the connection closes (lingering close), so the client sees the 413.
+    assert handed == 1
+
+
+def test_a_body_too_big_to_linger_over_or_not_yet_sent_is_not_read():
+    app = UploadLimitMiddleware(_echo_app, max_bytes=1000, linger_bytes=4000)
+    assert _run(app, [(b"content-length", b"5000")], [b"x" * 5000])[0::2] == (413, 0)
+    # A client waiting for "100 Continue" has not sent its body: reading would ask for it.
+    big = UploadLimitMiddleware(_echo_app, max_bytes=1000)
+    headers = [(b"content-length", b"5000"), (b"expect", b"100-continue")]
+    assert _run(big, headers, [b"x" * 5000])[0::2] == (413, 0)
 
 
 def test_chunked_body_is_cut_off_once_past_the_limit():
-    app = UploadLimitMiddleware(_echo_app, max_bytes=1000)
     chunks = [b"x" * 300] * 20  # 6000 bytes, no Content-Length
-    status, body, handed = _run(app, [], chunks)
-    assert status == 413
-    assert handed == 4  # 1200 bytes: the first chunk past the limit, and nothing after it
-    assert "upload too large" in body["detail"]
+    seen = []
+
+    async def recording_app(scope, receive, send):
+        async def counted():
+            message = await receive()
+            seen.append(message)
+            return message
+        await _echo_app(scope, counted, send)
+
+    status, body, handed = _run(UploadLimitMiddleware(recording_app, 1000, linger_bytes=600), [], chunks)
+    assert status == 413 and "upload too large" in body["detail"]
+    assert len(seen) == 3  # the 4th chunk passes the limit: it and everything after it never reach the app
+    assert handed == 4 + 3  # then the 600 bytes of lingering (and the chunk that passes them) were dropped
+    assert _run(UploadLimitMiddleware(_echo_app, max_bytes=1000), [], chunks)[0::2] == (413, 20)  # all dropped
 
 
 def test_bodies_within_the_limit_pass_untouched():
