@@ -198,3 +198,102 @@ def test_display_name_never_echoes_folders():
     assert display_name("C:\\Users\\me\\cat.jpg") == "cat.jpg"
     assert display_name("a\x00b\nc.png") == "abc.png"
     assert display_name(None) == "upload"
+
+
+# -- bounds on thumbnails and decodes -----------------------------------------------------------------------
+def test_thumbnail_sizes_snap_to_a_few(tmp_path):
+    from lookalike.web.thumbnails import SIZES, snap_size
+
+    assert [snap_size(s) for s in (1, 32, 64, 65, 128, 200, 256, 257, 600, 1024, 5000)] == \
+        [64, 64, 64, 128, 128, 256, 256, 512, 1024, 1024, 1024]
+    src = _photo(tmp_path / "photo.jpg", size=(1200, 900))
+    cache = ThumbnailCache(tmp_path / "cache")
+    for size in range(32, 1025, 7):  # what a page could ask with plain <img> tags
+        cache.get(src, size)
+    assert len(list((tmp_path / "cache").rglob("*.jpg"))) == len(SIZES) == cache.misses
+
+
+def test_the_disk_cache_stays_within_its_budget_while_serving(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    budget = 40_000
+    cache = ThumbnailCache(tmp_path / "cache", max_disk_bytes=budget)
+    cache.prune()  # as a starting server does
+    for i in range(30):  # noisy images make thumbnails of a few kB each: far more than the budget in all
+        path = tmp_path / f"p{i}.png"
+        Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(path)
+        cache.get(path, 128)
+        on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.jpg"))
+        assert on_disk <= budget
+        assert cache.disk_bytes() == on_disk
+    assert cache.misses == 30
+
+
+def test_a_decode_waits_for_a_slot_then_gets_server_busy(tmp_path):
+    from lookalike.web.limits import DecodeSlots, ServerBusy
+
+    slots = DecodeSlots(1, wait=0.0, retry_after=7)
+    cache = ThumbnailCache(tmp_path / "cache", decode_gate=slots.hold)
+    src = _photo(tmp_path / "photo.jpg")
+    with slots.hold():  # another request is decoding
+        with pytest.raises(ServerBusy) as info:
+            cache.get(src, 128)
+        with pytest.raises(ServerBusy):
+            decode_upload(_jpeg_bytes(), "a.jpg", slots=slots)
+    assert info.value.retry_after == 7 and "busy" in str(info.value)
+    assert cache.get(src, 128)[1] and decode_upload(_jpeg_bytes(), "a.jpg", slots=slots).size == (300, 200)
+    with slots.hold():  # cached thumbnails need no slot
+        assert cache.get(src, 128)[1]
+
+
+def test_uploads_are_reduced_and_charged_to_the_request_budget():
+    from lookalike.images import PixelBudget, PixelBudgetExceeded
+
+    buf = io.BytesIO()
+    Image.new("L", (3000, 2000), 100).save(buf, format="PNG")
+    budget = PixelBudget(7_000_000)
+    img = decode_upload(buf.getvalue(), "big.png", min_size=224, budget=budget)
+    assert img.mode == "RGB" and img.size == (750, 500)  # reduced by 2000 // 448 = 4 at once
+    with pytest.raises(PixelBudgetExceeded, match="big.png: decoding its 6,000,000 pixels would pass"):
+        decode_upload(buf.getvalue(), "big.png", min_size=224, budget=budget)
+
+
+# -- slow bodies, hosts ---------------------------------------------------------------------------------------
+def test_a_body_that_does_not_arrive_in_time_gets_408():
+    from lookalike.web.limits import BodyTimeoutMiddleware
+
+    sent = []
+    calls = 0
+
+    async def receive():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+        await asyncio.Event().wait()  # the client sends nothing more, ever
+
+    async def send(message):
+        sent.append(message)
+
+    app = BodyTimeoutMiddleware(_echo_app, seconds=0.05)
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/api/search", "headers": []}, receive, send))
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert b"did not arrive within 0.05 seconds" in sent[1]["body"]
+    # A body that arrives whole is untouched.
+    assert _run(BodyTimeoutMiddleware(_echo_app, seconds=5), [], [b"x" * 10, b"y" * 5])[:2] == (200, {"read": 15})
+
+
+def test_host_names_are_normalised_and_the_machine_knows_its_own():
+    import socket
+
+    from lookalike.web.hosts import as_host, machine_hosts
+    from lookalike.web.limits import host_name
+
+    assert host_name("[0:0:0:0:0:0:0:1]:8000") == "[::1]" == as_host("::1") == as_host("[::1]")
+    assert host_name("Photos.Example.:443") == "photos.example" == as_host("Photos.Example.")
+    assert as_host("fe80::1%eth0") == "[fe80::1]"
+    assert machine_hosts("127.0.0.1") == sorted(["127.0.0.1", "localhost", "[::1]"])
+    public = machine_hosts("0.0.0.0")
+    assert {"127.0.0.1", "localhost", "[::1]", as_host(socket.gethostname())} <= set(public)
+    assert "0.0.0.0" not in public and "evil.example" not in public

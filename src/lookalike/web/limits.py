@@ -6,7 +6,7 @@ Content-Length over the limit is answered 413 before the body is handed on; a bo
 counted while it streams and cut off with 413 as soon as the count passes the limit. Before answering, the rest of
 the body is read and dropped, up to a bound (a lingering close): a server that closes a connection with unread
 data makes the kernel reset it, and a client that sends its whole body before reading (Python's urllib) would see
-that reset instead of the 413.
+that reset instead of the 413. Any other answer given before the body has all arrived lingers the same way.
 
 `BodyTimeoutMiddleware` answers 408 to a request whose body has not arrived whole within a time limit: uvicorn
 bounds idle connections and (with `lookalike.web.server`) request heads, but not bodies, so slow uploads could
@@ -128,22 +128,25 @@ class UploadLimitMiddleware:
     def _message(self) -> str:
         return f"upload too large: the limit is {_megabytes(self.max_bytes)} ({self.max_bytes:,} bytes)"
 
-    async def _refuse(self, receive: Receive, send: Send, drain: bool) -> None:
-        """Send the 413, then (when `drain`) read and drop what is left of the body, at most `linger_bytes` of
-        it (and within the body time limit when `BodyTimeoutMiddleware` wraps `receive`), then end the response.
-        A client that reads while it sends has its answer at once; one that reads only after sending (urllib)
-        finishes sending, then finds the answer instead of a reset connection."""
-        await send_error(send, 413, self._message(), more=True)
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop what is left of the body, at most `linger_bytes` of it (and within the body time limit
+        when `BodyTimeoutMiddleware` wraps `receive`)."""
         budget = self.linger_bytes
-        while drain and budget >= 0:
+        while budget >= 0:
             try:
                 message = await receive()
             except Exception:  # timed out or gone: close without reading more
-                break
+                return
             if message["type"] != "http.request":
-                break
+                return
             budget -= len(message.get("body", b""))
-            drain = message.get("more_body", False)
+            if not message.get("more_body", False):
+                return
+
+    async def _refuse(self, receive: Receive, send: Send, drain: bool) -> None:
+        await send_error(send, 413, self._message(), more=True)
+        if drain:
+            await self._drain(receive)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -163,12 +166,20 @@ class UploadLimitMiddleware:
             return
 
         received = 0
-        body_done = False
+        body_done = not declared and _header(scope, b"transfer-encoding") is None  # no body at all
 
         async def answer() -> None:
             await self._refuse(receive, send, drain=not body_done)
 
-        guard = _Replacing(send, answer)
+        async def lingering_send(message: Message) -> None:
+            # Any answer given before the body has all arrived (a parse error, say) lingers the same way.
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and not body_done:
+                await send({**message, "more_body": True})
+                await self._drain(receive)
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        guard = _Replacing(lingering_send, answer)
 
         async def counting_receive() -> Message:
             nonlocal received, body_done
@@ -179,6 +190,8 @@ class UploadLimitMiddleware:
                 if received > self.max_bytes:
                     guard.fail()
                     raise BodyTooLarge()
+            else:
+                body_done = True  # the client is gone
             return message
 
         await guard.run(self.app, scope, counting_receive, BodyTooLarge)
