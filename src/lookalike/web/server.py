@@ -74,7 +74,28 @@ def server_config(app: Any, host: str, port: int, *, limit_concurrency: int = DE
     )
 
 
+def return_big_frees_to_the_system() -> bool:
+    """Make glibc serve allocations of 4 MiB and more with their own mappings, given back on free.
+
+    By default glibc raises that threshold after the first big free, so the 16 MB blocks of a decoded image
+    then come from per-thread arenas that keep them: every request thread that once decoded a big canvas would
+    hold its memory for good, and the server's size would follow the number of threads rather than the decodes
+    running at once. Returns False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, 4 * 1024 * 1024))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def run(app: Any, host: str, port: int, **kwargs: Any) -> None:
     import uvicorn
 
+    return_big_frees_to_the_system()
     uvicorn.Server(server_config(app, host, port, **kwargs)).run()
