@@ -9,6 +9,11 @@ per kind, requests/s and the error count, then first-request and cached thumbnai
 
     python benchmarks/serve_load.py                       # 8 clients, 30 s, 200 images
     python benchmarks/serve_load.py --seconds 10 --mode upload
+    python benchmarks/serve_load.py --canvas 4 --seconds 0  # 4 clients sending big-canvas PNGs to compare
+
+`--canvas N` first runs N clients that each post 8 copies of a 10900x10900 grayscale PNG (about 120 kB, just
+under the pixel limit) to `POST /api/compare`, 3 times, and reports the answers and the server's peak resident
+memory (VmHWM), in benchmarks/results/serve_canvas.txt as well.
 
 Everything (clients included) shares this machine's cores, so the figures are for the whole box.
 """
@@ -150,6 +155,46 @@ def run_clients(url: str, clients: int, seconds: float, queries: list[bytes], id
     return {"latency": lat, "errors": errors, "wall": wall}
 
 
+def server_peak_rss(pid: int) -> int:
+    """The server process's peak resident memory in bytes (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def canvas_attack(url: str, pid: int, clients: int, rounds: int = 3, copies: int = 8) -> dict:
+    """`clients` threads, each posting `copies` big-canvas PNGs to /api/compare `rounds` times."""
+    import collections
+
+    import httpx
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (10900, 10900), 128).save(buf, format="PNG")
+    png = buf.getvalue()
+    statuses: collections.Counter = collections.Counter()
+    lock = threading.Lock()
+    before = server_peak_rss(pid)
+
+    def client() -> None:
+        with httpx.Client(timeout=300, trust_env=False) as http:
+            for _ in range(rounds):
+                files = [("images", (f"c{i}.png", png, "image/png")) for i in range(copies)]
+                code = http.post(f"{url}/api/compare", files=files).status_code
+                with lock:
+                    statuses[code] += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"png_bytes": len(png), "statuses": dict(statuses), "seconds": time.perf_counter() - t0,
+            "peak_before": before, "peak_after": server_peak_rss(pid)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0, help="how long the clients run (default 30)")
@@ -159,6 +204,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=["mixed", "upload", "by_id"], default="mixed",
                     help="mixed: each client alternates uploads and by-id searches (default); or only one kind")
     ap.add_argument("--keep", action="store_true", help="keep the temporary gallery and index")
+    ap.add_argument("--canvas", type=int, default=0, metavar="N",
+                    help="first, N clients posting big-canvas PNGs to /api/compare (see above)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="lookalike-serve-load-"))
@@ -184,6 +231,23 @@ def main() -> None:
               f"{os.cpu_count()} CPUs visible")
 
         import httpx
+
+        if args.canvas:
+            got = canvas_attack(url, server.pid, args.canvas)
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=Path(__file__).parent).stdout.strip()
+            report = (f"command: python benchmarks/serve_load.py {' '.join(sys.argv[1:])}\ncommit: {commit}\n"
+                      f"{args.canvas} clients x 3 posts of 8 copies of a 10900x10900 grayscale PNG "
+                      f"({got['png_bytes']:,} bytes) to /api/compare, {got['seconds']:.1f} s\n"
+                      f"answers: {got['statuses']}\n"
+                      f"server peak RSS: {got['peak_before'] / 2**20:.0f} MiB before, "
+                      f"{got['peak_after'] / 2**20:.0f} MiB after\n")
+            print(report)
+            results = Path(__file__).parent / "results"
+            results.mkdir(exist_ok=True)
+            (results / "serve_canvas.txt").write_text(report)
+            if args.seconds <= 0:
+                return
 
         ids = [r["id"] for r in httpx.post(f"{url}/api/search", files={"image": ("q.jpg", queries[0], "image/jpeg")},
                                            data={"k": "100"}, trust_env=False, timeout=60).json()["results"]]

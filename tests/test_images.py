@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from lookalike.errors import BadImageError, LookalikeError
-from lookalike.images import IMAGE_EXTENSIONS, MAX_PIXELS, is_image_path, list_image_files, load_image, to_rgb
+from lookalike.images import (IMAGE_EXTENSIONS, MAX_FILE_BYTES, MAX_PIXELS, PixelBudget, PixelBudgetExceeded,
+                              is_image_path, list_image_files, load_image, read_image_file, to_rgb)
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -116,7 +117,10 @@ def test_rgb_jpeg_and_draft_decoding():
     assert draft.size == (400, 300)
     assert min(load_image(data, min_size=301).size) >= 301
     png = _save(_gradient(1600, 1200), "PNG")
-    assert load_image(png, min_size=256).size == (1600, 1200)  # draft only applies to JPEG
+    # No draft for PNG: decoded whole, then reduced by a whole factor keeping both sides >= 2 x 256.
+    assert load_image(png, min_size=256).size == (800, 600)
+    assert load_image(png, min_size=301).size == (1600, 1200)  # 1200 // 602 = 1: kept whole
+    assert load_image(png).size == (1600, 1200)
 
 
 def test_cmyk_jpeg_becomes_rgb():
@@ -210,3 +214,152 @@ def test_listing_skips_hidden_and_non_images(tmp_path):
     assert found == ["a.PNG", "b.jpg", "sub/c.webp", "sub/deeper/e.tif"]
     assert [p.name for p in list_image_files(tmp_path, recursive=False)] == ["a.PNG", "b.jpg"]
     assert is_image_path("x.JPEG") and not is_image_path("x.txt") and ".jpg" in IMAGE_EXTENSIONS
+
+
+# --- what a file may cost before it is decoded ---------------------------------------------------------------
+
+
+def _read_in_thread(path, **kw):
+    """`read_image_file(path)` in a daemon thread: a FIFO that blocked would fail the test, not hang the suite."""
+    import threading
+
+    result: dict = {}
+
+    def run():
+        try:
+            result["data"] = read_image_file(path, **kw)
+        except BadImageError as exc:
+            result["error"] = str(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), f"reading {path} blocked"
+    return result
+
+
+def test_only_regular_files_are_read(tmp_path):
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this system")
+    os.mkfifo(tmp_path / "pipe.png")  # no writer: a plain open() would block forever
+    (tmp_path / "folder.jpg").mkdir()
+    good = tmp_path / "good.png"
+    good.write_bytes(_save(_gradient(), "PNG"))
+    (tmp_path / "link.png").symlink_to(good)  # a link to a regular file is followed
+    cases = {"pipe.png": "not a regular file (a named pipe)", "folder.jpg": "is a folder, not an image"}
+    if os.path.exists("/dev/zero"):
+        (tmp_path / "zero.jpg").symlink_to("/dev/zero")  # would be read until memory runs out
+        cases["zero.jpg"] = "not a regular file (a character device)"
+    for name, reason in cases.items():
+        got = _read_in_thread(tmp_path / name)
+        assert got.get("error") == f"{tmp_path / name}: {reason}"
+        with pytest.raises(BadImageError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            load_image(tmp_path / name)
+    assert _read_in_thread(tmp_path / "link.png")["data"] == good.read_bytes()
+    assert load_image(tmp_path / "link.png").size == (64, 48)
+
+
+def test_file_size_is_capped_before_and_while_reading(tmp_path):
+    sparse = tmp_path / "sparse.png"
+    with open(sparse, "wb") as fh:
+        fh.truncate(3_000_000_000)  # 3 GB that take no disk: refused from its size, never read
+    with pytest.raises(BadImageError, match=f"over the {MAX_FILE_BYTES:,}-byte file limit"):
+        read_image_file(sparse)
+    with pytest.raises(BadImageError, match="over the"):
+        load_image(sparse)
+    data = _save(_gradient(), "PNG")
+    small = tmp_path / "small.png"
+    small.write_bytes(data)
+    assert read_image_file(small, max_bytes=len(data)) == data
+    with pytest.raises(BadImageError, match=f"{len(data):,} bytes is over the {len(data) - 1:,}-byte file limit"):
+        read_image_file(small, max_bytes=len(data) - 1)
+    assert MAX_FILE_BYTES >= 100_000_000  # a big uncompressed TIFF still fits
+
+
+def test_a_file_larger_than_its_size_says_is_cut_off():
+    """A file that grows while read, or says it is empty and is not (Linux's /proc files report size 0):
+    at most max_bytes + 1 bytes are read whatever stat said."""
+    import os
+
+    path = "/proc/self/status"
+    if not os.path.isfile(path) or os.stat(path).st_size != 0:
+        pytest.skip("needs Linux's /proc")
+    with pytest.raises(BadImageError, match="grew past the 10-byte file limit"):
+        read_image_file(path, max_bytes=10)
+
+
+def test_indexing_names_special_and_giant_files_and_finishes(tmp_path):
+    """The whole `lookalike index` run over a folder holding a FIFO, a link to /dev/zero and a 3 GB sparse
+    file beside a real photo: the photo is indexed, the others are skipped with their reasons."""
+    import json
+    import os
+
+    from search_fixtures import photo, run_cli_subprocess, shared_home
+
+    if not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"):
+        pytest.skip("needs FIFOs and /dev/zero")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo("coffee").save(folder / "coffee.png")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    with open(folder / "huge.png", "wb") as fh:
+        fh.truncate(3_000_000_000)
+    run = run_cli_subprocess(["index", folder, "--index", tmp_path / "idx", "--json"], shared_home(), timeout=300)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["indexed"] == 1
+    reasons = {os.path.basename(s["path"]): s["reason"] for s in summary["skipped"]}
+    assert reasons == {
+        "pipe.jpg": "not a regular file (a named pipe)",
+        "zero.jpg": "not a regular file (a character device)",
+        "huge.png": f"3,000,000,000 bytes is over the {MAX_FILE_BYTES:,}-byte file limit",
+    }
+
+
+# --- what a decode may cost ------------------------------------------------------------------------------------
+
+
+def test_a_pixel_budget_is_charged_with_the_pixels_actually_decoded():
+    jpeg = _save(_gradient(1600, 1200), "JPEG", quality=90)
+    budget = PixelBudget(2_000_000)
+    load_image(jpeg, min_size=256, budget=budget)  # draft-decoded at 1/4: 400 x 300
+    assert budget.left == 2_000_000 - 400 * 300
+    png = _save(_gradient(1600, 1200), "PNG")
+    with pytest.raises(PixelBudgetExceeded, match="1,920,000 pixels would pass the 2,000,000-pixel budget"):
+        load_image(png, min_size=256, budget=budget)  # no draft for PNG: all of it would be decoded
+    assert budget.left == 2_000_000 - 400 * 300  # a refused decode takes nothing
+    assert issubclass(PixelBudgetExceeded, BadImageError)
+
+
+def test_a_big_canvas_is_reduced_before_it_is_converted(tmp_path):
+    """A 64 MP grayscale PNG of a few hundred KB: decoded in its own mode (1 byte a pixel) and reduced before
+    the RGB conversion, so the peak is about the canvas itself, not the 3 bytes a pixel of its RGB copy.
+    Measured as the peak resident memory of a fresh process."""
+    import subprocess
+    import sys
+
+    side = 8000
+    path = tmp_path / "canvas.png"
+    Image.new("L", (side, side), 90).save(path, optimize=False)
+    assert path.stat().st_size < 1_000_000
+    tiny = tmp_path / "tiny.png"
+    Image.new("L", (8, 8)).save(tiny)
+    code = (
+        "import resource, sys\n"
+        "from lookalike.images import load_image, read_image_file\n"
+        "load_image(read_image_file(sys.argv[2]))  # the decoder's imports and buffers, on a tiny image\n"
+        "data = read_image_file(sys.argv[1])\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "img = load_image(data, min_size=256)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(img.mode, img.size[0], img.size[1], (after - before) * 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tiny)], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    mode, width, height, grown = out[0], int(out[1]), int(out[2]), int(out[3])
+    assert (mode, width, height) == ("RGB", 534, 534)  # reduced by 8000 // 512 = 15
+    canvas = side * side  # bytes of the decoded L canvas
+    assert grown < 1.5 * canvas  # converted whole first, it would be ~4 bytes a pixel

@@ -241,7 +241,7 @@ def test_thumbnails_are_served_by_id_and_cached(client, app, gallery):
     r = client.get(f"/api/images/{ids['astronaut.png']}/thumbnail", params={"size": 96})
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     img = Image.open(io.BytesIO(r.content))
-    assert img.format == "JPEG" and max(img.size) == 96
+    assert img.format == "JPEG" and max(img.size) == 128  # sizes snap up to 64, 128, 256, 512 or 1024
     misses = thumbs.misses
     again = client.get(f"/api/images/{ids['astronaut.png']}/thumbnail", params={"size": 96})
     assert again.content == r.content and thumbs.misses == misses  # from the cache
@@ -310,7 +310,8 @@ def test_upload_limit_while_streaming_without_content_length(gallery, tmp_path):
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
     assert b"upload too large" in b"".join(m.get("body", b"") for m in sent[1:])
-    assert handed <= 7  # the 50 kB limit is passed in the 6th chunk; nothing after it is read
+    # The 50 kB limit is passed in the 6th chunk: from there on the body is only read and dropped, never kept.
+    assert handed == len(chunks)
 
 
 def test_live_server_answers_413_before_a_chunked_upload_ends(gallery, tmp_path):
@@ -707,3 +708,199 @@ def _wait_for(condition, timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+# -- what one request, or many, may cost ------------------------------------------------------------------------
+def _png(side: int, mode: str = "L") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (side, side), 120).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_the_pixels_one_request_decodes_are_bounded(gallery, tmp_path):
+    """Small files of big canvases: each upload counts the pixels it would decode against one budget for the
+    whole request, so many copies get 413 instead of growing the server."""
+    app = make_app(gallery, tmp_path, max_request_pixels=1_000_000)
+    canvas = _png(800)  # 640,000 pixels in a few kB
+    with TestClient(app) as c:
+        assert c.get("/api/stats").json()["max_request_pixels"] == 1_000_000
+        one = c.post("/api/compare", data={"ids": ["1"]}, files=[("images", ("a.png", canvas, "image/png"))])
+        assert one.status_code == 200
+        many = c.post("/api/compare", files=[("images", (f"c{i}.png", canvas, "image/png")) for i in range(8)])
+        assert many.status_code == 413
+        assert many.json()["detail"].startswith("c1.png: decoding its 640,000 pixels would pass the 1,000,000-pixel")
+        big = c.post("/api/search", files=_files("big.png", _png(1100), "image/png"))
+        assert big.status_code == 413 and "1,210,000 pixels" in big.json()["detail"]
+
+
+def test_decodes_beyond_the_slots_get_503_not_more_work(gallery, tmp_path):
+    app = make_app(gallery, tmp_path, decode_slots=1, decode_wait=0.0)
+    slots = app.state.decode_slots
+    with TestClient(app) as c:
+        ids = _ids_by_name(c)
+        with slots.hold():  # another request is decoding: nothing more may start
+            r = c.post("/api/search", files=_files("q.jpg", jpeg_bytes(photo("coffee"))))
+            assert r.status_code == 503 and r.headers["retry-after"] == "5" and "busy" in r.json()["detail"]
+            thumb = c.get(f"/api/images/{ids['coins.png']}/thumbnail")
+            assert thumb.status_code == 503 and thumb.headers["retry-after"] == "5"
+            assert c.get("/api/search", params={"id": ids["coins.png"]}).status_code == 200  # no decode needed
+        assert c.post("/api/search", files=_files("q.jpg", jpeg_bytes(photo("coffee")))).status_code == 200
+        assert c.get(f"/api/images/{ids['coins.png']}/thumbnail").status_code == 200
+
+
+def test_a_token_guards_everything_and_the_page_still_works(gallery, tmp_path):
+    token = "s3cret-token-for-tests"
+    app = make_app(gallery, tmp_path, token=token)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        for url in ("/", "/api/stats", "/static/app.js", "/api/images/1/thumbnail"):
+            r = c.get(url)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", url
+        assert c.get("/?token=wrong").status_code == 401
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert c.get("/api/stats", headers=bearer).status_code == 200
+        assert c.get("/api/stats", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        # Visiting /?token=... once sets an HttpOnly, same-site cookie and drops the token from the address.
+        visit = c.get(f"/?token={token}", follow_redirects=False)
+        assert visit.status_code == 303 and visit.headers["location"] == "/"
+        cookie = visit.headers["set-cookie"]
+        assert cookie.startswith("lookalike_token_8000=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert c.get("/").status_code == 200  # the cookie now goes with every request of the page
+        ids = _ids_by_name(c)
+        assert c.get(f"/api/images/{ids['coins.png']}/thumbnail").status_code == 200
+        assert c.get("/static/app.js").status_code == 200
+    with TestClient(app, base_url="http://127.0.0.1:8001") as other:  # another port's cookie does not count
+        other.cookies.set("lookalike_token_8000", token)
+        assert other.get("/api/stats").status_code == 401
+
+
+def _live(gallery, tmp_path, **server_kwargs):
+    from web_fixtures import LiveServer
+
+    app_kwargs = {k: server_kwargs.pop(k) for k in ("max_upload_bytes", "body_timeout") if k in server_kwargs}
+    return LiveServer(make_app(gallery, tmp_path, **app_kwargs), **server_kwargs)
+
+
+def test_urllib_sees_the_413_of_an_oversized_upload(gallery, tmp_path):
+    """urllib sends the whole body before it reads: the server reads and drops the rest of a refused body
+    before it closes, so the client gets the 413 rather than a reset connection."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = (b'--x\r\nContent-Disposition: form-data; name="image"; filename="big.bmp"\r\n'
+            b"Content-Type: image/bmp\r\n\r\n" + b"\0" * 32_000_000 + b"\r\n--x--\r\n")  # more than socket buffers hold
+    with _live(gallery, tmp_path, max_upload_bytes=1_000_000) as server:
+        headers = {"Content-Type": "multipart/form-data; boundary=x"}
+        for data in (body, iter([body[i:i + 65536] for i in range(0, len(body), 65536)])):  # sized, chunked
+            request = urllib.request.Request(f"{server.url}/api/search", data=data, headers=headers, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(request, timeout=60)
+            assert info.value.code == 413
+            assert "upload too large" in json.loads(info.value.read())["detail"]
+        # An answer given before the body has all arrived (here the form parser's, on a body that is no form)
+        # reaches urllib the same way.
+        junk = iter([b"\0" * 65536] * 500)
+        request = urllib.request.Request(f"{server.url}/api/search", data=junk, headers=headers, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=60)
+        assert info.value.code == 400
+
+
+def _read_all(sock) -> bytes:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_slow_heads_and_bodies_are_cut_off(gallery, tmp_path):
+    """A client that stops in the middle of its request head gets 408 and a closed connection from the server;
+    one that stops in the middle of its body gets 408 from the app. Neither holds a connection for ever."""
+    import socket
+
+    with _live(gallery, tmp_path, head_timeout=0.5, body_timeout=0.5) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            answer = _read_all(sock)
+        assert answer.startswith(b"HTTP/1.1 408")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            sock.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+                         b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n")
+            answer = _read_all(sock)
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 seconds" in answer
+        # The server still answers everyone else.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert _read_all(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_connections_beyond_the_limit_get_503(gallery, tmp_path):
+    import socket
+    import time
+
+    limit = 4
+    with _live(gallery, tmp_path, limit_concurrency=limit) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=60) for _ in range(limit)]
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+                sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                assert _read_all(sock).startswith(b"HTTP/1.1 503")
+        finally:
+            for sock in idle:
+                sock.close()
+        for _ in range(200):  # the server notices the closed connections within a few event-loop turns
+            with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+                sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                if _read_all(sock).startswith(b"HTTP/1.1 200"):
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the server never recovered after the idle connections closed")
+
+
+def test_serve_on_a_public_address_keeps_the_host_check_and_warns(gallery):
+    import os
+    import socket
+    import time
+
+    import httpx
+
+    from lookalike.web.hosts import as_host
+    from web_fixtures import free_port
+
+    port = free_port()
+    env = {**os.environ, "LOOKALIKE_HOME": str(gallery["home"])}
+    env.pop("LOOKALIKE_TOKEN", None)
+    code = "from lookalike.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--index", str(gallery["index"]), "--port", str(port),
+                             "--host", "0.0.0.0", "--allowed-host", "photos.example"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}/api/stats"
+    try:
+        deadline = time.monotonic() + 120
+        stats = None
+        while stats is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                stats = httpx.get(url, timeout=2, trust_env=False).json()
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert stats is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+
+        def status(host: str) -> int:
+            return httpx.get(url, headers={"Host": f"{host}:{port}"}, trust_env=False).status_code
+
+        assert status("evil.example") == 400  # DNS rebinding still fails on a public bind
+        assert status(as_host(socket.gethostname())) == 200
+        assert status("photos.example") == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "WARNING: listening on 0.0.0.0 without --token" in " ".join(err.split())
+
+
+def test_serve_refuses_a_token_that_cannot_go_in_a_url(gallery):
+    run = subprocess.run([sys.executable, "-c", "from lookalike.cli import main; main()", "serve", "--index",
+                          str(gallery["index"]), "--token", "has space;"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--token may hold only" in run.stderr and "Traceback" not in run.stderr

@@ -51,21 +51,39 @@ def _run(app, headers, chunks):
     return status, json.loads(body), handed
 
 
-def test_declared_length_over_limit_is_refused_before_reading():
+def test_declared_length_over_limit_is_refused_and_the_body_dropped():
     app = UploadLimitMiddleware(_echo_app, max_bytes=1000)
     status, body, handed = _run(app, [(b"content-length", b"5000")], [b"x" * 5000])
-    assert status == 413
-    assert handed == 0  # not one byte of the body was read
-    assert "limit is 0.001 MB" in body["detail"]
+    assert status == 413 and "limit is 0.001 MB" in body["detail"]  # the echo app never ran
+    # Read and dropped before the connection closes (lingering close), so the client sees the 413.
+    assert handed == 1
+
+
+def test_a_body_too_big_to_linger_over_or_not_yet_sent_is_not_read():
+    app = UploadLimitMiddleware(_echo_app, max_bytes=1000, linger_bytes=4000)
+    assert _run(app, [(b"content-length", b"5000")], [b"x" * 5000])[0::2] == (413, 0)
+    # A client waiting for "100 Continue" has not sent its body: reading would ask for it.
+    big = UploadLimitMiddleware(_echo_app, max_bytes=1000)
+    headers = [(b"content-length", b"5000"), (b"expect", b"100-continue")]
+    assert _run(big, headers, [b"x" * 5000])[0::2] == (413, 0)
 
 
 def test_chunked_body_is_cut_off_once_past_the_limit():
-    app = UploadLimitMiddleware(_echo_app, max_bytes=1000)
     chunks = [b"x" * 300] * 20  # 6000 bytes, no Content-Length
-    status, body, handed = _run(app, [], chunks)
-    assert status == 413
-    assert handed == 4  # 1200 bytes: the first chunk past the limit, and nothing after it
-    assert "upload too large" in body["detail"]
+    seen = []
+
+    async def recording_app(scope, receive, send):
+        async def counted():
+            message = await receive()
+            seen.append(message)
+            return message
+        await _echo_app(scope, counted, send)
+
+    status, body, handed = _run(UploadLimitMiddleware(recording_app, 1000, linger_bytes=600), [], chunks)
+    assert status == 413 and "upload too large" in body["detail"]
+    assert len(seen) == 3  # the 4th chunk passes the limit: it and everything after it never reach the app
+    assert handed == 4 + 3  # then the 600 bytes of lingering (and the chunk that passes them) were dropped
+    assert _run(UploadLimitMiddleware(_echo_app, max_bytes=1000), [], chunks)[0::2] == (413, 20)  # all dropped
 
 
 def test_bodies_within_the_limit_pass_untouched():
@@ -180,3 +198,102 @@ def test_display_name_never_echoes_folders():
     assert display_name("C:\\Users\\me\\cat.jpg") == "cat.jpg"
     assert display_name("a\x00b\nc.png") == "abc.png"
     assert display_name(None) == "upload"
+
+
+# -- bounds on thumbnails and decodes -----------------------------------------------------------------------
+def test_thumbnail_sizes_snap_to_a_few(tmp_path):
+    from lookalike.web.thumbnails import SIZES, snap_size
+
+    assert [snap_size(s) for s in (1, 32, 64, 65, 128, 200, 256, 257, 600, 1024, 5000)] == \
+        [64, 64, 64, 128, 128, 256, 256, 512, 1024, 1024, 1024]
+    src = _photo(tmp_path / "photo.jpg", size=(1200, 900))
+    cache = ThumbnailCache(tmp_path / "cache")
+    for size in range(32, 1025, 7):  # what a page could ask with plain <img> tags
+        cache.get(src, size)
+    assert len(list((tmp_path / "cache").rglob("*.jpg"))) == len(SIZES) == cache.misses
+
+
+def test_the_disk_cache_stays_within_its_budget_while_serving(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    budget = 40_000
+    cache = ThumbnailCache(tmp_path / "cache", max_disk_bytes=budget)
+    cache.prune()  # as a starting server does
+    for i in range(30):  # noisy images make thumbnails of a few kB each: far more than the budget in all
+        path = tmp_path / f"p{i}.png"
+        Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(path)
+        cache.get(path, 128)
+        on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.jpg"))
+        assert on_disk <= budget
+        assert cache.disk_bytes() == on_disk
+    assert cache.misses == 30
+
+
+def test_a_decode_waits_for_a_slot_then_gets_server_busy(tmp_path):
+    from lookalike.web.limits import DecodeSlots, ServerBusy
+
+    slots = DecodeSlots(1, wait=0.0, retry_after=7)
+    cache = ThumbnailCache(tmp_path / "cache", decode_gate=slots.hold)
+    src = _photo(tmp_path / "photo.jpg")
+    with slots.hold():  # another request is decoding
+        with pytest.raises(ServerBusy) as info:
+            cache.get(src, 128)
+        with pytest.raises(ServerBusy):
+            decode_upload(_jpeg_bytes(), "a.jpg", slots=slots)
+    assert info.value.retry_after == 7 and "busy" in str(info.value)
+    assert cache.get(src, 128)[1] and decode_upload(_jpeg_bytes(), "a.jpg", slots=slots).size == (300, 200)
+    with slots.hold():  # cached thumbnails need no slot
+        assert cache.get(src, 128)[1]
+
+
+def test_uploads_are_reduced_and_charged_to_the_request_budget():
+    from lookalike.images import PixelBudget, PixelBudgetExceeded
+
+    buf = io.BytesIO()
+    Image.new("L", (3000, 2000), 100).save(buf, format="PNG")
+    budget = PixelBudget(7_000_000)
+    img = decode_upload(buf.getvalue(), "big.png", min_size=224, budget=budget)
+    assert img.mode == "RGB" and img.size == (750, 500)  # reduced by 2000 // 448 = 4 at once
+    with pytest.raises(PixelBudgetExceeded, match="big.png: decoding its 6,000,000 pixels would pass"):
+        decode_upload(buf.getvalue(), "big.png", min_size=224, budget=budget)
+
+
+# -- slow bodies, hosts ---------------------------------------------------------------------------------------
+def test_a_body_that_does_not_arrive_in_time_gets_408():
+    from lookalike.web.limits import BodyTimeoutMiddleware
+
+    sent = []
+    calls = 0
+
+    async def receive():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+        await asyncio.Event().wait()  # the client sends nothing more, ever
+
+    async def send(message):
+        sent.append(message)
+
+    app = BodyTimeoutMiddleware(_echo_app, seconds=0.05)
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/api/search", "headers": []}, receive, send))
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert b"did not arrive within 0.05 seconds" in sent[1]["body"]
+    # A body that arrives whole is untouched.
+    assert _run(BodyTimeoutMiddleware(_echo_app, seconds=5), [], [b"x" * 10, b"y" * 5])[:2] == (200, {"read": 15})
+
+
+def test_host_names_are_normalised_and_the_machine_knows_its_own():
+    import socket
+
+    from lookalike.web.hosts import as_host, machine_hosts
+    from lookalike.web.limits import host_name
+
+    assert host_name("[0:0:0:0:0:0:0:1]:8000") == "[::1]" == as_host("::1") == as_host("[::1]")
+    assert host_name("Photos.Example.:443") == "photos.example" == as_host("Photos.Example.")
+    assert as_host("fe80::1%eth0") == "[fe80::1]"
+    assert machine_hosts("127.0.0.1") == sorted(["127.0.0.1", "localhost", "[::1]"])
+    public = machine_hosts("0.0.0.0")
+    assert {"127.0.0.1", "localhost", "[::1]", as_host(socket.gethostname())} <= set(public)
+    assert "0.0.0.0" not in public and "evil.example" not in public

@@ -142,15 +142,17 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """The real app under uvicorn in a background thread on a free 127.0.0.1 port."""
+    """The real app under uvicorn, configured as `lookalike serve` runs it (`server_kwargs`: its limits), in a
+    background thread on a free 127.0.0.1 port."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, **server_kwargs) -> None:
         import uvicorn
+
+        from lookalike.web.server import server_config
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(server_config(app, "127.0.0.1", self.port, **server_kwargs))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> "LiveServer":

@@ -1,12 +1,17 @@
 """Load one image safely (from a path or bytes) and list the image files under a folder.
 
 Every failure becomes a `BadImageError` with a short reason, so that long runs can skip the file and name it.
+What one file can cost is bounded before it is decoded: only regular files are read (a FIFO, a device or a
+link to one is refused without blocking), at most `MAX_FILE_BYTES` of them, and at most `MAX_PIXELS` pixels
+are decoded; an optional `PixelBudget` bounds the pixels that several decodes (one web request) add up to.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
+import threading
 import warnings
 from pathlib import Path
 from typing import Iterator, Union
@@ -18,8 +23,41 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # Refuse anything larger before decoding: a 20k x 20k PNG can be a few KB on disk and 1.6 GB in memory.
 MAX_PIXELS = 120_000_000
+# Largest image file read: an uncompressed 8-bit RGB TIFF of 60 MP is 180 MB. A sparse or growing file
+# cannot make a reader take more than this plus one byte.
+MAX_FILE_BYTES = 200_000_000
+# Images decoded with a `min_size` that Pillow cannot draft-decode (PNG, WebP, ...) are shrunk right after
+# decoding by a whole factor that keeps both sides >= REDUCE_GAP * min_size: a box filter that costs
+# little, frees the big image at once and leaves the final resize close to an exact one.
+REDUCE_GAP = 2
 
 ImageSource = Union[str, os.PathLike, bytes]
+
+# EXIF orientation -> the transpose that makes the image upright (as PIL.ImageOps.exif_transpose does).
+_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+                7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+class PixelBudgetExceeded(BadImageError):
+    """Decoding this image would pass the pixel budget shared by several decodes (one request)."""
+
+
+class PixelBudget:
+    """Pixels that a group of decodes may still decode in all; thread-safe."""
+
+    def __init__(self, pixels: int) -> None:
+        self.total = int(pixels)
+        self.left = int(pixels)
+        self._lock = threading.Lock()
+
+    def take(self, pixels: int, name: str) -> None:
+        """Count `pixels` against the budget, or raise `PixelBudgetExceeded` (counting nothing)."""
+        with self._lock:
+            if pixels > self.left:
+                raise PixelBudgetExceeded(
+                    f"{name}: decoding its {pixels:,} pixels would pass the {self.total:,}-pixel budget of this "
+                    "request")
+            self.left -= pixels
 
 
 def is_image_path(path: Union[str, os.PathLike]) -> bool:
@@ -27,7 +65,11 @@ def is_image_path(path: Union[str, os.PathLike]) -> bool:
 
 
 def iter_image_files(root: Union[str, os.PathLike], recursive: bool = True) -> Iterator[Path]:
-    """Image files under `root` by extension, in sorted order; hidden files and folders are skipped."""
+    """Image files under `root` by extension, in sorted order; hidden files and folders are skipped.
+
+    Names only: what a name turns out to be (a FIFO, a link to a device) is refused when it is read, by
+    `read_image_file`, so that a run can name it with its reason instead of hanging on it.
+    """
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         folder = Path(dirpath)
@@ -51,41 +93,48 @@ def list_image_files(root: Union[str, os.PathLike], recursive: bool = True) -> l
     return list(iter_image_files(root, recursive))
 
 
-def load_image(source: ImageSource, min_size: int | None = None, max_pixels: int = MAX_PIXELS):
-    """Decode `source` to an RGB `PIL.Image`, EXIF orientation applied.
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this st_mode is not read, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image"
+    kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+    return f"not a regular file ({kind})"
 
-    `min_size`: JPEGs are decoded in draft mode at the smallest DCT scale whose sides are both still
-    >= `min_size` pixels, which is several times faster for large photos that will be shrunk anyway.
-    Palette, CMYK, 16-bit, grayscale and transparent images are converted to RGB (transparency over white);
-    animated images give their first frame.
+
+def read_image_file(path: Union[str, os.PathLike], max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file (a symlink to one is followed), at most `max_bytes` of them.
+
+    Raises `BadImageError` for anything else: a folder, a FIFO, a device or a socket (checked before opening,
+    and again on the open file in case it was swapped meanwhile; the open never blocks), a file whose size is
+    over `max_bytes` (refused unread), or one that grows past it while read (at most `max_bytes + 1` bytes are).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    name = str(path)
     try:
-        if isinstance(source, (bytes, bytearray)):
-            if not source:
-                raise BadImageError(f"{name}: empty file")
-            fp = io.BytesIO(source)
-        else:
-            if os.path.getsize(source) == 0:
-                raise BadImageError(f"{name}: empty file")
-            fp = open(source, "rb")
-        with fp:
-            with warnings.catch_warnings():
-                # Pillow warns from 89 MP; the explicit `max_pixels` check below is the limit that applies.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(fp)
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise BadImageError(f"{name}: {width}x{height} pixels is over the {max_pixels:,} pixel limit")
-                if getattr(img, "is_animated", False):
-                    img.seek(0)
-                if min_size and img.format == "JPEG":
-                    img.draft("RGB", (min_size, min_size))
-                img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+        st = os.stat(path)
+        reason = _not_regular(st.st_mode)
+        if reason:
+            raise BadImageError(f"{name}: {reason}")
+        if st.st_size > max_bytes:
+            raise BadImageError(f"{name}: {st.st_size:,} bytes is over the {max_bytes:,}-byte file limit")
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb", buffering=0) as raw:
+            st = os.fstat(fd)
+            reason = _not_regular(st.st_mode)
+            if reason:
+                raise BadImageError(f"{name}: {reason}")
+            parts: list[bytes] = []
+            total, limit = 0, max_bytes + 1
+            expected = min(st.st_size, max_bytes) + 1  # one read for a file that does not grow, then EOF
+            while total < limit:
+                chunk = raw.read(min(limit - total, max(expected - total, 1 << 20)))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                total += len(chunk)
     except BadImageError:
         raise
     except FileNotFoundError:
@@ -93,13 +142,91 @@ def load_image(source: ImageSource, min_size: int | None = None, max_pixels: int
     except IsADirectoryError:
         raise BadImageError(f"{name}: is a folder, not an image") from None
     except PermissionError:
-        raise BadImageError(f"{name}: permission denied") from None
+        raise BadImageError(f"{name}: cannot read (permission denied)") from None
+    except OSError as exc:
+        raise BadImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if total > max_bytes:
+        raise BadImageError(f"{name}: grew past the {max_bytes:,}-byte file limit while being read")
+    if total == 0:
+        raise BadImageError(f"{name}: empty file")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def load_image(source: ImageSource, min_size: int | None = None, max_pixels: int = MAX_PIXELS,
+               budget: PixelBudget | None = None, max_bytes: int = MAX_FILE_BYTES):
+    """Decode `source` to an RGB `PIL.Image`, EXIF orientation applied.
+
+    `min_size`: the image is only needed with both sides >= `min_size`. JPEGs are decoded in draft mode at the
+    smallest DCT scale that allows it, which is several times faster for large photos; other formats are
+    decoded whole and then shrunk by a whole factor that keeps both sides >= `REDUCE_GAP * min_size`, before
+    any conversion, so a big canvas is never held twice or in RGB.
+    `max_pixels` bounds one image (checked on its header); `budget`, when given, is charged with the pixels
+    actually decoded (after draft) before decoding. Paths are read with `read_image_file(path, max_bytes)`.
+    Palette, CMYK, 16-bit, grayscale and transparent images are converted to RGB (transparency over white);
+    animated images give their first frame.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, (bytes, bytearray)):
+        name = "<bytes>"
+        data = bytes(source)
+        if not data:
+            raise BadImageError(f"{name}: empty file")
+    else:
+        name = str(source)
+        data = read_image_file(source, max_bytes)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from 89 MP; the explicit `max_pixels` check below is the limit that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise BadImageError(f"{name}: {width}x{height} pixels is over the {max_pixels:,} pixel limit")
+            if getattr(img, "is_animated", False):
+                img.seek(0)
+            if min_size and img.format == "JPEG":
+                img.draft("RGB", (min_size, min_size))
+            if budget is not None:
+                budget.take(img.size[0] * img.size[1], name)
+            orientation = _orientation(img)
+            img.load()
+        del data
+        if min_size:
+            img = _reduce(img, min_size)
+        if orientation in _ORIENTATION:
+            img = img.transpose(getattr(Image.Transpose, _ORIENTATION[orientation]))
+        return to_rgb(img)
+    except BadImageError:
+        raise
     except UnidentifiedImageError:
         raise BadImageError(f"{name}: not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImageError(f"{name}: too many pixels (decompression bomb guard)") from None
+    except MemoryError:
+        raise BadImageError(f"{name}: not enough memory to decode it") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
         raise BadImageError(f"{name}: corrupt or truncated image ({exc})") from None
+
+
+def _orientation(img) -> int:
+    try:
+        return int(img.getexif().get(0x0112) or 1)
+    except Exception:  # a damaged EXIF block only costs the orientation
+        return 1
+
+
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK", "YCbCr"})
+
+
+def _reduce(img, min_size: int):
+    """`img` shrunk by the largest whole factor that keeps both sides >= REDUCE_GAP * `min_size`."""
+    factor = min(img.size) // (REDUCE_GAP * int(min_size))
+    if factor < 2:
+        return img
+    if img.mode not in _REDUCIBLE:  # palette indices and bit or 16-bit modes cannot be averaged as they are
+        img = to_rgb(img)
+    return img.reduce(factor)
 
 
 def to_rgb(img):

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
+import re
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from ..errors import LookalikeError
+from ..web.hosts import LOOPBACK_NAMES, is_loopback
 from . import app
 from ._common import console, warn
 
-
-LOOPBACK_NAMES = ["127.0.0.1", "localhost", "[::1]"]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+_is_loopback = is_loopback  # the name the tests and older callers use
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~-]+")  # goes into a URL and a cookie unescaped
 
 
 def _check_port(host: str, port: int) -> None:
@@ -41,6 +33,14 @@ def _check_port(host: str, port: int) -> None:
             raise LookalikeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def _check_token(token: str) -> None:
+    if not TOKEN_CHARS.fullmatch(token):
+        raise LookalikeError("--token may hold only letters, digits and . _ ~ - (it goes into a URL and a cookie)")
+    if len(token) < 16:
+        warn("the token is shorter than 16 characters: anyone who can reach the server may guess it "
+             "(python -c 'import secrets; print(secrets.token_urlsafe())' makes a good one)")
+
+
 @app.command()
 def serve(
     index: Optional[Path] = typer.Option(
@@ -50,15 +50,36 @@ def serve(
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto: where query images are embedded."),
     max_upload_mb: float = typer.Option(20.0, min=0.001, help="Largest accepted upload, in MB."),
+    allowed_host: List[str] = typer.Option(
+        [], "--allowed-host", metavar="NAME",
+        help="Also answer requests for this host name (a domain that points here); repeatable. The machine's "
+             "own names and addresses are always allowed, any other name gets 400."),
+    token: Optional[str] = typer.Option(
+        None, "--token", envvar="LOOKALIKE_TOKEN", show_envvar=True,
+        help="Require this secret: 'Authorization: Bearer TOKEN', or open /?token=TOKEN once in the browser "
+             "(sets a cookie). Use it whenever others can reach the server."),
+    limit_concurrency: int = typer.Option(
+        64, min=1, help="Connections or requests at once; more get 503 until some finish."),
 ) -> None:
     """Serve the search page and REST API (OpenAPI schema at /openapi.json) over an index."""
-    import uvicorn
-
+    from ..web import server
     from ..web.app import create_app
+    from ..web.hosts import as_host, machine_hosts
 
     index_path = index.expanduser() if index is not None else Path.cwd()  # the index accepts its image folder too
-    if not _is_loopback(host):
-        warn(f"listening on {host}: anyone who can reach this machine can search and view the indexed images")
+    if token is not None:
+        _check_token(token)
+    if not is_loopback(host):
+        if token:
+            warn(f"listening on {host}: anyone who can reach this machine and has the token can search and view "
+                 "the indexed images")
+        else:
+            console.print(
+                f"[bold red]WARNING: listening on {host} without --token: anyone who can reach this machine can "
+                "search and view the indexed images. Add --token SECRET (or LOOKALIKE_TOKEN) for a shared "
+                "server.[/bold red]", highlight=False, soft_wrap=True)
+    # Always check the Host header: a page elsewhere must not reach the server through DNS rebinding.
+    allowed = machine_hosts(host) + [as_host(name) for name in allowed_host]
     _check_port(host, port)
     with console.status("loading the index and the model…"):
         try:
@@ -66,8 +87,8 @@ def serve(
                 index_path,
                 device=device,
                 max_upload_bytes=int(max_upload_mb * 1_000_000),
-                # On loopback, answer loopback names only: no web page can reach us through DNS rebinding.
-                allowed_hosts=LOOPBACK_NAMES + [f"[{host}]" if ":" in host else host] if _is_loopback(host) else None,
+                allowed_hosts=allowed,
+                token=token or None,
             )
         except LookalikeError:
             if index is None:
@@ -78,8 +99,11 @@ def serve(
             raise
     facts = web_app.state.service.stats()
     shown = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):
+        shown = "127.0.0.1"
+    query = f"?token={token}" if token else ""
     console.print(
-        f"{facts['count']:,} images, {facts['model']} · open [bold]http://{shown}:{port}/[/bold]  (Ctrl-C stops)",
+        f"{facts['count']:,} images, {facts['model']} · open [bold]http://{shown}:{port}/{query}[/bold]  (Ctrl-C stops)",
         highlight=False,
     )
-    uvicorn.run(web_app, host=host, port=port, log_level="warning", access_log=False)
+    server.run(web_app, host=host, port=port, limit_concurrency=limit_concurrency)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..errors import BadImageError, LookalikeError
-from ..images import load_image
+from ..images import load_image, read_image_file
 
 if TYPE_CHECKING:
     from .index import ImageIndex
@@ -167,16 +167,17 @@ class Embedder:
 
     # --- the overlapped pipeline -----------------------------------------------------------------------
     def decode_file(self, path, reuse: Callable[[str], Any] | None = None) -> dict:
-        """Read, hash and decode one file. Returns {"digest", "array"} or {"digest", "reuse"} or {"reason"}."""
+        """Read, hash and decode one file. Returns {"digest", "array"} or {"digest", "reuse"} or {"reason"}
+        (not read: missing, unreadable, not a regular file, over the file size limit) or {"digest", "reason"}
+        (read but not decodable)."""
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            return {"reason": "no such file"}
-        except IsADirectoryError:
-            return {"reason": "is a folder, not an image"}
-        except OSError as exc:
-            return {"reason": f"cannot read ({exc.strerror or exc})"}
+            # Regular files only, at most MAX_FILE_BYTES: a FIFO, a device or a sparse giant is named, not read.
+            # No digest with these reasons, so the index tries the file again next time (a stat, no read).
+            data = read_image_file(path)
+        except BadImageError as exc:
+            message = str(exc)
+            prefix = f"{path}: "  # the path may hold ": " itself
+            return {"reason": message[len(prefix):] if message.startswith(prefix) else message}
         digest = file_digest(data)
         if reuse is not None:
             found = reuse(digest)

@@ -20,14 +20,20 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..errors import BadImageError, LookalikeError
+from ..images import PixelBudget, PixelBudgetExceeded
 from ..paths import cache_dir
-from .limits import HostCheckMiddleware, UploadLimitMiddleware
+from .limits import (DEFAULT_BODY_TIMEOUT, BodyTimeoutMiddleware, DecodeSlots, HostCheckMiddleware, ServerBusy,
+                     UploadLimitMiddleware)
 from .service import MAX_K, SearchService, UnsupportedImage, decode_upload, display_name
-from .thumbnails import ImageGone, ThumbnailCache
+from .thumbnails import SIZES, ImageGone, ThumbnailCache
 
 DEFAULT_MAX_UPLOAD_BYTES = 20_000_000  # 20 MB
 MAX_COMPARE = 50
-DEFAULT_THUMBNAIL_CACHE_BYTES = 500_000_000  # on disk; trimmed to 80% at start-up when over
+DEFAULT_THUMBNAIL_CACHE_BYTES = 500_000_000  # on disk; trimmed to 80% whenever a write takes it over
+# Pixels one request may decode in all (after JPEG draft scaling): one image at the per-image limit, with room.
+DEFAULT_MAX_REQUEST_PIXELS = 150_000_000
+DEFAULT_DECODE_SLOTS = 2  # image decodes at once, all requests together
+DEFAULT_DECODE_WAIT = 10.0  # seconds a decode waits for a slot before its request gets 503
 STATIC_DIR = Path(__file__).parent / "static"
 
 
@@ -69,6 +75,7 @@ class StatsResponse(BaseModel):
     index_path: str
     dupe_threshold: float
     max_upload_bytes: int
+    max_request_pixels: int
     max_k: int
     max_compare: int
     version: str
@@ -83,7 +90,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Upload over the size limit"},
     415: {"model": ErrorResponse, "description": "The upload is not an image"},
 }
-_IMAGE_ERRORS = {**_ERRORS, 422: {"description": "Undecodable image or invalid parameters"}}
+_DECODE_ERRORS: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "Too many images being decoded: retry after Retry-After seconds"},
+}
+_IMAGE_ERRORS = {**_ERRORS, **_DECODE_ERRORS, 413: {"model": ErrorResponse, "description":
+                  "Upload over the size limit, or its images over the request's pixel budget"},
+                 422: {"description": "Undecodable image or invalid parameters"}}
 
 
 class _SecurityHeaders:
@@ -127,6 +139,11 @@ def create_app(
     thumbnail_cache_bytes: int = DEFAULT_THUMBNAIL_CACHE_BYTES,
     allowed_hosts: list[str] | None = None,
     check_interval: float = 1.0,
+    token: str | None = None,
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+    decode_slots: int = DEFAULT_DECODE_SLOTS,
+    decode_wait: float = DEFAULT_DECODE_WAIT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> FastAPI:
     """Build the app over the index at `index_path`, loading the index and the model now (once).
 
@@ -134,11 +151,17 @@ def create_app(
     `embedder` lets a caller share an already loaded model (tests); by default the index's own backbone loads.
     `allowed_hosts`: Host header names to answer (`lookalike serve` on loopback passes the loopback names);
     None answers any. `check_interval`: seconds between looks at the index for changes made by `lookalike index`.
+    `token`: when set, every request must carry it (see `lookalike.web.auth`).
+    What one request may cost: `max_upload_bytes` of body, received within `body_timeout` seconds;
+    `max_request_pixels` decoded pixels in all (413 beyond); and each decode waits at most `decode_wait` seconds
+    for one of `decode_slots` (503 with Retry-After beyond), so memory stays bounded however many requests come.
     """
     service = SearchService(index_path, device=device, embedder=embedder, check_interval=check_interval)
-    thumbs = ThumbnailCache(Path(thumbnail_cache_dir) if thumbnail_cache_dir else cache_dir("thumbnails"))
+    slots = DecodeSlots(decode_slots, wait=decode_wait)
+    thumbs = ThumbnailCache(Path(thumbnail_cache_dir) if thumbnail_cache_dir else cache_dir("thumbnails"),
+                            max_disk_bytes=thumbnail_cache_bytes, decode_gate=slots.hold)
     try:
-        thumbs.prune(thumbnail_cache_bytes)
+        thumbs.prune()
     except OSError:  # an unreadable cache only costs disk space, never the server
         pass
     index_html = (STATIC_DIR / "index.html").read_bytes()
@@ -159,6 +182,7 @@ def create_app(
     )
     app.state.service = service
     app.state.thumbnails = thumbs
+    app.state.decode_slots = slots
     app.state.max_upload_bytes = max_upload_bytes
 
     @app.exception_handler(UnsupportedImage)
@@ -167,7 +191,11 @@ def create_app(
 
     @app.exception_handler(BadImageError)
     async def _bad_image(_req: Request, exc: BadImageError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": str(exc)}, status_code=413 if isinstance(exc, PixelBudgetExceeded) else 422)
+
+    @app.exception_handler(ServerBusy)
+    async def _busy(_req: Request, exc: ServerBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(LookalikeError)
     async def _user_error(_req: Request, exc: LookalikeError) -> JSONResponse:
@@ -180,6 +208,10 @@ def create_app(
         # The limit middleware has already bounded the whole body, so this read is bounded too.
         upload.file.seek(0)
         return upload.file.read()
+
+    def decode(upload: UploadFile, budget: PixelBudget):
+        name = display_name(upload.filename)
+        return name, decode_upload(read_upload(upload), name, min_size=service.min_size, budget=budget, slots=slots)
 
     # -- the page --------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -197,7 +229,8 @@ def create_app(
     def stats() -> dict:
         facts = service.stats()
         facts.update(
-            max_upload_bytes=max_upload_bytes, max_k=MAX_K, max_compare=MAX_COMPARE, version=__version__
+            max_upload_bytes=max_upload_bytes, max_request_pixels=max_request_pixels, max_k=MAX_K,
+            max_compare=MAX_COMPARE, version=__version__
         )
         facts["updated_at"] = None if facts.get("updated_at") is None else str(facts["updated_at"])
         facts["root"] = None if facts.get("root") is None else str(facts["root"])
@@ -211,8 +244,7 @@ def create_app(
         image: UploadFile = File(..., description="The query image"),
         k: int = Form(5, ge=1, le=MAX_K, description="How many results"),
     ) -> dict:
-        name = display_name(image.filename)
-        picture = decode_upload(read_upload(image), name, min_size=service.min_size)
+        name, picture = decode(image, PixelBudget(max_request_pixels))
         return service.search_image(picture, name, k)
 
     @app.get(
@@ -247,9 +279,10 @@ def create_app(
             if not service.has_id(image_id):  # before decoding any upload
                 raise not_found(image_id)
         items: list[tuple[str | None, int | None, Any]] = [(None, image_id, None) for image_id in ids]
+        budget = PixelBudget(max_request_pixels)  # for all the uploads together
         for upload in images:
-            name = display_name(upload.filename)
-            items.append((name, None, decode_upload(read_upload(upload), name, min_size=service.min_size)))
+            name, picture = decode(upload, budget)  # reduced to what the model needs as soon as decoded
+            items.append((name, None, picture))
         try:
             return service.compare(items)
         except KeyError as exc:  # removed by a re-index since the check above
@@ -266,12 +299,15 @@ def create_app(
 
     @app.get(
         "/api/images/{image_id}/thumbnail",
-        responses={**_ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail"}},
+        responses={**_ERRORS, **_DECODE_ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail"}},
         response_class=Response,
         summary="A JPEG thumbnail of an indexed image",
     )
     def thumbnail(
-        request: Request, image_id: int, size: int = Query(256, ge=32, le=1024, description="Longest side")
+        request: Request,
+        image_id: int,
+        size: int = Query(256, ge=32, le=1024,
+                          description=f"Longest side, rounded up to one of {', '.join(map(str, SIZES))}"),
     ) -> Response:
         try:
             path = service.path_of(image_id)
@@ -291,7 +327,13 @@ def create_app(
             return Response(status_code=304, headers=headers)
         return Response(data, media_type="image/jpeg", headers=headers)
 
+    # Added innermost first: the Host check runs first, then the token, then the body's time and size limits.
     app.add_middleware(UploadLimitMiddleware, max_bytes=max_upload_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, seconds=body_timeout)
+    if token:
+        from .auth import TokenMiddleware
+
+        app.add_middleware(TokenMiddleware, token=token)
     if allowed_hosts is not None:
         app.add_middleware(HostCheckMiddleware, allowed_hosts=allowed_hosts)
     app.add_middleware(_SecurityHeaders)

@@ -15,11 +15,13 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import BadImageError, LookalikeError
-from ..images import load_image
+from ..images import PixelBudget, load_image
+from .limits import DecodeSlots
 
 MAX_K = 100
 
@@ -35,11 +37,13 @@ def display_name(filename: str | None) -> str:
     return name or "upload"
 
 
-def decode_upload(data: bytes, filename: str | None, min_size: int | None = None):
-    """Decode uploaded bytes (never touching the filesystem) to an RGB image.
+def decode_upload(data: bytes, filename: str | None, min_size: int | None = None,
+                  budget: PixelBudget | None = None, slots: DecodeSlots | None = None):
+    """Decode uploaded bytes (never touching the filesystem) to an RGB image, reduced towards `min_size`.
 
     Raises `UnsupportedImage` when the bytes are no image format Pillow knows, `BadImageError` when they are
-    one but cannot be decoded (truncated, corrupt, too many pixels).
+    one but cannot be decoded (truncated, corrupt, too many pixels), `PixelBudgetExceeded` when decoding it
+    would pass the request's `budget`, `ServerBusy` when no decode slot of `slots` comes free in time.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -56,9 +60,10 @@ def decode_upload(data: bytes, filename: str | None, min_size: int | None = None
     except Exception:  # a known format with a broken header: decoding below gives the reason
         pass
     try:
-        return load_image(data, min_size=min_size)
+        with slots.hold() if slots is not None else nullcontext():
+            return load_image(data, min_size=min_size, budget=budget)
     except BadImageError as exc:
-        raise BadImageError(str(exc).replace("<bytes>", name, 1)) from None
+        raise type(exc)(str(exc).replace("<bytes>", name, 1)) from None
 
 
 class IndexView:
