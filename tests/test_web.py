@@ -904,3 +904,26 @@ def test_serve_refuses_a_token_that_cannot_go_in_a_url(gallery):
     run = subprocess.run([sys.executable, "-c", "from lookalike.cli import main; main()", "serve", "--index",
                           str(gallery["index"]), "--token", "has space;"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "--token may hold only" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_names_that_are_not_utf8_are_shown_escaped(gallery, tmp_path):
+    """A file name that is not valid UTF-8 reaches the JSON answers escaped, and its thumbnail is still served."""
+    import os
+    import shutil
+
+    from lookalike.search.sync import index_folder
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    shutil.copy(gallery["folder"] / "coins.png", folder / "coins.png")
+    shutil.copy(gallery["folder"] / "rocket.png", os.path.join(os.fsencode(folder), b"z\xe9t\xe9.png"))
+    index_folder(folder, tmp_path / "odd-index", embedder=gallery["embedder"])
+    with TestClient(make_app(gallery, tmp_path / "c", index_path_override=tmp_path / "odd-index")) as c:
+        hits = c.post("/api/search", files=_files("q.jpg", jpeg_bytes(photo("rocket"))), data={"k": 2}).json()
+        odd = [h for h in hits["results"] if h["path"].endswith("z\\xe9t\\xe9.png")]
+        assert len(odd) == 1
+        by_id = c.get("/api/search", params={"id": odd[0]["id"], "include_self": "true", "k": 1}).json()
+        assert by_id["query"].endswith("z\\xe9t\\xe9.png")
+        pair = c.post("/api/compare", data={"ids": [h["id"] for h in hits["results"]]})
+        assert pair.status_code == 200 and any(p.endswith("z\\xe9t\\xe9.png") for p in pair.json()["paths"])
+        assert c.get(f"/api/images/{odd[0]['id']}/thumbnail").status_code == 200

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import BadImageError, LookalikeError
+from ..paths import printable
 from ..images import PixelBudget, load_image
 from .limits import DecodeSlots
 
@@ -231,7 +232,7 @@ class SearchService:
         exclude = None if include_self else [image_id]
         results = search(view.index, vector, k=_clamp_k(k, len(view.ids)), exclude_ids=exclude)[0]
         return {
-            "query": str(view.index.path_of(image_id)),
+            "query": printable(view.index.path_of(image_id)),
             "query_id": image_id,
             "results": [_result(r) for r in results],
         }
@@ -245,7 +246,7 @@ class SearchService:
 
         view = self.view()
         vectors = view.index.vectors()
-        names = [str(view.path_of(image_id)) if name is None else name for name, image_id, _ in items]
+        names = [printable(view.path_of(image_id)) if name is None else name for name, image_id, _ in items]
         uploads = [img for _, image_id, img in items if image_id is None]
         fresh = iter(self.embed(uploads, view)) if uploads else iter(())
         rows = []
@@ -279,7 +280,7 @@ class SearchService:
                 view.dupes.move_to_end(key)
         return {
             "threshold": threshold,
-            "groups": [[str(view.index.path_of(i)) for i in g] for g in groups],
+            "groups": [[printable(view.index.path_of(i)) for i in g] for g in groups],
             "group_ids": groups,
         }
 
@@ -294,7 +295,7 @@ def _result(r: dict) -> dict:
     return {
         "rank": int(r["rank"]),
         "id": int(r["id"]),
-        "path": str(r["path"]),
+        "path": printable(r["path"]),
         "distance": float(r["distance"]),
         "similarity": float(r["similarity"]),
     }
