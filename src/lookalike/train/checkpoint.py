@@ -13,6 +13,7 @@ from typing import Any, Union
 
 from ..atomic import atomic_write
 from ..errors import LookalikeError
+from ..unpickle import load_error_reason, torch_load
 
 FORMAT = "lookalike-checkpoint"
 VERSION = 1
@@ -27,10 +28,6 @@ def save_checkpoint(state: dict[str, Any], path: Union[str, os.PathLike]) -> Non
 
 def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`; anything else is a `LookalikeError` with the reason."""
-    import warnings
-
-    import torch
-
     path = Path(path)
     if path.is_dir():
         raise LookalikeError(f"{path} is a folder: give a checkpoint file such as {path / 'best.pt'}")
@@ -39,12 +36,12 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
     if path.stat().st_size == 0:
         raise LookalikeError(f"checkpoint {path} is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # odd pickle protocols in foreign files warn before they fail
-            blob = torch.load(path, map_location=map_location, weights_only=True)
+        blob = torch_load(path, map_location=map_location)
+    except PermissionError:  # the file is fine; never call it damaged
+        raise LookalikeError(f"cannot read checkpoint {path}: permission denied") from None
     except Exception as exc:  # a foreign or damaged file can fail in the unpickler in many ways
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LookalikeError(f"{path} is not a readable checkpoint (damaged, truncated or foreign file: {reason[:160]})") from None
+        raise LookalikeError(f"{path} is not a readable checkpoint (damaged, truncated or foreign file: "
+                             f"{load_error_reason(exc)})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise LookalikeError(f"{path} is not a Lookalike checkpoint (no '{FORMAT}' marker)")
     if blob.get("version", 0) > VERSION:
