@@ -55,10 +55,16 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
 def build_model(meta: dict[str, Any]):
     from ..models import create_model
 
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+        raise LookalikeError("the checkpoint does not name its model")
     kwargs = dict(meta.get("model_kwargs") or {})
     if "widths" in kwargs:
         kwargs["widths"] = tuple(kwargs["widths"])
-    return create_model(meta["model"], **kwargs)
+    try:
+        return create_model(meta["model"], **kwargs)
+    except (TypeError, ValueError) as exc:  # settings no version of the model takes
+        raise LookalikeError(f"the checkpoint's settings for model {meta['model']!r} do not build it "
+                             f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
 
 
 def model_from_checkpoint(path: Union[str, os.PathLike], device: Any = "cpu"):
@@ -66,9 +72,44 @@ def model_from_checkpoint(path: Union[str, os.PathLike], device: Any = "cpu"):
     input_size, epoch and the run's config."""
     blob = load_checkpoint(path)
     meta = blob["meta"]
-    model = build_model(meta)
+    try:
+        model = build_model(meta)
+    except LookalikeError as exc:
+        raise LookalikeError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(blob["model_state"])
     except (RuntimeError, KeyError) as exc:
         raise LookalikeError(f"{path}: weights do not fit model {meta['model']!r} ({str(exc).splitlines()[0][:160]})") from None
     return model.to(device).eval(), meta
+
+
+# What `fit` reads from a last.pt to continue a run, with the type each must have.
+_RESUME_KEYS = {"config": dict, "scheduler": dict, "optimizer": dict, "history": list, "rng": dict,
+                "best_test_acc": (int, float)}
+
+
+def load_resume_state(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """A last.pt that a run can continue from: a checkpoint with its config, optimizer, schedule position, history
+    and RNG state. Anything less is a one-line `LookalikeError`, never a KeyError."""
+    import torch
+
+    blob = load_checkpoint(path)
+
+    def bad(what: str) -> LookalikeError:
+        return LookalikeError(f"{path} cannot be resumed: {what} (not a last.pt written by `lookalike train`, "
+                              "or damaged)")
+
+    for key, kind in _RESUME_KEYS.items():
+        if not isinstance(blob.get(key), kind) or isinstance(blob.get(key), bool):
+            raise bad(f"no {key!r}" if key not in blob else f"its {key!r} is a {type(blob[key]).__name__}")
+    sched, meta = blob["scheduler"], blob["meta"]
+    for key in ("step", "total_steps"):
+        if type(sched.get(key)) is not int or sched[key] < 0:
+            raise bad(f"no step count {key!r} in its 'scheduler'")
+    if not isinstance(meta, dict) or type(meta.get("epoch")) is not int or meta["epoch"] < 0:
+        raise bad("no epoch in its 'meta'")
+    if not isinstance(blob["rng"].get("torch"), torch.Tensor):
+        raise bad("no random-number state")
+    if not all(isinstance(row, dict) for row in blob["history"]):
+        raise bad("its 'history' is not a list of epoch rows")
+    return blob
