@@ -163,14 +163,15 @@ OPTIONS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "mo
            "model": "--model", "data": "--data", "device": "--device", "compile": "--compile"}
 
 MAX_SEED = 2**32 - 1
-# Numeric fields: (integer?, lowest, highest, lowest allowed?, highest allowed?). Every number must be finite.
+# Numeric fields: (integer?, lowest, highest, lowest allowed?, highest allowed?). Every number must be finite; the
+# highest values are far beyond any useful run, there to turn typos into errors rather than hours of work.
 _RANGES: dict[str, tuple[bool, float, float, bool, bool]] = {
     "epochs": (False, 0, 100_000, False, True),
     "batch_size": (True, 1, 1_000_000, True, True),
-    "lr": (False, 0, 1e6, False, True),
+    "lr": (False, 0, math.inf, False, False),  # any finite step: a diverging run stops with a clear error
     "momentum": (False, 0, 1, True, False),
-    "weight_decay": (False, 0, 1e3, True, True),
-    "bias_lr_scale": (False, 0, 1e6, False, True),
+    "weight_decay": (False, 0, math.inf, True, False),
+    "bias_lr_scale": (False, 0, math.inf, False, False),
     "label_smoothing": (False, 0, 1, True, False),
     "gamma": (False, 0, 1, False, True),
     "whiten_bias_fraction": (False, 0, 1, True, True),
@@ -194,7 +195,7 @@ def _name(field: str) -> str:
 
 
 def _range_text(low: float, high: float, low_ok: bool, high_ok: bool) -> str:
-    if high_ok and high >= 1e3:
+    if high == math.inf:
         return f">= {low:g}" if low_ok else f"> {low:g}"
     return f"in {'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
 
