@@ -293,8 +293,9 @@ def _cifar10_batches_dir(progress) -> Path:
         download_url(CIFAR10_URL, str(root), filename=archive.name, md5=CIFAR10_MD5)
         with tarfile.open(archive) as tar:
             try:
-                tar.extractall(root, filter="data")
-            except TypeError:  # Python without extraction filters (< 3.10.12): the archive is md5-checked
+                # The "data" filter's safety, with modes left to the umask rather than copied from the archive.
+                tar.extractall(root, filter=lambda m, dest: tarfile.data_filter(m, dest).replace(mode=None, deep=False))
+            except (TypeError, AttributeError):  # no extraction filters (Python < 3.10.12): the archive is md5-checked
                 tar.extractall(root)
     except Exception as exc:  # offline, proxy, truncated archive: all the same to the user
         raise LookalikeError(
