@@ -200,7 +200,7 @@ def write_metrics(history: list[dict], path: Path) -> None:
 
 
 def _diverged(value: float, epoch: int, step: int, cfg: TrainConfig) -> LookalikeError:
-    kept = (f"last.pt and best.pt keep epoch {epoch}" if epoch else "no checkpoint was written")
+    kept = (f"last.pt and best.pt are as they were after epoch {epoch}" if epoch else "no checkpoint was written")
     return LookalikeError(f"training diverged: the loss became {value} in epoch {epoch + 1} (step {step}); {kept}. "
                           f"train again into a new --out with a lower --lr than {cfg.lr:.4g}")
 
