@@ -1,5 +1,7 @@
 """Atomic writes: the target is whole or untouched, nothing is left behind, concurrent writers don't collide."""
 
+import os
+import stat
 import threading
 
 import pytest
@@ -57,3 +59,38 @@ def test_threads_writing_one_target_never_collide(tmp_path):
     assert not errors
     assert target.read_bytes() in payloads  # one writer's whole file, never a mix
     assert [p.name for p in tmp_path.iterdir()] == ["thumb.jpg"]
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test; the old one comes back afterwards."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002, 0o027])
+def test_new_files_honour_the_umask(tmp_path, umask, mask):
+    umask(mask)
+    with atomic_write(tmp_path / "a.json", "w") as fh:
+        fh.write("{}")
+    with atomic_path(tmp_path / "b.onnx") as tmp:
+        tmp.write_bytes(b"graph")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("made by open()")
+    assert _mode(tmp_path / "a.json") == _mode(tmp_path / "b.onnx") == _mode(plain) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o664, 0o444])
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask, mode):
+    umask(0o022)
+    target = tmp_path / "manifest.json"
+    target.write_text("old")
+    os.chmod(target, mode)
+    with atomic_write(target, "w") as fh:
+        fh.write("new")
+    assert target.read_text() == "new" and _mode(target) == mode

@@ -1,11 +1,11 @@
 import os
-import pickle
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from cifar_fixtures import write_cifar_batches
 from conftest import make_folder_dataset
 from lookalike import datasets
 from lookalike.datasets import load_data
@@ -106,20 +106,8 @@ def test_bad_folders_raise_clear_errors(tmp_path, case, message):
         load_data(str(root))
 
 
-def _write_cifar_batches(folder, n_per_batch=20, seed=0):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        blob = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                b"labels": [int(v) for v in rng.integers(0, 10, n_per_batch)]}
-        with open(folder / name, "wb") as fh:
-            pickle.dump(blob, fh)
-    with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump({b"label_names": [c.encode() for c in datasets.CIFAR10_CLASSES]}, fh)
-
-
 def test_cifar_batches_folder_is_accepted(tmp_path):
-    _write_cifar_batches(tmp_path / "cifar-10-batches-py")
+    write_cifar_batches(tmp_path / "cifar-10-batches-py")
     for path in (tmp_path / "cifar-10-batches-py", tmp_path):
         d = load_data(str(path))
         assert d.classes == datasets.CIFAR10_CLASSES
@@ -127,7 +115,7 @@ def test_cifar_batches_folder_is_accepted(tmp_path):
 
 
 def test_cifar10_from_cache_folder(isolated_home):
-    _write_cifar_batches(isolated_home / "datasets" / "cifar10" / "cifar-10-batches-py")
+    write_cifar_batches(isolated_home / "datasets" / "cifar10" / "cifar-10-batches-py")
     d = load_data("cifar10")
     assert len(d.train) == 100 and d.input_size == 32
 

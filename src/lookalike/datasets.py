@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import tarfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from .atomic import atomic_write
 from .errors import BadImageError, LookalikeError
 from .images import list_image_files, load_image
 from .paths import cache_dir
+from .unpickle import load_cifar_pickle, torch_load
 
 SMALL_MAX_SIDE = 64  # images up to this side are cached as one uint8 tensor
 CACHE_VERSION = 1
@@ -233,7 +233,7 @@ def _cached_split(root: Path, files: list[Path], labels: list[int], size: int, p
     path = cache_dir("datasets") / f"{_cache_key(root, files, size)}.pt"
     if path.exists():
         try:
-            blob = torch.load(path, weights_only=True)
+            blob = torch_load(path)
             return Split(labels=blob["labels"], size=size, images=blob["images"], skipped=list(blob["skipped"]))
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
@@ -293,8 +293,9 @@ def _cifar10_batches_dir(progress) -> Path:
         download_url(CIFAR10_URL, str(root), filename=archive.name, md5=CIFAR10_MD5)
         with tarfile.open(archive) as tar:
             try:
-                tar.extractall(root, filter="data")
-            except TypeError:  # Python without extraction filters (< 3.10.12): the archive is md5-checked
+                # The "data" filter's safety, with modes left to the umask rather than copied from the archive.
+                tar.extractall(root, filter=lambda m, dest: tarfile.data_filter(m, dest).replace(mode=None, deep=False))
+            except (TypeError, AttributeError):  # no extraction filters (Python < 3.10.12): the archive is md5-checked
                 tar.extractall(root)
     except Exception as exc:  # offline, proxy, truncated archive: all the same to the user
         raise LookalikeError(
@@ -307,15 +308,35 @@ def _cifar10_batches_dir(progress) -> Path:
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """Images (N x 3 x 32 x 32 uint8) and labels of one batch, read without running code from the file."""
+    d = load_cifar_pickle(path)
+
+    def bad(why: str) -> LookalikeError:
+        return LookalikeError(f"{path} is not a CIFAR-10 batch file ({why})")
+
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise bad("no data and labels")
+    data, labels = d[b"data"], d[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise bad("data is not rows of 3072 bytes")
+    if (not isinstance(labels, list) or len(labels) != data.shape[0]
+            or not all(type(y) is int and 0 <= y < len(CIFAR10_CLASSES) for y in labels)):
+        raise bad(f"labels are not {data.shape[0]} class numbers from 0 to {len(CIFAR10_CLASSES) - 1}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _read_cifar_classes(path: Path) -> list[str]:
+    """Class names from `batches.meta`, or the standard ten when it is missing or odd."""
+    if not path.exists():
+        return CIFAR10_CLASSES
     try:
-        with open(path, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-        data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        return data, list(d[b"labels"])
-    except FileNotFoundError:
-        raise LookalikeError(f"{path} is missing: not a complete cifar-10-batches-py folder") from None
-    except Exception as exc:
-        raise LookalikeError(f"{path} is not a CIFAR-10 batch file ({exc})") from None
+        names = load_cifar_pickle(path)[b"label_names"]
+        classes = [c.decode() for c in names]
+    except LookalikeError:
+        raise  # a crafted file is named, never skipped silently
+    except Exception:  # noqa: BLE001 - a meta file without usable names: the standard names are right
+        return CIFAR10_CLASSES
+    return classes if len(classes) == len(CIFAR10_CLASSES) else CIFAR10_CLASSES
 
 
 def _cifar10_bundle(batches: Path, image_size: Optional[int]) -> DataBundle:
@@ -324,14 +345,7 @@ def _cifar10_bundle(batches: Path, image_size: Optional[int]) -> DataBundle:
 
     train = [_read_cifar_batch(batches / f"data_batch_{i}") for i in range(1, 6)]
     test = _read_cifar_batch(batches / "test_batch")
-    classes = CIFAR10_CLASSES
-    meta = batches / "batches.meta"
-    if meta.exists():
-        try:
-            with open(meta, "rb") as fh:
-                classes = [c.decode() for c in pickle.load(fh, encoding="bytes")[b"label_names"]]
-        except Exception:
-            pass
+    classes = _read_cifar_classes(batches / "batches.meta")
 
     def split(parts) -> Split:
         images = torch.from_numpy(np.concatenate([p[0] for p in parts]))

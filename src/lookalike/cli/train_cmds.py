@@ -44,6 +44,7 @@ def train_command(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA only)."),
     run_dir: Optional[Path] = typer.Option(None, "--out", "--run-dir", "-o", help="Run folder (default runs/<model>-<YYYYmmdd-HHMMSS>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its checkpoints, metrics, plots and config; nothing else in the folder). Without it such a folder is refused."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout at the end."),
 ) -> None:
     """Train a classifier on CIFAR-10 or on your own class folders; writes metrics, plots and checkpoints."""
@@ -63,23 +64,33 @@ def train_command(
         lookahead=lookahead, tta=tta, image_size=image_size, seed=seed, device=device, compile=compile_,
         time_budget=parse_duration(time_budget) if time_budget else None,
     )
-    if momentum is not None and not 0 <= momentum < 1:
-        raise LookalikeError(f"--momentum must be in [0, 1), got {momentum}")
     if schedule and schedule != "step" and milestones:
         raise LookalikeError("--milestones only applies to --schedule step")
+    if resume is not None and overwrite:
+        raise LookalikeError("--overwrite replaces a run, --resume continues one: give one of them")
     validate(cfg)
+    made = None  # a default run folder this command created: removed again if the run never starts
     if resume is not None:
         folder = resume
+    elif run_dir is not None:
+        folder = run_dir
     else:
-        folder = run_dir or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = _run_with_progress(cfg, folder, resume is not None)
+        from ..train.rundir import new_run_dir
+
+        folder = made = new_run_dir("runs", model, now=_STARTED)
+    try:
+        result = _run_with_progress(cfg, folder, resume is not None, overwrite)
+    except Exception:
+        if made is not None and not any(made.iterdir()):
+            made.rmdir()
+        raise
     if json_out:
         print_json({k: v for k, v in result.items() if k not in ("confusion",)})
     else:
         _print_summary(result)
 
 
-def _run_with_progress(cfg, folder: Path, resume: bool) -> dict:
+def _run_with_progress(cfg, folder: Path, resume: bool, overwrite: bool = False) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..train.engine import fit
@@ -92,6 +103,8 @@ def _run_with_progress(cfg, folder: Path, resume: bool) -> dict:
         nonlocal task
         if kind == "info":
             console.print(payload, highlight=False)
+        elif kind == "warning":
+            warn(payload)
         elif kind == "skipped":
             for line in payload:
                 warn(f"skipped {line}")
@@ -124,7 +137,7 @@ def _run_with_progress(cfg, folder: Path, resume: bool) -> dict:
                 f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%  {r['seconds']:.1f} s", highlight=False)
 
     try:
-        return fit(cfg, folder, resume=resume, on_event=on_event, started_at=_STARTED)
+        return fit(cfg, folder, resume=resume, on_event=on_event, started_at=_STARTED, overwrite=overwrite)
     except KeyboardInterrupt:
         progress.stop()
         if (folder / "last.pt").exists() or (folder / "config.json").exists():

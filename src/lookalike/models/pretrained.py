@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LookalikeError
+from ..unpickle import load_error_reason, torch_load
 from .registry import register_model
 
 # Preprocessing of each backbone's weights, readable without building the model.
@@ -42,15 +43,13 @@ _LITE_PACKAGES = {
 
 
 def _load_state_dict(path: str | os.PathLike) -> dict:
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise LookalikeError(f"weights file {path} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
     except Exception as exc:  # pickle, zip or torch errors: all mean a damaged or foreign file
-        raise LookalikeError(f"cannot read weights file {path}: {exc.__class__.__name__}") from None
+        raise LookalikeError(f"cannot read weights file {path}: {load_error_reason(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:

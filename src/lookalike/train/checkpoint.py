@@ -13,6 +13,7 @@ from typing import Any, Union
 
 from ..atomic import atomic_write
 from ..errors import LookalikeError
+from ..unpickle import load_error_reason, torch_load
 
 FORMAT = "lookalike-checkpoint"
 VERSION = 1
@@ -27,10 +28,6 @@ def save_checkpoint(state: dict[str, Any], path: Union[str, os.PathLike]) -> Non
 
 def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`; anything else is a `LookalikeError` with the reason."""
-    import warnings
-
-    import torch
-
     path = Path(path)
     if path.is_dir():
         raise LookalikeError(f"{path} is a folder: give a checkpoint file such as {path / 'best.pt'}")
@@ -39,12 +36,12 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
     if path.stat().st_size == 0:
         raise LookalikeError(f"checkpoint {path} is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # odd pickle protocols in foreign files warn before they fail
-            blob = torch.load(path, map_location=map_location, weights_only=True)
+        blob = torch_load(path, map_location=map_location)
+    except PermissionError:  # the file is fine; never call it damaged
+        raise LookalikeError(f"cannot read checkpoint {path}: permission denied") from None
     except Exception as exc:  # a foreign or damaged file can fail in the unpickler in many ways
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LookalikeError(f"{path} is not a readable checkpoint (damaged, truncated or foreign file: {reason[:160]})") from None
+        raise LookalikeError(f"{path} is not a readable checkpoint (damaged, truncated or foreign file: "
+                             f"{load_error_reason(exc)})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise LookalikeError(f"{path} is not a Lookalike checkpoint (no '{FORMAT}' marker)")
     if blob.get("version", 0) > VERSION:
@@ -58,10 +55,16 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
 def build_model(meta: dict[str, Any]):
     from ..models import create_model
 
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+        raise LookalikeError("the checkpoint does not name its model")
     kwargs = dict(meta.get("model_kwargs") or {})
     if "widths" in kwargs:
         kwargs["widths"] = tuple(kwargs["widths"])
-    return create_model(meta["model"], **kwargs)
+    try:
+        return create_model(meta["model"], **kwargs)
+    except (TypeError, ValueError) as exc:  # settings no version of the model takes
+        raise LookalikeError(f"the checkpoint's settings for model {meta['model']!r} do not build it "
+                             f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
 
 
 def model_from_checkpoint(path: Union[str, os.PathLike], device: Any = "cpu"):
@@ -69,9 +72,44 @@ def model_from_checkpoint(path: Union[str, os.PathLike], device: Any = "cpu"):
     input_size, epoch and the run's config."""
     blob = load_checkpoint(path)
     meta = blob["meta"]
-    model = build_model(meta)
+    try:
+        model = build_model(meta)
+    except LookalikeError as exc:
+        raise LookalikeError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(blob["model_state"])
     except (RuntimeError, KeyError) as exc:
         raise LookalikeError(f"{path}: weights do not fit model {meta['model']!r} ({str(exc).splitlines()[0][:160]})") from None
     return model.to(device).eval(), meta
+
+
+# What `fit` reads from a last.pt to continue a run, with the type each must have.
+_RESUME_KEYS = {"config": dict, "scheduler": dict, "optimizer": dict, "history": list, "rng": dict,
+                "best_test_acc": (int, float)}
+
+
+def load_resume_state(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """A last.pt that a run can continue from: a checkpoint with its config, optimizer, schedule position, history
+    and RNG state. Anything less is a one-line `LookalikeError`, never a KeyError."""
+    import torch
+
+    blob = load_checkpoint(path)
+
+    def bad(what: str) -> LookalikeError:
+        return LookalikeError(f"{path} cannot be resumed: {what} (not a last.pt written by `lookalike train`, "
+                              "or damaged)")
+
+    for key, kind in _RESUME_KEYS.items():
+        if not isinstance(blob.get(key), kind) or isinstance(blob.get(key), bool):
+            raise bad(f"no {key!r}" if key not in blob else f"its {key!r} is a {type(blob[key]).__name__}")
+    sched, meta = blob["scheduler"], blob["meta"]
+    for key in ("step", "total_steps"):
+        if type(sched.get(key)) is not int or sched[key] < 0:
+            raise bad(f"no step count {key!r} in its 'scheduler'")
+    if not isinstance(meta, dict) or type(meta.get("epoch")) is not int or meta["epoch"] < 0:
+        raise bad("no epoch in its 'meta'")
+    if not isinstance(blob["rng"].get("torch"), torch.Tensor):
+        raise bad("no random-number state")
+    if not all(isinstance(row, dict) for row in blob["history"]):
+        raise bad("its 'history' is not a list of epoch rows")
+    return blob

@@ -153,46 +153,96 @@ def with_lr_for_length(cfg: TrainConfig, epochs: float) -> TrainConfig:
     return replace(cfg, lr=muon_lr(epochs))
 
 
+# The command-line option of each field, for messages that both CLI and Python callers can act on.
+OPTIONS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
+           "weight_decay": "--weight-decay", "label_smoothing": "--label-smoothing", "gamma": "--gamma",
+           "milestones": "--milestones", "widths": "--widths", "depth": "--depth", "translate": "--translate",
+           "crop_size": "--crop-size", "crop_fraction": "--crop-fraction", "tta": "--tta",
+           "time_budget": "--time-budget", "image_size": "--image-size", "seed": "--seed", "optimizer": "--optimizer",
+           "schedule": "--schedule", "whitening": "--whitening", "flip": "--flip", "lookahead": "--lookahead",
+           "model": "--model", "data": "--data", "device": "--device", "compile": "--compile"}
+
+MAX_SEED = 2**32 - 1
+# Numeric fields: (integer?, lowest, highest, lowest allowed?, highest allowed?). Every number must be finite; the
+# highest values are far beyond any useful run, there to turn typos into errors rather than hours of work.
+_RANGES: dict[str, tuple[bool, float, float, bool, bool]] = {
+    "epochs": (False, 0, 100_000, False, True),
+    "batch_size": (True, 1, 1_000_000, True, True),
+    "lr": (False, 0, math.inf, False, False),  # any finite step: a diverging run stops with a clear error
+    "momentum": (False, 0, 1, True, False),
+    "weight_decay": (False, 0, math.inf, True, False),
+    "bias_lr_scale": (False, 0, math.inf, False, False),
+    "label_smoothing": (False, 0, 1, True, False),
+    "gamma": (False, 0, 1, False, True),
+    "whiten_bias_fraction": (False, 0, 1, True, True),
+    "translate": (True, 0, 16, True, True),
+    "crop_size": (True, 8, 1024, True, True),
+    "crop_fraction": (False, 0, 1, True, True),
+    "tta": (True, 0, 2, True, True),
+    "time_budget": (False, 0, 366 * 86400, False, True),
+    "image_size": (True, 8, 1024, True, True),
+    "seed": (True, 0, MAX_SEED, True, True),
+    "depth": (True, 1, 4, True, True),
+    "eval_batch_size": (True, 1, 1_000_000, True, True),
+}
+_CHOICES = {"pad_mode": ("reflect", "constant"), "whitening": WHITENINGS, "optimizer": OPTIMIZERS}
+_FLAGS = ("nesterov", "lookahead", "flip", "alternate_flip", "compile")
+
+
+def _name(field: str) -> str:
+    option = OPTIONS.get(field)
+    return f"{field} ({option})" if option else field
+
+
+def _range_text(low: float, high: float, low_ok: bool, high_ok: bool) -> str:
+    if high == math.inf:
+        return f">= {low:g}" if low_ok else f"> {low:g}"
+    return f"in {'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, (int, float))
+
+
 def validate(cfg: TrainConfig) -> None:
+    """Check every setting once, whoever gave it (the CLI, a Python caller, a saved run): types, finiteness and
+    ranges. A `LookalikeError` names the field and its command-line option."""
     from .schedules import SCHEDULES
 
-    def bad(msg: str) -> None:
-        raise LookalikeError(msg)
+    def bad(field: str, what: str, value: Any) -> None:
+        raise LookalikeError(f"{_name(field)} must be {what}, got {value!r}")
 
-    if cfg.epochs is not None and cfg.epochs <= 0:
-        bad(f"--epochs must be > 0, got {cfg.epochs}")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        bad(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
-        bad(f"--optimizer {cfg.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-    if cfg.lr is not None and cfg.lr <= 0:
-        bad(f"--lr must be > 0, got {cfg.lr}")
-    if cfg.schedule is not None and cfg.schedule not in SCHEDULES:
-        bad(f"--schedule {cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
-    if cfg.gamma is not None and not 0 < cfg.gamma <= 1:
-        bad(f"--gamma must be in (0, 1], got {cfg.gamma}")
-    if cfg.label_smoothing is not None and not 0 <= cfg.label_smoothing < 1:
-        bad(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.tta is not None and cfg.tta not in (0, 1, 2):
-        bad(f"--tta must be 0, 1 or 2, got {cfg.tta}")
-    if cfg.translate is not None and not 0 <= cfg.translate <= 16:
-        bad(f"--translate must be between 0 and 16 pixels, got {cfg.translate}")
-    if cfg.crop_size is not None and not 8 <= cfg.crop_size <= 1024:
-        bad(f"--crop-size must be between 8 and 1024 pixels, got {cfg.crop_size}")
-    if cfg.crop_fraction is not None and not 0 <= cfg.crop_fraction <= 1:
-        bad(f"--crop-fraction must be between 0 and 1, got {cfg.crop_fraction}")
-    if cfg.widths is not None and (len(cfg.widths) != 3 or min(cfg.widths) < 1):
-        bad(f"--widths needs three positive numbers like 32,128,256, got {cfg.widths}")
-    if cfg.whitening is not None and cfg.whitening not in WHITENINGS:
-        bad(f"--whitening {cfg.whitening!r} is not one of {', '.join(WHITENINGS)}")
-    if cfg.depth is not None and not 1 <= cfg.depth <= 4:
-        bad(f"--depth must be 1 to 4, got {cfg.depth}")
-    if cfg.time_budget is not None and cfg.time_budget <= 0:
-        bad("--time-budget must be positive")
-    if cfg.image_size is not None and not 8 <= cfg.image_size <= 1024:
-        bad(f"--image-size must be between 8 and 1024, got {cfg.image_size}")
-    if cfg.milestones and any(m <= 0 for m in cfg.milestones):
-        bad(f"--milestones must be positive epochs, got {cfg.milestones}")
+    for field, (integer, low, high, low_ok, high_ok) in _RANGES.items():
+        value = getattr(cfg, field)
+        if value is None:
+            continue
+        kind = "a whole number" if integer else "a number"
+        if not _is_number(value, integer) or not math.isfinite(value):
+            bad(field, f"{kind} {_range_text(low, high, low_ok, high_ok)}", value)
+        if value < low or value > high or (value == low and not low_ok) or (value == high and not high_ok):
+            bad(field, f"{kind} {_range_text(low, high, low_ok, high_ok)}", value)
+    for field, choices in {**_CHOICES, "schedule": SCHEDULES}.items():
+        value = getattr(cfg, field)
+        if value is not None and value not in choices:
+            bad(field, f"one of {', '.join(choices)}", value)
+    for field in _FLAGS:
+        value = getattr(cfg, field)
+        if value is not None and not isinstance(value, bool):
+            bad(field, "True or False", value)
+    for field in ("data", "model", "device"):
+        if not isinstance(getattr(cfg, field), str):
+            bad(field, "a string", getattr(cfg, field))
+    if cfg.widths is not None and (not isinstance(cfg.widths, (list, tuple)) or len(cfg.widths) != 3
+                                   or not all(_is_number(w, True) and 1 <= w <= 8192 for w in cfg.widths)):
+        bad("widths", "three whole numbers from 1 to 8192 like 32,128,256", cfg.widths)
+    if cfg.milestones is not None and (
+            not isinstance(cfg.milestones, (list, tuple))
+            or not all(_is_number(m, False) and math.isfinite(m) and 0 < m <= 100_000 for m in cfg.milestones)):
+        bad("milestones", "positive epochs like 5,10", cfg.milestones)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$", re.I)

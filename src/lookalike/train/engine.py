@@ -22,12 +22,13 @@ from typing import Any, Callable, Optional
 
 from ..atomic import atomic_write
 from ..errors import LookalikeError
-from .config import TrainConfig, resolve, with_lr_for_length
+from .config import TrainConfig, resolve, validate, with_lr_for_length
 
 Event = Callable[[str, Any], None]
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 LOOKAHEAD_EVERY = 5
 TTA_PASSES = {0: 1, 1: 2, 2: 6}  # forward passes per image at each test-time augmentation level
+DIVERGENCE_CHECK_EVERY = 32  # steps between checks that the loss is finite (each check waits for a GPU)
 
 
 # ---------------------------------------------------------------- pieces
@@ -198,6 +199,44 @@ def write_metrics(history: list[dict], path: Path) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def _diverged(value: float, epoch: int, step: int, cfg: TrainConfig) -> LookalikeError:
+    kept = (f"last.pt and best.pt are as they were after epoch {epoch}" if epoch else "no checkpoint was written")
+    return LookalikeError(f"training diverged: the loss became {value} in epoch {epoch + 1} (step {step}); {kept}. "
+                          f"train again into a new --out with a lower --lr than {cfg.lr:.4g}")
+
+
+def _saved_config(path: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LookalikeError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise LookalikeError(f"{path} holds no run config (not written by `lookalike train`, or damaged)")
+    return saved["config"]
+
+
+def _check_classes(train_labels, test_labels, classes: list[str], emit: Event) -> None:
+    """A classifier needs two classes to learn from; classes missing from a split are named."""
+    import torch
+
+    k = len(classes)
+    in_train = torch.bincount(train_labels, minlength=k)[:k]
+    in_test = torch.bincount(test_labels, minlength=k)[:k]
+    learnable = int((in_train > 0).sum())
+    if learnable < 2:
+        only = f" ({classes[int(in_train.argmax())]})" if learnable else ""
+        raise LookalikeError(f"the training images hold {learnable} class{'' if learnable == 1 else 'es'}{only}: "
+                             "a classifier needs at least two, one sub-folder of train/ and test/ per class")
+    missing = [c for c, n in zip(classes, in_train.tolist()) if n == 0]
+    if missing:
+        emit("warning", f"no readable training images for {', '.join(missing)}: the model cannot predict "
+                        f"{'it' if len(missing) == 1 else 'them'}")
+    untested = [c for c, n in zip(classes, in_test.tolist()) if n == 0]
+    if untested:
+        emit("warning", f"no readable test images for {', '.join(untested)}: accuracy leaves "
+                        f"{'it' if len(untested) == 1 else 'them'} out")
+
+
 def _write_json(obj: Any, path: Path) -> None:
     with atomic_write(path, "w") as fh:
         fh.write(json.dumps(obj, indent=2) + "\n")
@@ -334,9 +373,10 @@ def plan_steps(cfg: TrainConfig, model, batches: Callable[[int, Optional[int]], 
 
 
 def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: Optional[Event] = None,
-        started_at: Optional[float] = None) -> dict[str, Any]:
+        started_at: Optional[float] = None, overwrite: bool = False) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`, writing config.json, metrics.csv, curves.png, confusion.png, last.pt and
-    best.pt into `run_dir`. Returns the final summary (also written to result.json)."""
+    best.pt into `run_dir`. Returns the final summary (also written to result.json). A `run_dir` that holds a run
+    already is refused unless `resume` (continue it) or `overwrite` (replace that run's files)."""
     import torch
     import torch.nn.functional as F
 
@@ -345,7 +385,8 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     from ..models import create_model, get_model_entry
     from . import plots
     from .augment import alternating_flips, augment, to_float
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import load_resume_state, save_checkpoint
+    from .rundir import check_restartable, prepare_new_run
     from .schedules import lr_factor
 
     t0 = started_at if started_at is not None else time.time()
@@ -357,12 +398,16 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         if not run_dir.is_dir():
             raise LookalikeError(f"--resume {run_dir}: no such run folder")
         if (run_dir / "last.pt").exists():
-            state = load_checkpoint(run_dir / "last.pt")
+            state = load_resume_state(run_dir / "last.pt")
             cfg = TrainConfig.from_saved(state["config"])
         elif (run_dir / "config.json").exists():  # killed before its first checkpoint: start it again
-            cfg = TrainConfig.from_saved(json.loads((run_dir / "config.json").read_text())["config"])
+            check_restartable(run_dir)
+            cfg = TrainConfig.from_saved(_saved_config(run_dir / "config.json"))
         else:
             raise LookalikeError(f"--resume {run_dir}: no last.pt or config.json there, nothing to resume")
+    else:
+        prepare_new_run(run_dir, overwrite, check_only=True)  # refuse before the data loads
+    validate(cfg)
 
     entry = get_model_entry(cfg.model)
     if entry.kind != "cifar":
@@ -382,6 +427,9 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     if cfg.crop_fraction and not cfg.crop_size:  # small crops default to 3/4 of the side (24 px on CIFAR)
         cfg = dataclasses.replace(cfg, crop_size=max(8, round(0.75 * data.input_size)))
 
+    _check_classes(train.labels, test.labels, classes, emit)
+    if state is None and not resume:
+        prepare_new_run(run_dir, overwrite)  # with --overwrite, the earlier run's files go only now
     run_dir.mkdir(parents=True, exist_ok=True)
     kwargs = model_kwargs(cfg, k)
     meta = {"model": cfg.model, "model_kwargs": kwargs, "classes": classes, "mean": list(data.mean),
@@ -551,6 +599,8 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                 loss_acc += F.cross_entropy(logits.detach(), y, reduction="sum").double()
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += y.shape[0]
+            if b % DIVERGENCE_CHECK_EVERY == DIVERGENCE_CHECK_EVERY - 1 and not math.isfinite(float(loss_acc)):
+                raise _diverged(float(loss_acc), epoch, step, cfg)
             if lookahead is not None:
                 if step % LOOKAHEAD_EVERY == 0:
                     lookahead.update(model, decay=0.95**5 * (step / total_steps) ** 3)
@@ -568,6 +618,9 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         if step >= total_steps:
             final = ev
             ev = {"loss": final["plain_loss"], "acc": final["plain_acc"]}
+        for value in (float(loss_acc), ev["loss"], final["loss"] if final else 0.0):
+            if not math.isfinite(value):  # before any file: best.pt and last.pt keep the last finite epoch
+                raise _diverged(value, epoch, step, cfg)
         t_evaluated = time.perf_counter()
         seconds = elapsed_before + (time.time() - t_start)
         row = {"epoch": epoch + 1, "step": step, "lr": lr_now, "train_loss": float(loss_acc) / max(1, seen),
