@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import threading
 
 import numpy as np
@@ -133,8 +135,10 @@ def test_updates_deletes_and_compaction(tmp_path):
     assert ix.dead_rows() == 4
     before = ix.vectors().copy()
     old_file = ix._vector_file()
+    os.chmod(old_file, 0o640)  # a mode the user chose outlives the rewrite
     ix.compact()
     assert ix._vector_file() != old_file and not old_file.exists()
+    assert stat.S_IMODE(ix._vector_file().stat().st_mode) == 0o640
     assert ix.dead_rows() == 0
     assert np.array_equal(ix.vectors(), before)
     assert list(ix.ids()) == [4, 5, 6] and ix.path_of(4).name == "renamed.jpg"

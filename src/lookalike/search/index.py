@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -825,6 +826,8 @@ class ImageIndex:
                 fh.write(np.ascontiguousarray(vectors, np.float32).tobytes())
                 fh.flush()
                 os.fsync(fh.fileno())
+            with contextlib.suppress(OSError):  # a chmod the user made on the vectors outlives compaction
+                os.chmod(new, stat.S_IMODE(old.stat().st_mode))
             fsync_dir(self.path)
             with self._transaction():
                 conn.executemany("UPDATE images SET row = ? WHERE id = ?", [(n, i) for n, i in enumerate(ids)])
