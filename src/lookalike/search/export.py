@@ -144,7 +144,6 @@ def metadata_path(npy_path) -> Path:
 def write_npy(batches, out, n: int, dim: int, backbone: dict, progress: Progress | None = None) -> int:
     """Write the vectors to `out` as an (n, dim) float32 `.npy` and the other columns (no vector) to
     `metadata_path(out)`, both atomic."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from ..atomic import atomic_path
@@ -168,7 +167,6 @@ def write_npy(batches, out, n: int, dim: int, backbone: dict, progress: Progress
             raise LookalikeError(f"the index changed during the export ({done} rows instead of {n}): run it again")
         arr.flush()
         del arr
-    _ = pa  # keep the import local and explicit
     return done
 
 
