@@ -91,9 +91,11 @@ def nlist_for(n: int) -> int:
 
 
 def pq_bytes_for(dim: int, budget_per_vector: float) -> int:
-    """The largest PQ code size (bytes per vector) that divides `dim` and fits the per-vector budget."""
+    """The largest PQ code size (bytes per vector) that divides `dim` into sub-vectors of >= 8 dimensions and
+    fits the per-vector budget. (FAISS trains sub-quantizers of 4 dimensions ~35x slower than of 8: 50 s
+    against 1.4 s for 16k vectors of 256-d on 2 cores.)"""
     for m in (128, 96, 64, 48, 40, 32, 24, 16, 8):
-        if m <= dim and dim % m == 0 and m + 8 <= budget_per_vector:  # + 8: the id stored beside each code
+        if m <= dim // 8 and dim % m == 0 and m + 8 <= budget_per_vector:  # + 8: the id stored beside each code
             return m
     return 8 if dim % 8 == 0 else 1
 
@@ -101,19 +103,18 @@ def pq_bytes_for(dim: int, budget_per_vector: float) -> int:
 def choose(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[str, dict]:
     """(backend kind, its build parameters) for an index of n vectors of dimension dim.
 
-    exact up to EXACT_MAX_ROWS; then HNSW (at full dimension, else with float16 storage, else on a 256-d PCA)
-    while it fits the memory budget; else IVF-PQ with OPQ and exact reranking from the vector file.
+    exact up to EXACT_MAX_ROWS; then HNSW (at full dimension, else on a 256-d PCA with exact reranking)
+    while it fits the memory budget; else IVF-PQ on a 256-d PCA with OPQ and exact reranking from the vector
+    file. (`storage="float16"` is an option, not an automatic step: its build is as slow as float32's.)
     """
     if n <= EXACT_MAX_ROWS:
         return "exact", {}
     if hnsw_bytes(n, dim) <= memory_budget:
         return "hnsw", {"m": HNSW_M}
-    if hnsw_bytes(n, dim, storage="float16") <= memory_budget:
-        return "hnsw", {"m": HNSW_M, "storage": "float16"}
     if dim > 256 and hnsw_bytes(n, 256) <= memory_budget:
         return "hnsw", {"m": HNSW_M, "pca": 256, "rerank": 4}
     code = pq_bytes_for(dim if dim <= 256 else 256, memory_budget / max(n, 1))
-    return "ivfpq", {"nlist": nlist_for(n), "pq_bytes": code, "opq": True, "rerank": 8,
+    return "ivfpq", {"nlist": nlist_for(n), "pq_bytes": code, "opq": True, "rerank": 10,
                      **({"pca": 256} if dim > 256 else {})}
 
 
@@ -607,7 +608,7 @@ class IvfPqBackend(IvfBackend):
 
     kind = "ivfpq"
 
-    def __init__(self, dim: int, *, pq_bytes: int = 64, opq: bool = True, **kw) -> None:
+    def __init__(self, dim: int, *, pq_bytes: int = 32, opq: bool = True, **kw) -> None:
         kw.setdefault("rerank", 8)
         super().__init__(dim, **kw)
         self.pq_bytes, self.opq = int(pq_bytes), bool(opq)
