@@ -240,3 +240,23 @@ def test_bad_requests_are_one_line_errors(data):
         backend.search(np.zeros((1, 3), np.float32), 5)
     dist, found = backend.search(base[:1], 20)  # k > entries: padded
     assert (found[0, 10:] == -1).all() and np.isinf(dist[0, 10:]).all()
+
+
+def test_a_file_behind_the_index_catches_up(tmp_path, data):
+    ids, base, _ = data
+    rows = np.arange(3000, dtype=np.int64)  # the vector-file row of each id: a new row means a new vector
+    backend = ann.build("hnsw", ids[:3000], base[:3000], keys=rows, **FAST["hnsw"])
+    backend.save(tmp_path / "h.ann")
+    # since then: 10 deleted, one changed (new vector at a new row), 20 added
+    now_ids = np.concatenate([ids[10:3000], ids[3000:3020]])
+    now_rows = np.concatenate([rows[10:3000], np.arange(3000, 3020)])
+    now_vecs = np.concatenate([base[10:3000], base[3000:3020]])
+    now_rows[0], now_vecs[0] = 5000, base[5000]  # ids[10] changed
+    loaded = ann.load(tmp_path / "h.ann")
+    assert loaded.catch_up(now_ids, now_rows, now_vecs) == (21, 11)
+    assert len(loaded) == len(now_ids)
+    _, found = loaded.search(base[5000][None], 1)
+    assert found[0, 0] == ids[10]
+    _, found = loaded.search(base[:10], 3)
+    assert not np.isin(found, ids[:10]).any()
+    assert loaded.catch_up(now_ids, now_rows, now_vecs) == (0, 0)

@@ -211,6 +211,7 @@ class Backend:
         self.rerank = max(1, int(rerank))
         self.storage = storage
         self.labels = np.zeros(0, np.int64)  # position -> id
+        self.keys = np.zeros(0, np.int64)  # position -> version of the id's vector (e.g. its vector-file row)
         self.live = np.zeros(0, bool)  # position -> still searchable
         self.fingerprint: str | None = None
         self._bitmap: np.ndarray | None = None
@@ -241,8 +242,10 @@ class Backend:
     def train(self, vectors: np.ndarray) -> None:
         """Fit what the structure needs (centroids, codebooks) on a sample; a no-op for exact and HNSW."""
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, progress: Progress | None = None) -> None:
-        """Append entries (a memory-mapped `vectors` is read block by block)."""
+    def add(self, ids: np.ndarray, vectors: np.ndarray, progress: Progress | None = None,
+            keys: np.ndarray | None = None) -> None:
+        """Append entries (a memory-mapped `vectors` is read block by block). `keys` (default -1) tag each
+        entry's vector version for `catch_up`, e.g. the row of the vector in the index's vector file."""
         ids = np.asarray(ids, np.int64).reshape(-1)
         vectors = _as_rows(vectors, self.dim, "vectors")
         if len(ids) != len(vectors):
@@ -251,9 +254,34 @@ class Backend:
             self._add(self._prepare(vectors[s:s + _ADD_BLOCK]))
             if progress:
                 progress(min(len(ids), s + _ADD_BLOCK), len(ids))
+        self._append_ids(ids, keys)
+
+    def _append_ids(self, ids: np.ndarray, keys: np.ndarray | None) -> None:
+        keys = np.full(len(ids), -1, np.int64) if keys is None else np.asarray(keys, np.int64).reshape(-1)
+        if len(keys) != len(ids):
+            raise LookalikeError(f"{len(keys)} keys for {len(ids)} ids")
         self.labels = np.concatenate([self.labels, ids])
+        self.keys = np.concatenate([self.keys, keys])
         self.live = np.concatenate([self.live, np.ones(len(ids), bool)])
         self._bitmap = None
+
+    def catch_up(self, ids: np.ndarray, keys: np.ndarray, vectors: np.ndarray) -> tuple[int, int]:
+        """Make the live entries exactly the pairs (ids[i], keys[i]): mask live entries whose (id, key) is not
+        among them (deleted, or changed: a new key), add the pairs that are missing, reading only their rows
+        of `vectors` (aligned with ids). Returns (added, masked). A loaded file that is a few commits behind
+        the index catches up this way instead of being rebuilt."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        keys = np.asarray(keys, np.int64).reshape(-1)
+        want = _pairs(ids, keys)
+        live = np.nonzero(self.live)[0]
+        have = _pairs(self.labels[live], self.keys[live])
+        drop = live[~np.isin(have, want)]
+        self.live[drop] = False
+        self._bitmap = None
+        missing = np.nonzero(~np.isin(want, have))[0]
+        if len(missing):
+            self.add(ids[missing], np.asarray(vectors[missing]), keys=keys[missing])
+        return int(len(missing)), int(len(drop))
 
     def remove(self, ids) -> int:
         """Mask every live entry of these ids; returns how many were masked."""
@@ -339,7 +367,8 @@ class Backend:
 
         if fingerprint is not None:
             self.fingerprint = fingerprint
-        sections: list[tuple[str, Any]] = [("labels", self.labels), ("live", self.live.view(np.uint8))]
+        sections: list[tuple[str, Any]] = [("labels", self.labels), ("keys", self.keys),
+                                           ("live", self.live.view(np.uint8))]
         if self.pca is not None:
             sections += [("pca_mean", self.pca.mean), ("pca_components", self.pca.components)]
         sections += self._blob_sections()
@@ -379,6 +408,12 @@ class Backend:
         return size
 
 
+def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(a[i], b[i]) as one comparable value each (a structured view), for set operations."""
+    both = np.ascontiguousarray(np.stack([a.astype(np.int64), b.astype(np.int64)], axis=1))
+    return both.view([("a", "<i8"), ("b", "<i8")]).reshape(-1)
+
+
 def _rerank(q: np.ndarray, cand: np.ndarray, lookup: Lookup, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Order candidate ids by their exact similarity to full-dimension queries."""
     sims = np.full(cand.shape, -np.inf, np.float32)
@@ -404,7 +439,7 @@ class ExactBackend(Backend):
         self._chunks: list[np.ndarray] = []  # stored (prepared) vectors, in position order
         self._owned: list[bool] = []  # False: a view of the caller's (memory-mapped) vectors
 
-    def add(self, ids, vectors, progress=None) -> None:
+    def add(self, ids, vectors, progress=None, keys=None) -> None:
         vectors = _as_rows(vectors, self.dim, "vectors")
         if self.pca is None and self.storage == "float32" and vectors.dtype == np.float32 and len(vectors) > _ADD_BLOCK:
             # Built from the index's (memory-mapped) vectors: keep a view instead of copying them.
@@ -413,13 +448,11 @@ class ExactBackend(Backend):
                 raise LookalikeError(f"{len(ids)} ids for {len(vectors)} vectors")
             self._chunks.append(vectors)
             self._owned.append(False)
-            self.labels = np.concatenate([self.labels, ids])
-            self.live = np.concatenate([self.live, np.ones(len(ids), bool)])
-            self._bitmap = None
+            self._append_ids(ids, keys)
             if progress:
                 progress(len(ids), len(ids))
             return
-        super().add(ids, vectors, progress)
+        super().add(ids, vectors, progress, keys)
 
     def _add(self, x: np.ndarray) -> None:
         x = as_float16(x) if self.storage == "float16" else x
@@ -672,7 +705,8 @@ def make(kind: str, dim: int, **params) -> Backend:
 
 
 def build(kind: str, ids: np.ndarray, vectors: np.ndarray, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-          fingerprint: str | None = None, progress: Progress | None = None, **params) -> Backend:
+          fingerprint: str | None = None, progress: Progress | None = None, keys: np.ndarray | None = None,
+          **params) -> Backend:
     """A backend of `kind` ("auto" chooses by size) over (ids, vectors); vectors may be memory-mapped.
     `params` override the chosen ones, e.g. pca=256, storage="float16", rerank=4, nprobe=32, ef_search=128."""
     vectors = np.atleast_2d(vectors)
@@ -689,7 +723,7 @@ def build(kind: str, ids: np.ndarray, vectors: np.ndarray, *, memory_budget: int
     backend = make(kind, dim, pca=pca or None, **params)
     if n:
         backend.train(vectors)
-        backend.add(ids, vectors, progress)
+        backend.add(ids, vectors, progress, keys=keys)
     backend.fingerprint = fingerprint
     return backend
 
@@ -782,7 +816,8 @@ def load(path, fingerprint: str | None = None) -> Backend:
                        rerank=int(header.get("rerank", 1)), **header.get("params", {}))
         backend.labels = sections["labels"].astype(np.int64)
         backend.live = sections["live"].astype(bool)
-        if len(backend.labels) != len(backend.live) or len(backend.labels) != int(header["entries"]):
+        backend.keys = sections["keys"].astype(np.int64)
+        if len(backend.labels) != len(backend.live) or len(backend.keys) != len(backend.labels) or len(backend.labels) != int(header["entries"]):
             raise AnnFileError(f"ANN file {path} is damaged (id map)")
         backend._restore(sections)
     except (KeyError, TypeError, ValueError) as exc:
