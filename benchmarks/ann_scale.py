@@ -106,8 +106,9 @@ BLOCK = 10_000  # near-copies point to rows of their own block, so every prefix 
 def fit_mixture(train: np.ndarray, clusters: int, rank: int, seed: int = 0) -> dict:
     """k-means, then per cluster: weight, centroid, top `rank` residual directions with their standard
     deviations, and the standard deviation of what they leave (isotropic)."""
-    import faiss
+    from lookalike.search.ann import faiss_module
 
+    faiss = faiss_module()  # threads = free cores, waiting passively
     d = train.shape[1]
     km = faiss.Kmeans(d, clusters, niter=20, seed=seed, spherical=True)
     km.train(train)
@@ -344,6 +345,81 @@ def prepare(cache: Path, args) -> None:
               f"near-duplicate edges among {len(prow)} rows", file=sys.stderr)
 
 
+# --- 5. quality of compact vectors: holidays-dev mAP -----------------------------------------------------------
+
+
+def holidays_ap(ranked: list[str], positives: set[str]) -> float:
+    """Holidays AP: trapezoid rule over precision at each positive (ranks 0-based, query already removed)."""
+    if not positives:
+        return 0.0
+    ap, hits = 0.0, 0
+    for rank, name in enumerate(ranked):
+        if name in positives:
+            before = hits / rank if rank else 1.0
+            hits += 1
+            ap += (before + hits / (rank + 1)) / (2 * len(positives))
+    return ap
+
+
+def quality(cache: Path, args) -> None:
+    """holidays-dev mAP of exact search on float32, float16, and PCA-256 vectors (fitted on the 405 images
+    themselves, as an index fits its own, and on the CIFAR-10 vectors), with and without exact reranking."""
+    from lookalike.search import ann
+    from lookalike.search.compact import Pca
+
+    folder = Path(args.holidays)
+    gt = json.loads((folder / "groundtruth.json").read_text())
+    names = list(gt["database"])
+    vpath = cache / "holidays_lite0.npy"
+    if vpath.is_file():
+        vecs = np.load(vpath)
+    else:
+        from lookalike.search.features import load_embedder
+
+        vecs, skipped = load_embedder().embed_paths([folder / n for n in names])
+        assert not skipped, skipped
+        np.save(vpath, vecs)
+    ids = np.arange(len(names), dtype=np.int64)
+    pos = {n: i for i, n in enumerate(names)}
+    train, _ = real_vectors(cache, args.cifar, args.per_class_train, args.per_class_test)
+    lookup = ann.vector_lookup(ids, vecs)
+    variants = {
+        "float32 (exact)": ann.build("exact", ids, vecs),
+        "float16": ann.build("exact", ids, vecs, storage="float16"),
+        "PCA-256 fitted on the index": ann.build("exact", ids, vecs, pca=Pca.fit(vecs, 256)),
+        "PCA-256 fitted on CIFAR-10": ann.build("exact", ids, vecs, pca=Pca.fit(train, 256)),
+        "PCA-128 fitted on CIFAR-10": ann.build("exact", ids, vecs, pca=Pca.fit(train, 128)),
+    }
+    lines = ["# Compact vectors: holidays-dev mAP", "",
+             "Command: `python benchmarks/ann_scale.py --stage quality --holidays /tmp/holidays-dev`  ",
+             f"Commit: {git_commit()}  ", f"Machine: {machine()}", "",
+             "EfficientNet-Lite0, average pooling, 405 images, 150 queries, Holidays protocol (query removed, junk "
+             "ignored). PCA rows search the reduced vectors; '+ rerank' orders the top 40 by the full vectors.", "",
+             "| vectors | bytes / vector | mAP | + rerank |", "|---|---|---|---|"]
+    base_map = None
+    for label, backend in variants.items():
+        row = [label, str(backend.inner_dim * (2 if backend.storage == "float16" else 4))]
+        for use in (None, lookup) if backend.pca is not None else (None,):
+            aps = []
+            for q in gt["queries"]:
+                qi = pos[q["query"]]
+                _, found = backend.search(vecs[qi][None], len(names))
+                if use is not None:  # the top 40 reordered by their full-vector similarity
+                    head = found[0, :40]
+                    head = head[np.argsort(-(vecs[head] @ vecs[qi]), kind="stable")]
+                    found = np.concatenate([head, found[0, 40:]])[None]
+                junk = set(q.get("junk", []))
+                ranked = [names[j] for j in found[0] if j >= 0 and j != qi and names[j] not in junk]
+                aps.append(holidays_ap(ranked, set(q["positives"])))
+            m = float(np.mean(aps))
+            base_map = base_map if base_map is not None else m
+            row.append(f"{m:.4f} ({m - base_map:+.4f})")
+        lines.append("| " + " | ".join(row + ["-"] * (4 - len(row))) + " |")
+    out = Path(args.out).with_name("ann_scale.quality.md")
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -362,7 +438,8 @@ def fmt_bytes(b: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", default="all", choices=["all", "embed", "prepare"])
+    ap.add_argument("--stage", default="all", choices=["all", "embed", "prepare", "quality"])
+    ap.add_argument("--holidays", default="/tmp/holidays-dev", help="extracted holidays-dev folder (quality stage)")
     ap.add_argument("--child", choices=["build", "serve"], help=argparse.SUPPRESS)
     ap.add_argument("--name", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -392,10 +469,14 @@ def main() -> None:
     if args.stage == "embed":
         real_vectors(cache, args.cifar, args.per_class_train, args.per_class_test)
         return
+    if args.stage == "quality":
+        quality(cache, args)
+        return
     prepare(cache, args)
     if args.stage == "prepare":
         return
-    results = []
+    store = Path(args.out).with_suffix(".json")
+    results = json.loads(store.read_text()) if store.is_file() else []
     for n in args.sizes:
         for spec in args.backends.split(","):
             name, _, only = spec.partition("@")
@@ -404,22 +485,31 @@ def main() -> None:
             build = run_child(["--child", "build", "--n", str(n), "--name", name, "--cache", str(cache)])
             serve = run_child(["--child", "serve", "--n", str(n), "--name", name, "--cache", str(cache),
                                "--dupe-rows", str(args.dupe_rows)])
-            results.append({"n": n, "name": name, "build": build, "serve": serve})
+            results = [r for r in results if (r["n"], r["name"]) != (n, name)]
+            results.append({"n": n, "name": name, "build": build, "serve": serve,
+                            "commit": git_commit(), "load": os.getloadavg()[0]})
+            results.sort(key=lambda r: (r["n"], list(CONFIGS).index(r["name"])))
             print(json.dumps(results[-1]), file=sys.stderr)
+            store.write_text(json.dumps(results, indent=1))
             write_report(args, results)
     write_report(args, results)
+
+
+def git_commit() -> str:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
 
 
 def write_report(args, results: list[dict]) -> None:
     sys.path.insert(0, str(REPO / "src"))
     from lookalike.search.ann import choose
 
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = ", ".join(sorted({r.get("commit", "?") for r in results})) or git_commit()
     lines = ["# Search backends at scale", "",
-             f"Command: `python benchmarks/ann_scale.py --sizes {','.join(map(str, args.sizes))} --backends "
+             "Command (rows are kept in ann_scale.json and merged by size and backend, so runs add up): "
+             f"`python benchmarks/ann_scale.py --sizes {','.join(map(str, args.sizes))} --backends "
              f"{args.backends}`  ",
-             f"Commit: {commit}  ", f"Machine: {machine()}; FAISS threads = free cores; other jobs shared the cores.",
+             f"Commit(s) measured: {commit}  ", f"Machine: {machine()}; FAISS threads = free cores; other jobs shared the cores.",
              "", "Database: synthetic vectors from a mixture of probabilistic PCAs fitted to "
              f"{args.per_class_train * 10} real EfficientNet-Lite0 CIFAR-10 vectors ({args.clusters} clusters, rank "
              f"{args.rank}), {args.dupe_fraction:.0%} near-copies; queries: {args.queries} held-out real CIFAR-10 "
@@ -438,7 +528,8 @@ def write_report(args, results: list[dict]) -> None:
                 f"{fmt_bytes(s['rss']['VmRSS'])} ({fmt_bytes(s['rss']['RssAnon'])})" if first else "",
                 f"{row['p50_ms']:.2f} ms", f"{row['p99_ms']:.2f} ms", f"{row['qps']:.0f}", f"{row['recall10']:.3f}",
                 f"{s['dupes_s_est'] / 60:.1f} min" if first else "",
-                (f"{s['dupe_pair_recall']:.3f} of {s['dupe_pairs']}" if first else "")]) + " |")
+                (f"{s['dupe_pair_recall']:.3f} of {s['dupe_pairs']}" if first else ""),
+                (f"{r['load']:.1f}" if first and "load" in r else "")]) + " |")
     lines += ["", "Notes:",
               "- p50/p99: one query per call (1,000 calls; exact: 30); batch: all queries in one call (exact: the "
               "ground-truth pass). Approximate backends with `rerank` reorder their candidates by the exact "
