@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tarfile
@@ -218,7 +217,8 @@ def child_build(cache: Path, n: int, name: str) -> dict:
     build_s = time.perf_counter() - t0
     path = cache / f"ann-{n}-{name}.ann"
     size = backend.save(path, fingerprint=f"bench-{n}") if kind != "exact" else 0
-    return {"build_s": build_s, "build_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec.
+    return {"build_s": build_s, "build_peak_rss": rss()["VmHWM"],
             "file_bytes": size, "params": backend.params()}
 
 
@@ -523,7 +523,7 @@ def write_report(args, results: list[dict]) -> None:
             first = i == 0
             lines.append("| " + " | ".join([
                 f"{r['n']:,}", r["name"] if first else "", row["knob"] or "-",
-                f"{b['build_s']:.0f} s" if first else "", fmt_bytes(b["build_peak_rss"]) if first else "",
+                f"{b['build_s']:.0f} s" if first else "", (fmt_bytes(b["build_peak_rss"]) if b.get("build_peak_rss") else "n/m") if first else "",
                 fmt_bytes(b["file_bytes"]) if first and b["file_bytes"] else ("-" if first else ""),
                 f"{fmt_bytes(s['rss']['VmRSS'])} ({fmt_bytes(s['rss']['RssAnon'])})" if first else "",
                 f"{row['p50_ms']:.2f} ms", f"{row['p99_ms']:.2f} ms", f"{row['qps']:.0f}", f"{row['recall10']:.3f}",

@@ -64,11 +64,14 @@ class StaleAnnError(AnnFileError):
 
 # --- choosing ------------------------------------------------------------------------------------------------
 
-# Thresholds of `choose`, from benchmarks/results/ann_scale.md (2 shared x86-64 cores, EfficientNet-Lite0
-# vectors, d = 1280): exact answers one query in a few ms up to ~EXACT_MAX_ROWS vectors; above, HNSW reaches
-# recall@10 >= 0.95 in ~1 ms while its vectors and graph fit the memory budget; IVF-PQ (OPQ, reranked from the
-# vector file) when they do not.
-EXACT_MAX_ROWS = 20_000
+# Thresholds of `choose`, from benchmarks/results/ann_scale.md (2 x86-64 cores shared with ~10 busy processes,
+# EfficientNet-Lite0-like vectors, d = 1280): exact took 23.8 ms per query at 20k vectors (and 204 ms at 100k),
+# ~0.56 us per vector on a quiet machine, so it answers in a few ms up to ~10k; HNSW answered in ~1-2 ms at
+# recall@10 0.97-0.99 at 20k and 100k, but its build at full dimension took 17 s at 20k and 474 s at 100k, so
+# above HNSW_FULL_MAX_ROWS it works on a 256-d PCA with an exact rerank from the vector file (5x less work per
+# link, 5x less RAM); IVF-PQ when even that does not fit the memory budget.
+EXACT_MAX_ROWS = 10_000
+HNSW_FULL_MAX_ROWS = 100_000
 DEFAULT_MEMORY_BUDGET = 3 * 2**30  # bytes the backend's structure may take in RAM
 HNSW_M = 32
 # Training points per inverted list and k-means iterations: FAISS asks for 39-256 points per list; 50 and 10
@@ -103,13 +106,13 @@ def pq_bytes_for(dim: int, budget_per_vector: float) -> int:
 def choose(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[str, dict]:
     """(backend kind, its build parameters) for an index of n vectors of dimension dim.
 
-    exact up to EXACT_MAX_ROWS; then HNSW (at full dimension, else on a 256-d PCA with exact reranking)
-    while it fits the memory budget; else IVF-PQ on a 256-d PCA with OPQ and exact reranking from the vector
+    exact up to EXACT_MAX_ROWS; then HNSW (at full dimension up to HNSW_FULL_MAX_ROWS, else on a 256-d PCA
+    with exact reranking) while it fits the memory budget; else IVF-PQ on a 256-d PCA with OPQ and exact reranking from the vector
     file. (`storage="float16"` is an option, not an automatic step: its build is as slow as float32's.)
     """
     if n <= EXACT_MAX_ROWS:
         return "exact", {}
-    if hnsw_bytes(n, dim) <= memory_budget:
+    if (n <= HNSW_FULL_MAX_ROWS or dim <= 256) and hnsw_bytes(n, dim) <= memory_budget:
         return "hnsw", {"m": HNSW_M}
     if dim > 256 and hnsw_bytes(n, 256) <= memory_budget:
         return "hnsw", {"m": HNSW_M, "pca": 256, "rerank": 4}
