@@ -107,8 +107,9 @@ def choose(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tupl
     """(backend kind, its build parameters) for an index of n vectors of dimension dim.
 
     exact up to EXACT_MAX_ROWS; then HNSW (at full dimension up to HNSW_FULL_MAX_ROWS, else on a 256-d PCA
-    with exact reranking) while it fits the memory budget; else IVF-PQ on a 256-d PCA with OPQ and exact reranking from the vector
-    file. (`storage="float16"` is an option, not an automatic step: its build is as slow as float32's.)
+    with exact reranking) while it fits the memory budget; else IVF-PQ on a 256-d PCA with OPQ and exact
+    reranking from the vector file. (`storage="float16"` is an option, not an automatic step: it halves
+    the RAM of the vectors but its build is as slow as float32's.)
     """
     if n <= EXACT_MAX_ROWS:
         return "exact", {}
@@ -820,7 +821,8 @@ def load(path, fingerprint: str | None = None) -> Backend:
         backend.labels = sections["labels"].astype(np.int64)
         backend.live = sections["live"].astype(bool)
         backend.keys = sections["keys"].astype(np.int64)
-        if len(backend.labels) != len(backend.live) or len(backend.keys) != len(backend.labels) or len(backend.labels) != int(header["entries"]):
+        n = len(backend.labels)
+        if not n == len(backend.live) == len(backend.keys) == int(header["entries"]):
             raise AnnFileError(f"ANN file {path} is damaged (id map)")
         backend._restore(sections)
     except (KeyError, TypeError, ValueError) as exc:
