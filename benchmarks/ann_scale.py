@@ -244,11 +244,16 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
     if knob == "nprobe":
         nl = backend.nlist
         values = sorted({max(1, nl // 64), max(1, nl // 32), max(1, nl // 16), max(1, nl // 8)})
+    settings = [{knob: v} if knob else {} for v in values]
+    if backend.rerank > 1 and knob:  # a wider rerank at the second-largest knob
+        settings.append({knob: values[-2], "rerank": 10 if backend.rerank < 10 else 20})
     rows = []
     n_single = 30 if kind == "exact" else len(queries)
-    for v in values:
-        if knob:
-            setattr(backend, knob, v)
+    default_rerank = backend.rerank
+    for setting in settings:
+        backend.rerank = default_rerank
+        for key, v in setting.items():
+            setattr(backend, key, v)
         lat = []
         for q in queries[:n_single]:
             t = time.perf_counter()
@@ -262,7 +267,7 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
             _, found = backend.search(queries, 10, lookup=lookup)
             batch_s = time.perf_counter() - t
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, gt["top"])]))
-        rows.append({"knob": f"{knob}={v}" if knob else "", "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+        rows.append({"knob": ", ".join(f"{k}={v}" for k, v in setting.items()), "p50_ms": 1e3 * float(np.percentile(lat, 50)),
                      "p99_ms": 1e3 * float(np.percentile(lat, 99)), "qps": len(queries) / batch_s,
                      "recall10": recall})
     serve_rss = rss()
@@ -450,6 +455,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--backends", default="exact,hnsw,hnsw-pca256,ivf,ivfpq-opq-pca256",
                     help=f"configurations, of {', '.join(CONFIGS)}; per size with @N, e.g. hnsw@100000")
+    ap.add_argument("--reuse", action="store_true", help="keep the build of earlier runs, re-measure serving")
     ap.add_argument("--synth-n", type=int, default=0, help="vectors to synthesise [default: the largest size]")
     ap.add_argument("--clusters", type=int, default=100)
     ap.add_argument("--rank", type=int, default=24)
@@ -482,7 +488,11 @@ def main() -> None:
             name, _, only = spec.partition("@")
             if only and int(only) != n:
                 continue
-            build = run_child(["--child", "build", "--n", str(n), "--name", name, "--cache", str(cache)])
+            old = [r for r in results if (r["n"], r["name"]) == (n, name)]
+            if args.reuse and old and (name == "exact" or (cache / f"ann-{n}-{name}.ann").is_file()):
+                build = old[0]["build"]  # the saved structure of an earlier run: measure serving again only
+            else:
+                build = run_child(["--child", "build", "--n", str(n), "--name", name, "--cache", str(cache)])
             serve = run_child(["--child", "serve", "--n", str(n), "--name", name, "--cache", str(cache),
                                "--dupe-rows", str(args.dupe_rows)])
             results = [r for r in results if (r["n"], r["name"]) != (n, name)]
