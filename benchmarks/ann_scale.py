@@ -276,7 +276,8 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
     m = min(len(sample), n_dupe_rows if kind != "exact" else 300)
     rows_t = sample[:m]
     t = time.perf_counter()
-    a, b = knn_edges(backend, rows_t, np.asarray(db[rows_t]), k=10, min_similarity=distance_to_similarity(0.6))
+    a, b = knn_edges(backend, rows_t, np.asarray(db[rows_t]), k=10, min_similarity=distance_to_similarity(0.6),
+                     lookup=lookup)
     dupes_s = (time.perf_counter() - t) * n / m
     exact_pairs = {(int(x), int(y)) for x, y in zip(gt["pair_a"], gt["pair_b"]) if x in set(rows_t.tolist())}
     found_pairs = {(int(x), int(y)) for x, y in zip(a, b)}
@@ -499,7 +500,7 @@ def main() -> None:
             results.append({"n": n, "name": name, "build": build, "serve": serve,
                             "commit": git_commit(), "load": os.getloadavg()[0]})
             results.sort(key=lambda r: (r["n"], list(CONFIGS).index(r["name"])))
-            print(json.dumps(results[-1]), file=sys.stderr)
+            print(json.dumps([r for r in results if (r["n"], r["name"]) == (n, name)][0]), file=sys.stderr)
             store.write_text(json.dumps(results, indent=1))
             write_report(args, results)
     write_report(args, results)
@@ -550,7 +551,10 @@ def write_report(args, results: list[dict]) -> None:
               "backend's graph holds.",
               "- build peak RSS includes the pages of the memory-mapped input read during the build; serving RSS "
               "is a fresh process after loading the file and answering every query (anon: its own memory, "
-              "without file pages).", "",
+              "without file pages).",
+              "- load avg: the 1-minute load average of the 2 cores when the row finished (other people's jobs "
+              "shared them): single-query latencies under such load vary several-fold between neighbouring rows; "
+              "compare recall and bytes, and latencies only roughly.", "",
               "`auto` (`lookalike.search.ann.choose`, 3 GB budget): " + ", ".join(
                   f"N={n:,} -> {choose(n, 1280)[0]} {choose(n, 1280)[1]}" for n in
                   (10_000, 50_000, 100_000, 500_000, 1_000_000, 3_000_000, 10_000_000, 100_000_000))]

@@ -64,12 +64,13 @@ class StaleAnnError(AnnFileError):
 
 # --- choosing ------------------------------------------------------------------------------------------------
 
-# Thresholds of `choose`, from benchmarks/results/ann_scale.md (2 x86-64 cores shared with ~10 busy processes,
-# EfficientNet-Lite0-like vectors, d = 1280): exact took 23.8 ms per query at 20k vectors (and 204 ms at 100k),
-# ~0.56 us per vector on a quiet machine, so it answers in a few ms up to ~10k; HNSW answered in ~1-2 ms at
-# recall@10 0.97-0.99 at 20k and 100k, but its build at full dimension took 17 s at 20k and 474 s at 100k, so
-# above HNSW_FULL_MAX_ROWS it works on a 256-d PCA with an exact rerank from the vector file (5x less work per
-# link, 5x less RAM); IVF-PQ when even that does not fit the memory budget.
+# Thresholds of `choose`, from benchmarks/results/ann_scale.md (2 x86-64 cores shared with ~8-10 busy processes,
+# synthetic vectors fitted to EfficientNet-Lite0 CIFAR-10 features, d = 1280). Exact took 23.8 ms per query at
+# 20k vectors and 204 ms at 100k (~0.56 us per vector on a quiet machine), so it answers in a few ms up to ~10k.
+# Full-dimension HNSW answered in ~1-2 ms at recall@10 0.97-0.99 at 20k and 100k, but its build took 17 s at
+# 20k and 474 s at 100k; above HNSW_FULL_MAX_ROWS it works on a 256-d PCA (185 s to build at 100k, a third of
+# the RAM) and reranks 10 x k candidates exactly (recall@10 0.961 at 100k; 0.916 with 4 x k). IVF-PQ (OPQ, 32-byte
+# codes, nprobe = nlist / 16, rerank 20 x k: recall@10 0.972 at 100k) when even that does not fit the budget.
 EXACT_MAX_ROWS = 10_000
 HNSW_FULL_MAX_ROWS = 100_000
 DEFAULT_MEMORY_BUDGET = 3 * 2**30  # bytes the backend's structure may take in RAM
@@ -116,9 +117,10 @@ def choose(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tupl
     if (n <= HNSW_FULL_MAX_ROWS or dim <= 256) and hnsw_bytes(n, dim) <= memory_budget:
         return "hnsw", {"m": HNSW_M}
     if dim > 256 and hnsw_bytes(n, 256) <= memory_budget:
-        return "hnsw", {"m": HNSW_M, "pca": 256, "rerank": 4}
+        return "hnsw", {"m": HNSW_M, "pca": 256, "rerank": 10}
     code = pq_bytes_for(dim if dim <= 256 else 256, memory_budget / max(n, 1))
-    return "ivfpq", {"nlist": nlist_for(n), "pq_bytes": code, "opq": True, "rerank": 10,
+    nlist = nlist_for(n)
+    return "ivfpq", {"nlist": nlist, "nprobe": max(16, min(nlist // 16, 256)), "pq_bytes": code, "opq": True, "rerank": 20,
                      **({"pca": 256} if dim > 256 else {})}
 
 

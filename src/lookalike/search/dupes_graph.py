@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .ann import Backend
+from .ann import Backend, Lookup
 from .query import DEFAULT_DUPE_THRESHOLD, distance_to_similarity
 
 # Query rows per backend call: (block x (k + 1)) results, small, and a progress step every few seconds at 1M.
@@ -19,10 +19,12 @@ DUPES_BLOCK = 4096
 
 def knn_edges(backend: Backend, ids: np.ndarray, vectors: np.ndarray, k: int = 10,
               min_similarity: float = -1.0, block: int = DUPES_BLOCK,
-              progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+              progress: Callable[[int, int], None] | None = None,
+              lookup: Lookup | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Edges (a, b) of the kNN graph of the backend's entries with similarity >= `min_similarity`, as two
     int64 arrays of ids. Row i of `vectors` belongs to `ids[i]`; each row's own id is left out of its
-    neighbours. `progress(done, total)` after each block (the library never prints)."""
+    neighbours. `progress(done, total)` after each block (the library never prints). `lookup` (ids -> full
+    vectors) lets an approximate backend (PCA, PQ) rerank its candidates exactly, as in `Backend.search`."""
     ids = np.asarray(ids, np.int64)
     n = len(ids)
     k = max(1, min(k, n - 1)) if n > 1 else 1
@@ -30,7 +32,7 @@ def knn_edges(backend: Backend, ids: np.ndarray, vectors: np.ndarray, k: int = 1
     dst: list[np.ndarray] = []
     for start in range(0, n, block):
         stop = min(n, start + block)
-        sims, found = backend.search_similarities(np.asarray(vectors[start:stop], np.float32), k + 1)
+        sims, found = backend.search_similarities(np.asarray(vectors[start:stop], np.float32), k + 1, lookup)
         own = ids[start:stop, None]
         self_hit = found == own
         # Keep the first k neighbours that are not the row itself (it is usually, not always, first).
@@ -76,8 +78,11 @@ def components(ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[list[int]]
 
 def find_duplicates(backend: Backend, ids: np.ndarray, vectors: np.ndarray,
                     threshold: float = DEFAULT_DUPE_THRESHOLD, k: int = 10,
-                    progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
+                    progress: Callable[[int, int], None] | None = None,
+                    lookup: Lookup | None = None) -> list[list[int]]:
     """Groups of near-duplicate ids (distance <= threshold) through `backend`, whose live entries are
-    (ids, vectors) (e.g. ImageIndex.ids() / vectors()); groups sorted, largest first."""
-    a, b = knn_edges(backend, ids, vectors, k, distance_to_similarity(float(threshold)), progress=progress)
+    (ids, vectors) (e.g. ImageIndex.ids() / vectors()); groups sorted, largest first. Pass `lookup`
+    (`ann.vector_lookup(ids, vectors)`) with a PCA or PQ backend, so edges are judged by exact distances."""
+    a, b = knn_edges(backend, ids, vectors, k, distance_to_similarity(float(threshold)), progress=progress,
+                     lookup=lookup)
     return components(ids, a, b)
