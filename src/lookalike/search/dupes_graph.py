@@ -1,0 +1,88 @@
+"""Near-duplicate groups at scale: the k-nearest-neighbour graph comes from a search backend (`ann.Backend`),
+block by block, and only its edges within the threshold are kept, so memory is O(N x k) at worst (O(edges) in
+practice), never N x N. Groups are the connected components of those edges, as in `query.group_vectors`,
+whose groups this reproduces exactly when the backend is `exact`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .ann import Backend, Lookup
+from .query import DEFAULT_DUPE_THRESHOLD, distance_to_similarity
+
+# Query rows per backend call: (block x (k + 1)) results, small, and a progress step every few seconds at 1M.
+DUPES_BLOCK = 4096
+
+
+def knn_edges(backend: Backend, ids: np.ndarray, vectors: np.ndarray, k: int = 10,
+              min_similarity: float = -1.0, block: int = DUPES_BLOCK,
+              progress: Callable[[int, int], None] | None = None,
+              lookup: Lookup | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Edges (a, b) of the kNN graph of the backend's entries with similarity >= `min_similarity`, as two
+    int64 arrays of ids. Row i of `vectors` belongs to `ids[i]`; each row's own id is left out of its
+    neighbours. `progress(done, total)` after each block (the library never prints). `lookup` (ids -> full
+    vectors) lets an approximate backend (PCA, PQ) rerank its candidates exactly, as in `Backend.search`."""
+    ids = np.asarray(ids, np.int64)
+    n = len(ids)
+    k = max(1, min(k, n - 1)) if n > 1 else 1
+    src: list[np.ndarray] = []
+    dst: list[np.ndarray] = []
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        sims, found = backend.search_similarities(np.asarray(vectors[start:stop], np.float32), k + 1, lookup)
+        own = ids[start:stop, None]
+        self_hit = found == own
+        # Keep the first k neighbours that are not the row itself (it is usually, not always, first).
+        keep = ~self_hit & (found >= 0)
+        rank = np.cumsum(keep, axis=1)
+        keep &= rank <= k
+        keep &= sims >= min_similarity
+        r, c = np.nonzero(keep)
+        src.append(ids[start + r])
+        dst.append(found[r, c])
+        if progress:
+            progress(stop, n)
+    if not src:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(src), np.concatenate(dst)
+
+
+def components(ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[list[int]]:
+    """Connected components (size >= 2) of the edges (a, b) over `ids`, each sorted, largest group first
+    (ties: smallest first id), with the ids in place of positions."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ids = np.asarray(ids, np.int64)
+    n = len(ids)
+    if n < 2 or len(a) == 0:
+        return []
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    pa = order[np.searchsorted(sorted_ids, a)]
+    pb = order[np.searchsorted(sorted_ids, b)]
+    graph = coo_matrix((np.ones(len(pa), np.int8), (pa, pb)), shape=(n, n)).tocsr()
+    _, label = connected_components(graph, directed=True, connection="weak")
+    sizes = np.bincount(label)
+    members = np.nonzero(sizes[label] > 1)[0]
+    groups: dict[int, list[int]] = {}
+    for pos in members[np.argsort(ids[members], kind="stable")]:
+        groups.setdefault(int(label[pos]), []).append(int(ids[pos]))
+    out = list(groups.values())
+    out.sort(key=lambda g: (-len(g), g[0]))
+    return out
+
+
+def find_duplicates(backend: Backend, ids: np.ndarray, vectors: np.ndarray,
+                    threshold: float = DEFAULT_DUPE_THRESHOLD, k: int = 10,
+                    progress: Callable[[int, int], None] | None = None,
+                    lookup: Lookup | None = None) -> list[list[int]]:
+    """Groups of near-duplicate ids (distance <= threshold) through `backend`, whose live entries are
+    (ids, vectors) (e.g. ImageIndex.ids() / vectors()); groups sorted, largest first. Pass `lookup`
+    (`ann.vector_lookup(ids, vectors)`) with a PCA or PQ backend, so edges are judged by exact distances."""
+    a, b = knn_edges(backend, ids, vectors, k, distance_to_similarity(float(threshold)), progress=progress,
+                     lookup=lookup)
+    return components(ids, a, b)

@@ -1,0 +1,138 @@
+"""Export to parquet / npy and import back (`search/export.py`, `lookalike export`, `lookalike import`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from lookalike.errors import LookalikeError
+from lookalike.search.export import import_parquet, iter_parquet, metadata_path, read_metadata
+from lookalike.search.index import ImageIndex
+
+BACKBONE = {"model": "tiny_test_net", "pooling": "avg", "dim": 16,
+            "preprocess": {"input_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, "weights": None}
+
+
+def unit(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_index(path, root, n: int, backbone=BACKBONE, seed: int = 0):
+    """An index of n rows written through the writer API (no images, no model needed)."""
+    root.mkdir(parents=True, exist_ok=True)
+    vectors = unit(n, backbone["dim"], seed)
+    with ImageIndex.create(path, root=root, backbone=backbone) as ix:
+        for start in range(0, n, 100):
+            part = vectors[start:start + 100]
+            rows = ix.append_vectors(part)
+            ix.commit(inserts=[(f"sub/img{start + i:05d}.jpg", 1000 + start + i, 1_700_000_000_123_456_789 + start + i,
+                                f"{start + i:032x}", r) for i, r in enumerate(rows)])
+        ix.touch_manifest(count=n)
+    return vectors
+
+
+def cli(args, monkeypatch, capsys):
+    from lookalike.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lookalike", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_parquet_round_trip(tmp_path, monkeypatch, capsys):
+    vectors = make_index(tmp_path / "ix", tmp_path / "photos", 250)
+    out = tmp_path / "vectors.parquet"
+    code, stdout, err = cli(["export", tmp_path / "ix", "--out", out, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["rows"] == 250
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    assert table.column_names == ["path", "size", "mtime", "digest", "vector"]
+    assert table.schema.field("vector").type == pa.list_(pa.float32(), 16)
+    meta, dim, rows = read_metadata(out)
+    assert (meta["model"], dim, rows) == ("tiny_test_net", 16, 250)
+
+    batches = list(iter_parquet(out, batch_size=64))
+    assert [len(b) for b, _ in batches] == [64, 64, 64, 58] and not any(s for _, s in batches)
+    first = next(batches[0][0].rows())
+    assert first.path == (tmp_path / "photos" / "sub" / "img00000.jpg").as_posix()
+    assert (first.size, first.mtime_ns, first.digest) == (1000, 1_700_000_000_123_456_789, f"{0:032x}")
+    assert np.array_equal(np.concatenate([b.vectors for b, _ in batches]), vectors)
+
+    # into a new index (created from the file's metadata), then again: nothing changes the second time
+    code, stdout, err = cli(["import", out, "--index", tmp_path / "copy", "--root", tmp_path / "photos", "--json"],
+                            monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["created"] and summary["added"] == 250 and summary["rows"] == 250
+    with ImageIndex.open(tmp_path / "copy") as a, ImageIndex.open(tmp_path / "ix") as b:
+        assert np.allclose(a.vectors(), b.vectors(), atol=1e-6)
+        assert [str(a.path_of(i)) for i in a.ids()] == [str(b.path_of(i)) for i in b.ids()]
+        assert a.manifest["model"] == "tiny_test_net" and a.dim == 16
+    again = import_parquet(out, tmp_path / "copy")
+    assert (again["added"], again["updated"], again["unchanged"]) == (0, 0, 250)
+
+
+def test_npy_export_has_vectors_and_metadata(tmp_path, monkeypatch, capsys):
+    vectors = make_index(tmp_path / "ix", tmp_path / "photos", 130)
+    out = tmp_path / "vectors.npy"
+    code, _, err = cli(["export", tmp_path / "ix", "--format", "npy", "--out", out], monkeypatch, capsys)
+    assert code == 0, err
+    assert np.array_equal(np.load(out, allow_pickle=False), vectors)
+    import pyarrow.parquet as pq
+
+    meta = pq.read_table(metadata_path(out))
+    assert meta.num_rows == 130 and "vector" not in meta.column_names
+
+
+def test_import_keeps_rows_of_files_missing_here_and_skips_bad_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vecs = unit(4)
+    vecs[2] = np.nan
+    table = pa.table({
+        "path": ["/elsewhere/a.jpg", "/elsewhere/b.jpg", "/elsewhere/c.jpg", None],
+        "vector": pa.array([list(v) for v in vecs], pa.list_(pa.float32())),
+    }, metadata={b"lookalike": json.dumps(BACKBONE).encode()})
+    pq.write_table(table, tmp_path / "v.parquet")
+    summary = import_parquet(tmp_path / "v.parquet", tmp_path / "ix", root=tmp_path)
+    assert summary["added"] == 2
+    assert sorted(s["reason"] for s in summary["skipped"]) == ["no path", "vector has values that are not finite"]
+    with ImageIndex.open(tmp_path / "ix") as ix:
+        assert sorted(str(ix.path_of(i)) for i in ix.ids()) == ["/elsewhere/a.jpg", "/elsewhere/b.jpg"]
+
+
+def test_import_refuses_another_dimension_or_backbone(tmp_path, monkeypatch, capsys):
+    make_index(tmp_path / "ix", tmp_path / "photos", 20)
+    out = tmp_path / "v.parquet"
+    make_index(tmp_path / "other", tmp_path / "p2", 20, backbone={**BACKBONE, "model": "other_net", "dim": 8})
+    with ImageIndex.open(tmp_path / "other") as ix:
+        from lookalike.search.export import export_index
+
+        export_index(ix, out)
+    code, _, err = cli(["import", out, "--index", tmp_path / "ix"], monkeypatch, capsys)
+    assert code == 2 and "other_net" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"path": ["x.jpg"], "vector": pa.array([[0.0] * 15 + [1.0]], pa.list_(pa.float32(), 16))}),
+                   tmp_path / "bare.parquet")
+    with pytest.raises(LookalikeError, match="--model"):
+        import_parquet(tmp_path / "bare.parquet", tmp_path / "ix")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    code, _, err = cli(["import", tmp_path / "junk.parquet", "--index", tmp_path / "ix"], monkeypatch, capsys)
+    assert code == 2 and "parquet" in err
