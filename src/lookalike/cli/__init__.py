@@ -36,7 +36,7 @@ def _root(
 
 
 # Each module adds its commands to `app`.
-from . import models_cmd, search_cmds, serve_cmd, train_cmds  # noqa: E402,F401
+from . import eval_cmd, models_cmd, search_cmds, serve_cmd, train_cmds  # noqa: E402,F401
 
 
 def main() -> None:

@@ -154,7 +154,7 @@ def _scores(desc: Descriptors, rows: slice) -> np.ndarray:
 
 
 def evaluate_groundtruth(bench: Benchmark, desc: Descriptors, query_rows: np.ndarray, db_rows: np.ndarray,
-                         keep: list[int], worst: int = 0, top: int = 5) -> dict:
+                         keep: list[int], top: int = 5) -> dict:
     """Figures of a ground-truth benchmark. `query_rows[i]`: the database position of query `keep[i]` (or -1)."""
     db_pos = {rel: n for n, rel in enumerate(bench.database)}
     n_db = len(bench.database)
@@ -246,3 +246,169 @@ def evaluate_classes(bench: Benchmark, desc: Descriptors, db_rows: np.ndarray, t
 
 def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows])) if rows else float("nan")
+
+
+# --- query expansion and database-side augmentation ----------------------------------------------------------
+
+
+def _weighted_neighbours(vectors: np.ndarray, database: np.ndarray, k: int, alpha: float,
+                         include_first: bool) -> np.ndarray:
+    """Each row replaced by the sum of its k nearest database vectors weighted by similarity^alpha (alpha-QE of
+    Radenovic et al., TPAMI 2019); `include_first`: the row itself joins with weight 1. Unit rows out."""
+    out = np.array(vectors, np.float32, copy=True)
+    block = max(1, _BLOCK_BYTES // max(1, len(database) * 8))
+    for start in range(0, len(vectors), block):
+        v = vectors[start:start + block]
+        sims = v @ database.T
+        kk = min(k, sims.shape[1])
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        w = np.clip(np.take_along_axis(sims, top, axis=1), 0.0, None) ** alpha
+        agg = np.einsum("qk,qkd->qd", w, database[top])
+        out[start:start + block] = (v if include_first else 0) + agg
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def database_augmentation(database: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
+    """DBA: every database vector becomes the weighted mean of itself and its k nearest neighbours."""
+    if k <= 0:
+        return database
+    # The nearest database vector of a database vector is itself (weight 1): k + 1 neighbours.
+    return _weighted_neighbours(database, database, k + 1, alpha, include_first=False)
+
+
+def query_expansion(queries: np.ndarray, database: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
+    """alpha-QE: each query plus its k best database matches weighted by similarity^alpha, re-normalised."""
+    if k <= 0:
+        return queries
+    return _weighted_neighbours(queries, database, k, alpha, include_first=True)
+
+
+# --- the whole evaluation ----------------------------------------------------------------------------------------
+
+
+def eval_index_path(root: Path, backbone: dict) -> Path:
+    """The evaluation's own index of a benchmark folder: under `$LOOKALIKE_HOME/eval` (or the user cache), one
+    per folder and descriptor, so that benchmarks stay read-only and each descriptor keeps its incremental index."""
+    import hashlib
+
+    from ..paths import home
+
+    key = json.dumps({"root": str(root), "backbone": backbone}, sort_keys=True)
+    return home() / "eval" / f"{root.name or 'root'}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def _index(folder: Path, index_path, embedder, progress) -> dict:
+    from .sync import index_folder
+
+    path = Path(index_path) if index_path else eval_index_path(folder, embedder.describe())
+    return index_folder(folder, path, embedder=embedder, progress=progress)
+
+
+def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pooling: str = "avg",
+             weights: str | None = None, inputs: dict | None = None, device: str = "cpu", runtime: str = "auto",
+             whiten: str | None = None, whiten_dims: int | None = None, qe: int = 0, dba: int = 0,
+             alpha: float = 3.0, worst: int = 20, top: int = 5, embedder=None, progress=None) -> dict:
+    """Index `folder` (incrementally, in its own index unless `index_path`) and measure retrieval on it.
+
+    `whiten`: None, "index" (PCA-whitening fitted on the benchmark's own indexed vectors, no labels used) or a
+    folder to fit it on (indexed with the same descriptor); stored beside the index. `qe`, `dba`: neighbours of
+    alpha-QE and DBA (0: off). Returns {"benchmark", "kind", "figures", "worst": per-query rows, "skipped",
+    "index_path", "descriptor", "seconds"}.
+    """
+    import time
+
+    from .features import load_embedder
+    from .index import ImageIndex
+    from .whitening import fit_whitening, folder_key, save_whitening
+
+    if qe < 0 or dba < 0:
+        raise LookalikeError("--qe and --dba take a number of neighbours >= 0")
+    if not 0.0 <= alpha <= 16.0:
+        raise LookalikeError("--alpha must be from 0 to 16")
+    bench = load_benchmark(folder)
+    whiten_dir = None
+    if whiten and whiten != "index":
+        whiten_dir = Path(whiten).expanduser()
+        if not whiten_dir.is_dir():
+            raise LookalikeError(f"--whiten-on {whiten}: not a folder")
+    started = time.perf_counter()
+    if embedder is None:
+        embedder = load_embedder(model, device=device, pooling=pooling, weights=weights, runtime=runtime,
+                                 inputs=inputs)
+    summary = _index(bench.root, index_path, embedder, progress)
+    index_dir = Path(summary["index_path"])
+    indexing_seconds = time.perf_counter() - started
+    with ImageIndex.open(index_dir) as ix:
+        db_rows = _positions(ix, bench.root, bench.database)
+        vectors = np.asarray(ix.vectors(), np.float32)
+        whitening = None
+        if whiten:
+            if whiten_dir is not None:
+                wsum = _index(whiten_dir.resolve(), None, embedder, None)
+                with ImageIndex.open(wsum["index_path"]) as wix:
+                    fit_on = np.asarray(wix.vectors(), np.float32)
+                source = folder_key(whiten_dir)
+            else:
+                fit_on = vectors[db_rows[db_rows >= 0]]
+                source = "index"
+            whitening = fit_whitening(fit_on, whiten_dims)
+            save_whitening(index_dir, whitening, {"fitted_on": source, "vectors": int(len(fit_on)),
+                                                  "backbone": embedder.describe()})
+            vectors = whitening(vectors)
+        database = np.zeros((len(bench.database), vectors.shape[1]), np.float32)
+        database[db_rows >= 0] = vectors[db_rows[db_rows >= 0]]
+        database = database_augmentation(database, dba, alpha) if dba else database
+        database[db_rows < 0] = 0.0
+        skipped = [rel for rel, r in zip(bench.database, db_rows) if r < 0]
+        if bench.kind == "groundtruth":
+            pos = {rel: n for n, rel in enumerate(bench.database)}
+            q_rows = _positions(ix, bench.root, [q["query"] for q in bench.queries])
+            keep = [i for i, r in enumerate(q_rows) if r >= 0]
+            qvec = vectors[q_rows[keep]] if keep else np.zeros((0, database.shape[1]), np.float32)
+            if dba:  # a query that is in the database takes its augmented vector, as every database image does
+                for j, i in enumerate(keep):
+                    d = pos.get(bench.queries[i]["query"])
+                    if d is not None and db_rows[d] >= 0:
+                        qvec[j] = database[d]
+            qvec = query_expansion(qvec, database, qe, alpha)
+            self_pos = np.asarray([pos.get(bench.queries[i]["query"], -1) for i in keep], np.int64)
+            result = evaluate_groundtruth(bench, Descriptors(database, qvec[:, None, :]), self_pos, db_rows, keep,
+                                          top=top)
+            missing_queries = [bench.queries[i]["query"] for i, r in enumerate(q_rows) if r < 0]
+        else:
+            indexed = np.flatnonzero(db_rows >= 0)
+            qvec = query_expansion(database[indexed], database[indexed], qe, alpha)
+            sub = Benchmark(bench.root, "classes", [bench.database[i] for i in indexed],
+                            labels=[bench.labels[i] for i in indexed])
+            result = evaluate_classes(sub, Descriptors(database[indexed], qvec[:, None, :]),
+                                      np.arange(len(indexed)), top=top)
+            for e in result["per_query"]:  # positions in `sub` -> positions in the benchmark
+                e["_top"] = [(int(indexed[d]), s) for d, s in e["_top"]]
+            missing_queries = skipped
+    rows = sorted(result["per_query"], key=lambda e: (e["AP"], e["query"]))[:max(0, worst)]
+    worst_rows = [{"query": e["query"], "AP": e["AP"], "P@1": e["P@1"],
+                   "results": [{"rank": r + 1, "path": bench.database[d], "distance": _distance(s),
+                                "relevant": _is_positive(bench, e["query"], bench.database[d])}
+                               for r, (d, s) in enumerate(e["_top"])],
+                   "missed": [{"rank": rank, "path": bench.database[d], "distance": _distance(s)}
+                              for d, rank, s in e["_missed"]]} for e in rows]
+    descriptor = embedder.describe()
+    descriptor.update({"whiten": (whiten if whiten in (None, "index") else folder_key(whiten)),
+                       "qe": qe, "dba": dba, "alpha": alpha})
+    return {"benchmark": str(bench.root), "kind": bench.kind, "figures": result["figures"], "worst": worst_rows,
+            "skipped": summary["skipped"], "unindexed": skipped, "queries_left_out": missing_queries,
+            "index_path": str(index_dir), "descriptor": descriptor, "indexed": summary["indexed"],
+            "indexing_seconds": indexing_seconds, "seconds": time.perf_counter() - started}
+
+
+def _distance(score: float) -> float:
+    return float(np.sqrt(max(0.0, 2.0 - 2.0 * min(1.0, float(score)))))
+
+
+def _is_positive(bench: Benchmark, query: str, path: str) -> bool:
+    if bench.kind == "classes":
+        return Path(query).parts[0] == Path(path).parts[0]
+    for q in bench.queries:  # the report lists a few rows: a scan is fine
+        if q["query"] == query:
+            return path in q["positives"]
+    return False
