@@ -24,7 +24,7 @@ from ..errors import LookalikeError
 WHITENING_FILE = "whitening.npz"
 WHITENING_INFO = "whitening.json"
 # Shrinkage: each eigenvalue gets this fraction of the mean eigenvalue added before the inverse square root.
-DEFAULT_SHRINK = 0.1
+DEFAULT_SHRINK = 1.0
 
 
 class Whitening:
