@@ -100,7 +100,8 @@ def main() -> None:
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other work while measured)", "",
              "Whitening \"index\" is fitted on the benchmark's own indexed vectors (no labels used); a whitening "
              "fitted on another folder is named so. Indexing time: seconds per image of a fresh index, model "
-             "load excluded, and its ratio to the default measured in the same run.", "",
+             "load excluded, and its ratio to the default measured in the same run. The demo column is the "
+             "descriptor alone (no whitening, QE or DBA).", "",
              "| Variant | mAP | P@1 | P@5 | demo P@1 | ms / image | x default |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['seconds_per_image'] / base:.2f}" if base else "-"
