@@ -32,9 +32,9 @@ def _scales(text: Optional[str]) -> Optional[list[float]]:
 @app.command("eval-search")
 def eval_search_command(
     bench: Path = typer.Argument(..., help="Benchmark folder: holds groundtruth.json, or one sub-folder per class."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Index folder to use [default: the evaluation's own, under $LOOKALIKE_HOME/eval or ~/.cache/lookalike/eval]."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder to use (default: the evaluation's own, under $LOOKALIKE_HOME/eval or ~/.cache/lookalike/eval)."),
     model: str = typer.Option("efficientnet_lite0", "--model", help="Backbone: a registered name or a `lookalike train` checkpoint."),
-    pooling: Optional[str] = typer.Option(None, "--pooling", help="avg, gem, gem:P (e.g. gem:2, whole photos only) or rmac (whole photos only) [default: avg]."),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="avg, gem, gem:P (e.g. gem:2, whole photos only) or rmac (whole photos only); default avg."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file for the backbone."),
     size: Optional[int] = typer.Option(None, "--size", help="Whole photo, aspect kept, this many pixels on its longer side (instead of the backbone's centre crop; 0: the crop)."),
     scales: Optional[str] = typer.Option(None, "--scales", help="Multi-scale: factors of --size whose descriptors are summed, e.g. 1,1.25."),
