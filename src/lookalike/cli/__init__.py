@@ -37,7 +37,7 @@ def _root(
 
 
 # Each module adds its commands to `app`.
-from . import export_cmds, models_cmd, search_cmds, serve_cmd, train_cmds  # noqa: E402,F401
+from . import eval_cmd, export_cmds, models_cmd, search_cmds, serve_cmd, train_cmds  # noqa: E402,F401
 
 
 def main() -> None:

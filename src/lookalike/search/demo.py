@@ -82,10 +82,12 @@ def photo_of(path: Path) -> str:
     return stem.rsplit("-", 1)[0] if Path(path).parent.name == "edited" else stem
 
 
-def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5, write_report: bool = True) -> dict:
+def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5, write_report: bool = True,
+             embedder=None) -> dict:
     """Build the gallery under `out_dir/gallery`, index it, query with every edited copy, write the report.
 
-    `photos`: names of `skimage.data` photos [default: PHOTOS]."""
+    `photos`: names of `skimage.data` photos [default: PHOTOS]; `embedder`: another descriptor than `model`'s
+    default one (e.g. `load_embedder(inputs=...)`)."""
     photos = tuple(photos or PHOTOS)
     from .index import ImageIndex
     from .query import compare, search
@@ -95,7 +97,8 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
     out_dir = Path(out_dir).expanduser().resolve()
     gallery = out_dir / "gallery"
     queries = build_gallery(gallery, photos)
-    summary = index_folder(gallery, out_dir / "index", model=model, rebuild=True)
+    summary = index_folder(gallery, out_dir / "index", model=None if embedder else model, rebuild=True,
+                           embedder=embedder)
     with ImageIndex.open(out_dir / "index") as ix:
         ids = [ix.id_of(q["path"]) for q in queries]
         qvec = np.stack([ix.vector_of(i) for i in ids])
@@ -119,7 +122,7 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
         sel = [r for r in rows if r["edit"] == edit]
         by_edit[edit] = sum(r["results"][0]["relevant"] for r in sel if r["results"]) / max(1, len(sel))
     result = {
-        "model": model,
+        "model": embedder.model if embedder else model,
         "gallery": str(gallery),
         "originals": len(photos),
         "queries": len(queries),

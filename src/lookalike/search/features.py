@@ -26,8 +26,12 @@ from ..images import load_image, read_image_file
 if TYPE_CHECKING:
     from .index import ImageIndex
 
-POOLINGS = ("avg", "gem")
+POOLINGS = ("avg", "gem", "rmac")
 GEM_P = 3.0  # the usual GeM exponent for retrieval (Radenovic et al.)
+# Whole-photo inputs ("fit": "whole"): the shorter side is rounded to this multiple, so that photos of similar
+# shape share a batch (an aspect change of at most a few per cent); the backbones' total stride is 32.
+SHAPE_STEP = 32
+MAX_LONG_SIDE = 1024  # bounds the pixels (and the time) any one photo can cost
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 32  # images per pipeline batch (and per index commit)
 # Images per forward pass. ONNX Runtime's activation memory grows with it (peak RSS measured with
@@ -68,6 +72,100 @@ def prepare_image(img, preprocess: dict) -> np.ndarray:
     out = img.resize((size, size), _resample(preprocess.get("interpolation", "bilinear")),
                      box=(left, top, left + side, top + side))
     return np.asarray(out, dtype=np.uint8)
+
+
+def parse_pooling(pooling: str) -> tuple[str, float]:
+    """`avg`, `gem` (p = 3), `gem:P` (e.g. `gem:2`) or `rmac` -> (kind, p); LookalikeError otherwise."""
+    text = (pooling or "avg").lower().strip()
+    kind, _, p = text.partition(":")
+    if kind not in POOLINGS or (p and kind != "gem"):
+        raise LookalikeError(f"unknown pooling {pooling!r}: use avg, gem, gem:P (e.g. gem:2) or rmac")
+    if not p:
+        return kind, GEM_P
+    try:
+        value = float(p)
+    except ValueError:
+        value = float("nan")
+    if not 1.0 <= value <= 16.0:
+        raise LookalikeError(f"GeM exponent in {pooling!r} must be a number from 1 to 16")
+    return kind, value
+
+
+def whole_image_shape(w: int, h: int, long_side: int) -> tuple[int, int]:
+    """(width, height) of a whole photo resized to `long_side` with its aspect kept (shorter side rounded to
+    SHAPE_STEP, at least one step)."""
+    scale = long_side / max(w, h)
+    short = max(SHAPE_STEP, int(round(min(w, h) * scale / SHAPE_STEP)) * SHAPE_STEP)
+    short = min(short, long_side)
+    return (long_side, short) if w >= h else (short, long_side)
+
+
+def prepare_whole(img, preprocess: dict) -> list[np.ndarray]:
+    """The whole photo at each of `preprocess["scales"]` x `long_side` on its longer side, aspect kept:
+    one (H, W, 3) uint8 array per scale."""
+    base = int(preprocess["long_side"])
+    out = []
+    for factor in preprocess.get("scales") or [1.0]:
+        size = whole_image_shape(*img.size, max(SHAPE_STEP, int(round(base * float(factor)))))
+        out.append(np.asarray(img.resize(size, _resample(preprocess.get("interpolation", "bilinear"))),
+                              dtype=np.uint8))
+    return out
+
+
+def rmac_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
+    """R-MAC's regions on an h x w map (Tolias, Sicre and Jegou, ICLR 2016): the whole map, then at each level l
+    squares of side 2 min(h, w) / (l + 1) laid out with about 40 % overlap. (top, left, bottom, right) boxes."""
+    short, long_ = min(h, w), max(h, w)
+    regions = [(0, 0, h, w)]
+    # Extra squares along the longer side, chosen so that neighbours overlap by close to 40 %.
+    steps = np.arange(2, 8)
+    extra = int(np.argmin(np.abs((short ** 2 - short * (long_ - short) / (steps - 1)) / short ** 2 - 0.4))) + 1 \
+        if long_ > short else 0
+    for level in range(1, levels + 1):
+        side = int(2 * short / (level + 1))
+        if side < 1:
+            continue
+        n_h = level + (extra if h > w else 0)
+        n_w = level + (extra if w > h else 0)
+        tops = np.linspace(0, h - side, n_h).round().astype(int) if n_h > 1 else [0 if h == side else (h - side) // 2]
+        lefts = np.linspace(0, w - side, n_w).round().astype(int) if n_w > 1 else [0 if w == side else (w - side) // 2]
+        regions += [(int(t), int(l), int(t) + side, int(l) + side) for t in tops for l in lefts]
+    return regions
+
+
+def pool_maps(maps: np.ndarray, pooling: str) -> np.ndarray:
+    """(n, C, h, w) feature maps -> (n, C) L2-normalised descriptors by `pooling` (see `parse_pooling`)."""
+    kind, p = parse_pooling(pooling)
+    x = np.asarray(maps, np.float32)
+    if kind == "avg":
+        v = x.mean(axis=(2, 3))
+    elif kind == "gem":
+        v = np.power(np.power(np.clip(x, 1e-6, None), p).mean(axis=(2, 3)), 1.0 / p)
+    else:  # R-MAC: the sum of the L2-normalised max-pooled regions
+        v = np.zeros(x.shape[:2], np.float32)
+        for top, left, bottom, right in rmac_regions(x.shape[2], x.shape[3]):
+            v += _l2(x[:, :, top:bottom, left:right].max(axis=(2, 3)))
+    return _l2(v)
+
+
+def _l2(v: np.ndarray) -> np.ndarray:
+    return (v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _features_module(backbone):
+    from torch import nn
+
+    class FeatureNet(nn.Module):
+        """Backbone feature map only: whole-photo inputs vary in size and are pooled outside the graph."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x):
+            return self.backbone.forward_features(x)
+
+    return FeatureNet().eval()
 
 
 def _pool_module(backbone, pooling: str):
@@ -115,8 +213,34 @@ class Embedder:
         self._inv_std = 1.0 / (np.asarray(self.preprocess["std"], dtype=np.float32).reshape(1, 3, 1, 1) * 255.0)
 
     @property
+    def whole(self) -> bool:
+        """Whole photos at `long_side` (aspect kept) rather than a centre crop."""
+        return self.preprocess.get("fit") == "whole"
+
+    @property
     def min_decode_size(self) -> int:
+        if self.whole:
+            return int(round(int(self.preprocess["long_side"]) * max(self.preprocess.get("scales") or [1.0])))
         return int(self.preprocess.get("resize_size") or self.preprocess["input_size"])
+
+    def prepare(self, img):
+        """A decoded photo -> what `embed_prepared` takes (one array, or one per scale for whole photos)."""
+        return prepare_whole(img, self.preprocess) if self.whole else prepare_image(img, self.preprocess)
+
+    def embed_prepared(self, items: list) -> np.ndarray:
+        """`prepare` outputs -> (n, D) float32 unit vectors."""
+        if not self.whole:
+            return self.embed_arrays(np.stack(items)) if items else np.zeros((0, self.dim), np.float32)
+        total = np.zeros((len(items), self.dim), np.float32)
+        for s in range(len(items[0]) if items else 0):
+            # Multi-scale: the sum of each scale's unit descriptor. Photos of one shape go through together.
+            by_shape: dict[tuple, list[int]] = {}
+            for i, views in enumerate(items):
+                by_shape.setdefault(views[s].shape, []).append(i)
+            for rows in by_shape.values():
+                maps = self.embed_arrays(np.stack([items[i][s] for i in rows]))
+                total[rows] += pool_maps(maps, self.pooling)
+        return _l2(total)
 
     def describe(self) -> dict:
         """What an index records to refuse vectors from another backbone."""
@@ -129,7 +253,8 @@ class Embedder:
         return (x - self._mean) * self._inv_std
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """(n, S, S, 3) uint8 arrays from `prepare_image` -> (n, D) float32 unit vectors."""
+        """(n, S, S, 3) uint8 arrays from `prepare_image` -> (n, D) float32 unit vectors (whole-photo
+        embedders: (n, H, W, 3) arrays of one shape -> (n, D, h, w) feature maps, pooled by `embed_prepared`)."""
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
         outs = []
@@ -150,7 +275,7 @@ class Embedder:
         """PIL RGB images -> (n, D) float32 L2-normalised vectors. Safe to call from several threads."""
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return self.embed_arrays(np.stack([prepare_image(im, self.preprocess) for im in images]))
+        return self.embed_prepared([self.prepare(im) for im in images])
 
     def embed_paths(self, paths: list) -> tuple[np.ndarray, list[dict]]:
         """Vectors of the readable files (in order), and `[{"path", "reason"}]` for the others."""
@@ -185,7 +310,7 @@ class Embedder:
                 return {"digest": digest, "reuse": found}
         try:
             img = load_image(data, min_size=self.min_decode_size)
-            return {"digest": digest, "array": prepare_image(img, self.preprocess)}
+            return {"digest": digest, "array": self.prepare(img)}
         except BadImageError as exc:
             return {"digest": digest, "reason": str(exc).split(": ", 1)[-1]}
         except Exception as exc:  # a decoder bug on one odd file must not stop a long run
@@ -226,7 +351,7 @@ class Embedder:
                     fill()
                 arrays = [res["array"] for _, res in batch if "array" in res]
                 if arrays:
-                    vectors = self.embed_arrays(np.stack(arrays))
+                    vectors = self.embed_prepared(arrays)
                     j = 0
                     for _, res in batch:
                         if "array" in res:
@@ -242,15 +367,40 @@ class Embedder:
 # --- construction ----------------------------------------------------------------------------------------
 
 
+def input_options(long_side: int | None = None, scales=None) -> dict:
+    """The preprocessing keys of a whole-photo descriptor (`long_side` pixels on the longer side, aspect kept,
+    at each factor of `scales`), checked; {} for the backbone's own centre crop (`long_side` None or 0)."""
+    if not long_side:
+        if scales and list(scales) != [1.0]:
+            raise LookalikeError("multi-scale descriptors need a whole-photo size (--size)")
+        return {}
+    long_side = int(long_side)
+    factors = [float(f) for f in (scales or [1.0])]
+    if not factors or any(not 0.25 <= f <= 4.0 for f in factors):
+        raise LookalikeError("scales must be factors from 0.25 to 4")
+    if not SHAPE_STEP <= long_side or long_side * max(factors) > MAX_LONG_SIDE:
+        raise LookalikeError(f"the whole-photo size times its largest scale must be from {SHAPE_STEP} to "
+                             f"{MAX_LONG_SIDE} pixels")
+    return {"fit": "whole", "long_side": long_side, "scales": factors}
+
+
 def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str = "avg", weights=None,
-                  runtime: str = "auto") -> Embedder:
+                  runtime: str = "auto", inputs: dict | None = None) -> Embedder:
     """Build the embedder for a registered backbone name or a `lookalike train` checkpoint path.
 
     `runtime`: "torch", "onnx", or "auto" (ONNX Runtime on CPU for registered backbones when installed).
+    `inputs`: `input_options(...)` for whole photos at a chosen size (and scales) instead of the centre crop;
+    then the pooling (avg, gem, gem:P, rmac) runs on the feature map outside the network.
     """
     pooling = (pooling or "avg").lower()
-    if pooling not in POOLINGS:
-        raise LookalikeError(f"unknown pooling {pooling!r}: use avg or gem")
+    kind, _ = parse_pooling(pooling)
+    inputs = dict(inputs or {})
+    if kind == "rmac" or ":" in pooling:
+        if not inputs:
+            raise LookalikeError(f"pooling {pooling} needs whole-photo inputs (--size)")
+    if inputs:
+        inputs = input_options(inputs.get("long_side"), inputs.get("scales"))
+    whole = bool(inputs)
     if runtime not in ("auto", "torch", "onnx"):
         raise LookalikeError(f"unknown runtime {runtime!r}: use auto, torch or onnx")
     weights = str(Path(weights).expanduser().resolve()) if weights else None
@@ -261,15 +411,16 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
         from ..models.pretrained import PREPROCESS
         from . import onnx_runtime
 
+        graph = "features" if whole else pooling
         if model in PREPROCESS and onnx_runtime.available():
-            path = onnx_runtime.onnx_path(model, pooling, weights, PREPROCESS[model])
+            path = onnx_runtime.onnx_path(model, graph, weights, PREPROCESS[model])
             if path.is_file():
                 try:
                     run = onnx_runtime.open_session(path)
                 except Exception:  # a damaged cache file: export again below
                     path.unlink(missing_ok=True)
                 else:
-                    return Embedder(None, model=model, pooling=pooling, preprocess=PREPROCESS[model],
+                    return Embedder(None, model=model, pooling=pooling, preprocess={**PREPROCESS[model], **inputs},
                                     dim=run.dim, device="cpu", weights=weights, runner=run, runtime="onnx")
 
     from ..device import resolve_device
@@ -298,7 +449,7 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
 
     import torch
 
-    net = _pool_module(backbone, pooling).to(dev)
+    net = (_features_module(backbone) if whole else _pool_module(backbone, pooling)).to(dev)
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
     dim = int(getattr(backbone, "num_features"))
@@ -306,19 +457,22 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
     if dev.type == "cpu" and (runtime == "onnx" or (runtime == "auto" and not checkpoint)):
         from .onnx_runtime import onnx_runner
 
-        runner = onnx_runner(net, model=model_id, pooling=pooling, weights=weights, preprocess=preprocess)
+        runner = onnx_runner(net, model=model_id, pooling="features" if whole else pooling, weights=weights,
+                             preprocess=preprocess, spatial_dynamic=whole)
         if runner is None and runtime == "onnx":
             raise LookalikeError("--runtime onnx needs onnxruntime and onnx: pip install onnxruntime onnx")
         used = "onnx" if runner is not None else "torch"
-    return Embedder(net, model=model_id, pooling=pooling, preprocess=preprocess, dim=dim, device=str(dev),
-                    weights=weights, runner=runner, runtime=used)
+    return Embedder(net, model=model_id, pooling=pooling, preprocess={**preprocess, **inputs}, dim=dim,
+                    device=str(dev), weights=weights, runner=runner, runtime=used)
 
 
 def embedder_for_index(index: "ImageIndex", device: str = "cpu", runtime: str = "auto") -> Embedder:
     """The embedder that produced `index`'s vectors: same backbone, weights, preprocessing and pooling."""
     m = index.manifest
+    pre = m.get("preprocess") or {}
+    inputs = {"long_side": pre["long_side"], "scales": pre.get("scales")} if pre.get("fit") == "whole" else None
     emb = load_embedder(m["model"], device=device, pooling=m.get("pooling", "avg"), weights=m.get("weights"),
-                        runtime=runtime)
+                        runtime=runtime, inputs=inputs)
     if emb.dim != int(m["dim"]):
         raise LookalikeError(f"index {index.path} holds {m['dim']}-d vectors but {m['model']} gives {emb.dim}-d: "
                              "rebuild it with --rebuild")

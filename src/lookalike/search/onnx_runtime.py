@@ -81,19 +81,23 @@ def open_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def export_onnx(net, path: Path, input_size: int) -> None:
-    """Export with a dynamic batch axis, atomically (a killed export leaves no half file)."""
+def export_onnx(net, path: Path, input_size: int, spatial_dynamic: bool = False) -> None:
+    """Export with a dynamic batch axis (and dynamic height and width for feature-map nets that take whole
+    photos), atomically (a killed export leaves no half file)."""
     import torch
 
     example = torch.zeros(1, 3, input_size, input_size)
+    axes = {"x": {0: "n"}, "y": {0: "n"}}
+    if spatial_dynamic:
+        axes = {"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "fh", 3: "fw"}}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net.cpu().float(), example, str(tmp), input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
 
 
-def onnx_runner(net, *, model: str, pooling: str, weights: str | None,
-                preprocess: dict) -> Callable[[np.ndarray], np.ndarray] | None:
+def onnx_runner(net, *, model: str, pooling: str, weights: str | None, preprocess: dict,
+                spatial_dynamic: bool = False) -> Callable[[np.ndarray], np.ndarray] | None:
     """Export `net` (once; checked against PyTorch right after the export) and open a session on it.
     None when onnxruntime/onnx is missing or the export fails or disagrees with PyTorch."""
     if not available():
@@ -109,10 +113,11 @@ def onnx_runner(net, *, model: str, pooling: str, weights: str | None,
     try:
         fresh = not path.is_file()
         if fresh:
-            export_onnx(net, path, size)
+            export_onnx(net, path, size, spatial_dynamic)
         run = open_session(path)
-        if fresh:  # check the new graph against PyTorch once, on a fixed input
-            x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+        if fresh:  # check the new graph against PyTorch once, on a fixed input (not square when it may not be)
+            shape = (2, 3, size, size - 32) if spatial_dynamic else (2, 3, size, size)
+            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             with torch.inference_mode():
                 expected = net(torch.from_numpy(x)).numpy()
             if not np.allclose(run(x), expected, atol=TOLERANCE):

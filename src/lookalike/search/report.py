@@ -58,6 +58,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table.q{border-collapse:collapse;margin-bottom:1.5em}
 table.q td{padding:4px;text-align:center;vertical-align:top;font-size:12px}
 td.query{background:#eef}
+td.missed{background:#f6f6f6;opacity:.8}
 img.t{width:%dpx;height:%dpx;object-fit:contain;background:#f4f4f4;border:3px solid transparent}
 img.ok{border-color:#2a2}
 img.no{border-color:#c33}
@@ -73,8 +74,11 @@ def _label(path: str, root: Path) -> str:
         return Path(path).name
 
 
-def write_report(path, rows: list[dict], dist: np.ndarray, labels: list[str], root: Path, figures: dict) -> Path:
-    """rows: [{"query", "results": [{"rank", "path", "distance", "relevant"?}]}]; dist: matrix over `labels`."""
+def write_report(path, rows: list[dict], dist: np.ndarray | None, labels: list[str], root: Path, figures: dict,
+                 keys: tuple[str, ...] | None = None, title: str = "Lookalike search report",
+                 intro: str | None = None) -> Path:
+    """rows: [{"query", "results": [{"rank", "path", "distance", "relevant"?}], "missed"?: [{"rank", "path",
+    "distance"}], "caption"?}]; dist: matrix over `labels`, or None for no heat map; `keys`: the figures shown."""
     path = Path(path)
     root = Path(root)
     cache: dict[str, str] = {}
@@ -84,10 +88,10 @@ def write_report(path, rows: list[dict], dist: np.ndarray, labels: list[str], ro
             cache[p] = thumbnail_data_uri(p)
         return cache[p]
 
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Lookalike search report</title>",
-             f"<style>{_CSS}</style></head><body><h1>Lookalike search report</h1>"]
-    keys = [k for k in ("model", "originals", "queries", "precision_at_1", "precision_at_5",
-                        "same_photo_distance_max", "different_photo_distance_min") if k in figures]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    keys = [k for k in (keys or ("model", "originals", "queries", "precision_at_1", "precision_at_5",
+                                 "same_photo_distance_max", "different_photo_distance_min")) if k in figures]
     if keys:
         parts.append("<table class='figs'>")
         for k in keys:
@@ -96,21 +100,28 @@ def write_report(path, rows: list[dict], dist: np.ndarray, labels: list[str], ro
                          f"<td>{v:.3f}</td></tr>" if isinstance(v, float) else
                          f"<tr><td>{html.escape(k.replace('_', ' '))}</td><td>{html.escape(str(v))}</td></tr>")
         parts.append("</table>")
-    parts.append("<p>Each row: the query (left, blue) and its nearest images with their distance. "
+    parts.append(f"<p>{html.escape(intro)}</p>" if intro else
+                 "<p>Each row: the query (left, blue) and its nearest images with their distance. "
                  "Green frame: from the same photo; red: another photo.</p>")
     for row in rows:
         q = row["query"]
         parts.append("<table class='q'><tr>")
+        caption = f"<br>{html.escape(row['caption'])}" if row.get("caption") else ""
         parts.append(f"<td class='query'><img class='t' src='{thumb(q)}' alt=''><br>"
-                     f"{html.escape(_label(q, root))}</td>")
+                     f"{html.escape(_label(q, root))}{caption}</td>")
         for hit in row["results"]:
             rel = hit.get("relevant")
             cls = "ok" if rel else ("no" if rel is not None else "")
             parts.append(f"<td><img class='t {cls}' src='{thumb(hit['path'])}' alt=''><br>"
                          f"#{hit['rank']} {html.escape(_label(hit['path'], root))}<br>d = {hit['distance']:.3f}</td>")
+        for hit in row.get("missed", []):  # positives ranked below the shown results
+            parts.append(f"<td class='missed'><img class='t ok' src='{thumb(hit['path'])}' alt=''><br>"
+                         f"#{hit['rank']} {html.escape(_label(hit['path'], root))}<br>d = {hit['distance']:.3f}</td>")
         parts.append("</tr></table>")
-    parts.append("<h2>Distance matrix</h2>")
-    parts.append(f"<img class='heat' src='{heatmap_data_uri(dist, [_label(p, root) for p in labels])}' alt='distance heat map'>")
+    if dist is not None:
+        parts.append("<h2>Distance matrix</h2>")
+        parts.append(f"<img class='heat' src='{heatmap_data_uri(dist, [_label(p, root) for p in labels])}' "
+                     "alt='distance heat map'>")
     parts.append("</body></html>")
     with atomic_write(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(parts))
