@@ -22,7 +22,7 @@ def build(whitening: str, widths: list[int], batch: int, device):
 
     from lookalike.models import create_model
     from lookalike.train.config import TrainConfig, resolve, with_lr_for_length
-    from lookalike.train.engine import build_optimizer
+    from lookalike.train.optimizers import build_optimizer
 
     torch.manual_seed(0)
     cfg = with_lr_for_length(resolve(TrainConfig(data="-", whitening=whitening, widths=widths, batch_size=batch),
@@ -48,7 +48,7 @@ def main() -> None:
     import torch
 
     from lookalike.device import resolve_device
-    from lookalike.train.engine import time_training_steps
+    from lookalike.train.budget import time_training_steps
 
     device = resolve_device(args.device)
     widths = [int(w) for w in args.widths.split(",")]

@@ -75,7 +75,8 @@ def lab_speed(data: str, steps: int, device: str) -> dict:
     from lookalike.models import create_model
     from lookalike.train.augment import augment, to_float
     from lookalike.train.config import TrainConfig, resolve
-    from lookalike.train.engine import build_optimizer, time_training_steps
+    from lookalike.train.budget import time_training_steps
+    from lookalike.train.optimizers import build_optimizer
 
     dev = resolve_device(device)
     cfg = resolve(TrainConfig(model="lab", data=data), dev.type)

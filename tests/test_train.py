@@ -168,7 +168,7 @@ def test_alternating_flips_mirror_each_image_once_per_two_epochs():
 
 
 def test_steps_that_fit_counts_training_and_one_evaluation_per_epoch():
-    from lookalike.train.engine import steps_that_fit
+    from lookalike.train.budget import steps_that_fit
 
     # 65 steps of 1 s and 7 evaluations of 5 s take 100 s; 66 steps would take 101 s.
     assert steps_that_fit(100, 1.0, 5.0, 10) == 65
@@ -181,7 +181,7 @@ def test_steps_that_fit_counts_training_and_one_evaluation_per_epoch():
 
 
 def test_a_short_tail_joins_the_last_epoch():
-    from lookalike.train.engine import epoch_steps, epochs_between
+    from lookalike.train.budget import epoch_steps, epochs_between
 
     assert [epoch_steps(s, 31, 10) for s in (0, 10, 20)] == [10, 10, 11]
     assert epoch_steps(20, 23, 10) == 3 and epoch_steps(20, 32, 10) == 10  # a quarter epoch or more is its own
@@ -190,7 +190,7 @@ def test_a_short_tail_joins_the_last_epoch():
 
 
 def test_steps_that_fit_costs_small_crop_steps_at_their_own_pace():
-    from lookalike.train.engine import steps_that_fit
+    from lookalike.train.budget import steps_that_fit
 
     # The first half of the steps take 0.5 s: 40 x 0.5 + 40 x 1 + 8 evaluations x 5 = 100 s.
     assert steps_that_fit(100, 1.0, 5.0, 10, small_step_s=0.5, small_fraction=0.5) == 80
@@ -199,7 +199,7 @@ def test_steps_that_fit_costs_small_crop_steps_at_their_own_pace():
 
 
 def test_refit_steps_uses_the_pace_of_the_last_epochs():
-    from lookalike.train.engine import refit_steps
+    from lookalike.train.budget import refit_steps
 
     # Epochs of 10 steps in 10 s, 5 s of evaluation: 100 s left, minus the confusion plot (1 s) and the margin
     # (3.5 s), fits 6 more epochs after the 20 steps taken, and 1 step that joins the last of them.
@@ -218,7 +218,7 @@ def test_refit_steps_uses_the_pace_of_the_last_epochs():
 def test_tta_evaluation_also_gives_the_plain_result_of_the_same_sweep(tiny_folder_dataset, tmp_path):
     from lookalike.datasets import load_data
     from lookalike.models import create_model
-    from lookalike.train.engine import evaluate
+    from lookalike.train.evaluation import evaluate
 
     data = load_data(str(tiny_folder_dataset))
     torch.manual_seed(0)
