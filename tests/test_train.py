@@ -1,5 +1,4 @@
 import csv
-import dataclasses
 import json
 
 import pytest
@@ -7,7 +6,7 @@ import torch
 
 from lookalike.train.augment import augment
 from lookalike.train.checkpoint import load_checkpoint, model_from_checkpoint
-from lookalike.train.config import TrainConfig, muon_lr, parse_duration, resolve, with_lr_for_length
+from lookalike.train.config import TrainConfig, muon_lr, parse_duration, resolve
 from lookalike.train.engine import fit
 from lookalike.train.schedules import lr_factor
 
@@ -83,8 +82,8 @@ def test_fast_recipe_depends_on_device():
     assert (gpu.optimizer, gpu.lr, gpu.lookahead) == ("sgd-sum", 11.5, True)
     sgd_on_cpu = resolve(TrainConfig(model="fast", optimizer="sgd-sum"), "cpu")
     assert (sgd_on_cpu.lr, sgd_on_cpu.schedule, sgd_on_cpu.widths) == (11.5, "onecycle", [32, 128, 256])
-    assert cpu.lr is None  # Muon's lr waits for the run's length
-    assert resolve(TrainConfig(model="lab", optimizer="muon"), "cpu").lr is None  # SGD's 0.1 is no Muon angle
+    assert cpu.lr == muon_lr(cpu.epochs)  # Muon's lr follows the run's length
+    assert resolve(TrainConfig(model="lab", optimizer="muon"), "cpu").lr == muon_lr(15)  # SGD's 0.1 is no Muon angle
     assert resolve(TrainConfig(model="fast", optimizer="muon", lr=0.05), "cpu").lr == 0.05
 
 
@@ -94,9 +93,15 @@ def test_muon_lr_follows_the_run_length():
     assert muon_lr(8) == pytest.approx(0.03, rel=0.03)
     assert muon_lr(11) == pytest.approx(0.025, rel=0.03)
     assert muon_lr(0.25) == muon_lr(1)  # a fraction of an epoch takes no wilder step than one epoch
-    cfg = resolve(TrainConfig(model="fast"), "cpu")
-    assert with_lr_for_length(cfg, 4).lr == muon_lr(4)
-    assert with_lr_for_length(dataclasses.replace(cfg, lr=0.01), 4).lr == 0.01
+    assert resolve(TrainConfig(model="fast"), "cpu", epochs=4).lr == muon_lr(4)  # the planned length
+    assert resolve(TrainConfig(model="fast", lr=0.01), "cpu", epochs=4).lr == 0.01
+
+
+def test_resolved_settings_are_all_set_and_small_crops_follow_the_image_side():
+    cfg = resolve(TrainConfig(model="lab"), "cpu", input_size=64)
+    unset = {k for k, v in cfg.to_dict().items() if v is None}
+    assert unset == {"widths", "depth", "whitening", "time_budget", "image_size"}  # fast-only, or "none" by meaning
+    assert cfg.crop_size == 48 and resolve(TrainConfig(crop_size=20), "cpu").crop_size == 20
 
 
 def test_schedules():

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .config import TrainConfig
+from .config import RunConfig
 
 
 class Batches:
-    def __init__(self, split, cfg: TrainConfig, batch_size: int, mean, std, device):
+    def __init__(self, split, cfg: RunConfig, batch_size: int, mean, std, device):
         import torch
 
         self.split, self.cfg, self.batch_size, self.device = split, cfg, batch_size, device

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import LookalikeError
-from .config import TrainConfig
+from .config import RunConfig
 from .evaluation import TTA_PASSES
 from .optimizers import build_optimizer
 
@@ -106,7 +106,7 @@ def refit_steps(timings: list[tuple[int, int, float, float, float]], seconds_lef
     return max(done + 1, total), step_s
 
 
-def plan_steps(cfg: TrainConfig, model, batches, test, budget_left: float, device) -> dict[str, Any]:
+def plan_steps(cfg: RunConfig, model, batches, test, budget_left: float, device) -> dict[str, Any]:
     """Measure training and evaluation throughput on a few real steps of a throw-away copy of the model (at both
     sizes when the run starts on small crops), then the largest step count whose training, per-epoch
     evaluations and final (TTA) evaluation fit `budget_left`. `batches` are the run's `Batches`, `test` its

@@ -10,7 +10,6 @@ The library never prints: progress goes to the `on_event(kind, payload)` callbac
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 from ..errors import LookalikeError
-from .config import TrainConfig, resolve, validate
+from .config import ConfigError, RunConfig, TrainConfig, resolve, validate
 
 Event = Callable[[str, Any], None]
 DIVERGENCE_CHECK_EVERY = 32  # steps between checks that the loss is finite (each check waits for a GPU)
@@ -44,12 +43,10 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     emit: Event = on_event or (lambda kind, payload: None)
     run_dir = Path(run_dir)
 
-    saved, cfg = _open_run(cfg, run_dir, resume, overwrite)
-    device = resolve_device(cfg.device)
-    cfg = resolve(cfg, device.type)
-    data = _load_data(cfg, emit)
-    if cfg.crop_fraction and not cfg.crop_size:  # small crops default to 3/4 of the side (24 px on CIFAR)
-        cfg = dataclasses.replace(cfg, crop_size=max(8, round(0.75 * data.input_size)))
+    saved, request = _open_run(cfg, run_dir, resume, overwrite)
+    device = resolve_device(request.device)
+    data = _load_data(request, emit)
+    cfg = resolve(request, device.type, data.input_size)
     if saved is None and not resume:
         prepare_new_run(run_dir, overwrite)  # with --overwrite, the earlier run's files go only now
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,14 +57,16 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     if saved is not None:
         run = RunState.resume(saved, cfg, meta, model, spe, run_dir)
         emit("info", f"resuming {run_dir} after epoch {run.epoch} (step {run.step} of {run.total_steps})")
-    elif cfg.time_budget:
-        plots.load_pyplot()  # a one-off second or two: paid before the pace is measured, not inside an epoch
-        plan = plan_steps(cfg, model, batches, data.test, cfg.time_budget - (time.time() - t0), device)
-        emit("plan", plan)
-        run = RunState.start(cfg, meta, model, spe, plan["total_steps"], plan)
     else:
-        run = RunState.start(cfg, meta, model, spe, max(1, math.ceil(cfg.epochs * spe)), {})
-    cfg = run.cfg  # with the lr the run takes
+        plan = {}
+        if cfg.time_budget:
+            plots.load_pyplot()  # a one-off second or two: paid before the pace is measured, not inside an epoch
+            plan = plan_steps(cfg, model, batches, data.test, cfg.time_budget - (time.time() - t0), device)
+            emit("plan", plan)
+        total_steps = plan["total_steps"] if plan else max(1, math.ceil(cfg.epochs * spe))
+        # Muon's lr follows the planned length. Re-plans after each epoch move the schedule's end, not this angle.
+        cfg = resolve(request, device.type, data.input_size, epochs=total_steps / spe)
+        run = RunState.start(cfg, meta, model, spe, total_steps, plan)
     if saved is None:
         write_json({"config": cfg.to_dict(), "classes": data.classes, "mean": list(data.mean),
                     "std": list(data.std), "input_size": data.input_size, "total_steps": run.total_steps,
@@ -133,6 +132,9 @@ def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool):
     from .rundir import check_restartable, prepare_new_run, saved_config
 
     saved = None
+    if not resume and not cfg.data:
+        raise ConfigError("data", "is required: 'cifar10', a cifar-10-batches-py folder or a folder with train/ "
+                          "and test/")
     if resume:
         if not run_dir.is_dir():
             raise LookalikeError(f"--resume {run_dir}: no such run folder")
@@ -189,7 +191,7 @@ def _check_classes(train_labels, test_labels, classes: list[str], emit: Event) -
 
 
 
-def _build_model(cfg: TrainConfig, data, batches, initialise: bool):
+def _build_model(cfg: RunConfig, data, batches, initialise: bool):
     """(the model on the training device, the meta that its checkpoints carry). A new run's whitening layer is
     fitted to the training images; a resumed one takes its weights from last.pt."""
     import torch
@@ -298,7 +300,7 @@ def _diverged(value: float, run) -> LookalikeError:
     epoch = run.epoch
     kept = (f"last.pt and best.pt are as they were after epoch {epoch}" if epoch else "no checkpoint was written")
     return LookalikeError(f"training diverged: the loss became {value} in epoch {epoch + 1} (step {run.step}); "
-                          f"{kept}. train again into a new --out with a lower --lr than {run.cfg.lr:.4g}")
+                          f"{kept}. train again into a new run folder with a lower lr than {run.cfg.lr:.4g}")
 
 
 def _record_epoch(run, trained: EpochTraining, tested: dict[str, Any], seconds: float) -> dict[str, Any]:

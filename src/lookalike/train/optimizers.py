@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Optional
 
 from ..errors import LookalikeError
-from .config import TrainConfig, with_lr_for_length
+from .config import RunConfig
 
 LOOKAHEAD_EVERY = 5  # airbench's period: steps between moves of the weights towards their trailing average
 
 
-def build_optimizer(model, cfg: TrainConfig):
+def build_optimizer(model, cfg: RunConfig):
     """SGD, or Muon for the conv filters. "sgd-sum" is airbench's parametrisation: lr and weight decay per 1024
     examples for a summed loss, decoupled from momentum, and BatchNorm shifts learning `bias_lr_scale` times
     faster."""
     from torch import nn
 
-    cfg = with_lr_for_length(cfg, cfg.epochs or 1)  # no-op once `fit` set the lr for the planned length
     norm_ids = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.bias is not None}
     whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
     params = [p for p in model.parameters() if p.requires_grad or p is whiten_bias]
@@ -55,7 +54,7 @@ MUON_BIAS_LR = 0.053
 MUON_HEAD_LR = 0.67
 
 
-def _muon_groups(model, cfg: TrainConfig, norm: list, other: list) -> list[dict]:
+def _muon_groups(model, cfg: RunConfig, norm: list, other: list) -> list[dict]:
     filters = [p for p in other if p.ndim == 4]
     rest = [p for p in other if p.ndim != 4]
     head = [p for p in rest if p.ndim == 2]

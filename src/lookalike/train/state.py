@@ -20,13 +20,13 @@ from typing import Any, Optional
 
 from ..errors import LookalikeError
 from .budget import epochs_between
-from .config import TrainConfig, with_lr_for_length
+from .config import RunConfig
 from .optimizers import Lookahead, build_optimizer
 
 
 @dataclass
 class RunState:
-    cfg: TrainConfig
+    cfg: RunConfig
     meta: dict[str, Any]
     model: Any
     optimizer: Any
@@ -44,16 +44,14 @@ class RunState:
     plan: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, cfg: TrainConfig, meta: dict[str, Any], model, steps_per_epoch: int, total_steps: int,
+    def start(cls, cfg: RunConfig, meta: dict[str, Any], model, steps_per_epoch: int, total_steps: int,
               plan: dict[str, Any]) -> "RunState":
-        # Muon's lr follows the planned length. Re-plans after each epoch move the schedule's end, not this angle.
-        cfg = with_lr_for_length(cfg, total_steps / steps_per_epoch)
         return cls(cfg, meta, model, build_optimizer(model, cfg), Lookahead(model) if cfg.lookahead else None,
                    steps_per_epoch, total_steps, crop_steps=math.ceil(cfg.crop_fraction * total_steps),
                    n_epochs=epochs_between(0, total_steps, steps_per_epoch), plan=plan)
 
     @classmethod
-    def resume(cls, saved: dict[str, Any], cfg: TrainConfig, meta: dict[str, Any], model, steps_per_epoch: int,
+    def resume(cls, saved: dict[str, Any], cfg: RunConfig, meta: dict[str, Any], model, steps_per_epoch: int,
                run_dir: Path) -> "RunState":
         """The state of `saved` (a checkpoint read by `checkpoint.load_resume_state`) on `model`; restores the
         global RNG as well."""
@@ -63,7 +61,6 @@ class RunState:
         sched = saved["scheduler"]
         step, total_steps, epoch = int(sched["step"]), int(sched["total_steps"]), int(saved["meta"]["epoch"])
         torch.set_rng_state(saved["rng"]["torch"])
-        cfg = with_lr_for_length(cfg, total_steps / steps_per_epoch)
         optimizer = build_optimizer(model, cfg)
         try:
             optimizer.load_state_dict(saved["optimizer"])
