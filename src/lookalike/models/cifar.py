@@ -23,8 +23,8 @@ from torch import nn
 FAST_WIDTHS_CPU = (32, 128, 256)
 # Whitening layouts. "pairs" (airbench): each whitened channel and its negative, a learnable bias and a GELU, so
 # 24 channels at full resolution. "linear": the 12 whitened channels as they are, no bias, no activation, so the
-# whitening and the first conv compose into one 4x4 conv of the pixels. A CPU training step is ~1.26x as fast
-# (benchmarks/fast_step.py), but a little less is learnt per epoch.
+# whitening and the first conv compose into one 4x4 conv of the pixels: faster CPU steps, a little less learnt per
+# epoch (benchmarks/results/fast_step.md).
 WHITENINGS = ("pairs", "linear")
 
 
