@@ -104,8 +104,9 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
             if not math.isfinite(value):  # before any file: best.pt and last.pt keep the last finite epoch
                 raise _diverged(value, run)
         t_evaluated = time.perf_counter()
-        row = _record_epoch(run, trained, tested, seconds=run.elapsed_before + (time.time() - t0))
-        run.save(run_dir, tested["acc"], row["seconds"])
+        seconds = run.elapsed_before + (time.time() - t0)
+        row = _record_epoch(run, trained, tested, seconds)
+        run.save(run_dir, tested["acc"], seconds)
         # After the checkpoint: metrics.csv never runs ahead of what a resume can restore.
         write_metrics(run.history, run_dir / "metrics.csv")
         plots.plot_curves(run.history, run_dir / "curves.png")
