@@ -7,26 +7,29 @@ Each layout gets the optimizer and channels_last layout that `lookalike train` g
 its steps are timed by the engine's own `time_training_steps` on one fixed random batch (a step's cost does
 not depend on the pixels). The "pairs" whitening bias is frozen, as it is after the first 30% of a run. Rounds
 alternate between the layouts so that a noisy, shared machine slows both alike; each figure is the median
-round. Prints a Markdown table on stdout.
+round. Prints a Markdown table on stdout and appends it, with the command, the commit and the machine, to
+benchmarks/results/fast_step.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+
+from results_file import record
 
 
 def build(whitening: str, widths: list[int], batch: int, device):
     import torch
 
     from lookalike.models import create_model
-    from lookalike.train.config import TrainConfig, resolve, with_lr_for_length
-    from lookalike.train.engine import build_optimizer
+    from lookalike.train.config import TrainConfig, resolve
+    from lookalike.train.optimizers import build_optimizer
 
     torch.manual_seed(0)
-    cfg = with_lr_for_length(resolve(TrainConfig(data="-", whitening=whitening, widths=widths, batch_size=batch),
-                                     device.type), 4)
+    cfg = resolve(TrainConfig(data="-", whitening=whitening, widths=widths, batch_size=batch), device.type, epochs=4)
     model = create_model("fast", num_classes=10, widths=widths, whitening=whitening)
     model.init_whitening(torch.randn(256, 3, 32, 32))
     model = model.to(device=device, memory_format=torch.channels_last)
@@ -48,7 +51,7 @@ def main() -> None:
     import torch
 
     from lookalike.device import resolve_device
-    from lookalike.train.engine import time_training_steps
+    from lookalike.train.budget import time_training_steps
 
     device = resolve_device(args.device)
     widths = [int(w) for w in args.widths.split(",")]
@@ -85,16 +88,17 @@ def main() -> None:
             ev[w].append(eval_passes(model, args.steps))
 
     threads = torch.get_num_threads()
-    print(f"`fast` {args.widths}, batch {args.batch}, {device}, {threads} threads, median of {args.rounds} rounds "
-          f"of {args.steps} steps\n")
-    print("| whitening | training step | training images/s | evaluation pass | evaluation images/s |")
-    print("|---|---|---|---|---|")
     med = {w: (statistics.median(step[w]), statistics.median(ev[w])) for w in layouts}
-    for w, (s, e) in med.items():
-        print(f"| {w} | {s * 1e3:.1f} ms | {args.batch / s:.0f} | {e * 1e3:.1f} ms | {args.batch / e:.0f} |")
     (ps, pe), (ls, le) = med["pairs"], med["linear"]
-    print(f"\nlinear against pairs: training steps {ps / ls:.2f}x as fast, evaluation {pe / le:.2f}x")
-
+    report = [f"`fast` {args.widths}, batch {args.batch}, {device}, {threads} threads, median of {args.rounds} "
+              f"rounds of {args.steps} steps", "",
+              "| whitening | training step | training images/s | evaluation pass | evaluation images/s |",
+              "|---|---|---|---|---|",
+              *[f"| {w} | {s * 1e3:.1f} ms | {args.batch / s:.0f} | {e * 1e3:.1f} ms | {args.batch / e:.0f} |"
+                for w, (s, e) in med.items()], "",
+              f"linear against pairs: training steps {ps / ls:.2f}x as fast, evaluation {pe / le:.2f}x"]
+    print("\n".join(report))
+    print(f"\nrecorded in {record('fast_step', report)}", file=sys.stderr)
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,8 @@ metrics.csv at the first epoch whose plain test accuracy reaches it, or the end 
 evaluation (with test-time augmentation) does. The lab recipe (ResNet-18, batch 128) is not trained for 15 epochs:
 its training throughput is measured on a few dozen real steps and its evaluation throughput on a few test
 batches, and the time of 15 epochs, each followed by a test evaluation as in the lab, follows from them.
-Prints a Markdown table on stdout.
+Prints a Markdown table on stdout and appends it, with the command, the commit and the machine, to
+benchmarks/results/train_cifar10.md.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from results_file import record
 
 
 def run_train(data: str, out: Path, extra: list[str]) -> dict:
@@ -75,7 +79,8 @@ def lab_speed(data: str, steps: int, device: str) -> dict:
     from lookalike.models import create_model
     from lookalike.train.augment import augment, to_float
     from lookalike.train.config import TrainConfig, resolve
-    from lookalike.train.engine import build_optimizer, time_training_steps
+    from lookalike.train.budget import time_training_steps
+    from lookalike.train.optimizers import build_optimizer
 
     dev = resolve_device(device)
     cfg = resolve(TrainConfig(model="lab", data=data), dev.type)
@@ -181,24 +186,29 @@ def main() -> None:
         if args.device in ("auto", "cpu"):
             script = lab_script_speed(args.data, args.lab_steps)
 
+    report: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line)
+        report.append(line)
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"\nCIFAR-10 ({args.data}), model `{args.model}` {args.train_args}, {cores} cores, device {args.device}\n")
-    print("| setting | seed | epochs | wall (outside) | training only | final test acc (TTA) | last-epoch acc | time to 85% | time to 90% |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    say(f"CIFAR-10 ({args.data}), model `{args.model}` {args.train_args}, {cores} cores, device {args.device}\n")
+    say("| setting | seed | epochs | wall (outside) | training only | final test acc (TTA) | last-epoch acc | time to 85% | time to 90% |")
+    say("|---|---|---|---|---|---|---|---|---|")
     for kind, value, seed, r in rows:
         label = f"--time-budget {value}" if kind == "budget" else f"--epochs {value}"
-        print(f"| `{label}` | {seed} | {r['epochs']} ({r['steps']} steps) | {r['outside_wall_s']:.0f} s | "
-              f"{r['train_seconds']:.1f} s | "
-              f"{100 * r['test_acc']:.2f}% | {100 * r['last_epoch_test_acc']:.2f}% | {time_to(r, 0.85)} | "
-              f"{time_to(r, 0.90)} |")
-    import statistics
+        say(f"| `{label}` | {seed} | {r['epochs']} ({r['steps']} steps) | {r['outside_wall_s']:.0f} s | "
+            f"{r['train_seconds']:.1f} s | "
+            f"{100 * r['test_acc']:.2f}% | {100 * r['last_epoch_test_acc']:.2f}% | {time_to(r, 0.85)} | "
+            f"{time_to(r, 0.90)} |")
     for kind, value in settings:
         group = [r for k, v, _, r in rows if (k, v) == (kind, value)]
         if len(group) > 1:
-            print(f"\n`{kind} {value}`: mean over {len(group)} seeds: final test accuracy "
-                  f"{100 * statistics.mean(r['test_acc'] for r in group):.2f}%, training "
-                  f"{statistics.mean(r['train_seconds'] for r in group):.1f} s, wall "
-                  f"{statistics.mean(r['outside_wall_s'] for r in group):.1f} s")
+            say(f"\n`{kind} {value}`: mean over {len(group)} seeds: final test accuracy "
+                f"{100 * statistics.mean(r['test_acc'] for r in group):.2f}%, training "
+                f"{statistics.mean(r['train_seconds'] for r in group):.1f} s, wall "
+                f"{statistics.mean(r['outside_wall_s'] for r in group):.1f} s")
     labs = [("Lab recipe run by Lookalike (`--model lab`: ResNet-18, batch 128, channels_last, tensor "
              "augmentation)", lab),
             ("Lab recipe as a course template runs it (ImageFolder + PIL transforms, DataLoader with 2 workers, "
@@ -208,18 +218,20 @@ def main() -> None:
             continue
         train_s = 15 * speed["n_train"] / speed["train"]
         lab_s = train_s + 15 * speed["n_test"] / speed["test"]  # the lab evaluated the test set every epoch
-        print(f"\n{name}: {speed['train']:.1f} training images/s over {args.lab_steps} steps, "
-              f"{speed['test']:.0f} test images/s -> 15 epochs of {speed['n_train']:,} images = "
-              f"{train_s / 3600:.2f} h of training, {lab_s / 3600:.2f} h with a test evaluation "
-              f"({speed['n_test']:,} images) after each.")
+        say(f"\n{name}: {speed['train']:.1f} training images/s over {args.lab_steps} steps, "
+            f"{speed['test']:.0f} test images/s -> 15 epochs of {speed['n_train']:,} images = "
+            f"{train_s / 3600:.2f} h of training, {lab_s / 3600:.2f} h with a test evaluation "
+            f"({speed['n_test']:,} images) after each.")
         for kind, value, seed, r in rows:
             hit = next((float(x["seconds"]) for x in r["rows"] if float(x["test_acc"]) >= 0.85), None)
             if hit is None and r["test_acc"] >= 0.85:
                 hit = r["outside_wall_s"]
             if hit:
-                print(f"- `{value}` seed {seed}: 85% after {hit:.0f} s (start-up and evaluations included): "
-                      f"{lab_s / hit:.0f}x less than these 15 epochs with their evaluations, "
-                      f"{train_s / hit:.0f}x less than their training alone")
+                say(f"- `{value}` seed {seed}: 85% after {hit:.0f} s (start-up and evaluations included): "
+                    f"{lab_s / hit:.0f}x less than these 15 epochs with their evaluations, "
+                    f"{train_s / hit:.0f}x less than their training alone")
+
+    print(f"\nrecorded in {record('train_cifar10', report)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

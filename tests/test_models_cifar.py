@@ -81,7 +81,7 @@ def test_linear_whitening_runs_with_the_first_conv_as_one_4x4_conv():
 
 def test_overfits_one_small_batch():
     from lookalike.train.config import TrainConfig, resolve
-    from lookalike.train.engine import build_optimizer
+    from lookalike.train.optimizers import build_optimizer
 
     torch.manual_seed(0)
     cfg = resolve(TrainConfig(model="fast", widths=[16, 32, 32], batch_size=16), "cpu")

@@ -1,5 +1,4 @@
 import csv
-import dataclasses
 import json
 
 import pytest
@@ -7,7 +6,7 @@ import torch
 
 from lookalike.train.augment import augment
 from lookalike.train.checkpoint import load_checkpoint, model_from_checkpoint
-from lookalike.train.config import TrainConfig, muon_lr, parse_duration, resolve, with_lr_for_length
+from lookalike.train.config import TrainConfig, muon_lr, parse_duration, resolve
 from lookalike.train.engine import fit
 from lookalike.train.schedules import lr_factor
 
@@ -83,8 +82,8 @@ def test_fast_recipe_depends_on_device():
     assert (gpu.optimizer, gpu.lr, gpu.lookahead) == ("sgd-sum", 11.5, True)
     sgd_on_cpu = resolve(TrainConfig(model="fast", optimizer="sgd-sum"), "cpu")
     assert (sgd_on_cpu.lr, sgd_on_cpu.schedule, sgd_on_cpu.widths) == (11.5, "onecycle", [32, 128, 256])
-    assert cpu.lr is None  # Muon's lr waits for the run's length
-    assert resolve(TrainConfig(model="lab", optimizer="muon"), "cpu").lr is None  # SGD's 0.1 is no Muon angle
+    assert cpu.lr == muon_lr(cpu.epochs)  # Muon's lr follows the run's length
+    assert resolve(TrainConfig(model="lab", optimizer="muon"), "cpu").lr == muon_lr(15)  # SGD's 0.1 is no Muon angle
     assert resolve(TrainConfig(model="fast", optimizer="muon", lr=0.05), "cpu").lr == 0.05
 
 
@@ -94,9 +93,15 @@ def test_muon_lr_follows_the_run_length():
     assert muon_lr(8) == pytest.approx(0.03, rel=0.03)
     assert muon_lr(11) == pytest.approx(0.025, rel=0.03)
     assert muon_lr(0.25) == muon_lr(1)  # a fraction of an epoch takes no wilder step than one epoch
-    cfg = resolve(TrainConfig(model="fast"), "cpu")
-    assert with_lr_for_length(cfg, 4).lr == muon_lr(4)
-    assert with_lr_for_length(dataclasses.replace(cfg, lr=0.01), 4).lr == 0.01
+    assert resolve(TrainConfig(model="fast"), "cpu", epochs=4).lr == muon_lr(4)  # the planned length
+    assert resolve(TrainConfig(model="fast", lr=0.01), "cpu", epochs=4).lr == 0.01
+
+
+def test_resolved_settings_are_all_set_and_small_crops_follow_the_image_side():
+    cfg = resolve(TrainConfig(model="lab"), "cpu", input_size=64)
+    unset = {k for k, v in cfg.to_dict().items() if v is None}
+    assert unset == {"widths", "depth", "whitening", "time_budget", "image_size"}  # fast-only, or "none" by meaning
+    assert cfg.crop_size == 48 and resolve(TrainConfig(crop_size=20), "cpu").crop_size == 20
 
 
 def test_schedules():
@@ -168,7 +173,7 @@ def test_alternating_flips_mirror_each_image_once_per_two_epochs():
 
 
 def test_steps_that_fit_counts_training_and_one_evaluation_per_epoch():
-    from lookalike.train.engine import steps_that_fit
+    from lookalike.train.budget import steps_that_fit
 
     # 65 steps of 1 s and 7 evaluations of 5 s take 100 s; 66 steps would take 101 s.
     assert steps_that_fit(100, 1.0, 5.0, 10) == 65
@@ -181,7 +186,7 @@ def test_steps_that_fit_counts_training_and_one_evaluation_per_epoch():
 
 
 def test_a_short_tail_joins_the_last_epoch():
-    from lookalike.train.engine import epoch_steps, epochs_between
+    from lookalike.train.budget import epoch_steps, epochs_between
 
     assert [epoch_steps(s, 31, 10) for s in (0, 10, 20)] == [10, 10, 11]
     assert epoch_steps(20, 23, 10) == 3 and epoch_steps(20, 32, 10) == 10  # a quarter epoch or more is its own
@@ -190,7 +195,7 @@ def test_a_short_tail_joins_the_last_epoch():
 
 
 def test_steps_that_fit_costs_small_crop_steps_at_their_own_pace():
-    from lookalike.train.engine import steps_that_fit
+    from lookalike.train.budget import steps_that_fit
 
     # The first half of the steps take 0.5 s: 40 x 0.5 + 40 x 1 + 8 evaluations x 5 = 100 s.
     assert steps_that_fit(100, 1.0, 5.0, 10, small_step_s=0.5, small_fraction=0.5) == 80
@@ -199,7 +204,7 @@ def test_steps_that_fit_costs_small_crop_steps_at_their_own_pace():
 
 
 def test_refit_steps_uses_the_pace_of_the_last_epochs():
-    from lookalike.train.engine import refit_steps
+    from lookalike.train.budget import refit_steps
 
     # Epochs of 10 steps in 10 s, 5 s of evaluation: 100 s left, minus the confusion plot (1 s) and the margin
     # (3.5 s), fits 6 more epochs after the 20 steps taken, and 1 step that joins the last of them.
@@ -218,7 +223,7 @@ def test_refit_steps_uses_the_pace_of_the_last_epochs():
 def test_tta_evaluation_also_gives_the_plain_result_of_the_same_sweep(tiny_folder_dataset, tmp_path):
     from lookalike.datasets import load_data
     from lookalike.models import create_model
-    from lookalike.train.engine import evaluate
+    from lookalike.train.evaluation import evaluate
 
     data = load_data(str(tiny_folder_dataset))
     torch.manual_seed(0)

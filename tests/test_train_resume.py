@@ -1,6 +1,7 @@
 """A training process killed with SIGKILL and resumed ends with exactly the metrics of an uninterrupted run."""
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -92,3 +93,31 @@ def test_resume_with_an_optimizer_state_that_does_not_fit_is_one_clear_error(tin
     save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, tmp_path / "run" / "last.pt")
     with pytest.raises(LookalikeError, match="optimizer state in last.pt does not fit"):
         fit(cfg, tmp_path / "run", resume=True)
+
+
+def test_a_run_stopped_by_an_earlier_version_resumes(tmp_path, monkeypatch):
+    # tests/data/run_v1 was written by `tests/data/make_run_v1.py` when checkpoint format 1 was current; its config
+    # names the data folder "data", relative to the working folder.
+    import shutil
+    from pathlib import Path
+
+    from conftest import make_folder_dataset
+
+    stored = Path(__file__).parent / "data" / "run_v1"
+    monkeypatch.chdir(tmp_path)
+    make_folder_dataset(tmp_path / "data")
+    shutil.copytree(stored, tmp_path / "run")
+    resumed = fit(TrainConfig(), tmp_path / "run", resume=True)
+
+    saved = json.loads((stored / "config.json").read_text())["config"]
+    straight = fit(TrainConfig(**{k: saved[k] for k in ("data", "epochs", "widths", "batch_size", "device", "seed",
+                                                         "optimizer", "crop_size", "crop_fraction",
+                                                         "eval_batch_size")}), tmp_path / "straight")
+    rows = _rows(tmp_path / "run" / "metrics.csv")
+    assert rows[0] == _rows(stored / "metrics.csv")[0]  # the stored epoch is kept as it was
+    assert [r["epoch"] for r in rows] == ["1", "2"] and resumed["steps"] == straight["steps"] == 6
+    # Floats are compared loosely: the stored epoch may have been computed on another CPU.
+    for got, want in zip(rows, _rows(tmp_path / "straight" / "metrics.csv")):
+        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc"):
+            assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-3, abs=1e-4), key
+    assert resumed["test_acc"] == pytest.approx(straight["test_acc"], abs=1e-6)

@@ -201,7 +201,7 @@ def test_a_diverging_run_stops_before_writing_a_nan_model(capsys, monkeypatch, d
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, monkeypatch, "train", "--data", data, "--epochs", "3", *SMALL, "--optimizer", "sgd",
                            "--lr", "1e20", "--no-lookahead", "--out", run)
-    one_line_error(code, err, "diverged", "lower --lr")
+    one_line_error(code, err, "diverged", "lower lr")
     for name in ("best.pt", "last.pt"):
         if (run / name).exists():
             state = load_checkpoint(run / name)["model_state"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Optional
@@ -14,61 +15,45 @@ from ._common import console, out, print_json, warn
 _STARTED = time.time()  # the time budget counts from process start: imports and data loading are included
 
 
-@app.command("train")
-def train_command(
-    data: Optional[str] = typer.Option(None, "--data", help="'cifar10', a cifar-10-batches-py folder, or DIR with train/<class>/ and test/<class>/ images."),
-    model: str = typer.Option("fast", "--model", "-m", help="A cifar model from `lookalike models`: fast (default), lab, resnet18."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs (fractions allowed). Default: the model's recipe."),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall time for training + evaluation, e.g. 5m: throughput is measured on the first steps and the step count fitted to it."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Training batch size."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd, sgd-sum (airbench's parametrisation; fast on a GPU) or muon (orthogonalised conv-filter updates; fast on a CPU)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (sgd-sum: per 1024 examples of a summed loss; muon: the angle of a filter step)."),
-    momentum: Optional[float] = typer.Option(None, "--momentum", help="Momentum (muon: of the filter updates)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (sgd-sum: per 1024 examples, decoupled; muon: per example, for biases and head)."),
-    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Label smoothing of the training loss."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="step, onecycle, linear, cosine or constant."),
-    milestones: Optional[str] = typer.Option(None, "--milestones", help="step schedule: epochs where the lr is multiplied by --gamma, e.g. 5,10."),
-    gamma: Optional[float] = typer.Option(None, "--gamma", help="step schedule: lr multiplier at each milestone."),
-    widths: Optional[str] = typer.Option(None, "--widths", help="fast: channels of the three conv groups, e.g. 32,128,256 (the CPU default; 32,64,128 under a 10-minute budget; GPU 64,256,256)."),
-    depth: Optional[int] = typer.Option(None, "--depth", help="fast: convolutions per group (2; 3 is deeper and slower)."),
-    whitening: Optional[str] = typer.Option(None, "--whitening", help="fast: first layer 'linear' (12 whitened channels: faster steps; the default for CPU budgets under 10 minutes) or 'pairs' (airbench's +/- pairs with a GELU: more accuracy per epoch; the default otherwise)."),
-    translate: Optional[int] = typer.Option(None, "--translate", help="Random shift augmentation in pixels (0: off)."),
-    crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Side in pixels of the small random crops that the first --crop-fraction of the steps train on (default 3/4 of the image side); steps run faster, testing stays at full size."),
-    crop_fraction: Optional[float] = typer.Option(None, "--crop-fraction", help="Fraction of the steps trained on --crop-size crops (0: none)."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips."),
-    lookahead: Optional[bool] = typer.Option(None, "--lookahead/--no-lookahead", help="Lookahead weight averaging."),
-    tta: Optional[int] = typer.Option(None, "--tta", help="Final test-time augmentation: 0 none, 1 mirror, 2 mirror + shifts."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Side images are resized to (default: their own size when <= 64 px, else 128)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (shuffling, augmentation, initialisation)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA only)."),
-    run_dir: Optional[Path] = typer.Option(None, "--out", "--run-dir", "-o", help="Run folder (default runs/<model>-<YYYYmmdd-HHMMSS>)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last.pt."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its checkpoints, metrics, plots and config; nothing else in the folder). Without it such a folder is refused."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout at the end."),
-) -> None:
+def _train_options() -> list[inspect.Parameter]:
+    """The parameters of `lookalike train`: an option for each setting that `RunConfig` offers to the command
+    line, then the run's own."""
+    from ..train.config import command_line_options
+
+    def option(name: str, kind, default, *flags: str, help: str) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, *flags, help=help),
+                                 annotation=kind if default is not None else Optional[kind])
+
+    return [*(option(o.field, o.kind, o.default, *o.flags, help=o.help) for o in command_line_options()),
+            option("run_dir", Path, None, "--out", "--run-dir", "-o",
+                   help="Run folder (default runs/<model>-<YYYYmmdd-HHMMSS>)."),
+            option("resume", Path, None, "--resume", help="Continue the run in this folder from its last.pt."),
+            option("overwrite", bool, False, "--overwrite",
+                   help="Replace the run already in --out (its checkpoints, metrics, plots and config; nothing else "
+                        "in the folder). Without it such a folder is refused."),
+            option("json_out", bool, False, "--json", help="Print one JSON object on stdout at the end.")]
+
+
+def train_command(*, run_dir: Optional[Path], resume: Optional[Path], overwrite: bool, json_out: bool,
+                  **settings) -> None:
     """Train a classifier on CIFAR-10 or on your own class folders; writes metrics, plots and checkpoints."""
     from ..errors import LookalikeError
-    from ..train.config import TrainConfig, parse_duration, parse_list, validate
+    from ..train.config import ConfigError
 
-    if resume is None and not data:
-        raise LookalikeError("--data is required (cifar10 or a folder with train/ and test/), or --resume RUNDIR")
-    if compile_ and device == "cpu":
-        raise LookalikeError("--compile is for CUDA only (it gives no gain on CPU)")
-    cfg = TrainConfig(
-        data=data or "", model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-        momentum=momentum, weight_decay=weight_decay, label_smoothing=label_smoothing, schedule=schedule,
-        milestones=parse_list(milestones, float, "--milestones"), gamma=gamma,
-        widths=parse_list(widths, int, "--widths"), depth=depth, whitening=whitening, translate=translate, flip=flip,
-        crop_size=crop_size, crop_fraction=crop_fraction,
-        lookahead=lookahead, tta=tta, image_size=image_size, seed=seed, device=device, compile=compile_,
-        time_budget=parse_duration(time_budget) if time_budget else None,
-    )
-    if schedule and schedule != "step" and milestones:
-        raise LookalikeError("--milestones only applies to --schedule step")
     if resume is not None and overwrite:
         raise LookalikeError("--overwrite replaces a run, --resume continues one: give one of them")
-    validate(cfg)
+    try:
+        _train(settings, run_dir, resume, overwrite, json_out)
+    except ConfigError as exc:  # the library names the setting; here it is the option that was given
+        raise LookalikeError(f"{_FLAGS[exc.field]} {exc.problem}" if exc.field in _FLAGS else str(exc)) from None
+
+
+def _train(settings: dict, run_dir: Optional[Path], resume: Optional[Path], overwrite: bool, json_out: bool) -> None:
+    from ..train.config import TrainConfig, command_line_options, parse_option
+
+    parses = {o.field: o.parse for o in command_line_options() if o.parse}
+    cfg = TrainConfig(**{name: parse_option(value, parses[name], name) if name in parses and value is not None
+                         else value for name, value in settings.items()})
     made = None  # a default run folder this command created: removed again if the run never starts
     if resume is not None:
         folder = resume
@@ -77,7 +62,7 @@ def train_command(
     else:
         from ..train.rundir import new_run_dir
 
-        folder = made = new_run_dir("runs", model, now=_STARTED)
+        folder = made = new_run_dir("runs", cfg.model, now=_STARTED)
     try:
         result = _run_with_progress(cfg, folder, resume is not None, overwrite)
     except Exception:
@@ -88,6 +73,13 @@ def train_command(
         print_json({k: v for k, v in result.items() if k not in ("confusion",)})
     else:
         _print_summary(result)
+
+
+_OPTIONS = _train_options()
+train_command.__signature__ = inspect.Signature(_OPTIONS)
+train_command.__annotations__ = {p.name: p.annotation for p in _OPTIONS}
+_FLAGS = {p.name: p.default.param_decls[0].split("/")[0] for p in _OPTIONS}
+app.command("train")(train_command)
 
 
 def _run_with_progress(cfg, folder: Path, resume: bool, overwrite: bool = False) -> dict:
@@ -136,16 +128,20 @@ def _run_with_progress(cfg, folder: Path, resume: bool, overwrite: bool = False)
                 f"epoch {r['epoch']:>3}  lr {r['lr']:.4g}  train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}%  "
                 f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%  {r['seconds']:.1f} s", highlight=False)
 
+    def stop() -> None:
+        if progress.live.is_started:  # stopping a display that never started would print an empty line
+            progress.stop()
+
     try:
         return fit(cfg, folder, resume=resume, on_event=on_event, started_at=_STARTED, overwrite=overwrite)
     except KeyboardInterrupt:
-        progress.stop()
+        stop()
         if (folder / "last.pt").exists() or (folder / "config.json").exists():
             console.print(f"stopped; finished epochs are kept: lookalike train --resume {folder} continues the run",
                           highlight=False, soft_wrap=True)
         raise
     finally:
-        progress.stop()
+        stop()
 
 
 def _print_summary(result: dict) -> None:

@@ -19,16 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register_model
-
-# Widths of the three conv groups of `fast`. The GPU size is airbench94's; the CPU size was chosen from
-# measured training throughput on a 2-core CPU (see benchmarks/train_cifar10.py).
-FAST_WIDTHS_GPU = (64, 256, 256)
+# Widths of the three conv groups of `fast` when none are given: the CPU recipe's (lookalike.train.config).
 FAST_WIDTHS_CPU = (32, 128, 256)
 # Whitening layouts. "pairs" (airbench): each whitened channel and its negative, a learnable bias and a GELU, so
 # 24 channels at full resolution. "linear": the 12 whitened channels as they are, no bias, no activation, so the
-# whitening and the first conv compose into one 4x4 conv of the pixels. A CPU training step is ~1.26x as fast
-# (benchmarks/fast_step.py), but a little less is learnt per epoch.
+# whitening and the first conv compose into one 4x4 conv of the pixels: faster CPU steps, a little less learnt per
+# epoch (benchmarks/results/fast_step.md).
 WHITENINGS = ("pairs", "linear")
 
 
@@ -186,17 +182,14 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model("fast", "cifar", "speed-run net (whitened 2x2 stem, 3 conv groups); widths/depth/whitening are options")
 def fast(num_classes: int = 10, widths: Sequence[int] = FAST_WIDTHS_CPU, depth: int = 2, whitening: str = "pairs",
          **kw) -> FastNet:
     return FastNet(num_classes=num_classes, widths=widths, depth=depth, whitening=whitening, **kw)
 
 
-@register_model("lab", "cifar", "ResNet-18 (CIFAR) with the lab's recipe: SGD 0.1, steps at 5 and 10, 15 epochs")
 def lab(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(num_classes=num_classes)
 
 
-@register_model("resnet18", "cifar", "ResNet-18 (CIFAR variant), one-cycle recipe")
 def resnet18(num_classes: int = 10, width: int = 64) -> CifarResNet:
     return CifarResNet(num_classes=num_classes, width=width)

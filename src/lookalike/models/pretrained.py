@@ -19,7 +19,6 @@ from typing import Any
 
 from ..errors import LookalikeError
 from ..unpickle import load_error_reason, torch_load
-from .registry import register_model
 
 # Preprocessing of each backbone's weights, readable without building the model.
 PREPROCESS: dict[str, dict[str, Any]] = {
@@ -97,12 +96,10 @@ def _efficientnet_lite(name: str, pretrained: bool, weights: str | None):
     return model.eval()
 
 
-@register_model("efficientnet_lite0", "pretrained", "EfficientNet-Lite0, ImageNet, weights ship with pip (default)")
 def efficientnet_lite0(pretrained: bool = True, weights: str | None = None):
     return _efficientnet_lite("efficientnet_lite0", pretrained, weights)
 
 
-@register_model("efficientnet_lite2", "pretrained", "EfficientNet-Lite2, ImageNet, weights ship with pip")
 def efficientnet_lite2(pretrained: bool = True, weights: str | None = None):
     return _efficientnet_lite("efficientnet_lite2", pretrained, weights)
 
@@ -205,11 +202,9 @@ def _torchvision_model(name: str, pretrained: bool, weights: str | None):
     return model.eval()
 
 
-@register_model("resnet50", "pretrained", "ResNet-50, torchvision ImageNet V2 weights (downloaded once)")
 def resnet50(pretrained: bool = True, weights: str | None = None):
     return _torchvision_model("resnet50", pretrained, weights)
 
 
-@register_model("mobilenet_v3_large", "pretrained", "MobileNetV3-Large, torchvision ImageNet V2 weights (downloaded once)")
 def mobilenet_v3_large(pretrained: bool = True, weights: str | None = None):
     return _torchvision_model("mobilenet_v3_large", pretrained, weights)

@@ -424,7 +424,7 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
                                     dim=run.dim, device="cpu", weights=weights, runner=run, runtime="onnx")
 
     from ..device import resolve_device
-    from ..models import get_model_entry
+    from ..models import create_model, get_model_entry
 
     dev = resolve_device(device)
     if checkpoint:
@@ -443,7 +443,7 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
         if entry.kind != "pretrained":
             raise LookalikeError(
                 f"model {model!r} is a CIFAR net to train: pass its checkpoint file from `lookalike train` instead")
-        backbone = entry.builder(**{**entry.defaults, "pretrained": True, "weights": weights})
+        backbone = create_model(model, pretrained=True, weights=weights)
         preprocess = dict(backbone.preprocess)
         model_id = model
 

@@ -1,68 +1,140 @@
-"""One typed config for a training run; each model's recipe fills the settings the user did not give."""
+"""A training run's settings, defined once: `RunConfig` (every setting decided), `TrainConfig` (what a caller asks
+for; a setting left at None takes the model's recipe), `resolve` (recipe + request -> RunConfig) and `validate`.
+
+Each field of `RunConfig` carries its command-line option and help text, from which `lookalike train` builds its
+options; errors name the field (`ConfigError.field`), which the command line shows as its option.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Optional
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
+from typing import Any, NamedTuple, Optional, get_type_hints
 
 from ..errors import LookalikeError
 
 WHITENINGS = ("pairs", "linear")  # the same as lookalike.models.cifar's; this module does not import torch
 
 
-@dataclass
-class TrainConfig:
-    data: str = ""                      # "cifar10", a cifar-10-batches-py folder, or DIR with train/ and test/
-    model: str = "fast"                 # a registered "cifar" model
-    widths: Optional[list[int]] = None  # fast: channels of the three conv groups
-    depth: Optional[int] = None         # fast: convs per group
-    whitening: Optional[str] = None     # fast: "pairs" (airbench) or "linear" (CPU runs under a 10-minute budget)
-    epochs: Optional[float] = None      # may be fractional (airbench trains 9.9 epochs)
-    batch_size: Optional[int] = None
-    optimizer: Optional[str] = None     # "sgd" (lr as given) or "sgd-sum" (airbench: lr per 1024 examples, summed loss)
-    lr: Optional[float] = None
-    momentum: Optional[float] = None
-    nesterov: Optional[bool] = None
-    weight_decay: Optional[float] = None
-    bias_lr_scale: Optional[float] = None    # sgd-sum: BatchNorm shifts learn this much faster
-    label_smoothing: Optional[float] = None
-    schedule: Optional[str] = None      # step, onecycle, linear, cosine, constant
-    milestones: Optional[list[float]] = None  # step schedule, in epochs
-    gamma: Optional[float] = None
-    lookahead: Optional[bool] = None    # airbench's lookahead-style weight averaging every 5 steps
-    whiten_bias_fraction: Optional[float] = None  # fast: train the whitening bias for this fraction of the steps
-    translate: Optional[int] = None     # random shift in pixels (random crop with padding)
-    pad_mode: Optional[str] = None      # "reflect" or "constant"
-    flip: Optional[bool] = None
-    alternate_flip: Optional[bool] = None  # airbench's alternating flips instead of coin flips
-    crop_size: Optional[int] = None     # train the first `crop_fraction` of the steps on random crops this small
-    crop_fraction: Optional[float] = None
-    tta: Optional[int] = None           # final evaluation: 0 plain, 1 + mirror, 2 + mirror and 1-px shifts
-    time_budget: Optional[float] = None  # seconds for training + evaluation; fixes the step count
-    image_size: Optional[int] = None
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False               # torch.compile (CUDA only; no gain on CPU)
-    eval_batch_size: Optional[int] = None  # 256 on a CPU (cache-friendly: ~20% faster than 1000), 1000 on a GPU
+class ConfigError(LookalikeError):
+    """A setting that cannot be used: `field` names it, `problem` says why ("must be ..., got ...")."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
+def _setting(flags: Any = (), help: str = "", default: Any = MISSING, parse: Optional[str] = None) -> Any:
+    """A field of RunConfig: `flags`, the command-line option (none: Python callers only); `parse`, how the
+    command line's text becomes the value ("ints", "floats", "duration")."""
+    flags = (flags,) if isinstance(flags, str) else tuple(flags)
+    return field(default=default, metadata={"flags": flags, "help": help, "parse": parse})
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    data: str = _setting("--data", "'cifar10', a cifar-10-batches-py folder, or DIR with train/<class>/ and "
+                         "test/<class>/ images.", default="")
+    model: str = _setting(("--model", "-m"), "A cifar model from `lookalike models`: fast (default), lab, resnet18.",
+                          default="fast")
+    widths: Optional[list[int]] = _setting(
+        "--widths", "fast: channels of the three conv groups, e.g. 32,128,256 (the CPU default; 32,64,128 under a "
+        "10-minute budget; GPU 64,256,256).", default=None, parse="ints")
+    depth: Optional[int] = _setting("--depth", "fast: convolutions per group (2; 3 is deeper and slower).",
+                                    default=None)
+    whitening: Optional[str] = _setting(
+        "--whitening", "fast: first layer 'linear' (12 whitened channels: faster steps; the default for CPU budgets "
+        "under 10 minutes) or 'pairs' (airbench's +/- pairs with a GELU: more accuracy per epoch; the default "
+        "otherwise).", default=None)
+    epochs: float = _setting("--epochs", "Epochs (fractions allowed). Default: the model's recipe.")
+    batch_size: int = _setting(("--batch-size", "-b"), "Training batch size.")
+    optimizer: str = _setting("--optimizer", "sgd, sgd-sum (airbench's parametrisation; fast on a GPU) or muon "
+                              "(orthogonalised conv-filter updates; fast on a CPU).")
+    lr: float = _setting("--lr", "Peak learning rate (sgd-sum: per 1024 examples of a summed loss; muon: the angle "
+                         "of a filter step, by default set for the run's length).")
+    momentum: float = _setting("--momentum", "Momentum (muon: of the filter updates).")
+    nesterov: bool = _setting()
+    weight_decay: float = _setting("--weight-decay", "Weight decay (sgd-sum: per 1024 examples, decoupled; muon: "
+                                   "per example, for biases and head).")
+    bias_lr_scale: float = _setting()  # sgd-sum: BatchNorm shifts learn this much faster
+    label_smoothing: float = _setting("--label-smoothing", "Label smoothing of the training loss.")
+    schedule: str = _setting("--schedule", "step, onecycle, linear, cosine or constant.")
+    milestones: list[float] = _setting("--milestones", "step schedule: epochs where the lr is multiplied by "
+                                       "--gamma, e.g. 5,10.", parse="floats")
+    gamma: float = _setting("--gamma", "step schedule: lr multiplier at each milestone.")
+    lookahead: bool = _setting("--lookahead/--no-lookahead", "Lookahead weight averaging.")
+    whiten_bias_fraction: float = _setting()  # fast: train the whitening bias for this fraction of the steps
+    translate: int = _setting("--translate", "Random shift augmentation in pixels (0: off).")
+    pad_mode: str = _setting()  # of the shifts: "reflect" or "constant"
+    flip: bool = _setting("--flip/--no-flip", "Random horizontal flips.")
+    alternate_flip: bool = _setting()  # airbench's alternating flips instead of coin flips
+    crop_size: int = _setting("--crop-size", "Side in pixels of the small random crops that the first "
+                              "--crop-fraction of the steps train on (default 3/4 of the image side); steps run "
+                              "faster, testing stays at full size.")
+    crop_fraction: float = _setting("--crop-fraction", "Fraction of the steps trained on --crop-size crops "
+                                    "(0: none).")
+    tta: int = _setting("--tta", "Final test-time augmentation: 0 none, 1 mirror, 2 mirror + shifts.")
+    time_budget: Optional[float] = _setting(
+        "--time-budget", "Wall time for training + evaluation, e.g. 5m: throughput is measured on the first steps "
+        "and the step count fitted to it.", default=None, parse="duration")
+    image_size: Optional[int] = _setting("--image-size", "Side images are resized to (default: their own size when "
+                                         "<= 64 px, else 128).", default=None)
+    seed: int = _setting("--seed", "Random seed (shuffling, augmentation, initialisation).", default=0)
+    device: str = _setting("--device", "auto, cpu or cuda.", default="auto")
+    compile: bool = _setting("--compile", "torch.compile the model (CUDA only).", default=False)
+    eval_batch_size: int = _setting()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
-    @classmethod
-    def from_saved(cls, d: dict[str, Any]) -> "TrainConfig":
-        """A run's saved (resolved) config. Fields it lacks take the value every run had before they existed,
-        not today's recipe default, so a resumed run rebuilds the model its checkpoint holds."""
-        return cls.from_dict({**BEFORE_FIELD_EXISTED, **d})
+def _from_dict(cls, d: dict[str, Any]):
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def _from_saved(cls, d: dict[str, Any]):
+    """A run's saved (resolved) config. Fields it lacks take the value every run had before they existed, not
+    today's recipe default, so a resumed run rebuilds the model its checkpoint holds."""
+    return cls.from_dict({**BEFORE_FIELD_EXISTED, **d})
+
+
+# What a caller asks for: RunConfig's fields, each None (the recipe's value) unless RunConfig gives it a default.
+TrainConfig = make_dataclass(
+    "TrainConfig",
+    [(f.name, Optional[Any], field(default=None if f.default is MISSING else f.default)) for f in fields(RunConfig)],
+    namespace={"to_dict": lambda self: asdict(self), "from_dict": classmethod(_from_dict),
+               "from_saved": classmethod(_from_saved),
+               "__doc__": "The settings a caller asks for: RunConfig's fields; one left at None takes the "
+                          "recipe's value (`resolve`)."},
+)
+TrainConfig.__module__ = __name__
 BEFORE_FIELD_EXISTED: dict[str, Any] = {"whitening": "pairs"}
+
+
+class CommandLineOption(NamedTuple):
+    field: str
+    flags: tuple[str, ...]  # "--flip/--no-flip" for a switch with both forms
+    help: str
+    kind: type  # of the value the option takes: str for the options that `parse_option` reads
+    default: Any
+    parse: Optional[str]
+
+
+def command_line_options() -> list[CommandLineOption]:
+    """Every setting that `lookalike train` offers as an option, in RunConfig's order."""
+    hints = get_type_hints(RunConfig)
+    options = []
+    for f in fields(RunConfig):
+        if not f.metadata["flags"]:
+            continue
+        hint = hints[f.name]  # Optional[X] -> X
+        kind = str if f.metadata["parse"] else next((a for a in getattr(hint, "__args__", ()) if a is not type(None)),
+                                                     hint)
+        options.append(CommandLineOption(f.name, f.metadata["flags"], f.metadata["help"], kind,
+                                         None if f.default is MISSING else f.default, f.metadata["parse"]))
+    return options
 
 
 # Recipes. The `fast` net takes its optimizer settings from FAST_OPTIMIZERS: airbench94's SGD (lr 11.5 and weight
@@ -89,78 +161,45 @@ FAST_OPTIMIZERS: dict[str, dict[str, Any]] = {
     "sgd": PLAIN_SGD,
 }
 FAST_GPU = dict(widths=[64, 256, 256], depth=2, whitening="pairs", epochs=9.9, batch_size=1024, optimizer="sgd-sum")
-# CPU sizes, measured on CIFAR-10 with 2 cores (benchmarks/train_cifar10.py). At 15 minutes 32,128,256 (11.5
-# epochs) beat 32,96,192 (14.7 epochs) and 32,160,320 (8.3 epochs); a 5-minute budget affords so few epochs that
-# the narrower 32,64,128 wins. Batch 256 runs ~10% more images/s than 512 on a CPU at the same accuracy per epoch.
-# With Muon the 3-, 5- and 15-minute budgets reach 85.41% (mean of 7 runs, 84.89-85.78%), 87.23% (mean of 3
-# seeds, 86.93-87.39%) and 90.18/90.12% (seeds 0/1); airbench94's SGD reached 86.18/86.42% and 89.90/89.65% at 5
-# and 15 minutes. At 3 minutes, shifts of 1 or 0 pixels, label smoothing 0.1, widths 24,64,128 and less
-# whitening-bias training all land within the spread between seeds (README).
+# The most accurate CPU size and batch at a 15-minute budget (benchmarks/results/train_cifar10.md).
 FAST_CPU = dict(widths=[32, 128, 256], depth=2, whitening="pairs", epochs=8, batch_size=256, optimizer="muon")
-SHORT_BUDGET_S = 600
-# Linear whitening makes a CPU step ~1.26x as fast (benchmarks/fast_step.py: no GELU at full resolution, and the
-# whitening and first conv run as one 4x4 conv) and has no bias to train, but learns a little less per epoch.
-# Short runs gain: a 160-second budget reaches 85.09-85.74% over seeds 0-4, more than the pairs reached in 3
-# minutes (mean 85.23%). At 15 minutes linear reached 89.78% (seed 0) against 90.18% with the pairs.
+SHORT_BUDGET_S = 600  # seconds: CPU budgets below this take FAST_CPU_SHORT
+# Short CPU budgets: faster steps of a narrower, linearly whitened net (benchmarks/results/train_cifar10.md).
 FAST_CPU_SHORT = dict(widths=[32, 64, 128], whitening="linear")
-# airbench94_muon takes lr 0.24 at batch 2000 for 200 steps. At batch 256 on CIFAR-10 the best angle shrinks
-# with the run: we measured 0.06 best for 2 epochs, 0.03 for the ~8 of a 5-minute budget and 0.025 for the ~11
-# of a 15-minute one, which 0.085 / sqrt(epochs) fits within 3%.
+# 0.085 / sqrt(epochs) passes through the best measured Muon angles (benchmarks/results/train_cifar10.md).
 MUON_LR_ONE_EPOCH = 0.085
 OPTIMIZERS = tuple(FAST_OPTIMIZERS)
 GENERIC = dict(epochs=15, batch_size=128, optimizer="sgd", **PLAIN_SGD, label_smoothing=0.1, milestones=[],
                gamma=0.1, translate=4, pad_mode="reflect", flip=True, tta=1)
+# Settings that a recipe leaves to every model alike.
+COMMON = dict(whiten_bias_fraction=0.0, bias_lr_scale=1.0, alternate_flip=False, crop_fraction=0.0)
 
 
-def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
-    """Fill every unset field from the model's recipe (the `fast` size depends on the device). Muon's lr stays
-    unset: it depends on the run's length, which a time budget only fixes once throughput is measured
-    (`with_lr_for_length`)."""
-    recipe = dict(RECIPES.get(cfg.model, GENERIC))
+def resolve(cfg: TrainConfig, device_type: str, input_size: int = 32, epochs: Optional[float] = None) -> RunConfig:
+    """Every setting of a run: the caller's, else the model's recipe (the `fast` size depends on the device and
+    the budget, its optimizer settings on the optimizer). Small crops default to 3/4 of `input_size`, the side
+    of the training images. Muon's lr, unless given, follows the run's length: `epochs`, the planned length
+    once a time budget has measured it, else the run's epochs. `cfg` is a validated request (`validate`)."""
+    given = {k: v for k, v in cfg.to_dict().items() if v is not None}
+    recipe = dict(COMMON, **RECIPES.get(cfg.model, GENERIC))
     if cfg.model == "fast":
         recipe.update(FAST_GPU if device_type == "cuda" else FAST_CPU)
         if device_type != "cuda" and cfg.time_budget is not None and cfg.time_budget < SHORT_BUDGET_S:
             recipe.update(FAST_CPU_SHORT)
-        optimizer = cfg.optimizer or recipe["optimizer"]  # the settings follow the optimizer actually used
+        optimizer = given.get("optimizer", recipe["optimizer"])  # the settings follow the optimizer actually used
         recipe.update(FAST_OPTIMIZERS.get(optimizer, {}), optimizer=optimizer)
-    if (cfg.optimizer or recipe.get("optimizer")) == "muon":
-        recipe.pop("lr", None)  # another optimizer's lr means nothing to Muon
-    recipe.setdefault("eval_batch_size", 1000 if device_type == "cuda" else 256)
-    recipe.setdefault("whiten_bias_fraction", 0.0)
-    recipe.setdefault("bias_lr_scale", 1.0)
-    recipe.setdefault("alternate_flip", False)
-    recipe.setdefault("crop_fraction", 0.0)
-    d = cfg.to_dict()
-    for k, v in recipe.items():
-        if d.get(k) is None:
-            d[k] = v
-    out = TrainConfig.from_dict(d)
-    validate(out)
-    return out
+    recipe["eval_batch_size"] = 1000 if device_type == "cuda" else 256  # 256 is cache-friendly on a CPU
+    recipe["crop_size"] = max(8, round(0.75 * input_size))
+    settings = {**recipe, **given}
+    if "lr" not in given and settings["optimizer"] == "muon":  # another optimizer's lr means nothing to Muon
+        settings["lr"] = muon_lr(settings["epochs"] if epochs is None else epochs)
+    return RunConfig(**settings)
 
 
 def muon_lr(epochs: float) -> float:
     """Muon's filter-step angle for a run of `epochs` (at least one): longer runs take smaller steps."""
     return MUON_LR_ONE_EPOCH / math.sqrt(max(1.0, epochs))
 
-
-def with_lr_for_length(cfg: TrainConfig, epochs: float) -> TrainConfig:
-    """`cfg` with its lr set for a run of `epochs` when neither the user nor the recipe fixed one (Muon)."""
-    if cfg.lr is not None:
-        return cfg
-    if cfg.optimizer != "muon":
-        raise LookalikeError(f"--lr is needed with --optimizer {cfg.optimizer}")
-    return replace(cfg, lr=muon_lr(epochs))
-
-
-# The command-line option of each field, for messages that both CLI and Python callers can act on.
-OPTIONS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
-           "weight_decay": "--weight-decay", "label_smoothing": "--label-smoothing", "gamma": "--gamma",
-           "milestones": "--milestones", "widths": "--widths", "depth": "--depth", "translate": "--translate",
-           "crop_size": "--crop-size", "crop_fraction": "--crop-fraction", "tta": "--tta",
-           "time_budget": "--time-budget", "image_size": "--image-size", "seed": "--seed", "optimizer": "--optimizer",
-           "schedule": "--schedule", "whitening": "--whitening", "flip": "--flip", "lookahead": "--lookahead",
-           "model": "--model", "data": "--data", "device": "--device", "compile": "--compile"}
 
 MAX_SEED = 2**32 - 1
 # Numeric fields: (integer?, lowest, highest, lowest allowed?, highest allowed?). Every number must be finite; the
@@ -189,11 +228,6 @@ _CHOICES = {"pad_mode": ("reflect", "constant"), "whitening": WHITENINGS, "optim
 _FLAGS = ("nesterov", "lookahead", "flip", "alternate_flip", "compile")
 
 
-def _name(field: str) -> str:
-    option = OPTIONS.get(field)
-    return f"{field} ({option})" if option else field
-
-
 def _range_text(low: float, high: float, low_ok: bool, high_ok: bool) -> str:
     if high == math.inf:
         return f">= {low:g}" if low_ok else f"> {low:g}"
@@ -210,11 +244,11 @@ def _is_number(value: Any, integer: bool) -> bool:
 
 def validate(cfg: TrainConfig) -> None:
     """Check every setting once, whoever gave it (the CLI, a Python caller, a saved run): types, finiteness and
-    ranges. A `LookalikeError` names the field and its command-line option."""
+    ranges. A `ConfigError` names the field."""
     from .schedules import SCHEDULES
 
     def bad(field: str, what: str, value: Any) -> None:
-        raise LookalikeError(f"{_name(field)} must be {what}, got {value!r}")
+        raise ConfigError(field, f"must be {what}, got {value!r}")
 
     for field, (integer, low, high, low_ok, high_ok) in _RANGES.items():
         value = getattr(cfg, field)
@@ -243,25 +277,34 @@ def validate(cfg: TrainConfig) -> None:
             not isinstance(cfg.milestones, (list, tuple))
             or not all(_is_number(m, False) and math.isfinite(m) and 0 < m <= 100_000 for m in cfg.milestones)):
         bad("milestones", "positive epochs like 5,10", cfg.milestones)
+    if cfg.milestones and cfg.schedule not in (None, "step"):
+        raise ConfigError("milestones", f"only apply to the step schedule, not {cfg.schedule}")
+    if cfg.compile and cfg.device == "cpu":
+        raise ConfigError("compile", "is for CUDA only (it gives no gain on a CPU)")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$", re.I)
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, field: str = "time_budget") -> float:
     """"5m" -> 300.0, "90s" -> 90.0, "1.5h", or a bare number of seconds."""
     m = _DURATION.match(text or "")
     if not m or float(m.group(1)) <= 0:
-        raise LookalikeError(f"--time-budget {text!r} is not a duration like 5m, 90s or 1h")
+        raise ConfigError(field, f"{text!r} is not a duration like 5m, 90s or 1h")
     unit = (m.group(2) or "s").lower()
     return float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[unit]
 
 
-def parse_list(text: Optional[str], kind=float, option: str = "") -> Optional[list]:
+def parse_list(text: str, kind: type, field: str) -> list:
     """"5,10" -> [5.0, 10.0]; a clear error for anything else."""
-    if text is None:
-        return None
     try:
         return [kind(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise LookalikeError(f"{option} {text!r} is not a comma-separated list of numbers") from None
+        raise ConfigError(field, f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def parse_option(text: str, parse: str, field: str) -> Any:
+    """The value of a command-line option's text, by its field's `parse` ("ints", "floats", "duration")."""
+    if parse == "duration":
+        return parse_duration(text, field)
+    return parse_list(text, int if parse == "ints" else float, field)

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint on a test set: accuracy, per-class accuracy, confusion matrix."""
+"""Evaluation: test-time augmentation, the test-set sweep that `fit` runs after every epoch, and the evaluation of
+a saved checkpoint (`lookalike evaluate`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,74 @@ import time
 from typing import Any, Callable, Optional, Union
 
 from ..errors import LookalikeError
+
+TTA_PASSES = {0: 1, 1: 2, 2: 6}  # forward passes per image at each test-time augmentation level
+
+
+def tta_logits(model, x, level: int):
+    """(plain logits, test-time-augmented logits). 0: plain; 1: mean with the mirror image; 2: also with 1-pixel
+    shifts (reflect-padded), as airbench. The plain pass is the first of the augmented ones, so one sweep gives
+    both."""
+    import torch
+    import torch.nn.functional as F
+
+    plain = model(x)
+    if level == 0:
+        return plain, plain
+    logits = 0.5 * plain + 0.5 * model(x.flip(-1))
+    if level >= 2:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = [padded[..., 0:h, 0:w].contiguous(memory_format=torch.channels_last),
+                   padded[..., 2 : h + 2, 2 : w + 2].contiguous(memory_format=torch.channels_last)]
+        views = [0.5 * model(s) + 0.5 * model(s.flip(-1)) for s in shifted]
+        logits = 0.5 * logits + 0.5 * torch.stack(views).mean(0)
+    return plain, logits
+
+
+def evaluate(model, split, mean, std, device, tta: int = 0, batch_size: int = 1000,
+             num_classes: Optional[int] = None, images_on_device=None) -> dict[str, Any]:
+    """Loss (per sample, plain cross-entropy), accuracy and confusion matrix of `model` on `split` at TTA level
+    `tta`; with TTA, also the plain loss and accuracy (`plain_loss`, `plain_acc`) from the same sweep."""
+    import torch
+    import torch.nn.functional as F
+
+    from .augment import to_float
+
+    was_training = model.training
+    model.eval()
+    k = num_classes or int(split.labels.max()) + 1
+    confusion = torch.zeros(k * k, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    plain_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    plain_correct = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
+    amp = device.type == "cuda"
+    with torch.inference_mode():
+        for start in range(0, len(split), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(split)))
+            if images_on_device is not None:
+                xb, yb = images_on_device[idx.to(device)], split.labels[idx]
+            else:
+                xb, yb = split.batch(idx)
+            if xb.shape[0] == 0:
+                continue
+            x = to_float(xb.to(device, non_blocking=True), mean, std)
+            y = yb.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                plain, logits = (t.float() for t in tta_logits(model, x, tta))
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k)
+            plain_loss_sum += F.cross_entropy(plain, y, reduction="sum").double()
+            plain_correct += (plain.argmax(1) == y).sum()
+            n += y.shape[0]
+    model.train(was_training)
+    cm = confusion.view(k, k).cpu()
+    correct = int(cm.diag().sum())
+    per_class = (cm.diag().double() / cm.sum(1).clamp_min(1)).tolist()
+    return {"loss": float(loss_sum) / max(1, n), "acc": correct / max(1, n), "n": n,
+            "plain_loss": float(plain_loss_sum) / max(1, n), "plain_acc": int(plain_correct) / max(1, n),
+            "confusion": cm.tolist(), "per_class": per_class}
 
 
 def evaluate_checkpoint(checkpoint: Union[str, os.PathLike], data: str, tta: Optional[int] = None,
@@ -17,7 +86,6 @@ def evaluate_checkpoint(checkpoint: Union[str, os.PathLike], data: str, tta: Opt
     from ..datasets import load_data
     from ..device import resolve_device
     from .checkpoint import model_from_checkpoint
-    from .engine import evaluate
 
     dev = resolve_device(device)
     model, meta = model_from_checkpoint(checkpoint, device=dev)

@@ -1,6 +1,9 @@
-"""Run folders: a new run never writes over an earlier one, and a resume never restarts over a finished epoch.
+"""Run folders and their files: a new run never writes over an earlier one, and a resume never restarts over a
+finished epoch.
 
-A run owns exactly the files in RUN_FILES. `lookalike train --out RUN` refuses a folder that holds any of them
+A run owns exactly the files in RUN_FILES: config.json (the resolved settings, the data and the plan),
+metrics.csv (one row per epoch), last.pt and best.pt (`state.RunState`), curves.png and confusion.png (`plots`),
+result.json (the summary). `lookalike train --out RUN` refuses a folder that holds any of them
 unless told `--overwrite`, and even then replaces only those, never the folder's other files.
 """
 
@@ -11,11 +14,13 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+from ..atomic import atomic_write
 from ..errors import LookalikeError
 
 RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "curves.png", "confusion.png", "result.json")
+METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 
 
 def run_files_in(run_dir: Path) -> list[str]:
@@ -67,10 +72,9 @@ def prepare_new_run(run_dir: Path, overwrite: bool = False, check_only: bool = F
 def _holds_a_run(run_dir: Path) -> bool:
     """Whether `run_dir` was written by `lookalike train`: its config.json, or a checkpoint with our marker."""
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
-            return True
-    except (OSError, ValueError):
+        saved_config(run_dir / "config.json")
+        return True
+    except LookalikeError:
         pass
     from .checkpoint import load_checkpoint
 
@@ -102,3 +106,28 @@ def check_restartable(run_dir: Path) -> None:
         raise LookalikeError(
             f"--resume {run_dir}: its last.pt is missing, so the run cannot continue where it stopped; "
             f"its {what} are left as they are: train again into a new --out folder")
+
+
+def write_metrics(history: list[dict], path: Path) -> None:
+    """Rewrite metrics.csv from the history (atomic), so a resumed run never duplicates rows."""
+    with atomic_write(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def write_json(obj: Any, path: Path) -> None:
+    with atomic_write(path, "w") as fh:
+        fh.write(json.dumps(obj, indent=2) + "\n")
+
+
+def saved_config(path: Path) -> dict[str, Any]:
+    """The run settings in a config.json."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LookalikeError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise LookalikeError(f"{path} holds no run config (not written by `lookalike train`, or damaged)")
+    return saved["config"]
