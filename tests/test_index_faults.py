@@ -57,7 +57,7 @@ CHILD = textwrap.dedent("""
     hook(os, "replace")
     for name in ("append_vectors", "commit", "_bump_generation", "compact", "_clean_orphan_files",
                  "touch_manifest"):
-        hook(I.ImageIndex, name)
+        hook(I.IndexWriter, name)
     from lookalike.cli import main
 
     sys.argv = ["lookalike", *sys.argv[2:]]
