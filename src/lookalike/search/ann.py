@@ -815,6 +815,33 @@ def _read_header(fh, path: Path) -> dict:
     return header
 
 
+def _check_crc(fh, header: dict, path: Path) -> None:
+    end = header["payload_end"]
+    fh.seek(len(_MAGIC))
+    crc, left = 0, end - len(_MAGIC)
+    while left > 0:
+        chunk = fh.read(min(_CHUNK, left))
+        if not chunk:
+            break
+        crc = zlib.crc32(chunk, crc)
+        left -= len(chunk)
+    if left or crc != header.get("crc32"):
+        raise AnnFileError(f"ANN file {path} is damaged (checksum mismatch)")
+
+
+def verify(path) -> dict:
+    """The header of a saved backend after checking its whole payload against its CRC (without parsing it);
+    AnnFileError when missing, truncated or damaged."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            header = _read_header(fh, path)
+            _check_crc(fh, header, path)
+            return header
+    except OSError as exc:
+        raise AnnFileError(f"cannot read ANN file {path} ({exc.strerror or exc})") from None
+
+
 def read_params(path) -> dict:
     """The header of a saved backend (kind, parameters, fingerprint) without loading it."""
     path = Path(path)
@@ -838,17 +865,8 @@ def load(path, fingerprint: str | None = None) -> Backend:
         header = _read_header(fh, path)
         if fingerprint is not None and header.get("fingerprint") != fingerprint:
             raise StaleAnnError(f"ANN file {path} was built from other vectors than the index holds")
+        _check_crc(fh, header, path)
         end = header["payload_end"]
-        fh.seek(len(_MAGIC))
-        crc, left = 0, end - len(_MAGIC)
-        while left > 0:
-            chunk = fh.read(min(_CHUNK, left))
-            if not chunk:
-                break
-            crc = zlib.crc32(chunk, crc)
-            left -= len(chunk)
-        if left or crc != header.get("crc32"):
-            raise AnnFileError(f"ANN file {path} is damaged (checksum mismatch)")
         sections: dict[str, Any] = {}
         try:
             for sec in header["sections"]:

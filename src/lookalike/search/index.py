@@ -1222,7 +1222,7 @@ class IndexWriter(ImageIndex):
         if recorded is not None and _ANN_NAME.fullmatch(recorded):
             path = self.path / recorded
             try:
-                header = ann.read_params(path)
+                header = ann.verify(path)  # the whole file against its checksum: never trusted unread
                 fp = parse_ann_fingerprint(header.get("fingerprint"))
                 same_plan = fp is not None and fp.get("kind") == kind and fp.get("params") == _jsonable(params) \
                     and fp.get("vector_file") == self._vector_file().name and fp["generation"] <= self.generation
