@@ -67,13 +67,25 @@ def index_command(
         elapsed = bar.tasks[0].elapsed or 0.0
         bar.update(task, completed=done, total=total, rate=f"{done / elapsed:.1f} img/s" if done and elapsed else "")
 
+    def ann_progress(done: int, total: int) -> None:
+        if "bar" in state and "ann" not in state:
+            state["bar"].stop()
+            del state["bar"]
+        if "ann" not in state:
+            bar = Progress(TextColumn("search structure"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=console, transient=True)
+            bar.start()
+            state["ann"], state["ann_task"] = bar, bar.add_task("ann", total=total)
+        state["ann"].update(state["ann_task"], completed=done, total=total)
+
     try:
         summary = index_folder(folder, index, model=model, pooling=pooling, weights=str(weights) if weights else None,
                                rebuild=rebuild, device=device, runtime=runtime, batch_size=batch_size,
-                               progress=progress, ann=ann)
+                               progress=progress, ann=ann, ann_progress=ann_progress)
     finally:
-        if "bar" in state:
-            state["bar"].stop()
+        for key in ("bar", "ann"):
+            if key in state:
+                state[key].stop()
     if json_out:
         print_json(summary)
         return

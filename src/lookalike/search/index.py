@@ -67,6 +67,7 @@ LOCKFILE = "write.lock"
 _DB_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal")
 _VECTOR_NAME = re.compile(r"vectors-(\d+)\.f32")
 _ANN_NAME = re.compile(r"ann-(\d+)\.ann")
+CATCH_UP_MAX = 10_000  # images a reader adds to an ANN file that is behind; more: exact until the next run
 _MANIFEST_TMP = re.compile(re.escape(f".{MANIFEST}.") + r".*\.tmp")  # left by a kill inside atomic_write
 
 # Upgrades of an older index, in place: {from_version: function(index_dir)} bringing it to from_version + 1.
@@ -775,6 +776,9 @@ class IndexSnapshot(ImageIndex):
             behind = fp["generation"] < self.generation
             backend = ann.load(path)
             if behind:
+                gap = abs(len(self._ids) - len(backend))
+                if gap > max(CATCH_UP_MAX, len(self._ids) // 10):  # a reader does not build what a run should
+                    raise ann.StaleAnnError(f"ANN file {path} is {gap} images behind the index")
                 backend.catch_up(self._ids, self._rows, self.row_vectors())
             elif len(backend) != len(self._ids):
                 raise ann.StaleAnnError(f"ANN file {path} holds {len(backend)} images, the index {len(self._ids)}")

@@ -50,7 +50,8 @@ def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooli
 def index_folder(folder, index_path=None, *, model: str | None = None, pooling: str | None = None,
                  weights: str | None = None, rebuild: bool = False, device: str = "cpu", runtime: str = "auto",
                  batch_size: int | None = None, embedder: Embedder | None = None,
-                 progress: Callable[[int, int], None] | None = None, ann: str | None = None) -> dict:
+                 progress: Callable[[int, int], None] | None = None, ann: str | None = None,
+                 ann_progress: Callable[[int, int], None] | None = None) -> dict:
     """Index the images under `folder`. Returns {"indexed", "added", "updated", "removed", "renamed",
     "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path", "ann", "notes"}; "ann" is the
     search backend's kind and parameters (`ann.Backend.params()`, with "requested"); "notes" are lines
@@ -66,7 +67,8 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
 
     With no `model`/`pooling`, an existing index keeps its backbone; a new one uses EfficientNet-Lite0 and
     average pooling. Asking for another backbone than the index's raises LookalikeError unless `rebuild`.
-    `progress(done, total)` is called after each committed batch.
+    `progress(done, total)` is called after each committed batch, `ann_progress(done, total)` while the ANN
+    structure is built (vectors added).
     """
     from .ann import CHOICES
 
@@ -109,7 +111,7 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
         existing = None
         with index:
             try:
-                summary = _sync(index, root, embedder, batch_size, progress, ann)
+                summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress)
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                     raise
@@ -147,7 +149,8 @@ def _walk(root: Path, skipped: list[dict]) -> Iterator[list[tuple[Path, str, int
 
 
 def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | None,
-          progress: Callable[[int, int], None] | None, ann: str | None = None) -> dict:
+          progress: Callable[[int, int], None] | None, ann: str | None = None,
+          ann_progress: Callable[[int, int], None] | None = None) -> dict:
     """Walk, look the files up in batches, embed what is new or changed, forget what is gone (only rows the
     root owns: imported rows stay), compact, then bring the ANN file in step. Memory: the walk's paths and the
     files to read, never a dict of every row."""
@@ -253,7 +256,7 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
     summary["skipped_known"] = len(known_bad)
     if index.dead_rows() > max(COMPACT_MIN_DEAD, len(index)):
         index.compact()
-    summary["ann"] = index.update_ann(ann)
+    summary["ann"] = index.update_ann(ann, progress=ann_progress)
     summary["indexed"] = len(index)
     index.touch_manifest(count=summary["indexed"])
     return summary
