@@ -94,8 +94,21 @@ def make_rows(folder: Path, ix: Path, dim_from: dict) -> int:
     return n
 
 
+PEAK = ("import atexit, sys; atexit.register(lambda: sys.stderr.write('\\nVmHWM ' + [l for l in "
+        "open('/proc/self/status') if l.startswith('VmHWM')][0].split(':')[1].strip() + '\\n')); "
+        "from lookalike.cli import main; main()")
+
+
+def peak_rss(proc: subprocess.CompletedProcess) -> int:
+    """The peak resident memory the command reported at exit (bytes)."""
+    for line in reversed(proc.stderr.splitlines()):
+        if line.startswith("VmHWM "):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def lookalike(*args: str, env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
-    cmd = [sys.executable, "-c", "from lookalike.cli import main; main()", *args]
+    cmd = [sys.executable, "-c", PEAK, *args]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {}),
                                                                       "PYTHONPATH": str(REPO / "src")})
@@ -214,7 +227,7 @@ def main() -> None:
             took, proc = lookalike("index", str(folder), "--index", str(ix), "--json")
             summary = json.loads(proc.stdout)
             assert summary["unchanged"] == n and summary["added"] == summary["updated"] == 0, summary
-            runs.append(took)
+            runs.append((took, peak_rss(proc)))
         t = time.perf_counter()
         lookalike("--help")
         startup = time.perf_counter() - t
@@ -222,9 +235,9 @@ def main() -> None:
         lines += ["## Re-running `lookalike index` on an unchanged folder", "",
                   f"{n:,} files of {args.files:,} tiny PNGs ({made:.0f} s to write; index rows written through the "
                   f"writer API in {rows_s:.0f} s, random vectors in place of embeddings, `--ann exact`).", "",
-                  "| run | wall time (whole command) | files unchanged |", "|---|---|---|"]
-        for i, took in enumerate(runs, 1):
-            lines.append(f"| {i} | {took:.1f} s | {n:,} |")
+                  "| run | wall time (whole command) | peak resident memory | files unchanged |", "|---|---|---|---|"]
+        for i, (took, peak) in enumerate(runs, 1):
+            lines.append(f"| {i} | {took:.1f} s | {peak / 2**20:.0f} MB | {n:,} |")
         lines += ["", f"`lookalike --help` (process start-up alone) took {startup:.1f} s in the same conditions.", ""]
     if "open" not in args.skip:
         ix = work / "ix-open"
@@ -239,7 +252,7 @@ def main() -> None:
         if not (ix / "manifest.json").is_file():
             took, proc = lookalike("import", str(pq_path), "--index", str(ix), "--root", str(work), "--ann", "exact",
                                    "--json")
-            imported = (took, json.loads(proc.stdout)["added"])
+            imported = (took, json.loads(proc.stdout)["added"], peak_rss(proc))
         kind = "exact"
         if args.ann_file:
             kind = relabel_ann(ix, Path(args.ann_file))
@@ -249,8 +262,9 @@ def main() -> None:
             opens.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         lines += ["## Opening a 1M-row index", "",
                   f"{args.rows:,} rows imported from parquet ({source}; paths of files that are not on this "
-                  f"machine)" + (f": `lookalike import` took {imported[0]:.0f} s for {imported[1]:,} rows."
-                                 if imported else "."), f"Backend: {kind}.", "",
+                  f"machine)" + (f": `lookalike import` took {imported[0]:.0f} s for {imported[1]:,} rows, peak "
+                                 f"resident memory {imported[2] / 2**20:.0f} MB." if imported else "."),
+                  f"Backend: {kind}.", "",
                   "| run | import lookalike | open snapshot | load backend | first query (k=10) | SearchService start "
                   "(no model) | RSS after (anon) |", "|---|---|---|---|---|---|---|"]
         for i, o in enumerate(opens, 1):
