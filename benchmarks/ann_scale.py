@@ -245,8 +245,9 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
         nl = backend.nlist
         values = sorted({max(1, nl // 64), max(1, nl // 32), max(1, nl // 16), max(1, nl // 8)})
     settings = [{knob: v} if knob else {} for v in values]
-    if backend.rerank > 1 and knob:  # a wider rerank at the second-largest knob
+    if backend.rerank > 1 and knob:  # a wider rerank at the second-largest knob, then a wider search too
         settings.append({knob: values[-2], "rerank": 10 if backend.rerank < 10 else 20})
+        settings.append({knob: values[-1] * 2, "rerank": 20 if backend.rerank < 20 else 40})
     rows = []
     n_single = 30 if kind == "exact" else len(queries)
     default_rerank = backend.rerank

@@ -1,5 +1,6 @@
-"""Fault injection into the index: `lookalike index` killed with SIGKILL at random points of its writes, vector
-files truncated or deleted, the database deleted, the disk filled up. After each fault the index must open,
+"""Fault injection into the index: `lookalike index` killed with SIGKILL at random points of its writes (the ANN
+file's save included: the runs use `--ann hnsw`), vector files truncated or deleted, the database deleted, the
+ANN file damaged, the disk filled up. After each fault the index must open,
 every committed image must still be found at distance 0 by its own file, nothing committed before must have
 moved, and the next run must finish the work.
 
@@ -28,27 +29,38 @@ from search_fixtures import home, pattern_image, run_cli_subprocess, tiny_checkp
 
 # Runs `lookalike index ARGS` and kills itself at the TARGET-th fault point: before and after every fsync and
 # atomic rename, vector append, commit, generation bump (inside the transaction, before COMMIT), compaction,
-# clean-up and manifest write.
+# clean-up, manifest write, ANN save and switch, and every few MB written into the ANN file.
 CHILD = textwrap.dedent("""
     import os, signal, sys
     import lookalike.search.index as I
     import lookalike.search.sync as S
 
     S.COMPACT_MIN_DEAD = 0  # compact as soon as dead rows outnumber live ones, so kills land in compactions too
-    target, count = int(sys.argv[1]), [0]
+    # TARGET "N": the N-th fault point of the run; "ann:N": the N-th one inside the ANN file's save.
+    spec = sys.argv[1]
+    only_ann = spec.startswith("ann:")
+    target, count, in_ann = int(spec.split(":")[-1]), [0], [False]
 
     def point():
+        if only_ann and not in_ann[0]:
+            return
         count[0] += 1
         if count[0] == target:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def hook(owner, name):
+    def hook(owner, name, ann=False):
         real = getattr(owner, name)
 
         def hooked(*args, **kwargs):
-            point()
-            result = real(*args, **kwargs)
-            point()
+            if ann:
+                in_ann[0] = True
+            try:
+                point()
+                result = real(*args, **kwargs)
+                point()
+            finally:
+                if ann:
+                    in_ann[0] = False
             return result
 
         setattr(owner, name, hooked)
@@ -56,8 +68,17 @@ CHILD = textwrap.dedent("""
     hook(os, "fsync")
     hook(os, "replace")
     for name in ("append_vectors", "commit", "_bump_generation", "compact", "_clean_orphan_files",
-                 "touch_manifest"):
-        hook(I.ImageIndex, name)
+                 "touch_manifest", "_record_ann"):
+        hook(I.IndexWriter, name)
+    hook(I.IndexWriter, "_save_ann", ann=True)
+    import lookalike.search.ann as A
+    real_section = A.Backend._blob_sections
+
+    def sections(self):  # a kill between the id map and the FAISS structure of the ANN file
+        point()
+        return real_section(self)
+
+    A.Backend._blob_sections = sections
     from lookalike.cli import main
 
     sys.argv = ["lookalike", *sys.argv[2:]]
@@ -146,7 +167,8 @@ def _check(ix_path: Path, folder: Path, embedder, before: dict, touched: set[str
     fresh, skipped = embedder.embed_paths([str(p) for _, p in current.values()])
     assert not skipped
     with ImageIndex.open(ix_path) as ro:
-        hits = search(ro, fresh, k=1)
+        hits = search(ro, fresh, k=1)  # through the ANN file, caught up, or exact when it is missing
+        assert len(ro.notes) <= 1, ro.notes
         for (rel, (image_id, _)), vec, hit in zip(current.items(), fresh, hits):
             assert float(np.linalg.norm(vec - ro.vector_of(image_id))) < 1e-4, rel
             assert hit[0]["distance"] < 1e-3, rel  # found at distance 0 (by itself, or by an identical copy)
@@ -158,8 +180,14 @@ def _check(ix_path: Path, folder: Path, embedder, before: dict, touched: set[str
     return state
 
 
-def _complete(ix_path: Path, gallery: Gallery, state: dict) -> None:
+def _complete(ix_path: Path, gallery: Gallery, state: dict, strays: set[str] = frozenset()) -> None:
+    """After a finished run: every file indexed, the ANN file in step (no note), no other ANN file left but
+    `strays` (those of a deleted database, which the new one cannot show to be its own)."""
     assert sorted(state) == gallery.files()
+    with ImageIndex.open(ix_path) as ro:
+        assert ro.backend().kind == "hnsw" and ro.notes == [], ro.notes
+        names = {p.name for p in ix_path.glob("*.ann")}
+        assert ro.ann_file in names and names - {ro.ann_file} <= strays, (names, strays)
 
 
 def test_kill_9_at_random_points_and_damaged_files(backbone, home, tmp_path):
@@ -167,18 +195,37 @@ def test_kill_9_at_random_points_and_damaged_files(backbone, home, tmp_path):
     rng = np.random.default_rng(20261201)
     gallery = Gallery(tmp_path / "photos", rng)
     ix_path = tmp_path / "ix"
-    args = ["index", gallery.folder, "--index", ix_path, "--model", ckpt, "--batch-size", "3", "--json"]
+    args = ["index", gallery.folder, "--index", ix_path, "--model", ckpt, "--batch-size", "3", "--ann", "hnsw",
+            "--json"]
     env = {**os.environ, "LOOKALIKE_HOME": str(home)}
     before: dict = {}
     touched: set[str] = set()
+    strays: set[str] = set()
     outcomes = []
-    for step in range(11):
-        if step in (3, 6, 9):  # damage a file, then a plain run repairs it
+    for step in range(13):
+        if step in (3, 6, 9, 11):  # damage a file, then a plain run repairs it
             if not ix_path.exists():
                 continue
-            fault = {3: "truncate vectors", 6: "delete vectors", 9: "delete database"}[step]
+            fault = {3: "truncate vectors", 6: "delete vectors", 9: "delete database", 11: "damage ANN"}[step]
             with ImageIndex.open(ix_path, readonly=False) as w:
                 vfile = w._vector_file()
+                ann_name = w._meta(w._conn, "ann_file")
+            if fault == "damage ANN":
+                if ann_name is None:
+                    continue
+                afile = ix_path / ann_name
+                with open(afile, "r+b") as fh:
+                    fh.seek(afile.stat().st_size // 2)
+                    fh.write(b"\xff" * 64)
+                with ImageIndex.open(ix_path) as ro:  # a reader searches exactly, with one note
+                    assert ro.backend().kind == "exact" and len(ro.notes) == 1 and "damaged" in ro.notes[0]
+                proc = run_cli_subprocess(args, home)
+                assert proc.returncode == 0, proc.stderr[-3000:]
+                notes = json.loads(proc.stdout)["notes"]
+                assert len(notes) == 1 and "rebuilt it from the vectors" in notes[0], notes
+                state = _check(ix_path, gallery.folder, embedder, before, touched)
+                _complete(ix_path, gallery, state, strays)
+                continue
             if fault == "truncate vectors" and vfile.exists():
                 size = vfile.stat().st_size
                 with open(vfile, "r+b") as fh:
@@ -188,6 +235,7 @@ def test_kill_9_at_random_points_and_damaged_files(backbone, home, tmp_path):
             else:
                 for name in ("index.db", "index.db-wal", "index.db-shm"):
                     (ix_path / name).unlink(missing_ok=True)
+                strays |= {p.name for p in ix_path.glob("*.ann")}
             try:
                 ImageIndex.open(ix_path).close()  # a reader may find nothing lost, else it must say what to run
             except LookalikeError as exc:
@@ -197,12 +245,14 @@ def test_kill_9_at_random_points_and_damaged_files(backbone, home, tmp_path):
             summary = json.loads(proc.stdout)
             outcomes.append((fault, len(summary["notes"])))
             state = _check(ix_path, gallery.folder, embedder, {}, set())
-            _complete(ix_path, gallery, state)
+            _complete(ix_path, gallery, state, strays)
             before, touched = state, set()
             continue
         touched |= gallery.mutate()
-        target = int(rng.integers(1, 45))
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(target), *map(str, args)], env=env,
+        # Every third run is killed inside the ANN file's save (its pending record, the file's writes and
+        # fsync, the switch), the others anywhere.
+        target = f"ann:{int(rng.integers(1, 8))}" if step % 3 == 1 else str(int(rng.integers(1, 60)))
+        proc = subprocess.run([sys.executable, "-c", CHILD, target, *map(str, args)], env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode in (0, -signal.SIGKILL), proc.stderr[-3000:]
         outcomes.append((target, proc.returncode))
@@ -210,14 +260,15 @@ def test_kill_9_at_random_points_and_damaged_files(backbone, home, tmp_path):
             continue  # killed before the index existed
         state = _check(ix_path, gallery.folder, embedder, before, touched)
         if proc.returncode == 0:
-            _complete(ix_path, gallery, state)
+            _complete(ix_path, gallery, state, strays)
             before, touched = state, set()
         else:  # what the killed run committed counts as "before" for the next run only where untouched
             before = {rel: v for rel, v in state.items() if rel not in touched}
-    assert any(code == -signal.SIGKILL for _, code in outcomes if isinstance(_, int)), outcomes
+    assert any(code == -signal.SIGKILL for t, code in outcomes if str(t).isdigit()), outcomes
+    assert any(code == -signal.SIGKILL for t, code in outcomes if str(t).startswith("ann:")), outcomes
     proc = run_cli_subprocess(args, home)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _complete(ix_path, gallery, _check(ix_path, gallery.folder, embedder, before, touched))
+    _complete(ix_path, gallery, _check(ix_path, gallery.folder, embedder, before, touched), strays)
 
 
 # Inside a private mount namespace with a small tmpfs at MNT: index, fill the disk, run twice more (each must end

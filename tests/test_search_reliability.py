@@ -113,10 +113,10 @@ def test_repair_note_is_shown_by_the_cli(home, tmp_path, monkeypatch, capsys):
 KILL_BEFORE_FIRST_BATCH = textwrap.dedent("""
     import os, signal, sys
     import lookalike.search.index as I
-    real = I.ImageIndex.commit
+    real = I.IndexWriter.commit
     def commit(self, *args, **kwargs):  # the index exists, no batch has committed: die
         os.kill(os.getpid(), signal.SIGKILL)
-    I.ImageIndex.commit = commit
+    I.IndexWriter.commit = commit
     from lookalike.search.sync import index_folder
     index_folder(sys.argv[1], sys.argv[2])
 """)

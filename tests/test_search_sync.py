@@ -309,14 +309,14 @@ CTRL_C = textwrap.dedent("""
     import lookalike.search.sync as S
     from lookalike.cli import main
     real_sync = S._sync
-    def sync(index, root, embedder, batch_size, progress):
+    def sync(index, root, embedder, batch_size, progress, *rest):
         calls = []
         def interrupting(done, total):
             progress(done, total)
             calls.append(done)
             if len(calls) == 3:  # two batches committed: the user presses Ctrl-C
                 os.kill(os.getpid(), signal.SIGINT)
-        return real_sync(index, root, embedder, batch_size, interrupting)
+        return real_sync(index, root, embedder, batch_size, interrupting, *rest)
     S._sync = sync
     sys.argv = ["lookalike", "index", sys.argv[1], "--index", sys.argv[2], "--batch-size", "4"]
     main()

@@ -602,9 +602,9 @@ def test_the_service_looks_at_most_once_per_interval_and_pins_a_snapshot(gallery
         assert new is not old and service.stats()["count"] == 4
         assert service.refresh() is False and service.view() is new  # nothing changed: nothing reloaded
         # A request that took the old snapshot finishes on it, vectors and paths alike.
-        query = new.index.vectors()[new.row[max(new.row)]]
+        query = new.index.vector_of(int(new.index.ids().max()))
         assert len(search(old.index, query, k=10)[0]) == 3 and len(search(new.index, query, k=10)[0]) == 4
-        assert {p.name for p in map(old.path_of, old.row)} == {"coins.png", "coffee.png", "rocket.png"}
+        assert {p.name for p in map(old.path_of, old.index.ids())} == {"coins.png", "coffee.png", "rocket.png"}
     finally:
         service.close()
 

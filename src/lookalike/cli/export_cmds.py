@@ -66,6 +66,7 @@ def import_command(
     index: Path = typer.Option(..., "--index", help="Index folder to extend, created when missing."),
     model: Optional[str] = typer.Option(None, "--model", help="Backbone that made the vectors [default: the file's metadata]."),
     root: Optional[Path] = typer.Option(None, "--root", help="Root folder of a new index [default: the file's, if it exists here, else the current folder]."),
+    ann: Optional[str] = typer.Option(None, "--ann", help="Search backend of the index: auto, exact, hnsw, ivf or ivfpq [default: the index's, else auto]."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Bring vectors computed elsewhere into an index (rows keyed by path; files missing here stay searchable)."""
@@ -73,12 +74,14 @@ def import_command(
 
     progress, stop = _bar("importing")
     try:
-        summary = import_parquet(file, index, model=model, root=root, progress=progress)
+        summary = import_parquet(file, index, model=model, root=root, progress=progress, ann=ann)
     finally:
         stop()
     if json_out:
         print_json(summary)
         return
+    for note in summary.get("notes", []):
+        warn(note)
     for item in summary["skipped"][:20]:
         warn(f"skipped {item['path']}: {item['reason']}")
     if len(summary["skipped"]) > 20:

@@ -43,6 +43,7 @@ def index_command(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     runtime: str = typer.Option("auto", "--runtime", help="Inference runtime: auto (ONNX Runtime on CPU when installed), torch or onnx."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per pipeline batch, the unit committed to the index."),
+    ann: Optional[str] = typer.Option(None, "--ann", help="Search backend: auto (by size, switching as the index grows), exact, hnsw, ivf or ivfpq; stored in the index [default: the index's, else auto]."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Index the images under FOLDER (only new or changed files are read again; safe to interrupt and rerun)."""
@@ -66,13 +67,25 @@ def index_command(
         elapsed = bar.tasks[0].elapsed or 0.0
         bar.update(task, completed=done, total=total, rate=f"{done / elapsed:.1f} img/s" if done and elapsed else "")
 
+    def ann_progress(done: int, total: int) -> None:
+        if "bar" in state and "ann" not in state:
+            state["bar"].stop()
+            del state["bar"]
+        if "ann" not in state:
+            bar = Progress(TextColumn("search structure"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=console, transient=True)
+            bar.start()
+            state["ann"], state["ann_task"] = bar, bar.add_task("ann", total=total)
+        state["ann"].update(state["ann_task"], completed=done, total=total)
+
     try:
         summary = index_folder(folder, index, model=model, pooling=pooling, weights=str(weights) if weights else None,
                                rebuild=rebuild, device=device, runtime=runtime, batch_size=batch_size,
-                               progress=progress)
+                               progress=progress, ann=ann, ann_progress=ann_progress)
     finally:
-        if "bar" in state:
-            state["bar"].stop()
+        for key in ("bar", "ann"):
+            if key in state:
+                state[key].stop()
     if json_out:
         print_json(summary)
         return
@@ -87,6 +100,19 @@ def index_command(
     out.print(f"{summary['indexed']} images indexed in {printable(summary['index_path'])}: {summary['added']} added, "
               f"{summary['updated']} updated, {summary['renamed']} renamed, {summary['removed']} removed, "
               f"{summary['unchanged']} unchanged, {len(skipped)} skipped", highlight=False, soft_wrap=True)
+    if summary.get("ann"):
+        out.print(f"search backend: {_describe_backend(summary['ann'])}", highlight=False, soft_wrap=True)
+
+
+def _describe_backend(params: dict) -> str:
+    """`hnsw (m=32, pca=256, rerank=10), asked: auto` from `Backend.params()`."""
+    skip = {"backend", "dim", "count", "dead", "storage", "requested"}
+    knobs = ", ".join(f"{key}={value}" for key, value in params.items() if key not in skip)
+    if params.get("storage") == "float16":
+        knobs = ", ".join(x for x in (knobs, "float16") if x)
+    text = params.get("backend", "?") + (f" ({knobs})" if knobs else "")
+    requested = params.get("requested")
+    return text + (f", chosen by {requested}" if requested == "auto" else "")
 
 
 def _known_failures_line(known: list[dict], shown: int = 3) -> str:
@@ -108,29 +134,14 @@ def search_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
     """Rank the indexed images by distance to each QUERY (Euclidean distance of L2-normalised features)."""
-    import numpy as np
-
-    from ..errors import LookalikeError
-    from ..images import load_image
     from ..search.features import embedder_for_index
-    from ..search.query import search
+    from ..search.query import Query, run_queries
 
     with _open_index(index) as ix:
-        vectors, excludes, embedder = [], [], None
-        for q in queries:
-            image_id = ix.id_of(q)
-            if image_id is not None and Path(q).is_file():
-                vectors.append(ix.vector_of(image_id))  # indexed already: reuse its vector
-                excludes.append(None if include_self else [image_id])
-                continue
-            if not Path(q).is_file():
-                raise LookalikeError(f"query {q}: no such file")
-            if embedder is None:
-                embedder = embedder_for_index(ix, device=device)
-            img = load_image(q, min_size=embedder.min_decode_size)
-            vectors.append(embedder.embed_images([img])[0])
-            excludes.append(None)
-        results = search(ix, np.stack(vectors), k=k, exclude_ids=excludes)
+        results = run_queries(ix, [Query(name=str(q), path=q) for q in queries], k,
+                              embedder=lambda: embedder_for_index(ix, device=device), include_self=include_self)
+        for note in ix.notes:
+            warn(note)
     if json_out:
         print_json([{"query": str(q), "results": [{key: h[key] for key in ("rank", "path", "distance", "similarity")}
                                                   for h in hits]} for q, hits in zip(queries, results)])
@@ -206,10 +217,19 @@ def dupes_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
     """Group near-duplicate images (k-nearest-neighbour graph + connected components, never an N x N matrix)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from ..search.query import DEFAULT_DUPE_THRESHOLD, find_duplicates
 
     with _open_index(index) as ix:
-        groups = find_duplicates(ix, DEFAULT_DUPE_THRESHOLD if threshold is None else threshold, k=k)
+        ix.backend()  # loaded before the bar: its notes print as lines
+        for note in ix.notes:
+            warn(note)
+        with Progress(TextColumn("neighbours"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True, disable=len(ix) < 50_000) as bar:
+            task = bar.add_task("dupes", total=len(ix))
+            groups = find_duplicates(ix, DEFAULT_DUPE_THRESHOLD if threshold is None else threshold, k=k,
+                                     progress=lambda done, total: bar.update(task, completed=done))
         named = [[printable(ix.path_of(i)) for i in g] for g in groups]
     if json_out:
         print_json({"groups": named})

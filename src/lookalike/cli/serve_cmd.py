@@ -98,6 +98,8 @@ def serve(
                 ) from None
             raise
     facts = web_app.state.service.stats()
+    for note in facts.get("notes", []):
+        warn(note)
     shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
         shown = "127.0.0.1"

@@ -1,9 +1,13 @@
 """Search images by content.
 
 - `features`: backbone + preprocessing + pooling -> L2-normalised float32 vectors (`load_embedder`);
-- `index`: the on-disk index (SQLite rows, memory-mapped vector file, JSON manifest) (`ImageIndex`);
+- `index`: the on-disk index (SQLite rows, memory-mapped vector file, ANN file, JSON manifest): `IndexSnapshot`
+  (read-only) and `IndexWriter`, opened with `ImageIndex.open`;
 - `sync`: incremental indexing of a folder (`index_folder`);
-- `query`: search, compare and near-duplicate groups over stored vectors;
+- `ann`: search backends (exact, HNSW, IVF, IVF-PQ) behind one interface; `compact`: PCA and float16;
+- `query`: search (`run_queries`, the one query path of the CLI and the web service), compare and
+  near-duplicate groups (`dupes_graph`: the kNN graph through a backend);
+- `export`: vectors out to parquet / .npy and back in;
 - `demo` and `report`: the no-download demo gallery and its self-contained HTML report.
 
 Submodules are imported on demand so that importing `lookalike` stays light.

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -122,6 +123,36 @@ def choose(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tupl
     nlist = nlist_for(n)
     return "ivfpq", {"nlist": nlist, "nprobe": max(16, min(nlist // 16, 256)), "pq_bytes": code, "opq": True, "rerank": 20,
                      **({"pca": 256} if dim > 256 else {})}
+
+
+# Fewest vectors a kind is built for when asked by name: below them an index is searched exactly (IVF needs
+# >= 39 training points per list; IVF-PQ's sub-quantizers fit 256 centroids each).
+MIN_ROWS = {"exact": 0, "hnsw": 1, "ivf": 39 * 4, "ivfpq": 64 * 256}
+
+
+def plan(requested: str, n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[str, dict]:
+    """(kind, build parameters) for an index of n vectors whose manifest asks for `requested` (auto or a kind):
+    `auto` is `choose`; a named kind takes the parameters `choose` would give it at this size (HNSW on a 256-d
+    PCA over HNSW_FULL_MAX_ROWS, IVF-PQ's code size from the budget), and exact while n is below MIN_ROWS[kind]."""
+    if requested == "auto":
+        return choose(n, dim, memory_budget)
+    if requested not in _KINDS:
+        raise LookalikeError(f"unknown search backend {requested!r}: use one of {', '.join(CHOICES)}")
+    if n < MIN_ROWS[requested]:
+        return "exact", {}
+    if requested == "exact":
+        return "exact", {}
+    if requested == "hnsw":
+        if n <= HNSW_FULL_MAX_ROWS or dim <= 256:
+            return "hnsw", {"m": HNSW_M}
+        return "hnsw", {"m": HNSW_M, "pca": 256, "rerank": 10}
+    if requested == "ivf":
+        nlist = nlist_for(n)
+        return "ivf", {"nlist": nlist, "nprobe": max(8, min(nlist // 16, 256))}
+    code = pq_bytes_for(min(dim, 256), memory_budget / max(n, 1))
+    nlist = nlist_for(n)
+    return "ivfpq", {"nlist": nlist, "nprobe": max(16, min(nlist // 16, 256)), "pq_bytes": code, "opq": True,
+                     "rerank": 20, **({"pca": 256} if dim > 256 else {})}
 
 
 def needs_switch(backend: "Backend", n: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> bool:
@@ -366,9 +397,13 @@ class Backend:
     def _blob_sections(self) -> list[tuple[str, Any]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def save(self, path, fingerprint: str | None = None) -> int:
+    def save(self, path, fingerprint: str | None = None, atomic: bool = True) -> int:
         """Write the whole backend to `path` atomically (temporary file, fsync, rename); returns its size.
-        `fingerprint` (default: the one it was loaded or built with) ties it to the vectors it came from."""
+        `fingerprint` (default: the one it was loaded or built with) ties it to the vectors it came from.
+        `atomic=False` writes `path` itself (created new, fsynced): for a caller that records the name as
+        pending before writing and switches to it afterwards, so that a kill leaves no temporary name behind."""
+        import contextlib
+
         from ..atomic import atomic_path
 
         if fingerprint is not None:
@@ -379,7 +414,7 @@ class Backend:
             sections += [("pca_mean", self.pca.mean), ("pca_components", self.pca.components)]
         sections += self._blob_sections()
         path = Path(path)
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        with (atomic_path(path) if atomic else contextlib.nullcontext(path)) as tmp, open(tmp, "wb") as fh:
             crc = 0
             table = []
 
@@ -411,6 +446,9 @@ class Backend:
             fh.write(raw)
             fh.write(_TRAILER.pack(len(raw), _MAGIC))
             size = fh.tell()
+            if not atomic:
+                fh.flush()
+                os.fsync(fh.fileno())
         return size
 
 
@@ -710,6 +748,22 @@ def make(kind: str, dim: int, **params) -> Backend:
         raise LookalikeError(f"bad parameters for the {kind} backend: {exc}") from None
 
 
+def exact_view(vectors: np.ndarray, labels: np.ndarray, keys: np.ndarray | None = None) -> "ExactBackend":
+    """An exact backend over `vectors` as they are (e.g. a memory-mapped range of the vector file, no copy):
+    row i belongs to id labels[i]; rows labelled -1 (dead rows of the file) are masked."""
+    vectors = _as_rows(vectors, vectors.shape[1] if np.ndim(vectors) == 2 else 0, "vectors")
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    if len(labels) != len(vectors):
+        raise LookalikeError(f"{len(labels)} labels for {len(vectors)} vectors")
+    backend = ExactBackend(vectors.shape[1])
+    if len(labels):
+        backend._chunks, backend._owned = [vectors], [False]
+        backend.labels = labels.copy()
+        backend.keys = np.full(len(labels), -1, np.int64) if keys is None else np.asarray(keys, np.int64).copy()
+        backend.live = labels >= 0
+    return backend
+
+
 def build(kind: str, ids: np.ndarray, vectors: np.ndarray, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
           fingerprint: str | None = None, progress: Progress | None = None, keys: np.ndarray | None = None,
           **params) -> Backend:
@@ -761,6 +815,33 @@ def _read_header(fh, path: Path) -> dict:
     return header
 
 
+def _check_crc(fh, header: dict, path: Path) -> None:
+    end = header["payload_end"]
+    fh.seek(len(_MAGIC))
+    crc, left = 0, end - len(_MAGIC)
+    while left > 0:
+        chunk = fh.read(min(_CHUNK, left))
+        if not chunk:
+            break
+        crc = zlib.crc32(chunk, crc)
+        left -= len(chunk)
+    if left or crc != header.get("crc32"):
+        raise AnnFileError(f"ANN file {path} is damaged (checksum mismatch)")
+
+
+def verify(path) -> dict:
+    """The header of a saved backend after checking its whole payload against its CRC (without parsing it);
+    AnnFileError when missing, truncated or damaged."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            header = _read_header(fh, path)
+            _check_crc(fh, header, path)
+            return header
+    except OSError as exc:
+        raise AnnFileError(f"cannot read ANN file {path} ({exc.strerror or exc})") from None
+
+
 def read_params(path) -> dict:
     """The header of a saved backend (kind, parameters, fingerprint) without loading it."""
     path = Path(path)
@@ -784,17 +865,8 @@ def load(path, fingerprint: str | None = None) -> Backend:
         header = _read_header(fh, path)
         if fingerprint is not None and header.get("fingerprint") != fingerprint:
             raise StaleAnnError(f"ANN file {path} was built from other vectors than the index holds")
+        _check_crc(fh, header, path)
         end = header["payload_end"]
-        fh.seek(len(_MAGIC))
-        crc, left = 0, end - len(_MAGIC)
-        while left > 0:
-            chunk = fh.read(min(_CHUNK, left))
-            if not chunk:
-                break
-            crc = zlib.crc32(chunk, crc)
-            left -= len(chunk)
-        if left or crc != header.get("crc32"):
-            raise AnnFileError(f"ANN file {path} is damaged (checksum mismatch)")
         sections: dict[str, Any] = {}
         try:
             for sec in header["sections"]:

@@ -86,7 +86,7 @@ def index_batches(index: "ImageIndex", batch_size: int = EXPORT_BATCH) -> Iterat
     absolute paths. The size, mtime and digest come from a read-only query of the index database, checked
     against the snapshot's ids (LookalikeError when the index changed in between: run again)."""
     ids = index.ids()
-    vectors = index.vectors()
+    vectors = index.row_vectors()  # read batch by batch, never copied whole
     if not len(ids):
         return
     db = index.path / "index.db"
@@ -198,7 +198,7 @@ def read_metadata(path) -> tuple[dict | None, int, int]:
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(str(path))
+        pf = pq.ParquetFile(str(path), pre_buffer=False)
     except (OSError, pa.ArrowException) as exc:
         raise LookalikeError(f"cannot read {path} as parquet ({str(exc).splitlines()[0][:160]})") from None
     schema = pf.schema_arrow
@@ -237,7 +237,9 @@ def iter_parquet(path, batch_size: int = EXPORT_BATCH, dim: int | None = None) -
 
     _, file_dim, _ = read_metadata(path)
     dim = dim or file_dim
-    pf = pq.ParquetFile(str(path))
+    # Without pre-buffering: with it, Arrow reads every row group of the file ahead, so memory grows with the
+    # file (5 GB for 1M rows of 1280-d); without, one row group at a time.
+    pf = pq.ParquetFile(str(path), pre_buffer=False)
     names = set(pf.schema_arrow.names)
     cols = [c for c in ("path", "size", "mtime", "digest", "vector") if c in names]
     try:
@@ -300,15 +302,19 @@ def _name(b: dict) -> str:
 
 
 def import_parquet(path, index_path, *, model: str | None = None, root=None, batch_size: int = EXPORT_BATCH,
-                   progress: Progress | None = None) -> dict:
+                   progress: Progress | None = None, ann: str | None = None) -> dict:
     """Bring the vectors of a parquet file (computed elsewhere) into the index at `index_path`, created when
     missing with the backbone named by `model` or by the file's metadata. Refused (LookalikeError) when the
     dimension or the backbone does not match. Rows are keyed by path: paths under the index's root are stored
     relative to it, others as they are; a row whose file does not exist here is kept all the same. A row whose
     path, size, mtime and digest the index already holds is left alone, so an interrupted import can be run
-    again. Each batch is one committed transaction.
+    again. Each batch is one committed transaction; rows are looked up batch by batch (no dict of every row).
+    Imported rows are marked as such: a later `lookalike index` of the root keeps them while their file is
+    missing, and treats them as its own once their file turns up and changes. The ANN file is brought in step
+    at the end; `ann` sets the backend of the index (`lookalike index --ann`).
 
-    Returns {"rows", "added", "updated", "unchanged", "skipped": [{"path", "reason"}], "index_path", "created"}.
+    Returns {"rows", "added", "updated", "unchanged", "skipped": [{"path", "reason"}], "index_path", "created",
+    "ann"}.
     """
     from .index import MANIFEST, ImageIndex, same_backbone
 
@@ -326,14 +332,19 @@ def import_parquet(path, index_path, *, model: str | None = None, root=None, bat
         raise LookalikeError(f"{path} holds {dim}-d vectors, but {_name(backbone)} makes {backbone.get('dim')}-d ones")
     if backbone is None:
         raise LookalikeError(f"{path} does not name the backbone of its vectors: pass --model")
+    if ann is not None:
+        from .ann import CHOICES
+
+        if ann not in CHOICES:
+            raise LookalikeError(f"unknown search backend {ann!r}: use one of {', '.join(CHOICES)}")
     index_path = Path(index_path).expanduser().resolve()
     created = not (index_path / MANIFEST).is_file()
     if created:
         if root is None:
             saved = Path(str(meta.get("root") or "")) if meta else None
             root = saved if saved is not None and str(saved) and saved.is_dir() else Path.cwd()
-        index = ImageIndex.create(index_path, root=root,
-                                  backbone={k: backbone.get(k) for k in BACKBONE_FIELDS})
+        index = ImageIndex.create(index_path, root=root, backbone={k: backbone.get(k) for k in BACKBONE_FIELDS},
+                                  ann=ann)
     else:
         index = ImageIndex.open(index_path, readonly=False)
         if index.dim != dim or not same_backbone(index.manifest, backbone):
@@ -342,45 +353,49 @@ def import_parquet(path, index_path, *, model: str | None = None, root=None, bat
             raise LookalikeError(f"index {index_path} holds vectors from {have}, not {_name(backbone)}")
     summary = {"rows": 0, "added": 0, "updated": 0, "unchanged": 0, "skipped": [], "index_path": str(index_path),
                "created": created}
-    with index:
-        known = index.entries()  # rel path -> (id, size, mtime_ns, digest, row)
-        seen: set[str] = set()
+    with index, index.walk_table() as mark_seen:  # the paths met so far, in a temporary table
         done = 0
         for batch, skipped in iter_parquet(path, batch_size, dim):
             summary["skipped"] += skipped
             done += len(batch) + len(skipped)
             norms = np.linalg.norm(batch.vectors, axis=1)
-            keep_vec, pending = [], []  # pending[j]: (old entry or None, rel, row) of batch.vectors[keep_vec[j]]
-            for i, row in enumerate(batch.rows()):
-                rel = index.relpath(row.path) if Path(row.path).is_absolute() else row.path
-                rel = rel if rel is not None else Path(row.path).as_posix()
-                if rel in seen:
+            keys = [index.stored_path(row.path) if Path(row.path).is_absolute() else Path(row.path).as_posix()
+                    for row in batch.rows()]
+            known = index.lookup_paths(keys)
+            earlier = index.seen_paths(keys)
+            keep_vec, pending, fresh = [], [], set()  # pending[j]: (old entry or None, key, row) of keep_vec[j]
+            for i, (key, row) in enumerate(zip(keys, batch.rows())):
+                if key in earlier or key in fresh:
                     summary["skipped"].append({"path": row.path, "reason": "the same path appears earlier in the file"})
                     continue
                 if norms[i] <= 0:
                     summary["skipped"].append({"path": row.path, "reason": "zero vector"})
                     continue
-                seen.add(rel)
-                old = known.get(rel)
-                if old is not None and row.digest and (old[1], old[2], old[3]) == (row.size, row.mtime_ns, row.digest):
+                fresh.add(key)
+                old = known.get(key)
+                if old is not None and row.digest and (old.size, old.mtime_ns, old.digest) == (
+                        row.size, row.mtime_ns, row.digest):
                     summary["unchanged"] += 1
                     continue
                 keep_vec.append(i)
-                pending.append((old, rel, row))
+                pending.append((old, key, row))
+            mark_seen(sorted(fresh))
             if keep_vec:
                 vecs = batch.vectors[keep_vec] / norms[keep_vec, None]
                 rows = index.append_vectors(vecs.astype(np.float32))
                 inserts, updates = [], []
-                for (old, rel, row), r in zip(pending, rows):
+                for (old, key, row), r in zip(pending, rows):
                     if old is None:
-                        inserts.append((rel, row.size, row.mtime_ns, row.digest, r))
+                        inserts.append((key, row.size, row.mtime_ns, row.digest, r))
                     else:
-                        updates.append((old[0], rel, row.size, row.mtime_ns, row.digest, r))
-                index.commit(inserts=inserts, updates=updates)
+                        updates.append((old.id, key, row.size, row.mtime_ns, row.digest, r))
+                index.commit(inserts=inserts, updates=updates, imported=True)
                 summary["added"] += len(inserts)
                 summary["updated"] += len(updates)
             if progress:
                 progress(done, total)
+        summary["ann"] = index.update_ann(ann)
         summary["rows"] = len(index)
         index.touch_manifest(count=summary["rows"])
+        summary["notes"] = list(index.notes)
     return summary

@@ -5,7 +5,11 @@
   row of its vector in the vector file; one row per file that could not be decoded (so an unchanged bad file is
   not decoded again); a `generation` counter in `meta`, bumped by every write transaction, so that a running
   server can tell cheaply that the index changed (`change_stamp`);
-- `vectors-<gen>.f32`: float32 unit vectors, row after row, memory-mappable.
+- `vectors-<gen>.f32`: float32 unit vectors, row after row, memory-mappable;
+- `ann-<n>.ann`: the search backend's structure (`ann.py`: HNSW, IVF, IVF-PQ), derived state. The database
+  names it (`ann_file`) with a fingerprint of the state it was built from (vector file and generation); a
+  reader that finds it missing, damaged or built from another vector file searches exactly (one note), one a
+  few commits behind catches up from the vectors, and the writer rebuilds it. `exact` has no file.
 
 Crash safety: vectors are appended and fsynced before the SQLite transaction that references them commits, so
 a kill at any point leaves at worst unreferenced rows at the end of the vector file (reclaimed by compaction),
@@ -13,8 +17,15 @@ never a row pointing at missing data. Compaction writes a new generation file an
 transaction.
 
 Ownership: the index deletes only files its own bookkeeping names. A folder is taken for a new index only when
-it is new or empty, or holds a valid manifest; vector files are deleted only when the database records them
-(`vector_file`, or `pending_vector_file` / `retired_vector_file` around a compaction).
+it is new or empty, or holds a valid manifest; vector and ANN files are deleted only when the database records
+them (`vector_file` / `ann_file`, or `pending_*` / `retired_*` around a compaction or an ANN save).
+
+Rows are of two kinds: the images of the root folder, kept in step with it by `sync`, and rows brought in by
+`lookalike import` (`imported`), whose files may live elsewhere or on another machine: a walk of the root
+forgets only rows it owns, so imported rows stay searchable until their file turns up in the walk and changes.
+
+Classes: `IndexSnapshot` (read-only, a consistent snapshot, shared between threads) and `IndexWriter` (one
+thread, the folder's write lock); `ImageIndex.open(path, readonly=...)` returns one or the other.
 
 Checks on open: the manifest's fields and types; the database's presence and readability; the vector file's
 length against the highest row the database refers to. Readers refuse a short vector file; the writer repairs
@@ -40,7 +51,7 @@ import sqlite3
 import stat
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -48,13 +59,15 @@ from ..atomic import atomic_write, fsync_dir
 from ..errors import LookalikeError
 from ..paths import home
 
-FORMAT_VERSION = 2  # 2: the `failures` table
+FORMAT_VERSION = 3  # 2: the `failures` table; 3: `images.imported`
 OLDEST_READABLE = 1  # readers never touch the `failures` table, so format 1 is searchable as it is
 MANIFEST = "manifest.json"
 DATABASE = "index.db"
 LOCKFILE = "write.lock"
 _DB_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal")
 _VECTOR_NAME = re.compile(r"vectors-(\d+)\.f32")
+_ANN_NAME = re.compile(r"ann-(\d+)\.ann")
+CATCH_UP_MAX = 10_000  # images a reader adds to an ANN file that is behind; more: exact until the next run
 _MANIFEST_TMP = re.compile(re.escape(f".{MANIFEST}.") + r".*\.tmp")  # left by a kill inside atomic_write
 
 # Upgrades of an older index, in place: {from_version: function(index_dir)} bringing it to from_version + 1.
@@ -68,7 +81,8 @@ CREATE TABLE IF NOT EXISTS images (
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     digest TEXT NOT NULL,           -- SHA-256 (first 128 bits) of the file's bytes: finds renamed files
-    row INTEGER NOT NULL            -- row of the vector in the vector file
+    row INTEGER NOT NULL,           -- row of the vector in the vector file
+    imported INTEGER NOT NULL DEFAULT 0  -- 1: brought in by `lookalike import`; a walk of the root keeps it
 );
 CREATE INDEX IF NOT EXISTS images_digest ON images (digest);
 CREATE TABLE IF NOT EXISTS failures (
@@ -78,6 +92,25 @@ CREATE TABLE IF NOT EXISTS failures (
     reason TEXT NOT NULL
 );
 """
+
+class IndexEntry(NamedTuple):
+    """One indexed image, as the writer sees it."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    digest: str
+    row: int  # of its vector in the vector file
+    imported: bool = False
+
+
+class FailureEntry(NamedTuple):
+    """A file that could not be decoded, remembered until it changes."""
+
+    size: int
+    mtime_ns: int
+    reason: str
+
 
 # --- storage errors ---------------------------------------------------------------------------------------
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -213,6 +246,24 @@ def _add_failures_table(path: Path) -> None:
 MIGRATIONS[1] = _add_failures_table
 
 
+def _add_imported_column(path: Path) -> None:
+    """Format 2 -> 3: rows are the root's own unless `lookalike import` brought them in."""
+    db = path / DATABASE
+    if not db.is_file():
+        return
+    conn = sqlite3.connect(db)
+    try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(images)")}
+        if "imported" not in columns:
+            conn.execute("ALTER TABLE images ADD COLUMN imported INTEGER NOT NULL DEFAULT 0")
+            conn.commit()
+    finally:
+        conn.close()
+
+
+MIGRATIONS[2] = _add_imported_column
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -328,34 +379,71 @@ def change_stamp(path) -> tuple | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size, generation)
 
 
+def _meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else default
+
+
+def ann_fingerprint(vector_file: str, generation: int, kind: str, params: dict) -> str:
+    """What an ANN file was built from: the vector file and generation of the index, and the plan (kind and
+    build parameters), as one string stored in the file and compared by readers and the writer."""
+    return json.dumps({"vector_file": vector_file, "generation": int(generation), "kind": kind,
+                       "params": params}, sort_keys=True)
+
+
+def parse_ann_fingerprint(value: Any) -> dict | None:
+    try:
+        fp = json.loads(value)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(fp, dict) or not isinstance(fp.get("generation"), int):
+        return None
+    return fp
+
+
+class RowVectors:
+    """The vectors of given rows of a memory-mapped vector file, read only when sliced or indexed: positions
+    i of this object are rows rows[i] of the file. Aligned with ids the way `vectors()` is, without copying
+    the whole file (at 1M images that copy would be 5 GB)."""
+
+    def __init__(self, mm: np.ndarray, rows: np.ndarray) -> None:
+        self._mm, self._rows = mm, np.asarray(rows, np.int64)
+        self.shape = (len(self._rows), mm.shape[1])
+        self.dtype = mm.dtype
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, item) -> np.ndarray:
+        rows = self._rows[item]
+        if np.ndim(rows) == 0:
+            return np.asarray(self._mm[int(rows)])
+        return np.ascontiguousarray(self._mm[rows])
+
+
 class ImageIndex:
-    """An opened index. Read-only instances load a snapshot at open time and are safe to share between threads;
-    writable instances (used by `lookalike index`) belong to one thread and hold the folder's write lock.
+    """What a snapshot and the writer share: the folder, its manifest, the vector file. Open one with
+    `ImageIndex.open(path, readonly=True)` (an `IndexSnapshot`) or `readonly=False` (an `IndexWriter`), or
+    start one with `ImageIndex.create(...)` (an `IndexWriter`).
 
-    `notes` lists what opening found and repaired (a missing database, vectors lost from the vector file), one
-    line each, for the caller to show."""
+    `notes` lists what opening found and repaired (a missing database, vectors lost from the vector file) or
+    fell back on (a missing or damaged ANN file), one line each, for the caller to show."""
 
-    def __init__(self, path: Path, manifest: dict, readonly: bool) -> None:
+    readonly = True
+
+    def __init__(self, path: Path, manifest: dict) -> None:
         self.path = path
         self.manifest = manifest
-        self.readonly = readonly
         self.notes: list[str] = []
         self._conn: sqlite3.Connection | None = None
         self._lock_fh = None
-        self._ids = np.zeros(0, np.int64)
-        self._rows = np.zeros(0, np.int64)
-        self._paths: list[str] = []
-        self._by_id: dict[int, int] = {}
-        self._by_path: dict[str, int] = {}
-        self._vectors: np.ndarray | None = None
-        self._vec_lock = threading.Lock()
-        self._rows_needed = 0  # the writer's vector file must hold at least this many rows
-        self.generation = 0  # of the snapshot (read-only instances)
 
     # --- opening -----------------------------------------------------------------------------------------
     @classmethod
     def open(cls, path, readonly: bool = True) -> "ImageIndex":
-        """Open an existing index (its folder, or an image folder holding `.lookalike/`).
+        """Open an existing index (its folder, or an image folder holding `.lookalike/`): an `IndexSnapshot`
+        when `readonly`, else an `IndexWriter` holding the write lock.
 
         LookalikeError when it is missing, unreadable, damaged, or made by a newer Lookalike.
         """
@@ -368,7 +456,7 @@ class ImageIndex:
         if readonly and version < OLDEST_READABLE:
             raise LookalikeError(f"index {path} has the older format {version}: run `lookalike index` on "
                                  "its folder once to upgrade it")
-        index = cls(path, manifest, readonly)
+        index = (IndexSnapshot if readonly else IndexWriter)(path, manifest)
         try:
             if readonly:
                 index._load_snapshot()
@@ -382,21 +470,12 @@ class ImageIndex:
             raise
         return index
 
-    def _upgrade(self, version: int) -> None:
-        with self._writing():
-            for v in range(version, FORMAT_VERSION):
-                if v not in MIGRATIONS:
-                    raise LookalikeError(f"index {self.path} has format {v}, which cannot be upgraded: "
-                                         f"{rebuild_hint(self.manifest.get('root'))}")
-                MIGRATIONS[v](self.path)
-            self.manifest["format_version"] = FORMAT_VERSION
-            write_json_atomic(self.path / MANIFEST, self.manifest)
-
     @classmethod
-    def create(cls, path, *, root, backbone: dict) -> "ImageIndex":
+    def create(cls, path, *, root, backbone: dict, ann: str | None = None) -> "IndexWriter":
         """Start a new, empty index at `path` for images under `root`, recording the backbone description
-        (`Embedder.describe()`). `path` must be new, empty, or hold an index (whose files are then replaced);
-        anything else is refused, so that a mistyped `--index` never deletes a user's files."""
+        (`Embedder.describe()`) and the search backend asked for (`ann`, default auto). `path` must be new,
+        empty, or hold an index (whose files are then replaced); anything else is refused, so that a mistyped
+        `--index` never deletes a user's files."""
         path = Path(path).expanduser().resolve()
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -404,7 +483,7 @@ class ImageIndex:
             raise LookalikeError(f"index path {path} is a file, not a folder") from None
         except OSError as exc:
             raise storage_error(exc, path, writing=True) from None
-        index = cls(path, {}, readonly=False)
+        index = IndexWriter(path, {})
         index._acquire_lock()
         try:
             old_files = index._claim_folder()
@@ -415,7 +494,7 @@ class ImageIndex:
                     (path / name).unlink(missing_ok=True)
                 stamp = now_iso()
                 manifest = {**backbone, "format_version": FORMAT_VERSION, "root": str(Path(root).resolve()),
-                            "created_at": stamp, "updated_at": stamp, "count": 0}
+                            "created_at": stamp, "updated_at": stamp, "count": 0, "ann": ann or "auto"}
                 write_json_atomic(path / MANIFEST, manifest)
                 index.manifest = manifest
             index._open_writer(lock=False, new=True)
@@ -428,47 +507,6 @@ class ImageIndex:
             index.close()
             raise
         return index
-
-    def _claim_folder(self) -> list[str]:
-        """Whether a new index may be started in `self.path` (else LookalikeError), and which files of the old
-        index there its bookkeeping names, to be removed."""
-        path = self.path
-        if (path / MANIFEST).exists():
-            try:
-                self._read_manifest(path)
-            except LookalikeError as exc:
-                raise LookalikeError(f"{path} does not hold a Lookalike index that can be replaced ({exc}); "
-                                     "choose a new or empty folder for --index") from None
-            return [*_DB_FILES, *self._vector_files_of(path)]
-        try:
-            others = sorted(e for e in os.listdir(path) if e != LOCKFILE and not _MANIFEST_TMP.fullmatch(e))
-        except OSError as exc:
-            raise storage_error(exc, path, writing=True) from None
-        if others:
-            raise LookalikeError(f"{path} is not empty and holds no Lookalike index ({len(others)} entries, e.g. "
-                                 f"{others[0]!r}): choose a new or empty folder for --index")
-        return []
-
-    @staticmethod
-    def _vector_files_of(path: Path) -> list[str]:
-        """The vector files the database in `path` names as its own; none when it cannot be read."""
-        if not (path / DATABASE).is_file():
-            return []
-        try:
-            conn = _connect_reader(path)
-        except LookalikeError:
-            return []
-        try:
-            names = [row[0] for row in conn.execute(
-                "SELECT value FROM meta WHERE key IN ('vector_file', 'pending_vector_file', 'retired_vector_file')")]
-            has_images = conn.execute("SELECT 1 FROM images LIMIT 1").fetchone() is not None
-        except sqlite3.Error:
-            return []
-        finally:
-            conn.close()
-        if not names and not has_images:
-            names = ["vectors-0.f32"]  # the name older versions wrote to before their first commit recorded it
-        return [n for n in names if _VECTOR_NAME.fullmatch(n)]
 
     @staticmethod
     def _read_manifest(path: Path) -> dict:
@@ -491,11 +529,333 @@ class ImageIndex:
                                  "themselves are untouched)")
         return manifest
 
+    # --- common facts ------------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.manifest["root"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def ann_requested(self) -> str:
+        """The search backend the manifest asks for: auto (the default) or a kind of `ann.BACKENDS`."""
+        value = self.manifest.get("ann")
+        return value if isinstance(value, str) and value else "auto"
+
+    def __bool__(self) -> bool:
+        return True  # an opened index exists, even with no images: `if index:` must not mean `if len(index):`
+
+    def relpath(self, path) -> str | None:
+        """The root-relative form of `path` ('/'-separated), or None when it lies outside the root."""
+        try:
+            rel = Path(os.path.abspath(Path(path).expanduser())).relative_to(self.root)
+        except ValueError:
+            return None
+        return rel.as_posix()
+
+    def stored_path(self, path) -> str:
+        """The key a file is stored under: root-relative when it lies under the root, else absolute (imported
+        rows of files elsewhere)."""
+        rel = self.relpath(path)
+        return rel if rel is not None else Path(os.path.abspath(Path(path).expanduser())).as_posix()
+
+    def stats(self) -> dict:
+        m = self.manifest
+        return {"count": len(self), "model": m["model"], "dim": int(m["dim"]), "pooling": m["pooling"],
+                "updated_at": m.get("updated_at"), "root": m["root"], "index_path": str(self.path)}
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._lock_fh is not None:
+            self._lock_fh.close()  # releases the flock
+            self._lock_fh = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    _meta = staticmethod(_meta)
+
+    # --- the vector file ---------------------------------------------------------------------------------
+    def _open_vectors(self, name: str | None, need_rows: int) -> np.ndarray:
+        """The whole vector file `name`, memory-mapped read-only; LookalikeError when it holds fewer than
+        `need_rows` rows (the database refers to rows it lost)."""
+        vpath = self.path / (name or "vectors-0.f32")
+        row_bytes = self.dim * 4
+        again = (f"run `lookalike index {self.manifest.get('root', 'FOLDER')}` to embed the images whose vectors "
+                 "are lost again (the images themselves are untouched)")
+        try:
+            n = vpath.stat().st_size // row_bytes
+            if need_rows > n:
+                raise LookalikeError(f"vector file {vpath} holds {n} vectors, fewer than {DATABASE} refers to: "
+                                     f"{again}")
+            if n == 0:
+                return np.zeros((0, self.dim), np.float32)
+            return np.memmap(vpath, dtype=np.float32, mode="r", shape=(n, self.dim)).view(np.ndarray)
+        except FileNotFoundError:
+            if need_rows == 0:
+                return np.zeros((0, self.dim), np.float32)
+            raise LookalikeError(f"vector file {vpath} is missing: {again}") from None
+        except OSError as exc:
+            raise storage_error(exc, self.path, writing=False) from None
+
+    def _gather(self, name: str | None, rows: np.ndarray) -> np.ndarray:
+        """Vectors of `rows` of the vector file `name`: a read-only view when the rows are in file order and
+        contiguous (paged in on demand, shared through the page cache), else a copy."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        mm = self._open_vectors(name, int(rows.max()) + 1)
+        first = int(rows[0])
+        if int(rows[-1]) - first + 1 == len(rows) and np.array_equal(rows, np.arange(first, first + len(rows))):
+            return mm[first:first + len(rows)]
+        return np.ascontiguousarray(mm[rows])
+
+
+class IndexSnapshot(ImageIndex):
+    """A read-only snapshot of an index, loaded at open time (rows, vector file and generation of one commit);
+    safe to share between threads. Never writes: another account or a read-only mount can search.
+
+    Searching goes through `backend()`: the ANN file the writer saved for this generation, caught up from the
+    vectors when a few commits behind, or an exact search over the memory-mapped vectors (the ANN file missing,
+    damaged or out of date: one line in `notes`)."""
+
+    readonly = True
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        super().__init__(path, manifest)
+        self._ids = np.zeros(0, np.int64)  # sorted
+        self._rows = np.zeros(0, np.int64)  # aligned with _ids
+        self._paths: list[str] = []
+        self._by_path: dict[str, int] | None = None
+        self._mm: np.ndarray = np.zeros((0, self.dim if manifest else 0), np.float32)
+        self._vectors: np.ndarray | None = None
+        self._lock = threading.Lock()
+        self._backend = None
+        self.generation = 0
+        self.vector_file = "vectors-0.f32"
+        self.ann_file: str | None = None
+
+    def _load_snapshot(self) -> None:
+        conn = _connect_reader(self.path, self.manifest.get("root"))
+        try:
+            # One read transaction: rows, vector file, ANN file and generation from the same commit, even while
+            # a writer commits or compacts (which switches the vector file).
+            conn.execute("BEGIN")
+            cur = conn.execute("SELECT id, row, path FROM images ORDER BY id")
+            ids, rows, paths = [], [], []
+            while True:
+                chunk = cur.fetchmany(65536)
+                if not chunk:
+                    break
+                a, b, c = zip(*chunk)
+                ids.append(np.fromiter(a, np.int64, len(a)))
+                rows.append(np.fromiter(b, np.int64, len(b)))
+                paths.extend(c)
+            self.vector_file = self._meta(conn, "vector_file") or "vectors-0.f32"
+            self.ann_file = self._meta(conn, "ann_file")
+            self.generation = int(self._meta(conn, "generation", "0"))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path, writing=False, root=self.manifest.get("root")) from None
+        finally:
+            conn.close()
+        self._ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        self._rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        # Text as it is; only names that are not valid UTF-8 (stored as bytes) need decoding.
+        self._paths = [p if isinstance(p, str) else from_db_path(p) for p in paths]
+        self._mm = self._open_vectors(self.vector_file, int(self._rows.max()) + 1 if len(self._rows) else 0)
+
+    # --- reading -----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> np.ndarray:
+        """int64 image ids, ascending, aligned with `vectors()`."""
+        return self._ids.copy()
+
+    def _position(self, image_id: int) -> int:
+        pos = int(np.searchsorted(self._ids, int(image_id)))
+        if pos >= len(self._ids) or self._ids[pos] != int(image_id):
+            raise KeyError(image_id)
+        return pos
+
+    def has_id(self, image_id: int) -> bool:
+        try:
+            self._position(image_id)
+        except KeyError:
+            return False
+        return True
+
+    def vectors(self) -> np.ndarray:
+        """(N, D) float32 L2-normalised rows, aligned with `ids()`: a memory-mapped view when the rows lie in
+        id order in the file, else a copy (see `row_vectors` for a view that never copies)."""
+        if self._vectors is None:
+            self._vectors = self._mm[self._rows] if len(self._rows) and not self._contiguous() else \
+                self._gather_view()
+        return self._vectors
+
+    def _contiguous(self) -> bool:
+        rows = self._rows
+        return bool(len(rows) == 0 or (int(rows[-1]) - int(rows[0]) + 1 == len(rows)
+                                        and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))))
+
+    def _gather_view(self) -> np.ndarray:
+        if not len(self._rows):
+            return np.zeros((0, self.dim), np.float32)
+        return self._mm[int(self._rows[0]):int(self._rows[0]) + len(self._rows)]
+
+    def row_vectors(self) -> "RowVectors | np.ndarray":
+        """The vectors aligned with `ids()`, read from the memory-mapped file only where sliced."""
+        return self._gather_view() if self._contiguous() else RowVectors(self._mm, self._rows)
+
+    def lookup(self, wanted) -> np.ndarray:
+        """ids -> their vectors (KeyError for an unknown id): what an approximate backend reranks with."""
+        wanted = np.asarray(wanted, np.int64).reshape(-1)
+        pos = np.clip(np.searchsorted(self._ids, wanted), 0, max(0, len(self._ids) - 1))
+        if len(wanted) and (not len(self._ids) or not np.array_equal(self._ids[pos], wanted)):
+            raise KeyError("ids missing from the index")
+        return np.asarray(self._mm[self._rows[pos]], np.float32)
+
+    def path_of(self, image_id: int) -> Path:
+        """Absolute path of an image id; KeyError if the id is unknown."""
+        return self.root / self._paths[self._position(image_id)]
+
+    def id_of(self, path) -> int | None:
+        with self._lock:
+            if self._by_path is None:  # built on first use: a server that never looks up paths never pays
+                self._by_path = {p: int(i) for p, i in zip(self._paths, self._ids)}
+        return self._by_path.get(self.stored_path(path))
+
+    def vector_of(self, image_id: int) -> np.ndarray:
+        """The stored vector of one image id (KeyError if unknown)."""
+        return np.asarray(self._mm[int(self._rows[self._position(image_id)])])
+
+    # --- the search backend --------------------------------------------------------------------------------
+    def backend(self):
+        """The search backend of this snapshot (loaded once, on first use; thread-safe)."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = self._load_backend()
+            return self._backend
+
+    def _exact(self):
+        from . import ann
+
+        if not len(self._ids):
+            return ann.make("exact", self.dim)
+        # No copy: the file's range of live rows, dead rows in between masked.
+        first, last = int(self._rows.min()), int(self._rows.max())
+        labels = np.full(last - first + 1, -1, np.int64)
+        labels[self._rows - first] = self._ids
+        keys = np.arange(first, last + 1, dtype=np.int64)
+        return ann.exact_view(self._mm[first:last + 1], labels, keys)
+
+    def _load_backend(self):
+        from . import ann
+
+        name = self.ann_file
+        if name is None or not _ANN_NAME.fullmatch(name):
+            kind, _ = ann.plan(self.ann_requested, len(self._ids), self.dim)
+            if kind != "exact":
+                self.notes.append(f"index {self.path} has no ANN file for its {kind} backend yet: searching "
+                                  f"exactly; `lookalike index {self.root}` builds it")
+            return self._exact()
+        path = self.path / name
+        try:
+            header = ann.read_params(path)
+            fp = parse_ann_fingerprint(header.get("fingerprint"))
+            if fp is None or fp.get("vector_file") != self.vector_file or fp["generation"] > self.generation:
+                raise ann.StaleAnnError(f"ANN file {path} was built from other vectors than the index holds")
+            behind = fp["generation"] < self.generation
+            backend = ann.load(path)
+            if behind:
+                gap = abs(len(self._ids) - len(backend))
+                if gap > max(CATCH_UP_MAX, len(self._ids) // 10):  # a reader does not build what a run should
+                    raise ann.StaleAnnError(f"ANN file {path} is {gap} images behind the index")
+                backend.catch_up(self._ids, self._rows, self.row_vectors())
+            elif len(backend) != len(self._ids):
+                raise ann.StaleAnnError(f"ANN file {path} holds {len(backend)} images, the index {len(self._ids)}")
+            return backend
+        except (ann.AnnFileError, LookalikeError) as exc:
+            self.notes.append(f"{exc}: searching exactly; `lookalike index {self.root}` rebuilds it")
+            return self._exact()
+
+
+class IndexWriter(ImageIndex):
+    """The writer of an index (`lookalike index`, `lookalike import`): one thread, holding the folder's write
+    lock. Vectors are appended and fsynced before the transaction that refers to them commits."""
+
+    readonly = False
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        super().__init__(path, manifest)
+        self._rows_needed = 0  # the vector file must hold at least this many rows
+
+    def _upgrade(self, version: int) -> None:
+        with self._writing():
+            for v in range(version, FORMAT_VERSION):
+                if v not in MIGRATIONS:
+                    raise LookalikeError(f"index {self.path} has format {v}, which cannot be upgraded: "
+                                         f"{rebuild_hint(self.manifest.get('root'))}")
+                MIGRATIONS[v](self.path)
+            self.manifest["format_version"] = FORMAT_VERSION
+            write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    def _claim_folder(self) -> list[str]:
+        """Whether a new index may be started in `self.path` (else LookalikeError), and which files of the old
+        index there its bookkeeping names, to be removed."""
+        path = self.path
+        if (path / MANIFEST).exists():
+            try:
+                self._read_manifest(path)
+            except LookalikeError as exc:
+                raise LookalikeError(f"{path} does not hold a Lookalike index that can be replaced ({exc}); "
+                                     "choose a new or empty folder for --index") from None
+            return [*_DB_FILES, *self._own_files_of(path)]
+        try:
+            others = sorted(e for e in os.listdir(path) if e != LOCKFILE and not _MANIFEST_TMP.fullmatch(e))
+        except OSError as exc:
+            raise storage_error(exc, path, writing=True) from None
+        if others:
+            raise LookalikeError(f"{path} is not empty and holds no Lookalike index ({len(others)} entries, e.g. "
+                                 f"{others[0]!r}): choose a new or empty folder for --index")
+        return []
+
+    @staticmethod
+    def _own_files_of(path: Path) -> list[str]:
+        """The vector and ANN files the database in `path` names as its own; none when it cannot be read."""
+        if not (path / DATABASE).is_file():
+            return []
+        try:
+            conn = _connect_reader(path)
+        except LookalikeError:
+            return []
+        try:
+            names = [row[0] for row in conn.execute(
+                "SELECT value FROM meta WHERE key IN ('vector_file', 'pending_vector_file', 'retired_vector_file',"
+                " 'ann_file', 'pending_ann_file', 'retired_ann_file')")]
+            has_images = conn.execute("SELECT 1 FROM images LIMIT 1").fetchone() is not None
+        except sqlite3.Error:
+            return []
+        finally:
+            conn.close()
+        if not any(_VECTOR_NAME.fullmatch(n) for n in names) and not has_images:
+            names.append("vectors-0.f32")  # the name older versions wrote to before their first commit recorded it
+        return [n for n in names if _VECTOR_NAME.fullmatch(n) or _ANN_NAME.fullmatch(n)]
+
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path / DATABASE, isolation_level=None)  # explicit BEGIN/COMMIT
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA temp_store=MEMORY")
             conn.executescript(_SCHEMA)
             conn.execute("SELECT count(*) FROM images").fetchone()
         except BaseException:
@@ -529,7 +889,7 @@ class ImageIndex:
                 # A new database starts a vector file of its own, after any file already there, so it never
                 # appends to rows it cannot account for. An existing one without the record was written by an
                 # older version, which used vectors-0.f32 until its first commit recorded it.
-                name = self._fresh_vector_name() if missing else "vectors-0.f32"
+                name = self._fresh_name(_VECTOR_NAME, "vectors-{}.f32") if missing else "vectors-0.f32"
                 self._conn.execute("INSERT INTO meta VALUES ('vector_file', ?)", (name,))
             lost_work = self.manifest.get("count", 0) or any(
                 _VECTOR_NAME.fullmatch(f.name) for f in self.path.iterdir())
@@ -562,120 +922,132 @@ class ImageIndex:
         top = conn.execute("SELECT max(row) FROM images").fetchone()[0]
         self._rows_needed = 0 if top is None else top + 1
 
+    def _fresh_name(self, pattern: "re.Pattern", template: str) -> str:
+        """A file name of `pattern` not used in the folder, numbered after every one there."""
+        numbers = [int(m.group(1)) for f in self.path.iterdir() if (m := pattern.fullmatch(f.name))]
+        return template.format(max(numbers) + 1 if numbers else 0)
+
     def _fresh_vector_name(self) -> str:
-        """A vector file name not used in the folder, numbered after every one there."""
-        numbers = [int(m.group(1)) for f in self.path.iterdir() if (m := _VECTOR_NAME.fullmatch(f.name))]
-        return f"vectors-{max(numbers) + 1 if numbers else 0}.f32"
+        return self._fresh_name(_VECTOR_NAME, "vectors-{}.f32")
 
-    def _load_snapshot(self) -> None:
-        conn = _connect_reader(self.path, self.manifest.get("root"))
-        try:
-            # One read transaction: rows, vector file and generation from the same commit, even while a writer
-            # commits or compacts (which switches the vector file).
-            conn.execute("BEGIN")
-            rows = conn.execute("SELECT id, path, row FROM images ORDER BY id").fetchall()
-            vec_file = self._meta(conn, "vector_file")
-            self.generation = int(self._meta(conn, "generation", "0"))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise storage_error(exc, self.path, writing=False, root=self.manifest.get("root")) from None
-        finally:
-            conn.close()
-        self._ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        self._paths = [from_db_path(r[1]) for r in rows]
-        self._rows = np.fromiter((r[2] for r in rows), np.int64, len(rows))
-        self._by_id = {int(i): n for n, i in enumerate(self._ids)}
-        self._by_path = {p: int(i) for p, i in zip(self._paths, self._ids)}
-        if rows:
-            self._vectors = self._gather(vec_file, self._rows)
-
-    # --- reading -----------------------------------------------------------------------------------------
-    @property
-    def root(self) -> Path:
-        return Path(self.manifest["root"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
+    # --- reading (the writer's view) ---------------------------------------------------------------------
     def __len__(self) -> int:
-        if self.readonly:
-            return len(self._ids)
         return int(self._conn.execute("SELECT count(*) FROM images").fetchone()[0])
 
-    def __bool__(self) -> bool:
-        return True  # an opened index exists, even with no images: `if index:` must not mean `if len(index):`
+    @property
+    def generation(self) -> int:
+        return int(self._meta(self._conn, "generation", "0"))
 
     def ids(self) -> np.ndarray:
-        """int64 image ids, aligned with `vectors()`."""
-        if not self.readonly:
-            return np.asarray([r[0] for r in self._conn.execute("SELECT id FROM images ORDER BY id")], np.int64)
-        return self._ids.copy()
+        """int64 image ids, ascending, aligned with `vectors()`."""
+        return _column(self._conn.execute("SELECT id FROM images ORDER BY id"))
 
     def vectors(self) -> np.ndarray:
         """(N, D) float32 L2-normalised rows, aligned with `ids()`."""
-        if not self.readonly:
-            rows = np.asarray([r[0] for r in self._conn.execute("SELECT row FROM images ORDER BY id")], np.int64)
-            return self._gather(self._meta(self._conn, "vector_file"), rows)
-        if self._vectors is None:
-            return np.zeros((0, self.dim), np.float32)
-        return self._vectors
+        rows = _column(self._conn.execute("SELECT row FROM images ORDER BY id"))
+        return self._gather(self._meta(self._conn, "vector_file"), rows)
 
     def path_of(self, image_id: int) -> Path:
-        """Absolute path of an image id; KeyError if the id is unknown."""
-        if self.readonly:
-            return self.root / self._paths[self._by_id[int(image_id)]]
         row = self._conn.execute("SELECT path FROM images WHERE id = ?", (int(image_id),)).fetchone()
         if row is None:
             raise KeyError(image_id)
         return self.root / from_db_path(row[0])
 
-    def relpath(self, path) -> str | None:
-        """The root-relative form of `path` ('/'-separated), or None when it lies outside the root."""
-        try:
-            rel = Path(os.path.abspath(Path(path).expanduser())).relative_to(self.root)
-        except ValueError:
-            return None
-        return rel.as_posix()
-
     def id_of(self, path) -> int | None:
-        rel = self.relpath(path)
-        if rel is None:
-            return None
-        if self.readonly:
-            return self._by_path.get(rel)
-        row = self._conn.execute("SELECT id FROM images WHERE path = ?", (db_path(rel),)).fetchone()
+        row = self._conn.execute("SELECT id FROM images WHERE path = ?", (db_path(self.stored_path(path)),)).fetchone()
         return None if row is None else int(row[0])
 
     def vector_of(self, image_id: int) -> np.ndarray:
-        """The stored vector of one image id (KeyError if unknown)."""
-        if self.readonly:
-            return self.vectors()[self._by_id[int(image_id)]]
         row = self._conn.execute("SELECT row FROM images WHERE id = ?", (int(image_id),)).fetchone()
         if row is None:
             raise KeyError(image_id)
         return self._gather(self._meta(self._conn, "vector_file"), np.asarray([row[0]]))[0]
 
-    def stats(self) -> dict:
-        m = self.manifest
-        return {"count": len(self), "model": m["model"], "dim": int(m["dim"]), "pooling": m["pooling"],
-                "updated_at": m.get("updated_at"), "root": m["root"], "index_path": str(self.path)}
+    def entries(self) -> dict[str, IndexEntry]:
+        """{stored path: IndexEntry} of every row (small indexes and tests; `sync` looks rows up in batches)."""
+        return {path: entry for path, entry in self.iter_entries()}
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._lock_fh is not None:
-            self._lock_fh.close()  # releases the flock
-            self._lock_fh = None
+    def iter_entries(self, where: str = "", args: tuple = ()) -> Iterator[tuple[str, IndexEntry]]:
+        """(stored path, IndexEntry) of the rows (optionally those of an SQL `where` clause), streamed."""
+        cur = self._conn.execute("SELECT path, id, size, mtime_ns, digest, row, imported FROM images "
+                                 + (f"WHERE {where}" if where else ""), args)
+        for r in cur:
+            yield from_db_path(r[0]), IndexEntry(r[1], r[2], r[3], r[4], r[5], bool(r[6]))
 
-    def __enter__(self) -> "ImageIndex":
-        return self
+    def lookup_paths(self, paths: list[str]) -> dict[str, IndexEntry]:
+        """{stored path: IndexEntry} of those of `paths` that the index holds: one query per 500 paths."""
+        out: dict[str, IndexEntry] = {}
+        for s in range(0, len(paths), 500):
+            part = [db_path(p) for p in paths[s:s + 500]]
+            marks = ",".join("?" * len(part))
+            for path, entry in self.iter_entries(f"path IN ({marks})", tuple(part)):
+                out[path] = entry
+        return out
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def entry_by_digest(self, digest: str, exclude_ids: Iterable[int] = ()) -> tuple[str, IndexEntry] | None:
+        """A row whose file has this content hash (not one of `exclude_ids`), or None."""
+        skip = set(exclude_ids)
+        for path, entry in self.iter_entries("digest = ?", (digest,)):
+            if entry.id not in skip:
+                return path, entry
+        return None
 
-    # --- writing helpers -------------------------------------------------------------------------------------
+    def digests(self) -> set[str]:
+        """The content hashes of every row, for a quick membership test while files are read."""
+        return {r[0] for r in self._conn.execute("SELECT digest FROM images")}
+
+    @contextlib.contextmanager
+    def walk_table(self) -> Iterator[Callable[[list[str]], None]]:
+        """A temporary table of the paths a walk of the root found: yields `mark_seen(paths)`; inside the
+        block, `unseen_entries()` lists the root's rows the walk did not find."""
+        conn = self._conn
+        conn.execute("DROP TABLE IF EXISTS temp.walk_seen")
+        conn.execute("CREATE TEMP TABLE walk_seen (path PRIMARY KEY) WITHOUT ROWID")
+
+        def mark_seen(paths: list[str]) -> None:
+            conn.execute("BEGIN")
+            try:
+                conn.executemany("INSERT OR IGNORE INTO temp.walk_seen VALUES (?)", [(db_path(p),) for p in paths])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        try:
+            yield mark_seen
+        finally:
+            conn.execute("DROP TABLE IF EXISTS temp.walk_seen")
+
+    def seen_paths(self, paths: list[str]) -> set[str]:
+        """Inside `walk_table()`: those of `paths` already marked seen."""
+        out: set[str] = set()
+        for s in range(0, len(paths), 500):
+            part = [db_path(p) for p in paths[s:s + 500]]
+            marks = ",".join("?" * len(part))
+            out.update(from_db_path(r[0]) for r in self._conn.execute(
+                f"SELECT path FROM temp.walk_seen WHERE path IN ({marks})", part))
+        return out
+
+    def unseen_entries(self) -> Iterator[tuple[str, IndexEntry]]:
+        """Inside `walk_table()`: the rows the root owns (not imported) whose path the walk did not find."""
+        return self.iter_entries("imported = 0 AND path NOT IN (SELECT path FROM temp.walk_seen)")
+
+    def digest_checker(self) -> "DigestChecker":
+        """`has(digest)` for the decoding threads (a connection of their own: SQLite connections belong to a
+        thread); close it after use."""
+        return DigestChecker(self.path / DATABASE)
+
+    def failures(self) -> dict[str, FailureEntry]:
+        """{relative path: FailureEntry} of the files that could not be decoded."""
+        return {from_db_path(r[0]): FailureEntry(r[1], r[2], r[3])
+                for r in self._conn.execute("SELECT path, size, mtime_ns, reason FROM failures")}
+
+    def failures_decoder(self) -> str | None:
+        """The decoder (`images.decoder_version`) that last tried the recorded failures, None before any."""
+        return self._meta(self._conn, "failures_decoder")
+
+    # --- writing helpers ---------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """Storage errors of a write (a full disk, a read-only folder) as one LookalikeError line."""
@@ -704,44 +1076,12 @@ class ImageIndex:
                     pass
             raise
 
-    # --- vector file ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else default
-
     def _vector_file(self) -> Path:
         name = self._meta(self._conn, "vector_file") if self._conn is not None else None
         return self.path / (name or "vectors-0.f32")
 
-    def _gather(self, name: str | None, rows: np.ndarray) -> np.ndarray:
-        if len(rows) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        vpath = self.path / (name or "vectors-0.f32")
-        row_bytes = self.dim * 4
-        again = (f"run `lookalike index {self.manifest.get('root', 'FOLDER')}` to embed the images whose vectors "
-                 "are lost again (the images themselves are untouched)")
-        try:
-            n = vpath.stat().st_size // row_bytes
-            if int(rows.max()) >= n:
-                raise LookalikeError(f"vector file {vpath} holds {n} vectors, fewer than {DATABASE} refers to: "
-                                     f"{again}")
-            mm = np.memmap(vpath, dtype=np.float32, mode="r", shape=(n, self.dim))
-        except FileNotFoundError:
-            raise LookalikeError(f"vector file {vpath} is missing: {again}") from None
-        except OSError as exc:
-            raise storage_error(exc, self.path, writing=False) from None
-        first = int(rows[0])
-        if int(rows[-1]) - first + 1 == len(rows) and np.array_equal(rows, np.arange(first, first + len(rows))):
-            # Rows in file order (a fresh or compacted index): a read-only view, paged in on demand and
-            # shared with other processes through the page cache, instead of a private copy.
-            return mm[first:first + len(rows)].view(np.ndarray)
-        out = np.ascontiguousarray(mm[rows])
-        del mm
-        return out
-
     def read_rows(self, rows) -> np.ndarray:
-        """Vectors at given rows of the current vector file (the writer's view)."""
+        """Vectors at given rows of the current vector file."""
         return self._gather(self._vector_file().name, np.asarray(rows, np.int64))
 
     def append_vectors(self, vectors: np.ndarray) -> list[int]:
@@ -767,32 +1107,21 @@ class ImageIndex:
         self._rows_needed = start + len(vectors)
         return list(range(start, start + len(vectors)))
 
-    def entries(self) -> dict[str, tuple[int, int, int, str, int]]:
-        """{relative path: (id, size, mtime_ns, digest, row)} for the writer's sync."""
-        return {from_db_path(r[1]): (r[0], r[2], r[3], r[4], r[5])
-                for r in self._conn.execute("SELECT id, path, size, mtime_ns, digest, row FROM images")}
-
-    def failures(self) -> dict[str, tuple[int, int, str]]:
-        """{relative path: (size, mtime_ns, reason)} of the files that could not be decoded, for the writer's sync."""
-        return {from_db_path(r[0]): (r[1], r[2], r[3])
-                for r in self._conn.execute("SELECT path, size, mtime_ns, reason FROM failures")}
-
-    def failures_decoder(self) -> str | None:
-        """The decoder (`images.decoder_version`) that last tried the recorded failures, None before any."""
-        return self._meta(self._conn, "failures_decoder")
-
     def commit(self, inserts: Iterable[tuple] = (), updates: Iterable[tuple] = (), deletes: Iterable[int] = (),
-               failed: Iterable[tuple] = (), cleared: Iterable[str] = (), decoder: str | None = None) -> None:
+               failed: Iterable[tuple] = (), cleared: Iterable[str] = (), decoder: str | None = None,
+               imported: bool = False) -> None:
         """One transaction. inserts: (path, size, mtime_ns, digest, row); updates: (id, path, size, mtime_ns,
         digest, row); deletes: ids; failed: (path, size, mtime_ns, reason), replacing any earlier failure of the
-        path; cleared: paths whose failure no longer applies; decoder: the decoder that found `failed`."""
+        path; cleared: paths whose failure no longer applies; decoder: the decoder that found `failed`.
+        `imported`: the inserted and updated rows come from `lookalike import` (else they are the root's own)."""
         conn = self._conn
+        flag = int(bool(imported))
         with self._writing(), self._transaction():
             conn.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in deletes])
-            conn.executemany("UPDATE images SET path = ?, size = ?, mtime_ns = ?, digest = ?, row = ? WHERE id = ?",
-                             [(db_path(p), s, m, d, r, i) for i, p, s, m, d, r in updates])
-            conn.executemany("INSERT INTO images (path, size, mtime_ns, digest, row) VALUES (?, ?, ?, ?, ?)",
-                             [(db_path(p), s, m, d, r) for p, s, m, d, r in inserts])
+            conn.executemany("UPDATE images SET path = ?, size = ?, mtime_ns = ?, digest = ?, row = ?, imported = ? "
+                             "WHERE id = ?", [(db_path(p), s, m, d, r, flag, i) for i, p, s, m, d, r in updates])
+            conn.executemany("INSERT INTO images (path, size, mtime_ns, digest, row, imported) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", [(db_path(p), s, m, d, r, flag) for p, s, m, d, r in inserts])
             conn.executemany("DELETE FROM failures WHERE path = ?", [(db_path(p),) for p in cleared])
             conn.executemany("INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)",
                              [(db_path(p), s, m, r) for p, s, m, r in failed])
@@ -813,24 +1142,28 @@ class ImageIndex:
     def compact(self) -> None:
         """Rewrite the vector file without dead rows, into a new generation file, switched to atomically.
         The new file is recorded as pending before it is written and the old one as retired in the switch, so
-        a kill at any point leaves only files the database names, which the next writer removes."""
+        a kill at any point leaves only files the database names, which the next writer removes. Rows are
+        copied block by block in id order: memory stays bounded at any size."""
         conn = self._conn
         old = self._vector_file()
-        rows = conn.execute("SELECT id, row FROM images ORDER BY id").fetchall()
-        ids = [r[0] for r in rows]
-        vectors = self._gather(old.name, np.asarray([r[1] for r in rows], np.int64))
+        ids = _column(conn.execute("SELECT id FROM images ORDER BY id"))
+        rows = _column(conn.execute("SELECT row FROM images ORDER BY id"))
+        mm = self._open_vectors(old.name, int(rows.max()) + 1 if len(rows) else 0)
         new = self.path / self._fresh_vector_name()
         with self._writing():
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('pending_vector_file', ?)", (new.name,))
             with open(new, "wb") as fh:
-                fh.write(np.ascontiguousarray(vectors, np.float32).tobytes())
+                for s in range(0, len(rows), 65536):
+                    fh.write(np.ascontiguousarray(mm[rows[s:s + 65536]], np.float32).tobytes())
                 fh.flush()
                 os.fsync(fh.fileno())
+            del mm
             with contextlib.suppress(OSError):  # a chmod the user made on the vectors outlives compaction
                 os.chmod(new, stat.S_IMODE(old.stat().st_mode))
             fsync_dir(self.path)
             with self._transaction():
-                conn.executemany("UPDATE images SET row = ? WHERE id = ?", [(n, i) for n, i in enumerate(ids)])
+                conn.executemany("UPDATE images SET row = ? WHERE id = ?",
+                                 ((n, int(i)) for n, i in enumerate(ids)))
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('vector_file', ?)", (new.name,))
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('retired_vector_file', ?)", (old.name,))
                 conn.execute("DELETE FROM meta WHERE key = 'pending_vector_file'")
@@ -839,15 +1172,15 @@ class ImageIndex:
             self._clean_orphan_files()
 
     def _clean_orphan_files(self) -> None:
-        """Remove the vector files the database records as pending (a compaction cut short) or retired (one
-        finished); never any other file."""
+        """Remove the vector and ANN files the database records as pending (a compaction or an ANN save cut
+        short) or retired (one finished); never any other file."""
         conn = self._conn
-        current = self._vector_file().name
-        for key in ("pending_vector_file", "retired_vector_file"):
+        current = {self._vector_file().name, self._meta(conn, "ann_file")}
+        for key in ("pending_vector_file", "retired_vector_file", "pending_ann_file", "retired_ann_file"):
             name = self._meta(conn, key)
             if name is None:
                 continue
-            if name != current and _VECTOR_NAME.fullmatch(name):
+            if name not in current and (_VECTOR_NAME.fullmatch(name) or _ANN_NAME.fullmatch(name)):
                 try:
                     (self.path / name).unlink(missing_ok=True)
                 except OSError:
@@ -859,3 +1192,130 @@ class ImageIndex:
         self.manifest["updated_at"] = now_iso()
         with self._writing():
             write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    # --- the ANN file --------------------------------------------------------------------------------------
+    def _id_rows_by_row(self) -> tuple[np.ndarray, np.ndarray]:
+        ids = _column(self._conn.execute("SELECT id FROM images ORDER BY row"))
+        rows = _column(self._conn.execute("SELECT row FROM images ORDER BY row"))
+        return ids, rows
+
+    def update_ann(self, requested: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Bring the ANN file in step with the committed vectors, once per run: nothing when it already is,
+        a catch-up (new entries added, removed and changed ones masked) when it is a few commits behind, else a
+        fresh build from the vectors (another backend or parameters, `auto` passing a threshold, too many masked
+        entries, or a missing or damaged file, which adds a note). Then it is saved under a new name recorded
+        as pending first, and switched to in one transaction. `requested` (auto or a kind) is stored in the
+        manifest; None keeps the manifest's. Returns the backend's `params()`, with "requested"."""
+        from . import ann
+
+        requested = requested or self.ann_requested
+        if requested not in ann.CHOICES:
+            raise LookalikeError(f"unknown search backend {requested!r}: use one of {', '.join(ann.CHOICES)}")
+        if self.manifest.get("ann") != requested:
+            self.touch_manifest(ann=requested)
+        conn = self._conn
+        n = len(self)
+        kind, params = ann.plan(requested, n, self.dim)
+        recorded = self._meta(conn, "ann_file")
+        if kind == "exact":
+            if recorded is not None:
+                self._record_ann(None)
+            return {"backend": "exact", "dim": self.dim, "count": n, "dead": 0, "storage": "float32",
+                    "requested": requested}
+        backend = None
+        if recorded is not None and _ANN_NAME.fullmatch(recorded):
+            path = self.path / recorded
+            try:
+                header = ann.verify(path)  # the whole file against its checksum: never trusted unread
+                fp = parse_ann_fingerprint(header.get("fingerprint"))
+                same_plan = fp is not None and fp.get("kind") == kind and fp.get("params") == _jsonable(params) \
+                    and fp.get("vector_file") == self._vector_file().name and fp["generation"] <= self.generation
+                if same_plan and fp["generation"] == self.generation:
+                    return {**_header_params(header, fp, n), "requested": requested}
+                if same_plan:
+                    backend = ann.load(path)
+                    ids, rows = self._id_rows_by_row()
+                    mm = self._open_vectors(self._vector_file().name, int(rows.max()) + 1 if len(rows) else 0)
+                    backend.catch_up(ids, rows, RowVectors(mm, rows))
+                    if backend.needs_rebuild():
+                        backend = None
+            except ann.AnnFileError as exc:
+                self.notes.append(f"{exc}: rebuilt it from the vectors")
+                backend = None
+        if backend is None:
+            if self.dead_rows() > 0:
+                self.compact()  # the build reads the vectors as one memory-mapped range, in file order
+            ids, rows = self._id_rows_by_row()
+            vectors = self._gather(self._vector_file().name, rows)
+            backend = ann.build(kind, ids, vectors, keys=rows, progress=progress, **params)
+            del vectors
+        self._save_ann(backend, ann_fingerprint(self._vector_file().name, self.generation, kind,
+                                                _jsonable(params)))
+        return {**backend.params(), "requested": requested}
+
+    def _save_ann(self, backend, fingerprint: str) -> None:
+        name = self._fresh_name(_ANN_NAME, "ann-{}.ann")
+        conn = self._conn
+        with self._writing():
+            with self._transaction():  # no generation bump: derived state, the vectors are unchanged
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('pending_ann_file', ?)", (name,))
+            backend.save(self.path / name, fingerprint=fingerprint, atomic=False)
+            fsync_dir(self.path)
+            self._record_ann(name)
+
+    def _record_ann(self, name: str | None) -> None:
+        """Switch the database to the ANN file `name` (None: no file, exact search) and remove the old one."""
+        conn = self._conn
+        with self._writing():
+            old = self._meta(conn, "ann_file")
+            with self._transaction():
+                if name is None:
+                    conn.execute("DELETE FROM meta WHERE key = 'ann_file'")
+                else:
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('ann_file', ?)", (name,))
+                if old is not None and old != name:
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('retired_ann_file', ?)", (old,))
+                conn.execute("DELETE FROM meta WHERE key = 'pending_ann_file'")
+            self._clean_orphan_files()
+
+
+class DigestChecker:
+    """Whether some row of the index has a content hash: one small indexed query, from any thread."""
+
+    def __init__(self, db: Path) -> None:
+        self._conn = sqlite3.connect(db, check_same_thread=False)
+        self._lock = threading.Lock()
+
+    def __call__(self, digest: str) -> bool:
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM images WHERE digest = ? LIMIT 1", (digest,)).fetchone() \
+                is not None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _column(cur) -> np.ndarray:
+    """The single int64 column of a cursor, fetched in large chunks."""
+    parts = []
+    while True:
+        chunk = cur.fetchmany(65536)
+        if not chunk:
+            break
+        parts.append(np.fromiter((r[0] for r in chunk), np.int64, len(chunk)))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _jsonable(params: dict) -> dict:
+    return json.loads(json.dumps(params, sort_keys=True))
+
+
+def _header_params(header: dict, fp: dict, n: int) -> dict:
+    """`Backend.params()` as a saved file's header (and its fingerprint's plan) tells it, without loading it."""
+    out = {"backend": header.get("kind"), "dim": header.get("dim"), "count": n, "storage": header.get("storage"),
+           **(header.get("params") or {})}
+    if (fp.get("params") or {}).get("pca"):
+        out["pca"] = fp["params"]["pca"]
+    if int(header.get("rerank", 1)) > 1:
+        out["rerank"] = int(header["rerank"])
+    return out

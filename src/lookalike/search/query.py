@@ -1,4 +1,6 @@
-"""Search, compare and near-duplicate grouping over L2-normalised vectors.
+"""Search, compare and near-duplicate grouping over L2-normalised vectors. `search` and `find_duplicates`
+go through the index's search backend (`ann.py`); `run_queries` is the one query path of the CLI and the
+web service.
 
 Distance is the Euclidean distance between unit vectors, similarity the cosine; for unit vectors
 distance = sqrt(2 - 2 * similarity). Everything is matrix products and top-k selections, never an
@@ -7,7 +9,9 @@ N x N x D broadcast; duplicates use a k-nearest-neighbour graph computed in row 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -44,39 +48,94 @@ def _exclusions(exclude_ids, n_queries: int) -> list[set]:
     return [shared for _ in range(n_queries)]
 
 
+def _backend_of(index) -> tuple[Any, Any]:
+    """(search backend, rerank lookup) of an opened index: a snapshot's own backend (its ANN file, or exact),
+    or an exact one over the vectors of a writer."""
+    if hasattr(index, "backend"):
+        return index.backend(), index.lookup
+    from . import ann
+
+    return ann.build("exact", index.ids(), index.vectors()), None
+
+
 def search(index: "ImageIndex", queries: np.ndarray, k: int = 5, exclude_ids=None) -> list[list[dict]]:
-    """The k nearest stored images of each query vector, best first.
+    """The k nearest stored images of each query vector, best first, through the index's search backend
+    (`IndexSnapshot.backend()`: exact, or an ANN structure whose candidates are reranked by exact distance).
 
     `exclude_ids`: ids left out of every query's results, or one collection (or None) per query.
     Each hit: {"rank" (1-based), "id", "path" (str), "distance", "similarity"}.
     """
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    ids = index.ids()
-    vectors = index.vectors()
     excluded = _exclusions(exclude_ids, len(queries))
-    results: list[list[dict]] = []
-    if len(ids) == 0 or k <= 0:
+    n = len(index)
+    if n == 0 or k <= 0:
         return [[] for _ in queries]
-    position = {int(i): n for n, i in enumerate(ids)}
-    sims = queries @ vectors.T  # (Q, N): one matrix product
-    for q, row in enumerate(sims):
-        drop = [position[i] for i in excluded[q] if i in position]
-        if drop:
-            row = row.copy()
-            row[drop] = -np.inf
-        kk = min(k, len(ids) - len(drop))
-        if kk <= 0:
-            results.append([])
-            continue
-        top = np.argpartition(-row, kk - 1)[:kk] if kk < len(row) else np.arange(len(row))
-        top = top[np.argsort(-row[top], kind="stable")]
-        hits = []
-        for rank, j in enumerate(top, start=1):
-            s = float(np.clip(row[j], -1.0, 1.0))
-            hits.append({"rank": rank, "id": int(ids[j]), "path": str(index.path_of(int(ids[j]))),
+    backend, lookup = _backend_of(index)
+    fetch = min(n, k + max((len(e) for e in excluded), default=0))
+    sims, found = backend.search_similarities(queries, fetch, lookup)
+    results: list[list[dict]] = []
+    for q in range(len(queries)):
+        hits: list[dict] = []
+        for s, i in zip(sims[q], found[q]):
+            if len(hits) == k:
+                break
+            if i < 0 or int(i) in excluded[q]:
+                continue
+            s = float(np.clip(s, -1.0, 1.0))
+            hits.append({"rank": len(hits) + 1, "id": int(i), "path": str(index.path_of(int(i))),
                          "distance": float(np.sqrt(max(0.0, 2.0 - 2.0 * s))), "similarity": s})
         results.append(hits)
     return results
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query: an indexed image (`image_id`), a file (`path`; the index's stored vector when it holds that
+    file), or an image already decoded (`image`, e.g. an upload). `name` is what the answer calls it."""
+
+    name: str
+    path: Optional[Path] = None
+    image_id: Optional[int] = None
+    image: Any = None
+
+
+def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder: Callable[[], Any],
+                include_self: bool = False) -> list[list[dict]]:
+    """The query path of `lookalike search` and the web service: a vector for each query (the stored vector
+    of an indexed image or file, else the embedding of its image), then the backend's k nearest (`search`).
+
+    `embedder()` returns an object with `embed_images(list of PIL images)` and `min_decode_size`; it is called
+    only when some query needs embedding (so a search by indexed files never loads a model). An indexed query
+    is left out of its own results unless `include_self`. LookalikeError for a file that does not exist;
+    KeyError for an unknown `image_id`."""
+    from ..errors import LookalikeError
+    from ..images import load_image
+
+    vectors: list[Optional[np.ndarray]] = []
+    excludes: list[Optional[list[int]]] = []
+    to_embed: list[tuple[int, Any]] = []
+    for n, q in enumerate(queries):
+        image_id = q.image_id
+        if image_id is None and q.path is not None:
+            if not Path(q.path).is_file():
+                raise LookalikeError(f"query {q.path}: no such file")
+            image_id = index.id_of(q.path)
+        if image_id is not None:
+            vectors.append(np.asarray(index.vector_of(image_id), np.float32))  # KeyError when unknown
+            excludes.append(None if include_self else [int(image_id)])
+            continue
+        vectors.append(None)
+        excludes.append(None)
+        to_embed.append((n, q))
+    if to_embed:
+        emb = embedder()
+        images = [q.image if q.image is not None else load_image(q.path, min_size=getattr(emb, "min_decode_size", None))
+                  for _, q in to_embed]
+        for (n, _), vec in zip(to_embed, emb.embed_images(images)):
+            vectors[n] = np.asarray(vec, np.float32)
+    if not vectors:
+        return []
+    return search(index, np.stack(vectors), k=k, exclude_ids=excludes)
 
 
 def compare(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +200,12 @@ def group_vectors(vectors: np.ndarray, threshold: float = DEFAULT_DUPE_THRESHOLD
     return out
 
 
-def find_duplicates(index: "ImageIndex", threshold: float = DEFAULT_DUPE_THRESHOLD, k: int = 10) -> list[list[int]]:
-    """Groups of near-duplicate image ids: kNN graph + connected components (memory O(N x k), not N x N)."""
-    ids = index.ids()
-    return [[int(ids[i]) for i in g] for g in group_vectors(index.vectors(), threshold, k)]
+def find_duplicates(index: "ImageIndex", threshold: float = DEFAULT_DUPE_THRESHOLD, k: int = 10,
+                    progress: Optional[Callable[[int, int], None]] = None) -> list[list[int]]:
+    """Groups of near-duplicate image ids: the kNN graph through the index's search backend + connected
+    components (memory O(N x k), never N x N); `progress(done, total)` after each block of rows."""
+    from .dupes_graph import find_duplicates as graph_groups
+
+    backend, lookup = _backend_of(index)
+    vectors = index.row_vectors() if hasattr(index, "row_vectors") else index.vectors()
+    return graph_groups(backend, index.ids(), vectors, threshold, k, progress=progress, lookup=lookup)

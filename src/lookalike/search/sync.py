@@ -6,15 +6,16 @@ most the batch in flight and the next run resumes from there."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..errors import LookalikeError
-from ..images import decoder_version, list_image_files
+from ..images import decoder_version, iter_image_files
 from .features import DEFAULT_MODEL, Embedder, load_embedder
-from .index import MANIFEST, ImageIndex, default_index_path, same_backbone, storage_error
+from .index import MANIFEST, ImageIndex, IndexEntry, IndexWriter, default_index_path, same_backbone, storage_error
 
 # Compact the vector file once dead rows outnumber live ones (and are worth the rewrite).
 COMPACT_MIN_DEAD = 1024
@@ -49,9 +50,11 @@ def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooli
 def index_folder(folder, index_path=None, *, model: str | None = None, pooling: str | None = None,
                  weights: str | None = None, rebuild: bool = False, device: str = "cpu", runtime: str = "auto",
                  batch_size: int | None = None, embedder: Embedder | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> dict:
+                 progress: Callable[[int, int], None] | None = None, ann: str | None = None,
+                 ann_progress: Callable[[int, int], None] | None = None) -> dict:
     """Index the images under `folder`. Returns {"indexed", "added", "updated", "removed", "renamed",
-    "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path", "notes"}; "notes" are lines
+    "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path", "ann", "notes"}; "ann" is the
+    search backend's kind and parameters (`ann.Backend.params()`, with "requested"); "notes" are lines
     on what opening the index found and repaired (`ImageIndex.notes`). Paths are `str` of the file system's
     names, so a name that is not valid UTF-8 holds surrogate escapes (`paths.printable` shows it).
 
@@ -59,10 +62,18 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
     the decoder's versions, `images.decoder_version`), later runs skip it without reading it, and list it last in
     "skipped" with "(unchanged since it failed)" after its reason; "skipped_known" counts those.
 
+    `ann` (auto, exact, hnsw, ivf or ivfpq) is stored in the manifest; None keeps the index's (new ones: auto,
+    which picks by size and switches as the index grows, `ann.choose`). The ANN file is saved once per run.
+
     With no `model`/`pooling`, an existing index keeps its backbone; a new one uses EfficientNet-Lite0 and
     average pooling. Asking for another backbone than the index's raises LookalikeError unless `rebuild`.
-    `progress(done, total)` is called after each committed batch.
+    `progress(done, total)` is called after each committed batch, `ann_progress(done, total)` while the ANN
+    structure is built (vectors added).
     """
+    from .ann import CHOICES
+
+    if ann is not None and ann not in CHOICES:
+        raise LookalikeError(f"unknown search backend {ann!r}: use one of {', '.join(CHOICES)}")
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise LookalikeError(f"{folder} is not a folder")
@@ -95,11 +106,12 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
             raise LookalikeError(f"index {index_path} holds vectors from {old}, not {_describe_backbone(backbone)}: "
                                  "pass --rebuild to start over with the new backbone")
         # `is None`, not truthiness: an index with no images is still an index (and holds the write lock).
-        index = existing if existing is not None else ImageIndex.create(index_path, root=root, backbone=backbone)
+        index = existing if existing is not None else ImageIndex.create(index_path, root=root, backbone=backbone,
+                                                                                 ann=ann)
         existing = None
         with index:
             try:
-                summary = _sync(index, root, embedder, batch_size, progress)
+                summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress)
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                     raise
@@ -112,52 +124,77 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
             existing.close()
 
 
-def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | None,
-          progress: Callable[[int, int], None] | None) -> dict:
+WALK_BATCH = 2000  # walked files looked up in the database per batch
+
+
+def _walk(root: Path, skipped: list[dict]) -> Iterator[list[tuple[Path, str, int, int]]]:
+    """Batches of (absolute path, root-relative '/'-separated path, size, mtime_ns) of the image files under
+    `root`; files that cannot be stat'ed go to `skipped`."""
+    prefix = len(str(root).rstrip(os.sep)) + 1
+    batch: list[tuple[Path, str, int, int]] = []
+    for path in iter_image_files(root):
+        text = str(path)
+        rel = text[prefix:] if os.sep == "/" else text[prefix:].replace(os.sep, "/")
+        try:
+            st = os.stat(text)
+        except OSError as exc:
+            skipped.append({"path": text, "reason": f"cannot read ({exc.strerror})"})
+            continue
+        batch.append((path, rel, st.st_size, st.st_mtime_ns))
+        if len(batch) >= WALK_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | None,
+          progress: Callable[[int, int], None] | None, ann: str | None = None,
+          ann_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Walk, look the files up in batches, embed what is new or changed, forget what is gone (only rows the
+    root owns: imported rows stay), compact, then bring the ANN file in step. Memory: the walk's paths and the
+    files to read, never a dict of every row."""
     summary = {"indexed": 0, "added": 0, "updated": 0, "removed": 0, "renamed": 0, "unchanged": 0,
                "skipped": [], "skipped_known": 0, "index_path": str(index.path)}
-    known = index.entries()  # rel path -> (id, size, mtime_ns, digest, row)
-    failed_before = index.failures()  # rel path -> (size, mtime_ns, reason)
+    failed_before = index.failures()  # rel path -> FailureEntry (files that failed: few)
     decoder = decoder_version()
     trust_failures = index.failures_decoder() == decoder  # an upgraded decoder may read what the old one could not
     known_bad: list[dict] = []
-    seen: set[str] = set()
-    todo: list[tuple[Path, str, int, int]] = []  # (absolute path, rel, size, mtime_ns)
-    for path in list_image_files(root):
-        rel = path.relative_to(root).as_posix()
-        try:
-            st = path.stat()
-        except OSError as exc:
-            summary["skipped"].append({"path": str(path), "reason": f"cannot read ({exc.strerror})"})
-            continue
-        seen.add(rel)
-        entry = known.get(rel)
-        failure = failed_before.get(rel)
-        if entry is not None and entry[1] == st.st_size and entry[2] == st.st_mtime_ns:
-            summary["unchanged"] += 1
-        elif trust_failures and failure is not None and failure[0] == st.st_size and failure[1] == st.st_mtime_ns:
-            known_bad.append({"path": str(path), "reason": f"{failure[2]} (unchanged since it failed)"})
-        else:
-            todo.append((path, rel, st.st_size, st.st_mtime_ns))
-    gone = {rel: e for rel, e in known.items() if rel not in seen}
+    failures_seen: set[str] = set()
+    todo: list[tuple[Path, str, int, int, IndexEntry | None]] = []  # (absolute path, rel, size, mtime_ns, old)
+    with index.walk_table() as mark_seen:
+        for batch in _walk(root, summary["skipped"]):
+            known = index.lookup_paths([rel for _, rel, _, _ in batch])
+            mark_seen([rel for _, rel, _, _ in batch])
+            for path, rel, size, mtime in batch:
+                entry = known.get(rel)
+                failure = failed_before.get(rel)
+                if failure is not None:
+                    failures_seen.add(rel)
+                if entry is not None and entry.size == size and entry.mtime_ns == mtime:
+                    summary["unchanged"] += 1
+                elif trust_failures and failure is not None and (failure.size, failure.mtime_ns) == (size, mtime):
+                    known_bad.append({"path": str(path), "reason": f"{failure.reason} (unchanged since it failed)"})
+                else:
+                    todo.append((path, rel, size, mtime, entry))
+        # Rows of the root that the walk did not find; rows brought in by `lookalike import` are kept.
+        gone = dict(index.unseen_entries())
     # Content hash -> entry whose vector a new file may reuse: deleted ones first (a rename moves the row).
-    gone_by_digest = {e[3]: e for e in gone.values()}
-    live_by_digest = {e[3]: e for rel, e in known.items() if rel in seen}
+    gone_by_digest = {e.digest: e for e in gone.values() if e.digest}
     claimed: set[int] = set()
+    has_digest = index.digest_checker() if todo else None
 
     def reusable(digest: str):
-        return True if digest in gone_by_digest or digest in live_by_digest else None
+        return True if digest in gone_by_digest or (has_digest is not None and has_digest(digest)) else None
 
     done = 0
     total = len(todo)
     if progress:
         progress(0, total)
-    for batch in embedder.stream(todo, batch_size=batch_size, reuse=reusable,
-                                  path_of=lambda t: t[0]):
+    for batch in embedder.stream(todo, batch_size=batch_size, reuse=reusable, path_of=lambda t: t[0]):
         new_vectors, pending = [], []  # pending[i] is the row that will reference new_vectors[i]
         updates, deletes, failed, cleared = [], [], [], []
-        for (path, rel, size, mtime), res in batch:
-            old = known.get(rel)
+        for (path, rel, size, mtime, old), res in batch:
             digest = res.get("digest")
             if rel in failed_before and not ("reason" in res and "digest" in res):
                 cleared.append(rel)  # fixed, or unreadable for now: either way the old failure no longer applies
@@ -168,23 +205,29 @@ def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | N
                     # file gone since the walk) may not, so those are tried again next time.
                     failed.append((rel, size, mtime, res["reason"]))
                 if old is not None:  # changed into something unreadable: its old vector no longer applies
-                    deletes.append(old[0])
+                    deletes.append(old.id)
                     summary["removed"] += 1
                 continue
-            if old is not None and digest == old[3]:  # touched, same bytes
-                updates.append((old[0], rel, size, mtime, digest, old[4]))
+            if old is not None and digest == old.digest:  # touched, same bytes
+                updates.append((old.id, rel, size, mtime, digest, old.row))
                 summary["unchanged"] += 1
                 continue
             if "reuse" in res:
                 donor = gone_by_digest.get(digest)
-                if donor is not None and donor[0] not in claimed and old is None:
-                    claimed.add(donor[0])  # a rename: the row keeps its id and vector, under the new path
-                    updates.append((donor[0], rel, size, mtime, digest, donor[4]))
+                if donor is not None and donor.id not in claimed and old is None:
+                    claimed.add(donor.id)  # a rename: the row keeps its id and vector, under the new path
+                    updates.append((donor.id, rel, size, mtime, digest, donor.row))
                     summary["renamed"] += 1
                     continue
-                donor = donor or live_by_digest[digest]
+                if donor is None:
+                    found = index.entry_by_digest(digest)
+                    donor = found[1] if found is not None else None
+                if donor is None:  # cannot happen while rows are only deleted at the end of a run
+                    summary["skipped"].append({"path": str(path), "reason": "its vector could not be reused: "
+                                               "run `lookalike index` again"})
+                    continue
                 # Vector rows are append-only during a run, so the donor's row is still valid: copy it.
-                new_vectors.append(index.read_rows([donor[4]])[0])
+                new_vectors.append(index.read_rows([donor.row])[0])
             else:
                 new_vectors.append(res["vector"])
             pending.append((old, rel, size, mtime, digest))
@@ -195,15 +238,17 @@ def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | N
                 inserts.append((rel, size, mtime, digest, row))
                 summary["added"] += 1
             else:
-                updates.append((old[0], rel, size, mtime, digest, row))
+                updates.append((old.id, rel, size, mtime, digest, row))
                 summary["updated"] += 1
         index.commit(inserts=inserts, updates=updates, deletes=deletes, failed=failed, cleared=cleared,
                      decoder=decoder)
         done += len(batch)
         if progress:
             progress(done, total)
-    forget = [e[0] for e in gone.values() if e[0] not in claimed]
-    vanished = [rel for rel in failed_before if rel not in seen]
+    if has_digest is not None:
+        has_digest.close()
+    forget = [e.id for e in gone.values() if e.id not in claimed]
+    vanished = [rel for rel in failed_before if rel not in failures_seen]
     if forget or vanished:
         index.commit(deletes=forget, cleared=vanished)
         summary["removed"] += len(forget)
@@ -211,6 +256,7 @@ def _sync(index: ImageIndex, root: Path, embedder: Embedder, batch_size: int | N
     summary["skipped_known"] = len(known_bad)
     if index.dead_rows() > max(COMPACT_MIN_DEAD, len(index)):
         index.compact()
+    summary["ann"] = index.update_ann(ann, progress=ann_progress)
     summary["indexed"] = len(index)
     index.touch_manifest(count=summary["indexed"])
     return summary

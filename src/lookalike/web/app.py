@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..errors import BadImageError, LookalikeError
@@ -79,6 +79,8 @@ class StatsResponse(BaseModel):
     max_k: int
     max_compare: int
     version: str
+    ann: Dict[str, Any] = Field(default_factory=dict, description="The search backend: its kind (`backend`: exact, hnsw, ivf or ivfpq), what the index asked for (`requested`), and its parameters.")
+    notes: List[str] = Field(default_factory=list, description="What opening the index fell back on, e.g. an exact search while its ANN file is missing.")
 
 
 class ErrorResponse(BaseModel):

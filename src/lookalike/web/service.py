@@ -76,15 +76,16 @@ class IndexView:
         self.stamp = stamp
         self.embedder = embedder  # the backbone of this snapshot's vectors
         self.min_size = _input_size(index.manifest, embedder)
-        self.ids = index.ids()
-        self.row = {int(i): n for n, i in enumerate(self.ids)}  # id -> row of vectors()
+        self.count = len(index)
+        self.backend = index.backend()  # the ANN file (or exact) loaded now, not by the first request
         self.dupes: OrderedDict[tuple[float, int], list[list[int]]] = OrderedDict()
         self.dupes_lock = threading.Lock()
 
+    def has_id(self, image_id: int) -> bool:
+        return self.index.has_id(image_id)
+
     def path_of(self, image_id: int) -> Path:
-        if image_id not in self.row:
-            raise KeyError(image_id)
-        return Path(self.index.path_of(image_id))
+        return Path(self.index.path_of(image_id))  # KeyError when unknown
 
 
 class SearchService:
@@ -194,12 +195,15 @@ class SearchService:
     def stats(self) -> dict:
         from ..search.query import DEFAULT_DUPE_THRESHOLD
 
-        facts = dict(self.view().index.stats())
+        view = self.view()
+        facts = dict(view.index.stats())
         facts["dupe_threshold"] = float(DEFAULT_DUPE_THRESHOLD)
+        facts["ann"] = {**view.backend.params(), "requested": view.index.ann_requested}
+        facts["notes"] = list(view.index.notes)
         return facts
 
     def has_id(self, image_id: int) -> bool:
-        return image_id in self.view().row
+        return self.view().has_id(image_id)
 
     def path_of(self, image_id: int) -> Path:
         """The file of an indexed image; KeyError if the id is unknown."""
@@ -214,28 +218,26 @@ class SearchService:
         with self._embed_lock:
             return embedder.embed_images(images)
 
+    def _embedder_of(self, view: IndexView) -> "_LockedEmbedder":
+        return _LockedEmbedder(view.embedder, self._embed_lock, view.min_size)
+
     def search_image(self, image, name: str, k: int) -> dict:
-        from ..search.query import search
+        from ..search.query import Query, run_queries
 
         view = self.view()
-        vector = self.embed([image], view)
-        results = search(view.index, vector, k=_clamp_k(k, len(view.ids)))[0]
+        results = run_queries(view.index, [Query(name=name, image=image)], _clamp_k(k, view.count),
+                              embedder=lambda: self._embedder_of(view))[0]
         return {"query": name, "query_id": None, "results": [_result(r) for r in results]}
 
     def search_id(self, image_id: int, k: int, include_self: bool = False) -> dict:
         """Search from an indexed image; KeyError if the id is unknown."""
-        from ..search.query import search
+        from ..search.query import Query, run_queries
 
         view = self.view()
-        row = view.row[image_id]
-        vector = view.index.vectors()[row : row + 1]
-        exclude = None if include_self else [image_id]
-        results = search(view.index, vector, k=_clamp_k(k, len(view.ids)), exclude_ids=exclude)[0]
-        return {
-            "query": printable(view.index.path_of(image_id)),
-            "query_id": image_id,
-            "results": [_result(r) for r in results],
-        }
+        name = printable(view.path_of(image_id))
+        results = run_queries(view.index, [Query(name=name, image_id=image_id)], _clamp_k(k, view.count),
+                              embedder=lambda: self._embedder_of(view), include_self=include_self)[0]
+        return {"query": name, "query_id": image_id, "results": [_result(r) for r in results]}
 
     def compare(self, items: list[tuple[str | None, int | None, Any]]) -> dict:
         """`items`: (name, id or None, PIL image or None); indexed ids reuse their stored vector and, when their
@@ -245,7 +247,6 @@ class SearchService:
         from ..search.query import compare
 
         view = self.view()
-        vectors = view.index.vectors()
         names = [printable(view.path_of(image_id)) if name is None else name for name, image_id, _ in items]
         uploads = [img for _, image_id, img in items if image_id is None]
         fresh = iter(self.embed(uploads, view)) if uploads else iter(())
@@ -254,7 +255,7 @@ class SearchService:
             if image_id is None:
                 rows.append(next(fresh))
             else:
-                rows.append(vectors[view.row[image_id]])
+                rows.append(view.index.vector_of(image_id))
         distance, similarity = compare(np.stack(rows).astype(np.float32))
         return {
             "paths": names,
@@ -283,6 +284,17 @@ class SearchService:
             "groups": [[printable(view.index.path_of(i)) for i in g] for g in groups],
             "group_ids": groups,
         }
+
+
+class _LockedEmbedder:
+    """An embedder whose forward passes take turns (what `run_queries` calls to embed an upload)."""
+
+    def __init__(self, embedder: Any, lock: threading.Lock, min_size: int | None) -> None:
+        self._embedder, self._lock, self.min_decode_size = embedder, lock, min_size
+
+    def embed_images(self, images: list):
+        with self._lock:
+            return self._embedder.embed_images(images)
 
 
 def _clamp_k(k: int, count: int) -> int:
