@@ -70,9 +70,12 @@ class StaleAnnError(AnnFileError):
 # 20k vectors and 204 ms at 100k (~0.56 us per vector on a quiet machine), so it answers in a few ms up to ~10k.
 # Full-dimension HNSW answered in ~1-2 ms at recall@10 0.97-0.99 at 20k and 100k, but its build took 17 s at
 # 20k and 474 s at 100k; above HNSW_FULL_MAX_ROWS it works on a 256-d PCA (185 s to build at 100k, a third of
-# the RAM) and reranks 10 x k candidates exactly (recall@10 0.961 at 100k; 0.916 with 4 x k). IVF-PQ (OPQ, 32-byte
-# codes, nprobe = nlist / 16, rerank 20 x k: recall@10 0.972 at 100k) when even that does not fit the budget.
+# the RAM) and reranks its candidates exactly (HNSW_PCA; recall@10 0.961 at 100k with 10 x k, 0.916 with 4 x k).
+# IVF-PQ (OPQ, 32-byte codes, rerank 20 x k: recall@10 0.972 at 100k, 0.923 at 1M) when even that does not fit.
 EXACT_MAX_ROWS = 10_000
+# HNSW on PCA-256 at 1M vectors: recall@10 0.816 at ef_search 96 / rerank 4, 0.876 with rerank 10, 0.963 at
+# ef_search 320 / rerank 20 (p50 6.5 ms): the last is what large indexes get.
+HNSW_PCA = {"m": 32, "pca": 256, "ef_search": 320, "rerank": 20}
 HNSW_FULL_MAX_ROWS = 100_000
 DEFAULT_MEMORY_BUDGET = 3 * 2**30  # bytes the backend's structure may take in RAM
 HNSW_M = 32
@@ -118,7 +121,7 @@ def choose(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tupl
     if (n <= HNSW_FULL_MAX_ROWS or dim <= 256) and hnsw_bytes(n, dim) <= memory_budget:
         return "hnsw", {"m": HNSW_M}
     if dim > 256 and hnsw_bytes(n, 256) <= memory_budget:
-        return "hnsw", {"m": HNSW_M, "pca": 256, "rerank": 10}
+        return "hnsw", dict(HNSW_PCA)
     code = pq_bytes_for(dim if dim <= 256 else 256, memory_budget / max(n, 1))
     nlist = nlist_for(n)
     return "ivfpq", {"nlist": nlist, "nprobe": max(16, min(nlist // 16, 256)), "pq_bytes": code, "opq": True, "rerank": 20,
@@ -145,7 +148,7 @@ def plan(requested: str, n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_B
     if requested == "hnsw":
         if n <= HNSW_FULL_MAX_ROWS or dim <= 256:
             return "hnsw", {"m": HNSW_M}
-        return "hnsw", {"m": HNSW_M, "pca": 256, "rerank": 10}
+        return "hnsw", dict(HNSW_PCA)
     if requested == "ivf":
         nlist = nlist_for(n)
         return "ivf", {"nlist": nlist, "nprobe": max(8, min(nlist // 16, 256))}
