@@ -57,3 +57,16 @@ def make_folder_dataset(root: Path, classes=("circle", "square", "triangle"), n_
 def tiny_folder_dataset(tmp_path) -> Path:
     """3 classes, 12 train + 4 test images each, 32x32, PNG and JPEG mixed."""
     return make_folder_dataset(tmp_path / "data")
+
+
+def run_main(capsys, monkeypatch, *args) -> tuple[int, str, str]:
+    """Run `lookalike ARGS` through the real entry point in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from lookalike.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lookalike", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    captured = capsys.readouterr()
+    return exc.value.code or 0, captured.out, captured.err

@@ -1,22 +1,13 @@
 """`lookalike train` and `lookalike evaluate` end to end, through the real entry point (`lookalike.cli.main`)."""
 
 import json
-import sys
 
 import pytest
 
-from lookalike.cli import main
+from conftest import run_main as run_cli
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
 SMALL = ["--widths", "8,16,16", "--batch-size", "12", "--device", "cpu"]
-
-
-def run_cli(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["lookalike", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.out, captured.err
 
 
 def assert_user_error(code, err, fragment):

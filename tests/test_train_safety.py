@@ -4,13 +4,11 @@ import json
 import math
 import os
 import stat
-import sys
 
 import pytest
 import torch
 
-from conftest import make_folder_dataset
-from lookalike.cli import main
+from conftest import make_folder_dataset, run_main as run_cli
 from lookalike.errors import LookalikeError
 from lookalike.train.checkpoint import load_checkpoint, save_checkpoint
 from lookalike.train.config import TrainConfig, validate
@@ -20,13 +18,6 @@ from lookalike.train.rundir import RUN_FILES, new_run_dir
 pytestmark = pytest.mark.usefixtures("isolated_home")
 SMALL = ["--widths", "8,8,8", "--batch-size", "12", "--device", "cpu"]
 
-
-def run_cli(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["lookalike", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.out, captured.err
 
 
 def one_line_error(code, err, *fragments):
