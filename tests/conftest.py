@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,16 @@ def run_main(capsys, monkeypatch, *args) -> tuple[int, str, str]:
         main()
     captured = capsys.readouterr()
     return exc.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (call it with the mask); the old one comes back afterwards."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+def file_mode(path) -> int:
+    """The permission bits of `path`."""
+    return stat.S_IMODE(os.stat(path).st_mode)

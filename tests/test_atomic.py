@@ -1,11 +1,11 @@
 """Atomic writes: the target is whole or untouched, nothing is left behind, concurrent writers don't collide."""
 
 import os
-import stat
 import threading
 
 import pytest
 
+from conftest import file_mode
 from lookalike.atomic import atomic_path, atomic_write
 
 
@@ -61,18 +61,6 @@ def test_threads_writing_one_target_never_collide(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["thumb.jpg"]
 
 
-@pytest.fixture
-def umask():
-    """Set the process umask for one test; the old one comes back afterwards."""
-    old = os.umask(0o022)
-    yield os.umask
-    os.umask(old)
-
-
-def _mode(path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
-
-
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002, 0o027])
 def test_new_files_honour_the_umask(tmp_path, umask, mask):
     umask(mask)
@@ -82,7 +70,7 @@ def test_new_files_honour_the_umask(tmp_path, umask, mask):
         tmp.write_bytes(b"graph")
     plain = tmp_path / "plain.txt"
     plain.write_text("made by open()")
-    assert _mode(tmp_path / "a.json") == _mode(tmp_path / "b.onnx") == _mode(plain) == 0o666 & ~mask
+    assert file_mode(tmp_path / "a.json") == file_mode(tmp_path / "b.onnx") == file_mode(plain) == 0o666 & ~mask
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o664, 0o444])
@@ -93,4 +81,4 @@ def test_a_replaced_file_keeps_its_mode(tmp_path, umask, mode):
     os.chmod(target, mode)
     with atomic_write(target, "w") as fh:
         fh.write("new")
-    assert target.read_text() == "new" and _mode(target) == mode
+    assert target.read_text() == "new" and file_mode(target) == mode

@@ -3,12 +3,11 @@
 import json
 import math
 import os
-import stat
 
 import pytest
 import torch
 
-from conftest import make_folder_dataset, run_main as run_cli
+from conftest import file_mode, make_folder_dataset, run_main as run_cli
 from lookalike.errors import LookalikeError
 from lookalike.train.checkpoint import load_checkpoint, save_checkpoint
 from lookalike.train.config import TrainConfig, validate
@@ -114,17 +113,6 @@ def test_default_run_folder_of_a_failed_start_is_not_left_behind(capsys, monkeyp
 # ---------------------------------------------------------------- file modes
 
 
-@pytest.fixture
-def umask():
-    old = os.umask(0o022)
-    yield os.umask
-    os.umask(old)
-
-
-def mode(path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
-
-
 @pytest.mark.parametrize("mask", [0o022, 0o077])
 def test_every_file_of_a_run_honours_the_umask(tmp_path, data, umask, isolated_home, mask):
     umask(mask)
@@ -132,15 +120,15 @@ def test_every_file_of_a_run_honours_the_umask(tmp_path, data, umask, isolated_h
     fit(TrainConfig(data=str(data), epochs=1, widths=[8, 8, 8], batch_size=12, device="cpu"), run)
     written = [p for p in run.iterdir()] + list((isolated_home / "datasets").rglob("*.pt"))
     assert {p.name for p in run.iterdir()} == set(RUN_FILES)
-    assert {p.name: mode(p) for p in written} == {p.name: 0o666 & ~mask for p in written}
-    assert mode(run) == 0o777 & ~mask
+    assert {p.name: file_mode(p) for p in written} == {p.name: 0o666 & ~mask for p in written}
+    assert file_mode(run) == 0o777 & ~mask
 
 
 def test_a_resumed_run_keeps_the_modes_the_user_set(trained, umask):
     os.chmod(trained / "result.json", 0o640)
     os.chmod(trained / "confusion.png", 0o600)
     fit(TrainConfig(), trained, resume=True)  # a finished run: evaluates, rewrites result.json and the plot
-    assert mode(trained / "result.json") == 0o640 and mode(trained / "confusion.png") == 0o600
+    assert file_mode(trained / "result.json") == 0o640 and file_mode(trained / "confusion.png") == 0o600
 
 
 # ---------------------------------------------------------------- bad settings
