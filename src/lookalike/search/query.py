@@ -162,42 +162,16 @@ def knn_graph(vectors: np.ndarray, k: int = 10, block: int | None = None) -> Ite
         yield rows, nn, np.take_along_axis(sims, nn, axis=1)
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n)
-
-    def find(self, a: int) -> int:
-        parent = self.parent
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:  # path compression
-            parent[a], a = root, parent[a]
-        return int(root)
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def group_vectors(vectors: np.ndarray, threshold: float = DEFAULT_DUPE_THRESHOLD, k: int = 10) -> list[list[int]]:
-    """Connected components (size >= 2) of the kNN graph whose edges are within `threshold` distance;
-    groups hold row positions, sorted, largest group first."""
-    n = len(vectors)
-    if n < 2:
+    """Connected components (size >= 2) of the exact kNN graph whose edges are within `threshold` distance;
+    groups hold row positions, sorted, largest group first (`dupes_graph` over an exact backend)."""
+    from . import ann
+    from .dupes_graph import find_duplicates as graph_groups
+
+    if len(vectors) < 2:
         return []
-    min_sim = distance_to_similarity(float(threshold))
-    uf = _UnionFind(n)
-    for rows, nn, sims in knn_graph(vectors, k):
-        for r, j in zip(*np.nonzero(sims >= min_sim)):
-            uf.union(int(rows[r]), int(nn[r, j]))
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(uf.find(i), []).append(i)
-    out = [sorted(g) for g in groups.values() if len(g) > 1]
-    out.sort(key=lambda g: (-len(g), g[0]))
-    return out
+    positions = np.arange(len(vectors), dtype=np.int64)
+    return graph_groups(ann.build("exact", positions, vectors), positions, vectors, threshold, k)
 
 
 def find_duplicates(index: "ImageIndex", threshold: float = DEFAULT_DUPE_THRESHOLD, k: int = 10,
