@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results_file import record
+
 BASES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "camera")
 W, H = 4000, 3000
 
@@ -174,29 +176,36 @@ def main() -> None:
         for runtime in fw:
             results[f"index steady state ({runtime})"] = steady_rate(folder, home, args.model, runtime)
 
-        print(f"\n{'measure':44s} {'images/s':>9s}")
+        lines: list[str] = []
+
+        def out(line: str) -> None:
+            print(line)
+            lines.extend(line.strip("\n").splitlines())
+
+        out(f"\n{'measure':44s} {'images/s':>9s}")
         for k, v in results.items():
-            print(f"{k:44s} {v:9.2f}")
+            out(f"{k:44s} {v:9.2f}")
         lab = results["lab loop"]
-        print("\nratios")
-        print(f"  lookalike index (whole command, start-up included) / lab loop: "
-              f"{results['index (default runtime)'] / lab:.2f}x   (target >= 3x)")
-        print(f"  same with --runtime torch / lab loop: {results['index --runtime torch'] / lab:.2f}x")
+        out("\nratios")
+        out(f"  lookalike index (whole command, start-up included) / lab loop: "
+            f"{results['index (default runtime)'] / lab:.2f}x   (target >= 3x)")
+        out(f"  same with --runtime torch / lab loop: {results['index --runtime torch'] / lab:.2f}x")
         for runtime in fw:
             steady = results[f"index steady state ({runtime})"]
-            print(f"  index steady state / forward only ({runtime}): {steady / fw[runtime]:.0%}   (target >= 70%)")
-        print(f"  decode cost: {dec:.0f} ms of one core per photo (read, hash, draft decode, resize); forward: "
-              + ", ".join(f"{k} {len(os.sched_getaffinity(0)) * 1000 / v:.0f} core-ms" for k, v in fw.items())
-              + f" (on {len(os.sched_getaffinity(0))} cores, decode and forward share them)")
+            out(f"  index steady state / forward only ({runtime}): {steady / fw[runtime]:.0%}   (target >= 70%)")
+        out(f"  decode cost: {dec:.0f} ms of one core per photo (read, hash, draft decode, resize); forward: "
+            + ", ".join(f"{k} {len(os.sched_getaffinity(0)) * 1000 / v:.0f} core-ms" for k, v in fw.items())
+            + f" (on {len(os.sched_getaffinity(0))} cores, decode and forward share them)")
         cores = len(os.sched_getaffinity(0))
         for runtime in fw:
             # With every core busy either decoding or in the network, this is the most any pipeline can do.
             bound = cores * 1000 / (dec + cores * 1000 / fw[runtime])
             steady = results[f"index steady state ({runtime})"]
-            print(f"  CPU bound with {runtime} (decode + forward work on {cores} cores): {bound:.1f} images/s; "
-                  f"steady state reaches {steady / bound:.0%} of it")
+            out(f"  CPU bound with {runtime} (decode + forward work on {cores} cores): {bound:.1f} images/s; "
+                f"steady state reaches {steady / bound:.0%} of it")
         if "onnx" in fw and "torch" in fw:
-            print(f"  forward only: ONNX Runtime / PyTorch eager: {fw['onnx'] / fw['torch']:.2f}x")
+            out(f"  forward only: ONNX Runtime / PyTorch eager: {fw['onnx'] / fw['torch']:.2f}x")
+        record("index_speed", ["```", *lines, "```"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

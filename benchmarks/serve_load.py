@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results_file import record
+
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
           "coins", "stereo_motorcycle", "retina", "colorwheel", "moon"]
 
@@ -234,18 +236,13 @@ def main() -> None:
 
         if args.canvas:
             got = canvas_attack(url, server.pid, args.canvas)
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).parent).stdout.strip()
-            report = (f"command: python benchmarks/serve_load.py {' '.join(sys.argv[1:])}\ncommit: {commit}\n"
-                      f"{args.canvas} clients x 3 posts of 8 copies of a 10900x10900 grayscale PNG "
-                      f"({got['png_bytes']:,} bytes) to /api/compare, {got['seconds']:.1f} s\n"
-                      f"answers: {got['statuses']}\n"
+            report = [f"{args.canvas} clients x 3 posts of 8 copies of a 10900x10900 grayscale PNG "
+                      f"({got['png_bytes']:,} bytes) to /api/compare, {got['seconds']:.1f} s",
+                      f"answers: {got['statuses']}",
                       f"server peak RSS: {got['peak_before'] / 2**20:.0f} MiB before, "
-                      f"{got['peak_after'] / 2**20:.0f} MiB after\n")
-            print(report)
-            results = Path(__file__).parent / "results"
-            results.mkdir(exist_ok=True)
-            (results / "serve_canvas.txt").write_text(report)
+                      f"{got['peak_after'] / 2**20:.0f} MiB after"]
+            print("\n".join(report))
+            record("serve_load", ["Big canvases:", "", "```", *report, "```"])
             if args.seconds <= 0:
                 return
 
@@ -255,18 +252,24 @@ def main() -> None:
         lat, errors, wall = run["latency"], run["errors"], run["wall"]
         total = sum(len(v) for v in lat.values())
 
-        print(f"\n{args.clients} clients for {args.seconds:g} s (wall {wall:.1f} s), k={args.k}, mode={args.mode}")
-        print(f"{'requests':<24}{'count':>7}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}")
+        lines: list[str] = []
+
+        def out(*parts) -> None:
+            print(*parts)
+            lines.append(" ".join(map(str, parts)).strip("\n"))
+
+        out(f"\n{args.clients} clients for {args.seconds:g} s (wall {wall:.1f} s), k={args.k}, mode={args.mode}")
+        out(f"{'requests':<24}{'count':>7}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}")
         rows = [("POST /api/search (upload)", lat["upload"]), ("GET /api/search?id=", lat["by_id"]),
                 ("all", lat["upload"] + lat["by_id"])]
         for name, values in rows:
             if not values:
                 continue
-            print(f"{name:<24}{len(values):>7}{1000 * percentile(values, 50):>10.1f}"
-                  f"{1000 * percentile(values, 99):>10.1f}{len(values) / wall:>9.1f}")
-        print(f"errors: {len(errors)} of {total} requests")
+            out(f"{name:<24}{len(values):>7}{1000 * percentile(values, 50):>10.1f}"
+                f"{1000 * percentile(values, 99):>10.1f}{len(values) / wall:>9.1f}")
+        out(f"errors: {len(errors)} of {total} requests")
         for line in errors[:10]:
-            print("  ", line)
+            out("  ", line)
 
         # Thumbnails, one client: first request (decode + shrink + JPEG) against the cached answer.
         with httpx.Client(base_url=url, timeout=60, trust_env=False) as http:
@@ -278,8 +281,9 @@ def main() -> None:
                     timings[phase].append(time.perf_counter() - t)
                     if r.status_code != 200:
                         errors.append(f"thumbnail {image_id}: {r.status_code}")
-        print(f"thumbnails 256 px, {len(timings['first'])} images: first request p50 "
-              f"{1000 * percentile(timings['first'], 50):.1f} ms, cached p50 {1000 * percentile(timings['cached'], 50):.1f} ms")
+        out(f"thumbnails 256 px, {len(timings['first'])} images: first request p50 "
+            f"{1000 * percentile(timings['first'], 50):.1f} ms, cached p50 {1000 * percentile(timings['cached'], 50):.1f} ms")
+        record("serve_load", ["Load:", "", "```", *lines, "```"])
         if server.poll() is not None:
             print(f"the server died: {(work / 'server.log').read_text()[-2000:]}")
             sys.exit(1)
