@@ -97,6 +97,23 @@ def test_npy_export_has_vectors_and_metadata(tmp_path, monkeypatch, capsys):
     assert meta.num_rows == 130 and "vector" not in meta.column_names
 
 
+
+def test_export_never_replaces_a_file_unless_told(tmp_path, monkeypatch, capsys):
+    make_index(tmp_path / "ix", tmp_path / "photos", 20)
+    precious = tmp_path / "notes.parquet"
+    precious.write_bytes(b"not ours")
+    code, _, err = cli(["export", tmp_path / "ix", "--out", precious], monkeypatch, capsys)
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert precious.read_bytes() == b"not ours"
+    sidecar = tmp_path / "v.metadata.parquet"  # npy: its metadata file counts too
+    sidecar.write_bytes(b"mine")
+    code, _, err = cli(["export", tmp_path / "ix", "--format", "npy", "--out", tmp_path / "v.npy"], monkeypatch, capsys)
+    assert code == 2 and "v.metadata.parquet" in err and sidecar.read_bytes() == b"mine"
+    assert not (tmp_path / "v.npy").exists()
+    code, _, err = cli(["export", tmp_path / "ix", "--out", precious, "--overwrite"], monkeypatch, capsys)
+    assert code == 0, err
+    assert precious.read_bytes()[:4] == b"PAR1"
+
 def test_import_keeps_rows_of_files_missing_here_and_skips_bad_rows(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

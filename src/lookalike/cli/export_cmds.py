@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from . import app
+from ..paths import printable
 from ._common import console, out, print_json, warn
 
 
@@ -36,17 +38,22 @@ def _bar(label: str):
 def export_command(
     source: Path = typer.Argument(..., help="An index folder, or a folder indexed with `lookalike index`."),
     fmt: str = typer.Option("parquet", "--format", help="parquet (path, size, mtime, digest, vector) or npy (vectors, with FILE.metadata.parquet beside them)."),
-    out_file: Path = typer.Option(..., "--out", help="File to write (replaced atomically)."),
+    out_file: Path = typer.Option(..., "--out", help="File to write (a new file, written atomically)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and, for npy, its metadata file) if it exists."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Export an index's vectors with their paths, sizes, mtimes and content digests, for autofaiss, LanceDB,
     Qdrant, DuckDB or pandas."""
     from ..errors import LookalikeError
-    from ..search.export import FORMATS, export_index
+    from ..search.export import FORMATS, export_index, metadata_path
     from ..search.index import ImageIndex
 
     if fmt not in FORMATS:
         raise LookalikeError(f"unknown format {fmt!r}: use parquet or npy")
+    targets = [out_file, metadata_path(out_file)] if fmt == "npy" else [out_file]
+    taken = [t for t in targets if os.path.lexists(t)]
+    if taken and not overwrite:  # never replace a file that nothing says is an export of ours
+        raise LookalikeError(f"{printable(taken[0])} already exists: choose another --out")
     progress, stop = _bar("exporting")
     try:
         with ImageIndex.open(source, readonly=True) as ix:
