@@ -64,6 +64,15 @@ def test_groundtruth_benchmark_end_to_end(bench, home, monkeypatch, capsys, tmp_
     code, out, err = run_cli(["eval-search", bench], monkeypatch, capsys)
     assert code == 0 and out.startswith("mAP ") and "P@1 1.0000" in out, err
 
+    # A report replaces only a page of its own kind, never another HTML file.
+    code, out, err = run_cli(["eval-search", bench, "--report", report], monkeypatch, capsys)
+    assert code == 0, err
+    site = tmp_path / "index.html"
+    site.write_text("<html>my page</html>")
+    code, out, err = run_cli(["eval-search", bench, "--report", site], monkeypatch, capsys)
+    assert code == 2 and "not a Lookalike report" in err and err.count("\n") == 1, err
+    assert site.read_text() == "<html>my page</html>"
+
 
 def test_class_folders_every_image_queries_the_others(tmp_path, home, monkeypatch, capsys):
     root = tmp_path / "classes"

@@ -80,6 +80,11 @@ def eval_search_command(
         whiten_mode = "index"
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise LookalikeError(f"--report {report}: give an .html file name")
+    if report is not None:
+        from ..search.report import is_own_report
+
+        if not is_own_report(report):
+            raise LookalikeError(f"--report {report}: that file exists and is not a Lookalike report; choose another name")
     with console.status("indexing and ranking..."):
         result = run_eval(bench, index_path=index, model=model, pooling=pooling or preset.get("pooling", "avg"),
                           weights=str(weights) if weights else None, inputs=inputs, device=device,

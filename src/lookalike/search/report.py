@@ -74,6 +74,22 @@ def _label(path: str, root: Path) -> str:
         return Path(path).name
 
 
+# Marks a page as written here, so a later run may replace it and never a page it did not write.
+GENERATOR_TAG = "<meta name='generator' content='lookalike report'>"
+
+
+def is_own_report(path) -> bool:
+    """Whether `path` is missing or a report this module wrote (safe to replace)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return GENERATOR_TAG.encode() in head
+
+
 def write_report(path, rows: list[dict], dist: np.ndarray | None, labels: list[str], root: Path, figures: dict,
                  keys: tuple[str, ...] | None = None, title: str = "Lookalike search report",
                  intro: str | None = None) -> Path:
@@ -88,7 +104,7 @@ def write_report(path, rows: list[dict], dist: np.ndarray | None, labels: list[s
             cache[p] = thumbnail_data_uri(p)
         return cache[p]
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'>{GENERATOR_TAG}<title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     keys = [k for k in (keys or ("model", "originals", "queries", "precision_at_1", "precision_at_5",
                                  "same_photo_distance_max", "different_photo_distance_min")) if k in figures]
