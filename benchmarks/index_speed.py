@@ -112,11 +112,12 @@ def decode_ms(paths: list[Path], model: str) -> float:
     """CPU cost of one image's read + hash + draft decode + resize/crop, single thread, in ms."""
     from lookalike.models.pretrained import PREPROCESS
     from lookalike.search.features import Embedder
+    from lookalike.search.file_results import Decoded
 
     emb = Embedder(None, model=model, pooling="avg", preprocess=PREPROCESS[model], dim=1)
     start = time.perf_counter()
     for p in paths:
-        assert "array" in emb.decode_file(p)
+        assert isinstance(emb.decode_file(p), Decoded)
     return (time.perf_counter() - start) / len(paths) * 1000
 
 

@@ -204,11 +204,11 @@ def test_steps_that_fit_costs_small_crop_steps_at_their_own_pace():
 
 
 def test_refit_steps_uses_the_pace_of_the_last_epochs():
-    from lookalike.train.budget import refit_steps
+    from lookalike.train.budget import EpochTiming as T, refit_steps
 
     # Epochs of 10 steps in 10 s, 5 s of evaluation: 100 s left, minus the confusion plot (1 s) and the margin
     # (3.5 s), fits 6 more epochs after the 20 steps taken, and 1 step that joins the last of them.
-    timings = [(0, 10, 30.0, 9.0, 2.0), (0, 10, 10.0, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0)]
+    timings = [T(0, 10, 30.0, 9.0, 2.0), T(0, 10, 10.0, 5.0, 0.0), T(0, 10, 10.0, 5.0, 0.0), T(0, 10, 10.0, 5.0, 0.0)]
     assert refit_steps(timings, 100.0, 100.0, tta=0, steps_per_epoch=10, done=20) == (81, 1.0)
     # TTA level 2 turns the last evaluation into 6 passes, 25 s more: 70.5 s fit 45 steps and their 5 evaluations.
     assert refit_steps(timings, 100.0, 100.0, tta=2, steps_per_epoch=10, done=20) == (65, 1.0)
@@ -216,7 +216,7 @@ def test_refit_steps_uses_the_pace_of_the_last_epochs():
     assert refit_steps(timings[:2], 100.0, 100.0, tta=0, steps_per_epoch=10, done=20)[1] == 1.0  # warm-up left out
     assert refit_steps(timings[:1], 100.0, 100.0, tta=0, steps_per_epoch=10, done=10)[1] == 3.0  # unless alone
     # Epochs that mixed small-crop steps (half the time of a full one) and full-size steps: 1 s a full step.
-    mixed = [(10, 0, 5.0, 5.0, 0.0), (5, 5, 7.5, 5.0, 0.0), (0, 10, 10.0, 5.0, 0.0)]
+    mixed = [T(10, 0, 5.0, 5.0, 0.0), T(5, 5, 7.5, 5.0, 0.0), T(0, 10, 10.0, 5.0, 0.0)]
     assert refit_steps(mixed, 100.0, 100.0, tta=0, steps_per_epoch=10, done=30, small_ratio=0.5) == (91, 1.0)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import BadImageError, LookalikeError
 from ..images import load_image, read_image_file
+from .file_results import Decoded, DecodeResult, Embedded, Reused, StreamResult, Undecodable, Unread
 
 if TYPE_CHECKING:
     from .index import ImageIndex
@@ -282,19 +283,19 @@ class Embedder:
         vectors, skipped = [], []
         for results in self.stream(paths):
             for item, res in results:
-                if "vector" in res:
-                    vectors.append(res["vector"])
-                else:
-                    skipped.append({"path": str(item), "reason": res["reason"]})
+                if isinstance(res, Embedded):
+                    vectors.append(res.vector)
+                else:  # no `reuse` given, so Unread or Undecodable
+                    skipped.append({"path": str(item), "reason": res.reason})
         if not vectors:
             return np.zeros((0, self.dim), np.float32), skipped
         return np.stack(vectors).astype(np.float32), skipped
 
     # --- the overlapped pipeline -----------------------------------------------------------------------
-    def decode_file(self, path, reuse: Callable[[str], Any] | None = None) -> dict:
-        """Read, hash and decode one file. Returns {"digest", "array"} or {"digest", "reuse"} or {"reason"}
-        (not read: missing, unreadable, not a regular file, over the file size limit) or {"digest", "reason"}
-        (read but not decodable)."""
+    def decode_file(self, path, reuse: Callable[[str], Any] | None = None) -> DecodeResult:
+        """Read, hash and decode one file: `Decoded`, or `Reused` when `reuse(digest)` finds something for it,
+        `Unread` (missing, unreadable, not a regular file, over the file size limit) or `Undecodable` (read
+        but not decodable); see `file_results`."""
         try:
             # Regular files only, at most MAX_FILE_BYTES: a FIFO, a device or a sparse giant is named, not read.
             # No digest with these reasons, so the index tries the file again next time (a stat, no read).
@@ -302,26 +303,26 @@ class Embedder:
         except BadImageError as exc:
             message = str(exc)
             prefix = f"{path}: "  # the path may hold ": " itself
-            return {"reason": message[len(prefix):] if message.startswith(prefix) else message}
+            return Unread(message[len(prefix):] if message.startswith(prefix) else message)
         digest = file_digest(data)
         if reuse is not None:
             found = reuse(digest)
             if found is not None:
-                return {"digest": digest, "reuse": found}
+                return Reused(digest, found)
         try:
             img = load_image(data, min_size=self.min_decode_size)
-            return {"digest": digest, "array": self.prepare(img)}
+            return Decoded(digest, self.prepare(img))
         except BadImageError as exc:
-            return {"digest": digest, "reason": str(exc).split(": ", 1)[-1]}
+            return Undecodable(digest, str(exc).split(": ", 1)[-1])
         except Exception as exc:  # a decoder bug on one odd file must not stop a long run
-            return {"digest": digest, "reason": f"cannot decode ({exc.__class__.__name__}: {exc})"}
+            return Undecodable(digest, f"cannot decode ({exc.__class__.__name__}: {exc})")
 
     def stream(self, items: Iterable, batch_size: int | None = None, workers: int | None = None,
                reuse: Callable[[str], Any] | None = None,
-               path_of: Callable[[Any], Any] | None = None) -> Iterator[list[tuple[Any, dict]]]:
+               path_of: Callable[[Any], Any] | None = None) -> Iterator[list[tuple[Any, StreamResult]]]:
         """Yield, batch by batch, `[(item, result)]` in input order (`path_of(item)` is the file, default item).
 
-        Each result is `decode_file`'s dict, with "vector" added for decoded images. Decoding of the next
+        Each result is `decode_file`'s, with a `Decoded` image turned `Embedded`. Decoding of the next
         images runs in worker threads while the current batch goes through the network.
         """
         from ..device import free_cores
@@ -344,24 +345,24 @@ class Embedder:
         try:
             fill()
             while pending:
-                batch = []
+                batch: list[tuple[Any, DecodeResult]] = []
                 while pending and len(batch) < batch_size:
                     item, fut = pending.popleft()
                     batch.append((item, fut.result()))
                     fill()
-                arrays = [res["array"] for _, res in batch if "array" in res]
-                if arrays:
-                    vectors = self.embed_prepared(arrays)
-                    j = 0
-                    for _, res in batch:
-                        if "array" in res:
-                            res["vector"] = vectors[j]
-                            del res["array"]
-                            j += 1
-                yield batch
+                embedded = self._embed_decoded(batch)
+                batch.clear()  # the decoded pixels go now, not while the caller works on this batch
+                yield embedded
         finally:
             # Ctrl-C or an early stop: drop the queued decodes instead of finishing them.
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _embed_decoded(self, batch: list[tuple[Any, DecodeResult]]) -> list[tuple[Any, StreamResult]]:
+        """One forward pass for the batch's `Decoded` images; every other result passes through."""
+        arrays = [res.array for _, res in batch if isinstance(res, Decoded)]
+        vectors = iter(self.embed_prepared(arrays) if arrays else ())
+        return [(item, Embedded(res.digest, next(vectors)) if isinstance(res, Decoded) else res)
+                for item, res in batch]
 
 
 # --- construction ----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import LookalikeError
 from ..images import decoder_version, iter_image_files
 from .features import DEFAULT_MODEL, Embedder, load_embedder
+from .file_results import Reused, Skipped, Undecodable
 from .index import MANIFEST, ImageIndex, IndexEntry, IndexWriter, default_index_path, same_backbone, storage_error
 
 # Compact the vector file once dead rows outnumber live ones (and are worth the rewrite).
@@ -195,15 +196,15 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
         new_vectors, pending = [], []  # pending[i] is the row that will reference new_vectors[i]
         updates, deletes, failed, cleared = [], [], [], []
         for (path, rel, size, mtime, old), res in batch:
-            digest = res.get("digest")
-            if rel in failed_before and not ("reason" in res and "digest" in res):
+            digest = res.digest
+            if rel in failed_before and not isinstance(res, Undecodable):
                 cleared.append(rel)  # fixed, or unreadable for now: either way the old failure no longer applies
-            if "reason" in res:
-                summary["skipped"].append({"path": str(path), "reason": res["reason"]})
-                if digest is not None:
+            if isinstance(res, Skipped):
+                summary["skipped"].append({"path": str(path), "reason": res.reason})
+                if isinstance(res, Undecodable):
                     # Read but not decodable: that lasts until the file changes. A read error (permissions, a
                     # file gone since the walk) may not, so those are tried again next time.
-                    failed.append((rel, size, mtime, res["reason"]))
+                    failed.append((rel, size, mtime, res.reason))
                 if old is not None:  # changed into something unreadable: its old vector no longer applies
                     deletes.append(old.id)
                     summary["removed"] += 1
@@ -212,7 +213,7 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
                 updates.append((old.id, rel, size, mtime, digest, old.row))
                 summary["unchanged"] += 1
                 continue
-            if "reuse" in res:
+            if isinstance(res, Reused):
                 donor = gone_by_digest.get(digest)
                 if donor is not None and donor.id not in claimed and old is None:
                     claimed.add(donor.id)  # a rename: the row keeps its id and vector, under the new path
@@ -229,7 +230,7 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
                 # Vector rows are append-only during a run, so the donor's row is still valid: copy it.
                 new_vectors.append(index.read_rows([donor.row])[0])
             else:
-                new_vectors.append(res["vector"])
+                new_vectors.append(res.vector)
             pending.append((old, rel, size, mtime, digest))
         rows = index.append_vectors(np.stack(new_vectors)) if new_vectors else []
         inserts = []

@@ -10,12 +10,22 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..errors import LookalikeError
 from .config import RunConfig
 from .evaluation import TTA_PASSES
 from .optimizers import build_optimizer
+
+
+class EpochTiming(NamedTuple):
+    """How one epoch spent its time, what `refit_steps` fits the rest of a run by."""
+
+    small_steps: int  # steps trained on small crops
+    full_steps: int  # steps trained at full size
+    train_s: float  # seconds training
+    eval_s: float  # seconds evaluating
+    files_s: float  # seconds writing the checkpoint, metrics and plots
 
 
 def time_training_steps(model, opt, batches: Callable[[int], tuple], warm: int, timed: int, device) -> float:
@@ -83,21 +93,21 @@ def steps_that_fit(avail: float, step_s: float, eval_s: float, steps_per_epoch: 
     return fits
 
 
-def refit_steps(timings: list[tuple[int, int, float, float, float]], seconds_left: float, budget: float, tta: int,
+def refit_steps(timings: list[EpochTiming], seconds_left: float, budget: float, tta: int,
                 steps_per_epoch: int, done: int, small_ratio: float = 1.0,
                 small_fraction: float = 0.0) -> tuple[int, float]:
     """After an epoch: the step count that fits `seconds_left` at the pace of the last (up to three; the first only
-    while it is the only one) epochs, each timed as (small-crop steps, full-size steps, training s, evaluation s,
-    file-writing s); and that pace in seconds a full-size step. The probe steps of `plan_steps` run before the
-    caches warm and while the whitening bias still learns, so they run slower than later steps: this is what
-    lets a run use its whole budget.
+    while it is the only one) epochs' `timings`; and that pace in seconds a full-size step. The probe steps of
+    `plan_steps` run before the caches warm and while the whitening bias still learns, so they run slower than
+    later steps: this is what lets a run use its whole budget.
     `small_ratio` (a small-crop step's time over a full-size one's, from the probe) splits the pace of epochs
     that mixed both sizes; `small_fraction` is the share of the total still trained on small crops, 0 once that
     phase is over."""
     recent = (timings[1:] or timings)[-3:]  # the first epoch warms up (and trains the whitening bias): slower
-    weighted_steps = sum(t[0] * small_ratio + t[1] for t in recent)
-    step_s = sum(t[2] for t in recent) / max(1.0, weighted_steps)
-    eval_s, files_s = (sum(t[i] for t in recent) / len(recent) for i in (3, 4))
+    weighted_steps = sum(t.small_steps * small_ratio + t.full_steps for t in recent)
+    step_s = sum(t.train_s for t in recent) / max(1.0, weighted_steps)
+    eval_s = sum(t.eval_s for t in recent) / len(recent)
+    files_s = sum(t.files_s for t in recent) / len(recent)
     # The last epoch's evaluation grows into the TTA one (its plain pass is the first), plus the confusion plot.
     final_s = eval_s * (TTA_PASSES[tta] - 1) + 1.0
     margin = 0.015 * budget + 2.0

@@ -15,10 +15,13 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from ..errors import LookalikeError
 from .config import ConfigError, RunConfig, TrainConfig, resolve, validate
+
+if TYPE_CHECKING:
+    from .budget import EpochTiming
 
 Event = Callable[[str, Any], None]
 DIVERGENCE_CHECK_EVERY = 32  # steps between checks that the loss is finite (each check waits for a GPU)
@@ -34,7 +37,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     from ..device import resolve_device
     from . import plots
     from .batches import Batches
-    from .budget import plan_steps
+    from .budget import EpochTiming, plan_steps
     from .evaluation import evaluate
     from .rundir import prepare_new_run, write_json, write_metrics
     from .state import RunState
@@ -85,7 +88,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                    "start_epoch": run.epoch, "step": run.step, "device": str(device), "config": cfg.to_dict()})
 
     refit = bool(cfg.time_budget) and run.plan.get("total_steps") is not None
-    timings: list[tuple[int, int, float, float, float]] = []  # per epoch, see `budget.refit_steps`
+    timings: list[EpochTiming] = []  # per epoch, see `budget.refit_steps`
     final = None
     while run.epoch < run.n_epochs:
         if refit and timings:
@@ -111,8 +114,10 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         write_metrics(run.history, run_dir / "metrics.csv")
         plots.plot_curves(run.history, run_dir / "curves.png")
         emit("epoch", row)
-        timings.append((trained.small_steps, max(1, trained.steps) - trained.small_steps, t_trained - t_epoch,
-                        t_evaluated - t_trained, time.perf_counter() - t_evaluated))
+        timings.append(EpochTiming(small_steps=trained.small_steps,
+                                   full_steps=max(1, trained.steps) - trained.small_steps,
+                                   train_s=t_trained - t_epoch, eval_s=t_evaluated - t_trained,
+                                   files_s=time.perf_counter() - t_evaluated))
 
     if final is None:  # resumed after the last epoch's checkpoint
         final = evaluate_test(tta=cfg.tta)
@@ -217,7 +222,7 @@ def _build_model(cfg: RunConfig, data, batches, initialise: bool):
     return model.to(device=batches.device, memory_format=torch.channels_last), meta
 
 
-def _refit_to_budget(run, timings: list, seconds_left: float, emit: Event) -> None:
+def _refit_to_budget(run, timings: list[EpochTiming], seconds_left: float, emit: Event) -> None:
     """After an epoch of a time-budgeted run: fit the remaining steps to the time left at the measured pace."""
     from .budget import epochs_between, refit_steps
 
