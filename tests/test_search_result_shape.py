@@ -1,0 +1,33 @@
+"""One search result shape: `lookalike search --json` and the web API's search answer the same query with the
+same rows (the web adds the ids the page needs)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from lookalike.search.index import ImageIndex
+
+from search_fixtures import run_cli
+from web_fixtures import gallery, make_app  # noqa: F401
+
+
+def test_cli_json_and_web_search_give_the_same_rows(gallery, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LOOKALIKE_HOME", str(gallery["home"]))
+    with ImageIndex.open(gallery["index"]) as ix:
+        query = str(ix.path_of(ix.ids()[3]))
+        query_id = ix.id_of(query)
+    for self_args, self_param in (([], "false"), (["--include-self"], "true")):
+        code, out, err = run_cli(["search", query, "--index", gallery["index"], "-k", "4", "--json", *self_args],
+                                 monkeypatch, capsys)
+        assert code == 0, err
+        cli = json.loads(out)
+        with TestClient(make_app(gallery, tmp_path)) as client:
+            web = client.get("/api/search", params={"id": query_id, "k": 4, "include_self": self_param}).json()
+        assert list(web) == ["query", "query_id", "results"] and web["query_id"] == query_id
+        assert [list(row) for row in web["results"]] == [["rank", "id", "path", "distance", "similarity"]] * 4
+        assert cli == [{"query": web["query"],
+                        "results": [{key: row[key] for key in ("rank", "path", "distance", "similarity")}
+                                    for row in web["results"]]}]
+        assert [list(row) for row in cli[0]["results"]] == [["rank", "path", "distance", "similarity"]] * 4
