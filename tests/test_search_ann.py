@@ -67,12 +67,12 @@ def test_search_serve_and_dupes_go_through_the_backend(backbone, home, tmp_path,
         groups = find_duplicates(ix, threshold=0.05)
         ids = ix.ids()
         assert groups == [[int(ids[i]) for i in g] for g in group_vectors(vecs, 0.05)] and len(groups) == 4
-        by_file = run_queries(ix, [Query(name="q", path=folder / "p007.png")], 3, embedder=lambda: emb)[0]
-        assert by_file[0]["path"] != str(folder / "p007.png")  # an indexed query is left out of its own results
+        by_file = run_queries(ix, [Query(name="q", path=folder / "p007.png")], 3, embedder=lambda: emb)[0].results
+        assert by_file[0].path != str(folder / "p007.png")  # an indexed query is left out of its own results
         own = ix.id_of(folder / "p007.png")
         dist, found = ann.build("exact", ix.ids(), ix.vectors()).search(ix.vector_of(own)[None], 4)
-        assert own not in [h["id"] for h in by_file]
-        assert np.allclose([h["distance"] for h in by_file], dist[0][found[0] != own][:3], atol=2e-3)
+        assert own not in [h.id for h in by_file]
+        assert np.allclose([h.distance for h in by_file], dist[0][found[0] != own][:3], atol=2e-3)
 
     code, out, err = run_cli(["index", folder, "--index", tmp_path / "ix", "--model", ckpt, "--json"],
                              monkeypatch, capsys)
@@ -94,9 +94,9 @@ def test_search_serve_and_dupes_go_through_the_backend(backbone, home, tmp_path,
         with ImageIndex.open(tmp_path / "ix") as ix:
             some = int(ix.ids()[10])
             dist, found = ann.build("exact", ix.ids(), ix.vectors()).search(ix.vector_of(some)[None], 6)
-        got = service.search_id(some, 5)["results"]
-        assert some not in [r["id"] for r in got]
-        assert np.allclose([r["distance"] for r in got], dist[0][found[0] != some][:5], atol=2e-3)
+        got = service.search_id(some, 5).results
+        assert some not in [r.id for r in got]
+        assert np.allclose([r.distance for r in got], dist[0][found[0] != some][:5], atol=2e-3)
         assert len(service.dupes(threshold=0.05)["groups"]) == 4
     finally:
         service.close()

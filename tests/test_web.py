@@ -638,8 +638,8 @@ def test_an_index_rebuilt_with_another_backbone_brings_its_backbone(gallery, tmp
         assert service.refresh() is True and loads == ["gem"]
         assert service.embedder.describe()["pooling"] == "gem" and before.embedder is gallery["embedder"]
         # An upload is embedded by the backbone of the snapshot it searches: a photo finds itself at distance 0.
-        hit = service.search_image(Image.open(folder / "coffee.png").convert("RGB"), "coffee.png", k=1)["results"][0]
-        assert Path(hit["path"]).name == "coffee.png" and hit["distance"] < 1e-3
+        hit = service.search_image(Image.open(folder / "coffee.png").convert("RGB"), "coffee.png", k=1).results[0]
+        assert Path(hit.path).name == "coffee.png" and hit.distance < 1e-3
         # A backbone that cannot load leaves the server on its old snapshot, answering as before.
         assert stuck.refresh() is False and stuck.embedder is gallery["embedder"]
         assert stuck.stats()["count"] == 3

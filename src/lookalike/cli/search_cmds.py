@@ -143,17 +143,17 @@ def search_command(
         for note in ix.notes:
             warn(note)
     if json_out:
-        print_json([{"query": str(q), "results": [{key: h[key] for key in ("rank", "path", "distance", "similarity")}
-                                                  for h in hits]} for q, hits in zip(queries, results)])
+        print_json([answer.cli_json() for answer in results])
         return
     from rich.markup import escape
     from rich.table import Table
 
-    for q, hits in zip(queries, results):
-        table = Table("rank", "path", "distance", "similarity", title=escape(printable(q)), title_justify="left")
-        for h in hits:
-            table.add_row(str(h["rank"]), escape(printable(h["path"])), _fmt_dist(h["distance"]),
-                          f"{h['similarity']:.4f}")
+    from ..search.results import CLI_HIT_FIELDS
+
+    for answer in results:
+        table = Table(*CLI_HIT_FIELDS, title=escape(answer.query), title_justify="left")
+        for h in answer.results:
+            table.add_row(str(h.rank), escape(h.path), _fmt_dist(h.distance), f"{h.similarity:.4f}")
         out.print(table)
 
 

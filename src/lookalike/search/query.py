@@ -17,6 +17,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .index import ImageIndex
+    from .results import SearchResponse
 
 # Distance under which two images count as near-duplicates. Calibrated on the `lookalike demo` gallery with
 # EfficientNet-Lite0 + average pooling: the closest two different photos sit at 0.82, while the median edited
@@ -100,9 +101,10 @@ class Query:
 
 
 def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder: Callable[[], Any],
-                include_self: bool = False) -> list[list[dict]]:
+                include_self: bool = False) -> list["SearchResponse"]:
     """The query path of `lookalike search` and the web service: a vector for each query (the stored vector
-    of an indexed image or file, else the embedding of its image), then the backend's k nearest (`search`).
+    of an indexed image or file, else the embedding of its image), then the backend's k nearest (`search`),
+    as one `SearchResponse` per query (`results.py`: the shape the CLI's JSON and the web API share).
 
     `embedder()` returns an object with `embed_images(list of PIL images)` and `min_decode_size`; it is called
     only when some query needs embedding (so a search by indexed files never loads a model). An indexed query
@@ -110,6 +112,7 @@ def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder:
     KeyError for an unknown `image_id`."""
     from ..errors import LookalikeError
     from ..images import load_image
+    from .results import SearchResponse
 
     vectors: list[Optional[np.ndarray]] = []
     excludes: list[Optional[list[int]]] = []
@@ -135,7 +138,8 @@ def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder:
             vectors[n] = np.asarray(vec, np.float32)
     if not vectors:
         return []
-    return search(index, np.stack(vectors), k=k, exclude_ids=excludes)
+    hits = search(index, np.stack(vectors), k=k, exclude_ids=excludes)
+    return [SearchResponse.of(q.name, q.image_id, found) for q, found in zip(queries, hits)]
 
 
 def compare(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,8 +2,8 @@
 
 The model loads once; the index's snapshot loads at start and again after `lookalike index` changes it (with
 the new model when the index was rebuilt with another backbone).
-Request handlers in worker threads share them. Results carry the same fields as the CLI's `--json`, plus `id`
-so the page can ask for thumbnails and search again.
+Request handlers in worker threads share them. Search answers are `search.results.SearchResponse`, the CLI's
+`--json` shape plus the ids, so the page can ask for thumbnails and search again.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ import warnings
 from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BadImageError, LookalikeError
 from ..paths import printable
 from ..images import PixelBudget, load_image
 from .limits import DecodeSlots
+
+if TYPE_CHECKING:
+    from ..search.results import SearchResponse
 
 MAX_K = 100
 
@@ -221,23 +224,21 @@ class SearchService:
     def _embedder_of(self, view: IndexView) -> "_LockedEmbedder":
         return _LockedEmbedder(view.embedder, self._embed_lock, view.min_size)
 
-    def search_image(self, image, name: str, k: int) -> dict:
+    def search_image(self, image, name: str, k: int) -> "SearchResponse":
         from ..search.query import Query, run_queries
 
         view = self.view()
-        results = run_queries(view.index, [Query(name=name, image=image)], _clamp_k(k, view.count),
-                              embedder=lambda: self._embedder_of(view))[0]
-        return {"query": name, "query_id": None, "results": [_result(r) for r in results]}
+        return run_queries(view.index, [Query(name=name, image=image)], _clamp_k(k, view.count),
+                           embedder=lambda: self._embedder_of(view))[0]
 
-    def search_id(self, image_id: int, k: int, include_self: bool = False) -> dict:
+    def search_id(self, image_id: int, k: int, include_self: bool = False) -> "SearchResponse":
         """Search from an indexed image; KeyError if the id is unknown."""
         from ..search.query import Query, run_queries
 
         view = self.view()
         name = printable(view.path_of(image_id))
-        results = run_queries(view.index, [Query(name=name, image_id=image_id)], _clamp_k(k, view.count),
-                              embedder=lambda: self._embedder_of(view), include_self=include_self)[0]
-        return {"query": name, "query_id": image_id, "results": [_result(r) for r in results]}
+        return run_queries(view.index, [Query(name=name, image_id=image_id)], _clamp_k(k, view.count),
+                           embedder=lambda: self._embedder_of(view), include_self=include_self)[0]
 
     def compare(self, items: list[tuple[str | None, int | None, Any]]) -> dict:
         """`items`: (name, id or None, PIL image or None); indexed ids reuse their stored vector and, when their
@@ -301,16 +302,6 @@ def _clamp_k(k: int, count: int) -> int:
     if k < 1:
         raise LookalikeError("k must be at least 1")
     return max(1, min(k, MAX_K, count)) if count else k
-
-
-def _result(r: dict) -> dict:
-    return {
-        "rank": int(r["rank"]),
-        "id": int(r["id"]),
-        "path": printable(r["path"]),
-        "distance": float(r["distance"]),
-        "similarity": float(r["similarity"]),
-    }
 
 
 def _matrix(m) -> list[list[float]]:
