@@ -21,8 +21,8 @@ from .. import __version__
 from ..images import PixelBudget
 from .schemas import (DECODE_ERRORS, ERRORS, IMAGE_ERRORS, CompareResponse, DupesResponse, SearchResponse,
                       StatsResponse)
-from .service import MAX_K, SearchService, decode_upload, display_name
 from .limits import DecodeSlots
+from .service import MAX_K, SearchService, decode_upload, display_name
 from .thumbnails import SIZES, ImageGone, ThumbnailCache
 
 MAX_COMPARE = 50
