@@ -94,7 +94,8 @@ def test_export_never_replaces_a_file_unless_told(tmp_path, monkeypatch, capsys)
     assert precious.read_bytes() == b"not ours"
     sidecar = tmp_path / "v.metadata.parquet"  # npy: its metadata file counts too
     sidecar.write_bytes(b"mine")
-    code, _, err = run_cli(["export", tmp_path / "ix", "--format", "npy", "--out", tmp_path / "v.npy"], monkeypatch, capsys)
+    code, _, err = run_cli(["export", tmp_path / "ix", "--format", "npy", "--out", tmp_path / "v.npy"],
+                           monkeypatch, capsys)
     assert code == 2 and "v.metadata.parquet" in err and sidecar.read_bytes() == b"mine"
     assert not (tmp_path / "v.npy").exists()
     code, _, err = run_cli(["export", tmp_path / "ix", "--out", precious, "--overwrite"], monkeypatch, capsys)

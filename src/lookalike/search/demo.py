@@ -1,10 +1,10 @@
 """`lookalike demo`: a search benchmark that needs no download.
 
-The gallery is built from the real photos that scikit-image ships inside its wheel (`skimage.data`, CC0/public
-domain) plus edited copies of each (crop, rotation, rescale, JPEG re-compression, colour shift) whose original is
-known (`sample_photos`). Every edited copy is used as a query against the index of all images; a hit is relevant when it comes
-from the same photo. The figures: precision@1 and precision@5, and how far apart same-photo and different-photo
-images sit (which is what the near-duplicate threshold is chosen from).
+The gallery (`sample_photos`) is built from the real photos that scikit-image ships inside its wheel
+(`skimage.data`, CC0/public domain) plus edited copies of each (crop, rotation, rescale, JPEG re-compression,
+colour shift) whose original is known. Every edited copy is used as a query against the index of all images; a
+hit is relevant when it comes from the same photo. The figures: precision@1 and precision@5, and how far apart
+same-photo and different-photo images sit (which is what the near-duplicate threshold is chosen from).
 """
 
 from __future__ import annotations
