@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     thresholds = [float(x) for x in args.thresholds.split(",")]
 
-    from lookalike.search.demo import build_gallery, photo_of
+    from lookalike.search.sample_photos import build_gallery, photo_of
     from lookalike.search.evaluate import eval_index_path, load_benchmark
     from lookalike.search.features import load_embedder
     from lookalike.search.index import ImageIndex

@@ -35,16 +35,16 @@ W, H = 4000, 3000
 
 
 def make_photos(folder: Path, n: int) -> None:
-    import skimage.data
     from PIL import Image
+
+    from lookalike.search.sample_photos import load_photo
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     noise = rng.integers(-12, 13, size=(H + 64, W + 64, 3), dtype=np.int16)
     bases = []
     for name in BASES:
-        img = Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB")
-        bases.append(np.asarray(img.resize((W, H), Image.BICUBIC), dtype=np.int16))
+        bases.append(np.asarray(load_photo(name).resize((W, H), Image.BICUBIC), dtype=np.int16))
     for i in range(n):
         dy, dx = rng.integers(0, 64, size=2)
         arr = bases[i % len(bases)] + noise[dy:dy + H, dx:dx + W] + int(rng.integers(-10, 11))

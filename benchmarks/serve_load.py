@@ -24,8 +24,8 @@ import argparse
 import io
 import os
 import random
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,20 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike.search.sample_photos import jpeg_bytes, load_photo
 from results_file import record
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
           "coins", "stereo_motorcycle", "retina", "colorwheel", "moon"]
-
-
-def _photo(name: str):
-    import skimage.data
-    from PIL import Image
-
-    arr = getattr(skimage.data, name)()
-    if isinstance(arr, tuple):
-        arr = arr[0]
-    return Image.fromarray(np.asarray(arr)).convert("RGB")
 
 
 def _edit(img, rng: random.Random):
@@ -69,39 +60,34 @@ def _edit(img, rng: random.Random):
 def make_gallery(folder: Path, count: int, seed: int = 0) -> list[bytes]:
     """`count` images under `folder`; returns a few JPEG query uploads that are not in the gallery."""
     rng = random.Random(seed)
-    originals = [_photo(n) for n in PHOTOS]
+    originals = [load_photo(n) for n in PHOTOS]
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         _edit(originals[i % len(originals)], rng).save(folder / f"img{i:05d}.jpg", quality=rng.randint(60, 92))
     queries = []
     for img in originals:
-        buf = io.BytesIO()
-        _edit(img, rng).resize((640, 480)).save(buf, format="JPEG", quality=85)  # a typical phone-sized upload
-        queries.append(buf.getvalue())
+        queries.append(jpeg_bytes(_edit(img, rng).resize((640, 480)), 85))  # a typical phone-sized upload
     return queries
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def lookalike_cmd(*args: str) -> list[str]:
     return [sys.executable, "-c", "from lookalike.cli import main; main()", *args]
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> dict:
+def wait_ready(log: Path, proc: subprocess.Popen, timeout: float = 180) -> tuple[str, dict]:
+    """The server's URL, read from the line `lookalike serve --port 0` prints once it listens and has loaded
+    the model, and its /api/stats."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited with code {proc.returncode}")
-        try:
-            return httpx.get(f"{url}/api/stats", timeout=2, trust_env=False).json()
-        except httpx.HTTPError:
-            time.sleep(0.2)
+        found = re.search(r"open http://[^/\s]+:(\d+)/", log.read_text())
+        if found:
+            url = f"http://127.0.0.1:{found.group(1)}"
+            return url, httpx.get(f"{url}/api/stats", timeout=60, trust_env=False).json()
+        time.sleep(0.2)
     raise SystemExit("the server did not come up")
 
 
@@ -221,14 +207,13 @@ def main() -> None:
                        check=True, stdout=subprocess.DEVNULL, env=env)
         print(f"gallery of {args.images} images generated and indexed in {time.perf_counter() - t0:.1f} s")
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
         t0 = time.perf_counter()
         server_log = open(work / "server.log", "w")  # a file, not a pipe: a chatty server never blocks on it
+        # Port 0: the server binds a free port and prints it, so no other process can take it in between.
         server = subprocess.Popen(lookalike_cmd("serve", "--index", str(work / "index"), "--host", "127.0.0.1",
-                                                "--port", str(port)),
-                                  stdout=subprocess.DEVNULL, stderr=server_log, env=env)
-        stats = wait_ready(url, server)
+                                                "--port", "0"),
+                                  stdout=subprocess.DEVNULL, stderr=server_log, env={**env, "COLUMNS": "200"})
+        url, stats = wait_ready(work / "server.log", server)
         print(f"server ready in {time.perf_counter() - t0:.1f} s: {stats['count']} images, {stats['model']}, "
               f"{os.cpu_count()} CPUs visible")
 

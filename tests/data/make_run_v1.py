@@ -1,7 +1,7 @@
 """Writes tests/data/run_v1: a run stopped after the first of its two epochs, as checkpoint format 1 stores it.
 
 The files are kept in the repository so that a checkpoint written by an earlier version must still resume
-(tests/test_train_resume.py). Run from the repository root: `python tests/data/make_run_v1.py`. The data path in
+(tests/e2e/test_train_resume.py). Run from the repository root: `python tests/data/make_run_v1.py`. The data path in
 the run's config is relative ("data"): the test generates the same images there with `make_folder_dataset`.
 """
 
@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # conftest's dataset generator
+sys.path.insert(0, str(HERE.parent))  # tests/helpers: the dataset generator
 
-from conftest import make_folder_dataset  # noqa: E402
+from helpers.datasets import make_folder_dataset  # noqa: E402
 from lookalike.train.config import TrainConfig  # noqa: E402
 from lookalike.train.engine import fit  # noqa: E402
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,21 +15,6 @@ from ._common import console, warn
 
 _is_loopback = is_loopback  # the name the tests and older callers use
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~-]+")  # goes into a URL and a cookie unescaped
-
-
-def _check_port(host: str, port: int) -> None:
-    """Fail with one line before loading the model when the address cannot be bound."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise LookalikeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            raise LookalikeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _check_token(token: str) -> None:
@@ -47,7 +31,7 @@ def serve(
         None, "--index", "-i", help="Index folder, or the image folder it was built for. Default: the current folder."
     ),
     host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback exposes your images."),
-    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on; 0 picks a free one (printed)."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto: where query images are embedded."),
     max_upload_mb: float = typer.Option(20.0, min=0.001, help="Largest accepted upload, in MB."),
     allowed_host: List[str] = typer.Option(
@@ -80,7 +64,7 @@ def serve(
                 "server.[/bold red]", highlight=False, soft_wrap=True)
     # Always check the Host header: a page elsewhere must not reach the server through DNS rebinding.
     allowed = machine_hosts(host) + [as_host(name) for name in allowed_host]
-    _check_port(host, port)
+    sockets = server.listen(host, port, limit_concurrency)  # before the model loads: a busy port fails at once
     with console.status("loading the index and the model…"):
         try:
             web_app = create_app(
@@ -91,12 +75,15 @@ def serve(
                 token=token or None,
             )
         except LookalikeError:
+            for sock in sockets:
+                sock.close()
             if index is None:
                 raise LookalikeError(
                     "no index in the current folder: pass --index PATH (an index, or a folder indexed with "
                     "`lookalike index FOLDER`)"
                 ) from None
             raise
+    port = server.bound_port(sockets)  # --port 0: the one the system picked
     facts = web_app.state.service.stats()
     for note in facts.get("notes", []):
         warn(note)
@@ -108,4 +95,4 @@ def serve(
         f"{facts['count']:,} images, {facts['model']} · open [bold]http://{shown}:{port}/{query}[/bold]  (Ctrl-C stops)",
         highlight=False,
     )
-    server.run(web_app, host=host, port=port, limit_concurrency=limit_concurrency)
+    server.run(web_app, host, sockets, limit_concurrency=limit_concurrency)

@@ -10,7 +10,8 @@
   near-duplicate groups (`dupes_graph`: the kNN graph through a backend); `results`: the shape of a search
   answer, shared by `lookalike search --json` and the web API;
 - `export`: vectors out to parquet / .npy and back in;
-- `demo` and `report`: the no-download demo gallery and its self-contained HTML report.
+- `demo` and `report`: the no-download demo benchmark and its self-contained HTML report; `sample_photos`: its
+  gallery (scikit-image's bundled photos and edited copies), which the tests and benchmarks use too.
 
 Submodules are imported on demand so that importing `lookalike` stays light.
 """

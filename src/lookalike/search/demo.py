@@ -1,85 +1,21 @@
 """`lookalike demo`: a search benchmark that needs no download.
 
-The gallery is built from the real photos that scikit-image ships inside its wheel (`skimage.data`, CC0/public
-domain) plus edited copies of each (crop, rotation, rescale, JPEG re-compression, colour shift) whose original is
-known. Every edited copy is used as a query against the index of all images; a hit is relevant when it comes
-from the same photo. The figures: precision@1 and precision@5, and how far apart same-photo and different-photo
-images sit (which is what the near-duplicate threshold is chosen from).
+The gallery (`sample_photos`) is built from the real photos that scikit-image ships inside its wheel
+(`skimage.data`, CC0/public domain) plus edited copies of each (crop, rotation, rescale, JPEG re-compression,
+colour shift) whose original is known. Every edited copy is used as a query against the index of all images; a
+hit is relevant when it comes from the same photo. The figures: precision@1 and precision@5, and how far apart
+same-photo and different-photo images sit (which is what the near-duplicate threshold is chosen from).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-# Photos bundled with scikit-image (no network): name -> skimage.data function.
-PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass",
-          "gravel", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "rocket", "text")
-
-
-def _edits() -> dict[str, Callable]:
-    from PIL import Image, ImageEnhance
-
-    def crop(im):  # keep 70 % of each side, off centre
-        w, h = im.size
-        return im.crop((int(w * 0.2), int(h * 0.1), int(w * 0.9), int(h * 0.8)))
-
-    def rotate(im):
-        return im.rotate(12, resample=Image.BICUBIC, expand=False, fillcolor=(0, 0, 0))
-
-    def rescale(im):
-        w, h = im.size
-        return im.resize((max(32, w // 3), max(32, h // 3)), Image.BILINEAR)
-
-    def jpeg(im):  # heavy re-compression; saved as JPEG quality 15 below
-        return im
-
-    def colour(im):
-        im = ImageEnhance.Color(im).enhance(0.5)
-        im = ImageEnhance.Brightness(im).enhance(1.2)
-        r, g, b = im.split()
-        return Image.merge("RGB", (r.point(lambda v: min(255, v + 20)), g, b.point(lambda v: max(0, v - 20))))
-
-    return {"crop": crop, "rotate": rotate, "rescale": rescale, "jpeg": jpeg, "colour": colour}
-
-
-def load_photo(name: str):
-    """One bundled photo as an RGB PIL image (grayscale, boolean and RGBA converted)."""
-    import skimage.data
-    from PIL import Image
-
-    from ..images import to_rgb
-
-    arr = getattr(skimage.data, name)()
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    mode = "L" if arr.ndim == 2 else ("RGBA" if arr.shape[2] == 4 else "RGB")
-    return to_rgb(Image.fromarray(arr, mode))
-
-
-def build_gallery(folder: Path, photos=PHOTOS) -> list[dict]:
-    """Write originals (`NAME.png`) and edited copies (`edited/NAME-EDIT.jpg|png`); returns the copies as
-    [{"path", "photo", "edit"}]."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "edited").mkdir(exist_ok=True)
-    queries = []
-    for name in photos:
-        img = load_photo(name)
-        img.save(folder / f"{name}.png")
-        for edit, fn in _edits().items():
-            path = folder / "edited" / f"{name}-{edit}.jpg"
-            fn(img).save(path, quality=15 if edit == "jpeg" else 90)
-            queries.append({"path": path, "photo": name, "edit": edit})
-    return queries
-
-
-def photo_of(path: Path) -> str:
-    """The photo a gallery file comes from (`coffee.png`, `edited/coffee-crop.jpg` -> `coffee`)."""
-    stem = Path(path).stem
-    return stem.rsplit("-", 1)[0] if Path(path).parent.name == "edited" else stem
+# The gallery's photos and edits: `sample_photos` (PHOTOS is read at run time, so it can be narrowed).
+from .sample_photos import EDITS, PHOTOS, build_gallery, photo_of
 
 
 def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5, write_report: bool = True,
@@ -118,7 +54,7 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
     same = families[:, None] == families[None, :]
     off_diag = ~np.eye(len(families), dtype=bool)
     by_edit = {}
-    for edit in _edits():
+    for edit in EDITS:
         sel = [r for r in rows if r["edit"] == edit]
         by_edit[edit] = sum(r["results"][0]["relevant"] for r in sel if r["results"]) / max(1, len(sel))
     result = {

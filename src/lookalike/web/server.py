@@ -8,6 +8,7 @@ bodies are bounded by `BodyTimeoutMiddleware` in the app.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 HEAD_TIMEOUT = 10.0  # seconds for a request line and its headers
@@ -69,9 +70,44 @@ def server_config(app: Any, host: str, port: int, *, limit_concurrency: int = DE
         limit_concurrency=limit_concurrency,
         timeout_keep_alive=keep_alive_timeout,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-        backlog=max(128, 2 * limit_concurrency),
+        backlog=_backlog(limit_concurrency),
         timeout_graceful_shutdown=5,
     )
+
+
+def _backlog(limit_concurrency: int) -> int:
+    return max(128, 2 * limit_concurrency)
+
+
+def listen(host: str, port: int, limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY) -> list[socket.socket]:
+    """Bind and listen on every address `host` names, as uvicorn would, before the model loads: a busy port
+    fails at once, and the port printed is the port served (port 0: one free port the system picks, the same
+    for every address). Clients that connect while the model loads wait in the backlog."""
+    from ..errors import LookalikeError
+
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(_backlog(limit_concurrency))
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise LookalikeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sockets
+
+
+def bound_port(sockets: list[socket.socket]) -> int:
+    """The port `listen` bound."""
+    return sockets[0].getsockname()[1]
 
 
 def return_big_frees_to_the_system() -> bool:
@@ -94,8 +130,9 @@ def return_big_frees_to_the_system() -> bool:
         return False
 
 
-def run(app: Any, host: str, port: int, **kwargs: Any) -> None:
+def run(app: Any, host: str, sockets: list[socket.socket], **kwargs: Any) -> None:
+    """Serve `app` on the sockets `listen` opened."""
     import uvicorn
 
     return_big_frees_to_the_system()
-    uvicorn.Server(server_config(app, host, port, **kwargs)).run()
+    uvicorn.Server(server_config(app, host, bound_port(sockets), **kwargs)).run(sockets=sockets)

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from lookalike.search.index import ImageIndex
 
-from search_fixtures import run_cli
-from web_fixtures import gallery, make_app  # noqa: F401
+from helpers.cli import run_cli
+from helpers.web import make_app
 
 
 def test_cli_json_and_web_search_give_the_same_rows(gallery, tmp_path, monkeypatch, capsys):

@@ -290,35 +290,6 @@ def test_a_file_larger_than_its_size_says_is_cut_off():
         read_image_file(path, max_bytes=10)
 
 
-def test_indexing_names_special_and_giant_files_and_finishes(tmp_path):
-    """The whole `lookalike index` run over a folder holding a FIFO, a link to /dev/zero and a 3 GB sparse
-    file beside a real photo: the photo is indexed, the others are skipped with their reasons."""
-    import json
-    import os
-
-    from search_fixtures import photo, run_cli_subprocess, shared_home
-
-    if not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"):
-        pytest.skip("needs FIFOs and /dev/zero")
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    photo("coffee").save(folder / "coffee.png")
-    os.mkfifo(folder / "pipe.jpg")
-    (folder / "zero.jpg").symlink_to("/dev/zero")
-    with open(folder / "huge.png", "wb") as fh:
-        fh.truncate(3_000_000_000)
-    run = run_cli_subprocess(["index", folder, "--index", tmp_path / "idx", "--json"], shared_home(), timeout=300)
-    assert run.returncode == 0, run.stderr
-    summary = json.loads(run.stdout)
-    assert summary["indexed"] == 1
-    reasons = {os.path.basename(s["path"]): s["reason"] for s in summary["skipped"]}
-    assert reasons == {
-        "pipe.jpg": "not a regular file (a named pipe)",
-        "zero.jpg": "not a regular file (a character device)",
-        "huge.png": f"3,000,000,000 bytes is over the {MAX_FILE_BYTES:,}-byte file limit",
-    }
-
-
 # --- what a decode may cost ------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from lookalike.models import create_model, get_model_entry, list_models
 from lookalike.models import pretrained as P
 from lookalike.search.features import prepare_image
 
-from search_fixtures import photo
+from helpers.search import photo
 
 # ImageNet class ids accepted in the top 5 for each skimage photo.
 EXPECTED = {

@@ -2,7 +2,7 @@
 deleted or damaged, caught up when behind), `auto` switching at its threshold, search / serve / dupes going
 through the backend, and imported rows that a later `index` run keeps.
 
-The backbone is a small random-weight CIFAR net (`tiny_checkpoint`) so that each run costs little.
+The backbone is a small random-weight CIFAR net (the `backbone` fixture) so that each run costs little.
 """
 
 from __future__ import annotations
@@ -19,15 +19,8 @@ from lookalike.search.index import ImageIndex, IndexWriter
 from lookalike.search.query import Query, find_duplicates, group_vectors, run_queries, search
 from lookalike.search.sync import index_folder
 
-from search_fixtures import home, pattern_image, run_cli, tiny_checkpoint  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    from lookalike.search.features import load_embedder
-
-    path = tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pt")
-    return path, load_embedder(str(path))
+from helpers.cli import run_cli
+from helpers.search import pattern_image
 
 
 def gallery(folder: Path, n: int, start: int = 0, copies: int = 0) -> list[Path]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
+from helpers.cli import run_cli
 from lookalike.errors import LookalikeError
 from lookalike.search.export import import_parquet, iter_parquet, metadata_path, read_metadata
 from lookalike.search.index import ImageIndex
@@ -35,23 +35,10 @@ def make_index(path, root, n: int, backbone=BACKBONE, seed: int = 0):
     return vectors
 
 
-def cli(args, monkeypatch, capsys):
-    from lookalike.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["lookalike", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_parquet_round_trip(tmp_path, monkeypatch, capsys):
     vectors = make_index(tmp_path / "ix", tmp_path / "photos", 250)
     out = tmp_path / "vectors.parquet"
-    code, stdout, err = cli(["export", tmp_path / "ix", "--out", out, "--json"], monkeypatch, capsys)
+    code, stdout, err = run_cli(["export", tmp_path / "ix", "--out", out, "--json"], monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(stdout)["rows"] == 250
 
@@ -72,7 +59,7 @@ def test_parquet_round_trip(tmp_path, monkeypatch, capsys):
     assert np.array_equal(np.concatenate([b.vectors for b, _ in batches]), vectors)
 
     # into a new index (created from the file's metadata), then again: nothing changes the second time
-    code, stdout, err = cli(["import", out, "--index", tmp_path / "copy", "--root", tmp_path / "photos", "--json"],
+    code, stdout, err = run_cli(["import", out, "--index", tmp_path / "copy", "--root", tmp_path / "photos", "--json"],
                             monkeypatch, capsys)
     assert code == 0, err
     summary = json.loads(stdout)
@@ -88,7 +75,7 @@ def test_parquet_round_trip(tmp_path, monkeypatch, capsys):
 def test_npy_export_has_vectors_and_metadata(tmp_path, monkeypatch, capsys):
     vectors = make_index(tmp_path / "ix", tmp_path / "photos", 130)
     out = tmp_path / "vectors.npy"
-    code, _, err = cli(["export", tmp_path / "ix", "--format", "npy", "--out", out], monkeypatch, capsys)
+    code, _, err = run_cli(["export", tmp_path / "ix", "--format", "npy", "--out", out], monkeypatch, capsys)
     assert code == 0, err
     assert np.array_equal(np.load(out, allow_pickle=False), vectors)
     import pyarrow.parquet as pq
@@ -102,15 +89,16 @@ def test_export_never_replaces_a_file_unless_told(tmp_path, monkeypatch, capsys)
     make_index(tmp_path / "ix", tmp_path / "photos", 20)
     precious = tmp_path / "notes.parquet"
     precious.write_bytes(b"not ours")
-    code, _, err = cli(["export", tmp_path / "ix", "--out", precious], monkeypatch, capsys)
+    code, _, err = run_cli(["export", tmp_path / "ix", "--out", precious], monkeypatch, capsys)
     assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
     assert precious.read_bytes() == b"not ours"
     sidecar = tmp_path / "v.metadata.parquet"  # npy: its metadata file counts too
     sidecar.write_bytes(b"mine")
-    code, _, err = cli(["export", tmp_path / "ix", "--format", "npy", "--out", tmp_path / "v.npy"], monkeypatch, capsys)
+    code, _, err = run_cli(["export", tmp_path / "ix", "--format", "npy", "--out", tmp_path / "v.npy"],
+                           monkeypatch, capsys)
     assert code == 2 and "v.metadata.parquet" in err and sidecar.read_bytes() == b"mine"
     assert not (tmp_path / "v.npy").exists()
-    code, _, err = cli(["export", tmp_path / "ix", "--out", precious, "--overwrite"], monkeypatch, capsys)
+    code, _, err = run_cli(["export", tmp_path / "ix", "--out", precious, "--overwrite"], monkeypatch, capsys)
     assert code == 0, err
     assert precious.read_bytes()[:4] == b"PAR1"
 
@@ -140,7 +128,7 @@ def test_import_refuses_another_dimension_or_backbone(tmp_path, monkeypatch, cap
         from lookalike.search.export import export_index
 
         export_index(ix, out)
-    code, _, err = cli(["import", out, "--index", tmp_path / "ix"], monkeypatch, capsys)
+    code, _, err = run_cli(["import", out, "--index", tmp_path / "ix"], monkeypatch, capsys)
     assert code == 2 and "other_net" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
     import pyarrow as pa
@@ -151,5 +139,5 @@ def test_import_refuses_another_dimension_or_backbone(tmp_path, monkeypatch, cap
     with pytest.raises(LookalikeError, match="--model"):
         import_parquet(tmp_path / "bare.parquet", tmp_path / "ix")
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
-    code, _, err = cli(["import", tmp_path / "junk.parquet", "--index", tmp_path / "ix"], monkeypatch, capsys)
+    code, _, err = run_cli(["import", tmp_path / "junk.parquet", "--index", tmp_path / "ix"], monkeypatch, capsys)
     assert code == 2 and "parquet" in err

@@ -1,5 +1,6 @@
 """`lookalike index / search / dupes` when things go wrong: a mistyped --index, damaged or missing index files,
-an index that starts empty, names that are not valid UTF-8, and a user who may only read the index."""
+an index that starts empty, names that are not valid UTF-8, special and giant files, and a user who may only
+read the index."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.cli import run_cli, run_cli_subprocess
+from helpers.search import photo, write_originals
+from lookalike.images import MAX_FILE_BYTES
 from lookalike.search.index import ImageIndex
-
-from search_fixtures import home, jpeg_bytes, photo, run_cli, write_originals  # noqa: F401
+from lookalike.search.sample_photos import jpeg_bytes
 
 
 def one_line_error(code: int, err: str, *words: str) -> str:
@@ -48,14 +51,12 @@ def test_index_refuses_an_ordinary_folder_and_deletes_nothing(home, tmp_path, mo
     assert (plain / "model.f32").exists() and (plain / "vectors-0.f32").exists()
 
 
-def _all_found_at_zero(index_path, folder) -> None:
+def _all_found_at_zero(index_path, folder, embedder) -> None:
     """Every image's own file finds it at distance 0, and two different photos are never that close."""
-    from search_fixtures import embedder
-
     with ImageIndex.open(index_path) as ix:
         paths = [ix.path_of(int(i)) for i in ix.ids()]
         vecs = ix.vectors()
-        fresh, _ = embedder().embed_paths([str(p) for p in paths])
+        fresh, _ = embedder.embed_paths([str(p) for p in paths])
         assert np.allclose(fresh, vecs, atol=1e-4)
         dist = np.sqrt(np.clip(2 - 2 * vecs @ vecs.T, 0, None))
         np.fill_diagonal(dist, 9)
@@ -64,7 +65,8 @@ def _all_found_at_zero(index_path, folder) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncate vectors", "delete vectors", "delete database"])
-def test_damaged_index_files_are_refused_by_search_and_repaired_by_index(home, tmp_path, monkeypatch, capsys, damage):
+def test_damaged_index_files_are_refused_by_search_and_repaired_by_index(home, embedder, tmp_path, monkeypatch, capsys,
+                                                                         damage):
     folder = tmp_path / "photos"
     originals = write_originals(folder, ["coffee", "camera", "rocket", "astronaut"])
     ix_path = tmp_path / "ix"
@@ -92,7 +94,7 @@ def test_damaged_index_files_are_refused_by_search_and_repaired_by_index(home, t
     assert summary["added"] == {"truncate vectors": 5, "delete vectors": 6, "delete database": 6}[damage]
     code, out, err = run_cli(["index", folder, "--index", ix_path], monkeypatch, capsys)
     assert code == 0 and "6 unchanged" in out and "warning" not in err  # repaired once, quiet after
-    _all_found_at_zero(ix_path, folder)
+    _all_found_at_zero(ix_path, folder, embedder)
     code, out, err = run_cli(["search", originals[1], "--index", ix_path, "--json", "--include-self"],
                              monkeypatch, capsys)
     assert code == 0 and json.loads(out)[0]["results"][0]["distance"] < 1e-3
@@ -186,6 +188,30 @@ def test_names_that_are_not_utf8_are_indexed_found_shown_escaped_and_forgotten(h
     os.unlink(raw)
     code, out, err = run_cli(["index", folder, "--json"], monkeypatch, capsys)
     assert code == 0 and json.loads(out)["removed"] == 1 and json.loads(out)["indexed"] == 3
+
+
+def test_indexing_names_special_and_giant_files_and_finishes(tmp_path, shared_home):
+    """The whole `lookalike index` run over a folder holding a FIFO, a link to /dev/zero and a 3 GB sparse
+    file beside a real photo: the photo is indexed, the others are skipped with their reasons."""
+    if not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"):
+        pytest.skip("needs FIFOs and /dev/zero")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo("coffee").save(folder / "coffee.png")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    with open(folder / "huge.png", "wb") as fh:
+        fh.truncate(3_000_000_000)
+    run = run_cli_subprocess(["index", folder, "--index", tmp_path / "idx", "--json"], shared_home, timeout=300)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["indexed"] == 1
+    reasons = {os.path.basename(s["path"]): s["reason"] for s in summary["skipped"]}
+    assert reasons == {
+        "pipe.jpg": "not a regular file (a named pipe)",
+        "zero.jpg": "not a regular file (a character device)",
+        "huge.png": f"3,000,000,000 bytes is over the {MAX_FILE_BYTES:,}-byte file limit",
+    }
 
 
 # --- a user who may read but not write the index ----------------------------------------------------------------

@@ -5,11 +5,13 @@ import json
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 import torch
 
+from helpers.cli import LOOKALIKE
 from lookalike.train.checkpoint import load_checkpoint
 from lookalike.train.config import TrainConfig
 from lookalike.train.engine import fit
@@ -28,25 +30,33 @@ def _without_time(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+# The killed run: SIGKILL from inside the run, on the event of the second step of epoch 3. Where the kill lands
+# is then known (epoch 2's checkpoint written, epoch 3 half done) however fast or slow the machine is.
+KILLED_IN_EPOCH_3 = textwrap.dedent("""
+    import json, os, signal, sys
+    from lookalike.train.config import TrainConfig
+    from lookalike.train.engine import fit
+
+    def kill_in_epoch_3(kind, payload):
+        if kind == "step" and payload["epoch"] == 3 and payload["batch"] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    fit(TrainConfig(**json.loads(sys.argv[1])), sys.argv[2], on_event=kill_in_epoch_3)
+""")
+
+
 def test_resume_after_kill_matches_uninterrupted_run(tiny_folder_dataset, tmp_path):
     # The first half trains on 24-pixel crops: the kill falls inside that phase, the resumed run crosses it.
-    args = ["--data", str(tiny_folder_dataset), "--epochs", str(EPOCHS), "--widths", "8,16,16", "--batch-size", "12",
-            "--device", "cpu", "--seed", "3", "--crop-size", "24", "--crop-fraction", "0.5"]
+    config = dict(data=str(tiny_folder_dataset), epochs=EPOCHS, widths=[8, 16, 16], batch_size=12, device="cpu",
+                  seed=3, crop_size=24, crop_fraction=0.5)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", "from lookalike.cli import main; main()", "train", *args,
-                             "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while len(_rows(killed / "metrics.csv")) < 2 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    done_before = load_checkpoint(killed / "last.pt")["meta"]["epoch"]
-    assert 2 <= done_before < EPOCHS
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_EPOCH_3, json.dumps(config), str(killed)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert load_checkpoint(killed / "last.pt")["meta"]["epoch"] == 2 and len(_rows(killed / "metrics.csv")) == 2
 
     resumed = fit(TrainConfig(), killed, resume=True)
-    straight = fit(TrainConfig(data=str(tiny_folder_dataset), epochs=EPOCHS, widths=[8, 16, 16], batch_size=12,
-                               device="cpu", seed=3, crop_size=24, crop_fraction=0.5), tmp_path / "straight")
+    straight = fit(TrainConfig(**config), tmp_path / "straight")
 
     rows_resumed, rows_straight = _rows(killed / "metrics.csv"), _rows(tmp_path / "straight" / "metrics.csv")
     assert len(rows_resumed) == EPOCHS  # no duplicated rows
@@ -66,8 +76,8 @@ def test_resume_of_a_finished_run_only_evaluates(tiny_folder_dataset, tmp_path):
 
 def test_ctrl_c_keeps_finished_epochs_and_names_the_resume_command(tiny_folder_dataset, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", "from lookalike.cli import main; main()", "train",
-                             "--data", str(tiny_folder_dataset), "--epochs", "200", "--widths", "8,16,16",
+    proc = subprocess.Popen([*LOOKALIKE, "train",
+                             "--data", str(tiny_folder_dataset), "--epochs", "10000", "--widths", "8,16,16",
                              "--batch-size", "12", "--device", "cpu", "--out", str(run)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -101,9 +111,9 @@ def test_a_run_stopped_by_an_earlier_version_resumes(tmp_path, monkeypatch):
     import shutil
     from pathlib import Path
 
-    from conftest import make_folder_dataset
+    from helpers.datasets import make_folder_dataset
 
-    stored = Path(__file__).parent / "data" / "run_v1"
+    stored = Path(__file__).parents[1] / "data" / "run_v1"
     monkeypatch.chdir(tmp_path)
     make_folder_dataset(tmp_path / "data")
     shutil.copytree(stored, tmp_path / "run")

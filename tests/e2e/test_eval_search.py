@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search_fixtures import PHOTOS, home, run_cli, write_copies, write_originals  # noqa: F401
+from helpers.cli import run_cli
+from helpers.search import PHOTOS, write_copies, write_originals
 
 from lookalike.search.metrics import holidays_ap
 

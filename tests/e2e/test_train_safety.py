@@ -7,7 +7,9 @@ import os
 import pytest
 import torch
 
-from conftest import file_mode, make_folder_dataset, run_main as run_cli
+from helpers.cli import run_cli
+from helpers.datasets import make_folder_dataset
+from helpers.files import file_mode, snapshot
 from lookalike.errors import LookalikeError
 from lookalike.train.checkpoint import load_checkpoint, save_checkpoint
 from lookalike.train.config import TrainConfig, validate
@@ -24,10 +26,6 @@ def one_line_error(code, err, *fragments):
     assert code == 2 and "Traceback" not in err, err
     assert lines[-1].startswith("error: ") and all(f in lines[-1] for f in fragments), err
     return lines[-1]
-
-
-def snapshot(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +47,7 @@ def trained(tmp_path, data):
 def test_a_second_run_into_the_same_folder_is_refused_and_changes_nothing(capsys, monkeypatch, data, trained):
     (trained / "notes.txt").write_text("mine")
     before = snapshot(trained)
-    code, out, err = run_cli(capsys, monkeypatch, "train", "--data", data, "--epochs", "1", *SMALL, "--out", trained)
+    code, out, err = run_cli(["train", "--data", data, "--epochs", "1", *SMALL, "--out", trained], monkeypatch, capsys)
     one_line_error(code, err, "already holds a run", f"--resume {trained}", "new --out")
     assert "--overwrite" not in err  # the way out never destroys data by itself
     assert snapshot(trained) == before and out == ""
@@ -60,13 +58,13 @@ def test_a_second_run_into_the_same_folder_is_refused_and_changes_nothing(capsys
 def test_overwrite_replaces_only_the_runs_own_files(capsys, monkeypatch, data, trained):
     (trained / "notes.txt").write_text("mine")
     old_best = (trained / "best.pt").read_bytes()
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--data", data, "--epochs", "2", *SMALL, "--seed", "5",
-                           "--out", trained, "--overwrite")
+    code, _, err = run_cli(["train", "--data", data, "--epochs", "2", *SMALL, "--seed", "5",
+                            "--out", trained, "--overwrite"], monkeypatch, capsys)
     assert code == 0, err
     assert (trained / "notes.txt").read_text() == "mine"
     assert (trained / "best.pt").read_bytes() != old_best
     assert json.loads((trained / "result.json").read_text())["epochs"] == 2
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--resume", trained, "--overwrite")
+    code, _, err = run_cli(["train", "--resume", trained, "--overwrite"], monkeypatch, capsys)
     one_line_error(code, err, "--overwrite", "--resume")
 
 
@@ -74,16 +72,17 @@ def test_overwrite_never_touches_files_that_are_not_a_run(capsys, monkeypatch, d
     folder = tmp_path / "reports"
     folder.mkdir()
     (folder / "metrics.csv").write_text("quarter,revenue\nQ1,10\n")
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--data", data, "--epochs", "1", *SMALL, "--out", folder,
-                           "--overwrite")
+    before = snapshot(folder)
+    code, _, err = run_cli(["train", "--data", data, "--epochs", "1", *SMALL, "--out", folder,
+                            "--overwrite"], monkeypatch, capsys)
     one_line_error(code, err, "no Lookalike run")
-    assert snapshot(folder) == {"metrics.csv": b"quarter,revenue\nQ1,10\n"}
+    assert snapshot(folder) == before
 
 
 def test_resume_without_last_pt_never_restarts_over_best_pt(capsys, monkeypatch, trained):
     (trained / "last.pt").unlink()
     before = snapshot(trained)
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--resume", trained)
+    code, _, err = run_cli(["train", "--resume", trained], monkeypatch, capsys)
     one_line_error(code, err, "last.pt is missing", "best.pt", "new --out")
     assert snapshot(trained) == before
 
@@ -105,7 +104,7 @@ def test_default_run_folders_never_collide(tmp_path):
 
 def test_default_run_folder_of_a_failed_start_is_not_left_behind(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--data", tmp_path / "missing", *SMALL)
+    code, _, err = run_cli(["train", "--data", tmp_path / "missing", *SMALL], monkeypatch, capsys)
     one_line_error(code, err, "does not exist")
     assert list((tmp_path / "runs").iterdir()) == []
 
@@ -145,7 +144,7 @@ def test_a_resumed_run_keeps_the_modes_the_user_set(trained, umask):
     (["--time-budget", "nan"], "--time-budget"), (["--time-budget", "inf"], "--time-budget"),
 ])
 def test_non_finite_or_out_of_range_numbers_are_one_line(capsys, monkeypatch, data, tmp_path, args, fragment):
-    code, out, err = run_cli(capsys, monkeypatch, "train", "--data", data, *SMALL, *args, "--out", tmp_path / "r")
+    code, out, err = run_cli(["train", "--data", data, *SMALL, *args, "--out", tmp_path / "r"], monkeypatch, capsys)
     one_line_error(code, err, fragment)
     assert not (tmp_path / "r").exists()
 
@@ -164,7 +163,7 @@ def test_a_resume_file_without_its_config_is_one_line(capsys, monkeypatch, train
     blob = load_checkpoint(trained / "last.pt")
     del blob["config"]
     save_checkpoint({k: v for k, v in blob.items() if k not in ("format", "version")}, trained / "last.pt")
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--resume", trained)
+    code, _, err = run_cli(["train", "--resume", trained], monkeypatch, capsys)
     one_line_error(code, err, "cannot be resumed", "'config'")
 
 
@@ -172,14 +171,14 @@ def test_a_resume_file_with_bad_saved_settings_is_one_line(capsys, monkeypatch, 
     blob = load_checkpoint(trained / "last.pt")
     blob["config"]["epochs"] = math.inf
     save_checkpoint({k: v for k, v in blob.items() if k not in ("format", "version")}, trained / "last.pt")
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--resume", trained)
+    code, _, err = run_cli(["train", "--resume", trained], monkeypatch, capsys)
     one_line_error(code, err, "epochs", "inf")
 
 
 def test_a_diverging_run_stops_before_writing_a_nan_model(capsys, monkeypatch, data, tmp_path):
     run = tmp_path / "run"
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--data", data, "--epochs", "3", *SMALL, "--optimizer", "sgd",
-                           "--lr", "1e20", "--no-lookahead", "--out", run)
+    code, _, err = run_cli(["train", "--data", data, "--epochs", "3", *SMALL, "--optimizer", "sgd",
+                            "--lr", "1e20", "--no-lookahead", "--out", run], monkeypatch, capsys)
     one_line_error(code, err, "diverged", "lower lr")
     for name in ("best.pt", "last.pt"):
         if (run / name).exists():
@@ -190,8 +189,8 @@ def test_a_diverging_run_stops_before_writing_a_nan_model(capsys, monkeypatch, d
 
 def test_a_single_class_is_refused(capsys, monkeypatch, tmp_path):
     one = make_folder_dataset(tmp_path / "one", classes=("cat",), n_train=4, n_test=2)
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--data", one, "--epochs", "1", *SMALL,
-                           "--out", tmp_path / "r")
+    code, _, err = run_cli(["train", "--data", one, "--epochs", "1", *SMALL,
+                            "--out", tmp_path / "r"], monkeypatch, capsys)
     one_line_error(code, err, "1 class (cat)", "at least two")
 
 
@@ -199,7 +198,7 @@ def test_a_class_without_readable_training_images_is_a_warning(capsys, monkeypat
     root = make_folder_dataset(tmp_path / "d", n_train=4, n_test=2)
     for f in (root / "train" / "triangle").iterdir():
         f.write_bytes(b"not an image")
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--data", root, "--epochs", "1", *SMALL,
-                           "--out", tmp_path / "r")
+    code, _, err = run_cli(["train", "--data", root, "--epochs", "1", *SMALL,
+                            "--out", tmp_path / "r"], monkeypatch, capsys)
     assert code == 0, err
     assert "warning: no readable training images for triangle" in " ".join(err.split())

@@ -255,3 +255,11 @@ def test_a_short_tail_trains_in_the_last_epoch_and_resumes_exactly(tiny_folder_d
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == \
         [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     assert resumed["test_acc"] == straight["test_acc"]
+
+
+def test_muon_recipe_trains(tiny_folder_dataset, tmp_path):
+    cfg = TrainConfig(data=str(tiny_folder_dataset), model="fast", widths=[8, 16, 16], batch_size=12, epochs=6,
+                      optimizer="muon", lr=0.05, momentum=0.9, weight_decay=2e-6, schedule="linear",
+                      lookahead=False, device="cpu", seed=1)
+    result = fit(cfg, tmp_path / "run")
+    assert result["test_acc"] > 0.6  # 3 classes: chance is 1/3

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from web_fixtures import gallery, make_app  # noqa: F401
+from helpers.web import make_app
 
 OPERATIONS = [
     ("GET", "/api/stats"),

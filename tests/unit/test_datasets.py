@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_fixtures import write_cifar_batches
-from conftest import make_folder_dataset
+from helpers.cifar import write_cifar_batches
+from helpers.datasets import broken_folder_dataset, make_folder_dataset
 from lookalike import datasets
 from lookalike.datasets import load_data
 from lookalike.errors import LookalikeError
@@ -87,23 +87,8 @@ def test_large_images_stream_with_resize(tmp_path):
     ("no_classes", "no class sub-folders"),
 ])
 def test_bad_folders_raise_clear_errors(tmp_path, case, message):
-    root = make_folder_dataset(tmp_path / "d", n_train=2, n_test=1)
-    if case == "missing":
-        root = tmp_path / "nowhere"
-    elif case == "no_test":
-        import shutil
-        shutil.rmtree(root / "test")
-    elif case == "empty_class":
-        (root / "train" / "empty").mkdir()
-        (root / "test" / "empty").mkdir()
-    elif case == "mismatch":
-        (root / "test" / "square").rename(root / "test" / "rhombus")
-    elif case == "no_classes":
-        import shutil
-        shutil.rmtree(root / "train")
-        (root / "train").mkdir()
     with pytest.raises(LookalikeError, match=message):
-        load_data(str(root))
+        load_data(str(broken_folder_dataset(tmp_path, case)))
 
 
 def test_cifar_batches_folder_is_accepted(tmp_path):

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_fixtures import CIFAR10_CLASSES, Py2Pickler, dump_py2, write_cifar_batches
+from helpers.cifar import CIFAR10_CLASSES, Py2Pickler, dump_py2, write_cifar_batches
 from lookalike.datasets import load_data
 from lookalike.errors import LookalikeError
 from lookalike.train.checkpoint import load_checkpoint
 from lookalike.unpickle import load_cifar_pickle, load_error_reason
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
-SRC = Path(__file__).resolve().parent.parent / "src" / "lookalike"
+SRC = Path(__file__).resolve().parents[2] / "src" / "lookalike"
 
 
 class RunsACommand:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from search_fixtures import (PHOTOS, home, jpeg_bytes, photo, run_cli, run_cli_subprocess,  # noqa: F401
-                             write_copies, write_originals)
+from helpers.cli import run_cli, run_cli_subprocess
+from helpers.search import PHOTOS, photo, write_copies, write_originals
+from lookalike.search.sample_photos import jpeg_bytes
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_main as run_cli
+from helpers.cli import run_cli
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
 SMALL = ["--widths", "8,16,16", "--batch-size", "12", "--device", "cpu"]
@@ -19,29 +19,29 @@ def assert_user_error(code, err, fragment):
 
 def test_train_json_then_evaluate(capsys, monkeypatch, tiny_folder_dataset, tmp_path):
     run = tmp_path / "run"
-    code, out, err = run_cli(capsys, monkeypatch, "train", "--data", tiny_folder_dataset, "--epochs", "2",
-                             *SMALL, "--out", run, "--json")
+    code, out, err = run_cli(["train", "--data", tiny_folder_dataset, "--epochs", "2",
+                              *SMALL, "--out", run, "--json"], monkeypatch, capsys)
     assert code == 0, err
     result = json.loads(out)
     assert {"test_acc", "best_test_acc", "epochs", "seconds", "run_dir"} <= set(result)
     assert result["epochs"] == 2 and result["run_dir"] == str(run)
     assert "epoch   1" in err and "epoch   2" in err  # one line per epoch on stderr
 
-    code, out, err = run_cli(capsys, monkeypatch, "evaluate", run / "best.pt", "--data", tiny_folder_dataset,
-                             "--json", "--device", "cpu")
+    code, out, err = run_cli(["evaluate", run / "best.pt", "--data", tiny_folder_dataset,
+                              "--json", "--device", "cpu"], monkeypatch, capsys)
     assert code == 0, err
     ev = json.loads(out)
     assert 0 <= ev["test_acc"] <= 1 and set(ev["per_class"]) == {"circle", "square", "triangle"}
     assert sum(map(sum, ev["confusion"])) == 12
 
-    code, out, err = run_cli(capsys, monkeypatch, "evaluate", run / "last.pt", "--data", tiny_folder_dataset,
-                             "--tta", "0", "--device", "cpu")
+    code, out, err = run_cli(["evaluate", run / "last.pt", "--data", tiny_folder_dataset,
+                              "--tta", "0", "--device", "cpu"], monkeypatch, capsys)
     assert code == 0 and "test accuracy" in out and "confusion" in err
 
 
 def test_default_run_folder_and_text_summary(capsys, monkeypatch, tiny_folder_dataset, tmp_path):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, monkeypatch, "train", "--data", tiny_folder_dataset, "--epochs", "1", *SMALL)
+    code, out, err = run_cli(["train", "--data", tiny_folder_dataset, "--epochs", "1", *SMALL], monkeypatch, capsys)
     assert code == 0, err
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("fast-") and (runs[0] / "last.pt").exists()
@@ -50,8 +50,8 @@ def test_default_run_folder_and_text_summary(capsys, monkeypatch, tiny_folder_da
 
 def test_corrupt_image_is_named_and_training_goes_on(capsys, monkeypatch, tiny_folder_dataset, tmp_path):
     (tiny_folder_dataset / "train" / "square" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    code, out, err = run_cli(capsys, monkeypatch, "train", "--data", tiny_folder_dataset, "--epochs", "1",
-                             *SMALL, "--out", tmp_path / "r", "--json")
+    code, out, err = run_cli(["train", "--data", tiny_folder_dataset, "--epochs", "1",
+                              *SMALL, "--out", tmp_path / "r", "--json"], monkeypatch, capsys)
     assert code == 0
     assert "warning" in err and "bad.png" in err
     assert any("bad.png" in s for s in json.loads(out)["skipped"])
@@ -79,41 +79,31 @@ def test_corrupt_image_is_named_and_training_goes_on(capsys, monkeypatch, tiny_f
     ("nodata", [], "--data is required"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, setup, args, fragment):
-    from conftest import make_folder_dataset
+    from helpers.datasets import broken_folder_dataset
 
-    root = make_folder_dataset(tmp_path / "d", n_train=2, n_test=1)
-    if setup == "missing":
-        root = tmp_path / "nope"
-    elif setup == "no_train":
-        import shutil
-        shutil.rmtree(root / "train")
-    elif setup == "empty_class":
-        (root / "train" / "empty").mkdir()
-    elif setup == "mismatch":
-        (root / "test" / "circle").rename(root / "test" / "oval")
-    data = [] if setup == "nodata" else ["--data", root]
-    code, out, err = run_cli(capsys, monkeypatch, "train", *data, *SMALL, *args, "--out", tmp_path / "r")
+    data = [] if setup == "nodata" else ["--data", broken_folder_dataset(tmp_path, setup)]
+    code, out, err = run_cli(["train", *data, *SMALL, *args, "--out", tmp_path / "r"], monkeypatch, capsys)
     assert_user_error(code, err, fragment)
     assert out == ""
 
 
 def test_evaluate_bad_inputs(capsys, monkeypatch, tiny_folder_dataset, tmp_path):
-    code, _, err = run_cli(capsys, monkeypatch, "evaluate", tmp_path / "none.pt", "--data", tiny_folder_dataset)
+    code, _, err = run_cli(["evaluate", tmp_path / "none.pt", "--data", tiny_folder_dataset], monkeypatch, capsys)
     assert_user_error(code, err, "does not exist")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"PK\x03\x04 this is not a checkpoint")
-    code, _, err = run_cli(capsys, monkeypatch, "evaluate", junk, "--data", tiny_folder_dataset)
+    code, _, err = run_cli(["evaluate", junk, "--data", tiny_folder_dataset], monkeypatch, capsys)
     assert_user_error(code, err, "not a readable checkpoint")
-    code, _, err = run_cli(capsys, monkeypatch, "train", "--resume", tmp_path / "no-run")
+    code, _, err = run_cli(["train", "--resume", tmp_path / "no-run"], monkeypatch, capsys)
     assert_user_error(code, err, "no such run folder")
 
 
 def test_evaluate_refuses_other_classes(capsys, monkeypatch, tiny_folder_dataset, tmp_path):
-    from conftest import make_folder_dataset
+    from helpers.datasets import make_folder_dataset
 
     run = tmp_path / "run"
-    assert run_cli(capsys, monkeypatch, "train", "--data", tiny_folder_dataset, "--epochs", "1", *SMALL,
-                   "--out", run)[0] == 0
+    assert run_cli(["train", "--data", tiny_folder_dataset, "--epochs", "1", *SMALL,
+                    "--out", run], monkeypatch, capsys)[0] == 0
     other = make_folder_dataset(tmp_path / "other", classes=("cat", "dog"), n_train=1, n_test=2)
-    code, _, err = run_cli(capsys, monkeypatch, "evaluate", run / "best.pt", "--data", other)
+    code, _, err = run_cli(["evaluate", run / "best.pt", "--data", other], monkeypatch, capsys)
     assert_user_error(code, err, "classes")

@@ -4,7 +4,7 @@ ANN file damaged, the disk filled up. After each fault the index must open,
 every committed image must still be found at distance 0 by its own file, nothing committed before must have
 moved, and the next run must finish the work.
 
-The backbone is a small random-weight CIFAR net (`tiny_checkpoint`), so that the many runs stay cheap.
+The backbone is a small random-weight CIFAR net (the `backbone` fixture), so that the many runs stay cheap.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from lookalike.errors import LookalikeError
 from lookalike.search.index import ImageIndex
 from lookalike.search.query import search
 
-from search_fixtures import home, pattern_image, run_cli_subprocess, tiny_checkpoint  # noqa: F401
+from helpers.cli import run_cli_subprocess
+from helpers.search import pattern_image
 
 # Runs `lookalike index ARGS` and kills itself at the TARGET-th fault point: before and after every fsync and
 # atomic rename, vector append, commit, generation bump (inside the transaction, before COMMIT), compaction,
@@ -131,14 +132,6 @@ class Gallery:
                 shutil.copyfile(path, self.folder / target)
                 touched.add(target)
         return touched
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    from lookalike.search.features import load_embedder
-
-    path = tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pt")
-    return path, load_embedder(str(path))
 
 
 def _state(ix_path: Path) -> dict[str, tuple[int, int, int, np.ndarray]]:

@@ -12,7 +12,8 @@ from lookalike.images import MAX_FILE_BYTES
 from lookalike.search.index import ImageIndex
 from lookalike.search.sync import index_folder
 
-from search_fixtures import embedder, home, jpeg_bytes, photo, write_originals  # noqa: F401
+from helpers.search import photo, write_originals
+from lookalike.search.sample_photos import jpeg_bytes
 
 
 def _failures(index_path) -> dict:
@@ -20,12 +21,12 @@ def _failures(index_path) -> dict:
         return ix.failures()
 
 
-def test_a_failure_that_becomes_unreadable_is_forgotten_and_tried_again(home, tmp_path):
+def test_a_failure_that_becomes_unreadable_is_forgotten_and_tried_again(home, embedder, tmp_path):
     folder = tmp_path / "photos"
     write_originals(folder, ["coffee", "camera"])
     odd = folder / "odd.jpg"
     odd.write_bytes(b"not a picture")
-    emb = embedder()
+    emb = embedder
     first = index_folder(folder, embedder=emb)
     assert set(_failures(first["index_path"])) == {"odd.jpg"}  # read, not decodable: remembered
 
@@ -45,10 +46,10 @@ def test_a_failure_that_becomes_unreadable_is_forgotten_and_tried_again(home, tm
     assert (fourth["added"], fourth["indexed"], fourth["skipped"]) == (1, 3, [])
 
 
-def test_decode_file_outcomes(home, tmp_path):
+def test_decode_file_outcomes(home, embedder, tmp_path):
     from lookalike.search.file_results import Decoded, Reused, Undecodable, Unread
 
-    emb = embedder()
+    emb = embedder
     good = write_originals(tmp_path, ["coins"])[0]
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
@@ -69,10 +70,10 @@ def test_decode_file_outcomes(home, tmp_path):
     assert isinstance(emb.decode_file(good, reuse=lambda digest: None), Decoded)  # nothing to reuse: decoded
 
 
-def test_stream_keeps_input_order_and_embeds_what_decoded(home, tmp_path):
+def test_stream_keeps_input_order_and_embeds_what_decoded(home, embedder, tmp_path):
     from lookalike.search.file_results import Embedded, Undecodable, Unread
 
-    emb = embedder()
+    emb = embedder
     good = write_originals(tmp_path, ["coffee", "camera", "rocket"])
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from web_fixtures import LiveServer, crop, family, gallery, make_app, photo  # noqa: F401
+from helpers.web import LiveServer, make_app, photo
+from lookalike.search.sample_photos import centre_crop as crop, photo_of as family
 
 pytestmark = pytest.mark.browser
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +19,14 @@ import pytest
 from lookalike.errors import LookalikeError
 from lookalike.search.features import load_embedder, prepare_image
 from lookalike.search.index import ImageIndex
+from lookalike.search.sample_photos import jpeg_bytes
 from lookalike.search.sync import index_folder
 
-from search_fixtures import embedder, home, jpeg_bytes, photo, write_originals  # noqa: F401
+from helpers.search import photo, write_originals
 
 
-def test_embed_images_unit_vectors_and_threads(home):
-    emb = embedder()
+def test_embed_images_unit_vectors_and_threads(home, embedder):
+    emb = embedder
     imgs = [photo("coffee"), photo("rocket"), photo("chelsea")]
     v = emb.embed_images(imgs)
     assert v.shape == (3, emb.dim) and v.dtype == np.float32 and emb.dim == 1280
@@ -51,18 +53,18 @@ def test_prepare_image_resizes_shorter_side_then_crops():
     assert arr.max() == 0  # the crop keeps the centre 160 of 400 source columns
 
 
-def test_embed_paths_skips_bad_files(home, tmp_path):
+def test_embed_paths_skips_bad_files(home, tmp_path, embedder):
     good = write_originals(tmp_path, ["coffee", "camera"])
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
-    vecs, skipped = embedder().embed_paths([good[0], bad, tmp_path / "missing.png", good[1]])
+    vecs, skipped = embedder.embed_paths([good[0], bad, tmp_path / "missing.png", good[1]])
     assert vecs.shape == (2, 1280)
     assert [s["path"] for s in skipped] == [str(bad), str(tmp_path / "missing.png")]
     assert "not an image" in skipped[0]["reason"] and "no such file" in skipped[1]["reason"]
 
 
-def test_runtimes_agree_and_gem_pooling(home):
-    emb = embedder()
+def test_runtimes_agree_and_gem_pooling(home, embedder):
+    emb = embedder
     imgs = [photo("astronaut"), photo("coins")]
     torch_emb = load_embedder(runtime="torch")
     assert torch_emb.runtime == "torch"
@@ -113,10 +115,10 @@ def test_checkpoint_as_backbone(home, tmp_path):
         load_embedder(str(broken))
 
 
-def test_incremental_add_change_delete_rename_copy(home, tmp_path):
+def test_incremental_add_change_delete_rename_copy(home, tmp_path, embedder):
     folder = tmp_path / "photos"
     write_originals(folder, ["astronaut", "camera", "coffee", "rocket"])
-    emb = embedder()
+    emb = embedder
     first = index_folder(folder, embedder=emb, batch_size=3)
     assert (first["added"], first["indexed"], first["skipped"]) == (4, 4, [])
     index_path = first["index_path"]
@@ -150,7 +152,7 @@ def test_incremental_add_change_delete_rename_copy(home, tmp_path):
     assert float(names["coffee.jpg"][1] @ chelsea) > 0.95
 
 
-def test_bad_files_are_skipped_and_named(home, tmp_path):
+def test_bad_files_are_skipped_and_named(home, tmp_path, embedder):
     from PIL import Image
 
     folder = tmp_path / "mixed"
@@ -171,7 +173,7 @@ def test_bad_files_are_skipped_and_named(home, tmp_path):
     Image.new("RGBA", (64, 64), (0, 0, 255, 128)).save(folder / "rgba.png")
     Image.new("I;16", (64, 64), 40000).save(folder / "gray16.png")
     Image.new("RGB", (64, 64), (9, 9, 9)).convert("P").save(folder / "palette.gif")
-    s = index_folder(folder, embedder=embedder())
+    s = index_folder(folder, embedder=embedder)
     skipped = {os.path.basename(x["path"]): x["reason"] for x in s["skipped"]}
     assert set(skipped) == {"empty.jpg", "text.png", "truncated.jpg", "bomb.png"}
     assert "empty" in skipped["empty.jpg"] and "not an image" in skipped["text.png"]
@@ -187,13 +189,13 @@ def _failures(index_path) -> dict:
         ix.close()
 
 
-def test_failed_files_are_remembered_until_changed_or_deleted(home, tmp_path):
+def test_failed_files_are_remembered_until_changed_or_deleted(home, tmp_path, embedder):
     folder = tmp_path / "mixed"
     write_originals(folder, ["coffee", "camera"])
     (folder / "text.png").write_bytes(b"just some text")
     data = jpeg_bytes(photo("rocket"))
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
-    emb = embedder()
+    emb = embedder
     first = index_folder(folder, embedder=emb)
     assert first["indexed"] == 2 and first["skipped_known"] == 0
     reasons = {os.path.basename(x["path"]): x["reason"] for x in first["skipped"]}
@@ -232,13 +234,13 @@ def test_failed_files_are_remembered_until_changed_or_deleted(home, tmp_path):
     assert [os.path.basename(x["path"]) for x in rebuilt["skipped"]] == ["coffee.jpg"]
 
 
-def test_failed_files_are_tried_again_by_an_upgraded_decoder(home, tmp_path, monkeypatch):
+def test_failed_files_are_tried_again_by_an_upgraded_decoder(home, tmp_path, monkeypatch, embedder):
     import lookalike.search.sync as sync
 
     folder = tmp_path / "mixed"
     write_originals(folder, ["coffee"])
     (folder / "text.png").write_bytes(b"just some text")
-    emb = embedder()
+    emb = embedder
     assert index_folder(folder, embedder=emb)["skipped_known"] == 0
     assert index_folder(folder, embedder=emb)["skipped_known"] == 1  # same decoder: not read again
     monkeypatch.setattr(sync, "decoder_version", lambda: "lookalike 9.9, Pillow 99.0")
@@ -250,10 +252,10 @@ def test_failed_files_are_tried_again_by_an_upgraded_decoder(home, tmp_path, mon
     assert index_folder(folder, embedder=emb)["skipped_known"] == 1  # remembered again, for the new decoder
 
 
-def test_refuses_to_mix_backbones(home, tmp_path):
+def test_refuses_to_mix_backbones(home, tmp_path, embedder):
     folder = tmp_path / "p"
     write_originals(folder, ["coffee", "camera"])
-    index_folder(folder, embedder=embedder())
+    index_folder(folder, embedder=embedder)
     with pytest.raises(LookalikeError, match="--rebuild"):
         index_folder(folder, pooling="gem", runtime="torch")
     s = index_folder(folder, pooling="gem", runtime="torch", rebuild=True)
@@ -286,17 +288,23 @@ def many_photos(folder):
     return folder
 
 
-def test_kill_9_then_resume(home, tmp_path):
+def index_in_a_child(script: str, tmp_path: Path, home: Path):
+    """`many_photos` indexed by `script` in a fresh process: (the finished process, the folder, the index)."""
     folder = many_photos(tmp_path / "many")
     ix_path = tmp_path / "ix"
     env = {**os.environ, "LOOKALIKE_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-c", KILLER, str(folder), str(ix_path)], env=env,
+    proc = subprocess.run([sys.executable, "-c", script, str(folder), str(ix_path)], env=env,
                           capture_output=True, text=True, timeout=300)
+    return proc, folder, ix_path
+
+
+def test_kill_9_then_resume(home, tmp_path, embedder):
+    proc, folder, ix_path = index_in_a_child(KILLER, tmp_path, home)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     with ImageIndex.open(ix_path) as ix:  # readable after the kill, holding the committed batches
         assert len(ix) == 12
         assert np.allclose(np.linalg.norm(ix.vectors(), axis=1), 1, atol=1e-5)
-    s = index_folder(folder, ix_path, embedder=embedder())
+    s = index_folder(folder, ix_path, embedder=embedder)
     assert (s["unchanged"], s["added"], s["indexed"]) == (12, 12, 24)
     with ImageIndex.open(ix_path) as ix:
         assert len({ix.path_of(int(i)) for i in ix.ids()}) == 24
@@ -323,15 +331,11 @@ CTRL_C = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_then_resume(home, tmp_path):
-    folder = many_photos(tmp_path / "many")
-    ix_path = tmp_path / "ix"
-    env = {**os.environ, "LOOKALIKE_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-c", CTRL_C, str(folder), str(ix_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+def test_ctrl_c_then_resume(home, tmp_path, embedder):
+    proc, folder, ix_path = index_in_a_child(CTRL_C, tmp_path, home)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "interrupted"
     with ImageIndex.open(ix_path) as ix:
         assert len(ix) == 8
-    s = index_folder(folder, ix_path, embedder=embedder())
+    s = index_folder(folder, ix_path, embedder=embedder)
     assert (s["unchanged"], s["added"], s["indexed"]) == (8, 16, 24)

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from conftest import file_mode
+from helpers.files import file_mode
 from lookalike.atomic import atomic_path, atomic_write
 
 
