@@ -41,15 +41,19 @@ from . import eval_cmd, export_cmds, models_cmd, search_cmds, serve_cmd, train_c
 
 
 def main() -> None:
+    from ..distributed import GROUP_LOST_EXIT, GroupLost, main_prints, reported_elsewhere
+
     try:
         app()
     except LookalikeError as exc:
-        print(f"error: {printable(str(exc))}", file=sys.stderr)  # a file name may not be valid UTF-8
-        sys.exit(2)
+        if not reported_elsewhere(exc):  # under torchrun, rank 0 (or the launcher) speaks for the group
+            print(f"error: {printable(str(exc))}", file=sys.stderr)  # a file name may not be valid UTF-8
+        sys.exit(GROUP_LOST_EXIT if isinstance(exc, GroupLost) else 2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if main_prints():
+            print("interrupted", file=sys.stderr)
         sys.exit(130)
     except SystemExit as exc:
-        if exc.code == 130:  # Typer turns Ctrl-C inside a command into a silent exit 130
+        if exc.code == 130 and main_prints():  # Typer turns Ctrl-C inside a command into a silent exit 130
             print("interrupted", file=sys.stderr)
         raise
