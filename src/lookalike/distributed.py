@@ -43,7 +43,8 @@ def env_rank() -> int:
 
 
 def launched() -> bool:
-    return os.environ.get(LAUNCHED_ENV) == "1"
+    """Whether this process is a worker started by `launch` (which reports for the group)."""
+    return os.environ.get(LAUNCHED_ENV) == "1" and in_torchrun()
 
 
 @dataclass
@@ -194,8 +195,9 @@ def launch(args: Sequence[str], nproc: int, hint: str = "") -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, free_cores() // nproc)))
     os.environ[LAUNCHED_ENV] = "1"
-    for name in ("torch.distributed", "torch.distributed.elastic"):  # its progress and failure logs: ours is one line
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):  # torchrun's progress and failure logs: ours is one line
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     parsed = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--max-restarts", "0",
                                            "--module", "lookalike", *args])
     try:
