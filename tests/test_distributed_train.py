@@ -116,3 +116,20 @@ def test_killed_rank_stops_the_group_and_one_process_resumes_it(data, tmp_path):
     fit(TrainConfig(), run, resume=True)  # one process continues the two-process run
     fit(TrainConfig(data=str(data), epochs=4, **SETTINGS), tmp_path / "straight")
     _assert_same_metrics(_rows(run / "metrics.csv"), _rows(tmp_path / "straight" / "metrics.csv"))
+
+
+def test_ctrl_c_stops_every_process_with_one_message(data, tmp_path):
+    run = tmp_path / "run"
+    # A session of its own, so that Ctrl-C can be sent as a terminal sends it: to the launcher and its workers.
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "train", *_args(data, 200), "--out", str(run),
+                             "--nproc", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while len(_rows(run / "metrics.csv")) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "error:" not in err
+    assert err.count(f"lookalike train --resume {run}") == 1 and err.count("interrupted") == 1, err
+    assert load_checkpoint(run / "last.pt")["meta"]["epoch"] >= 1
