@@ -50,7 +50,7 @@ class ShardedBatches:
         self.global_n = len(indices)
         if self.base.split.in_memory:
             x, y = self.base.take(indices, generator, epoch, size)
-            return x[rank::world], y[rank::world]
+            return x[rank::world].contiguous(memory_format=torch.channels_last), y[rank::world]
         # Streamed: decode only this rank's files. One draw keeps the shared generator in step on every rank.
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         own = torch.Generator().manual_seed(seed + rank)
