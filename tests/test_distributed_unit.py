@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lookalike.distributed import Group, argv_without_nproc, join, _failure_code
+from lookalike.distributed import _failure_code, argv_without_nproc, join
 from lookalike.errors import LookalikeError
 
 

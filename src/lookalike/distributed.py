@@ -17,9 +17,8 @@ import contextlib
 import json
 import os
 import signal
-import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Sequence
 
 from .errors import LookalikeError
 

@@ -61,13 +61,14 @@ def index_command(
         if code:
             raise typer.Exit(code)
         return
-    group = join(device)
+    group = join(device)  # under torchrun: each process embeds a share, rank 0 writes (`search/sharded.py`)
+    run_index = index_folder
     if group.size > 1:
         from functools import partial
 
         from ..search.sharded import index_sharded
 
-        index_folder = partial(index_sharded, group=group)
+        run_index = partial(index_sharded, group=group)
 
     state: dict = {}
 
@@ -97,7 +98,7 @@ def index_command(
         state["ann"].update(state["ann_task"], completed=done, total=total)
 
     try:
-        summary = index_folder(folder, index, model=model, pooling=pooling, weights=str(weights) if weights else None,
+        summary = run_index(folder, index, model=model, pooling=pooling, weights=str(weights) if weights else None,
                                rebuild=rebuild, device=device, runtime=runtime, batch_size=batch_size,
                                progress=progress, ann=ann, ann_progress=ann_progress)
     finally:

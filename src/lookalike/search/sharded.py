@@ -41,15 +41,11 @@ def index_sharded(folder, index_path=None, *, group: Group, device: str = "cpu",
         return None
     shared = ShardedStream(group)
     try:
-        return index_folder(folder, index_path, device=device, runtime=runtime, stream=shared,
-                            **options)
+        return index_folder(folder, index_path, device=device, runtime=runtime, stream=shared, **options)
     except LookalikeError:
-        if not shared.sent:  # the others wait for a job: there is none
+        if not shared.sent:  # stopped before the files were handed out (a bad option, another backbone...)
             shared.send({"stop": True})
         raise
-    finally:
-        if not shared.sent:
-            shared.send({"stop": True})
 
 
 def _rank_device(device: str, group: Group) -> str:
@@ -66,8 +62,7 @@ class ShardedStream:
     """`stream` for `index_folder` on rank 0: `Embedder.stream`'s batches, embedded across the group."""
 
     def __init__(self, group: Group):
-        self.group, self.sent = group, False
-        self.embedder = None
+        self.group, self.sent = group, False  # sent: the job (or a stop) went out; the others wait for one
 
     def send(self, job: dict) -> None:
         self.sent = True
