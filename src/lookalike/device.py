@@ -12,11 +12,20 @@ if TYPE_CHECKING:
 
 
 def free_cores() -> int:
-    """Cores this process may run on (cgroup/affinity aware), at least 1."""
+    """Cores this process may run on (cgroup/affinity aware), at least 1; under torchrun, its share of them."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    return max(1, cores // _local_processes())
+
+
+def _local_processes() -> int:
+    """Processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 outside torchrun): they share its cores."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def resolve_device(name: str = "auto") -> "torch.device":

@@ -41,15 +41,21 @@ from . import eval_cmd, export_cmds, models_cmd, search_cmds, serve_cmd, train_c
 
 
 def main() -> None:
+    from ..distributed import GROUP_LOST_EXIT, GroupLost, launched, main_prints, reported_elsewhere
+
+    says_interrupted = main_prints() and not launched()  # under `--nproc`, the launcher says it once
+
     try:
         app()
     except LookalikeError as exc:
-        print(f"error: {printable(str(exc))}", file=sys.stderr)  # a file name may not be valid UTF-8
-        sys.exit(2)
+        if not reported_elsewhere(exc):  # under torchrun, rank 0 (or the launcher) speaks for the group
+            print(f"error: {printable(str(exc))}", file=sys.stderr)  # a file name may not be valid UTF-8
+        sys.exit(GROUP_LOST_EXIT if isinstance(exc, GroupLost) else 2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if says_interrupted:
+            print("interrupted", file=sys.stderr)
         sys.exit(130)
     except SystemExit as exc:
-        if exc.code == 130:  # Typer turns Ctrl-C inside a command into a silent exit 130
+        if exc.code == 130 and says_interrupted:  # Typer turns Ctrl-C inside a command into a silent exit 130
             print("interrupted", file=sys.stderr)
         raise

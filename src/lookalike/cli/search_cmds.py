@@ -45,11 +45,30 @@ def index_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per pipeline batch, the unit committed to the index."),
     ann: Optional[str] = typer.Option(None, "--ann", help="Search backend: auto (by size, switching as the index grows), exact, hnsw, ivf or ivfpq; stored in the index [default: the index's, else auto]."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Embed with N processes on this machine (torchrun; one per GPU with --device cuda); one writes the index."),
 ) -> None:
     """Index the images under FOLDER (only new or changed files are read again; safe to interrupt and rerun)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from ..distributed import in_torchrun, join
     from ..search.sync import index_folder
+
+    if nproc is not None and nproc > 1 and not in_torchrun():  # the same command as torchrun workers
+        from ..distributed import argv_without_nproc, launch
+
+        code = launch(argv_without_nproc(sys.argv[1:]), nproc,
+                      hint=": committed batches are kept, the same command again resumes")
+        if code:
+            raise typer.Exit(code)
+        return
+    group = join(device)  # under torchrun: each process embeds a share, rank 0 writes (`search/sharded.py`)
+    run_index = index_folder
+    if group.size > 1:
+        from functools import partial
+
+        from ..search.sharded import index_sharded
+
+        run_index = partial(index_sharded, group=group)
 
     state: dict = {}
 
@@ -79,13 +98,16 @@ def index_command(
         state["ann"].update(state["ann_task"], completed=done, total=total)
 
     try:
-        summary = index_folder(folder, index, model=model, pooling=pooling, weights=str(weights) if weights else None,
+        summary = run_index(folder, index, model=model, pooling=pooling, weights=str(weights) if weights else None,
                                rebuild=rebuild, device=device, runtime=runtime, batch_size=batch_size,
                                progress=progress, ann=ann, ann_progress=ann_progress)
     finally:
         for key in ("bar", "ann"):
             if key in state:
                 state[key].stop()
+        group.close()
+    if summary is None:  # a process of a torchrun group other than rank 0: rank 0 reports
+        return
     if json_out:
         print_json(summary)
         return

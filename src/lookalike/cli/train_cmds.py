@@ -31,44 +31,83 @@ def _train_options() -> list[inspect.Parameter]:
             option("overwrite", bool, False, "--overwrite",
                    help="Replace the run already in --out (its checkpoints, metrics, plots and config; nothing else "
                         "in the folder). Without it such a folder is refused."),
-            option("json_out", bool, False, "--json", help="Print one JSON object on stdout at the end.")]
+            option("json_out", bool, False, "--json", help="Print one JSON object on stdout at the end."),
+            option("nproc", int, None, "--nproc",
+                   help="Train with N data-parallel processes on this machine (torchrun; one per GPU with "
+                        "--device cuda). --batch-size stays the global batch.")]
 
 
 def train_command(*, run_dir: Optional[Path], resume: Optional[Path], overwrite: bool, json_out: bool,
-                  **settings) -> None:
+                  nproc: Optional[int] = None, **settings) -> None:
     """Train a classifier on CIFAR-10 or on your own class folders; writes metrics, plots and checkpoints."""
+    from ..distributed import in_torchrun
     from ..errors import LookalikeError
     from ..train.config import ConfigError
 
     if resume is not None and overwrite:
         raise LookalikeError("--overwrite replaces a run, --resume continues one: give one of them")
+    if nproc is not None and nproc != 1 and not in_torchrun():
+        _launch_train(nproc, run_dir, resume, settings.get("model") or "fast")
+        return
     try:
         _train(settings, run_dir, resume, overwrite, json_out)
     except ConfigError as exc:  # the library names the setting; here it is the option that was given
         raise LookalikeError(f"{_FLAGS[exc.field]} {exc.problem}" if exc.field in _FLAGS else str(exc)) from None
 
 
+def _launch_train(nproc: int, run_dir: Optional[Path], resume: Optional[Path], model: str) -> None:
+    """`--nproc N`: the same command as N torchrun workers. The launcher names the run folder, so that a failure
+    can say how to resume it."""
+    import sys
+
+    from ..distributed import argv_without_nproc, launch
+
+    args = argv_without_nproc(sys.argv[1:])
+    made = None
+    folder = resume or run_dir
+    if folder is None:
+        from ..train.rundir import new_run_dir
+
+        folder = made = new_run_dir("runs", model, now=_STARTED)
+        args += ["--out", str(folder)]
+    try:
+        code = launch(args, nproc, hint=f": lookalike train --resume {folder} --nproc {nproc} continues the run "
+                                       "from its last finished epoch")
+    finally:
+        if made is not None and made.is_dir() and not any(made.iterdir()):
+            made.rmdir()
+    if code:
+        raise typer.Exit(code)
+
+
 def _train(settings: dict, run_dir: Optional[Path], resume: Optional[Path], overwrite: bool, json_out: bool) -> None:
+    from ..distributed import join
     from ..train.config import TrainConfig, command_line_options, parse_option
 
     parses = {o.field: o.parse for o in command_line_options() if o.parse}
     cfg = TrainConfig(**{name: parse_option(value, parses[name], name) if name in parses and value is not None
                          else value for name, value in settings.items()})
+    group = join(cfg.device)  # a group of one outside torchrun
     made = None  # a default run folder this command created: removed again if the run never starts
     if resume is not None:
         folder = resume
     elif run_dir is not None:
         folder = run_dir
-    else:
+    elif group.is_main:
         from ..train.rundir import new_run_dir
 
         folder = made = new_run_dir("runs", cfg.model, now=_STARTED)
+    folder = Path(group.same(str(folder) if group.is_main else None))  # rank 0 names the run for all
     try:
-        result = _run_with_progress(cfg, folder, resume is not None, overwrite)
+        result = _run_with_progress(cfg, folder, resume is not None, overwrite, group)
     except Exception:
         if made is not None and not any(made.iterdir()):
             made.rmdir()
         raise
+    finally:
+        group.close()
+    if not group.is_main:
+        return
     if json_out:
         print_json({k: v for k, v in result.items() if k not in ("confusion",)})
     else:
@@ -82,10 +121,13 @@ _FLAGS = {p.name: p.default.param_decls[0].split("/")[0] for p in _OPTIONS}
 app.command("train")(train_command)
 
 
-def _run_with_progress(cfg, folder: Path, resume: bool, overwrite: bool = False) -> dict:
+def _run_with_progress(cfg, folder: Path, resume: bool, overwrite: bool = False, group=None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..train.engine import fit
+
+    if group is not None and not group.is_main:  # rank 0 prints for the group
+        return fit(cfg, folder, resume=resume, started_at=_STARTED, overwrite=overwrite, group=group)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
@@ -112,7 +154,8 @@ def _run_with_progress(cfg, folder: Path, resume: bool, overwrite: bool = False)
                 f"now {payload['total_steps']} steps ({payload['epochs']:.2f} epochs)", style="dim", highlight=False)
         elif kind == "start":
             c = payload["config"]
-            console.print(f"training {c['model']} on {payload['device']}: {payload['total_steps']} steps, "
+            procs = f" x {group.size} processes" if group is not None and group.size > 1 else ""
+            console.print(f"training {c['model']} on {payload['device']}{procs}: {payload['total_steps']} steps, "
                           f"{payload['steps_per_epoch']} per epoch, batch {c['batch_size']}, "
                           f"{c['optimizer']} lr {c['lr']:.4g}", highlight=False)
             progress.start()
@@ -133,7 +176,8 @@ def _run_with_progress(cfg, folder: Path, resume: bool, overwrite: bool = False)
             progress.stop()
 
     try:
-        return fit(cfg, folder, resume=resume, on_event=on_event, started_at=_STARTED, overwrite=overwrite)
+        return fit(cfg, folder, resume=resume, on_event=on_event, started_at=_STARTED, overwrite=overwrite,
+                   group=group)
     except KeyboardInterrupt:
         stop()
         if (folder / "last.pt").exists() or (folder / "config.json").exists():

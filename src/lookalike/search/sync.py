@@ -52,7 +52,7 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
                  weights: str | None = None, rebuild: bool = False, device: str = "cpu", runtime: str = "auto",
                  batch_size: int | None = None, embedder: Embedder | None = None,
                  progress: Callable[[int, int], None] | None = None, ann: str | None = None,
-                 ann_progress: Callable[[int, int], None] | None = None) -> dict:
+                 ann_progress: Callable[[int, int], None] | None = None, stream: Callable | None = None) -> dict:
     """Index the images under `folder`. Returns {"indexed", "added", "updated", "removed", "renamed",
     "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path", "ann", "notes"}; "ann" is the
     search backend's kind and parameters (`ann.Backend.params()`, with "requested"); "notes" are lines
@@ -69,7 +69,8 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
     With no `model`/`pooling`, an existing index keeps its backbone; a new one uses EfficientNet-Lite0 and
     average pooling. Asking for another backbone than the index's raises LookalikeError unless `rebuild`.
     `progress(done, total)` is called after each committed batch, `ann_progress(done, total)` while the ANN
-    structure is built (vectors added).
+    structure is built (vectors added). `stream(embedder)` gives what replaces `embedder.stream` (same arguments,
+    same batches): `sharded.ShardedStream` embeds across the processes of a torchrun group.
     """
     from .ann import CHOICES
 
@@ -112,7 +113,7 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
         existing = None
         with index:
             try:
-                summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress)
+                summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress, stream)
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                     raise
@@ -151,7 +152,7 @@ def _walk(root: Path, skipped: list[dict]) -> Iterator[list[tuple[Path, str, int
 
 def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | None,
           progress: Callable[[int, int], None] | None, ann: str | None = None,
-          ann_progress: Callable[[int, int], None] | None = None) -> dict:
+          ann_progress: Callable[[int, int], None] | None = None, stream: Callable | None = None) -> dict:
     """Walk, look the files up in batches, embed what is new or changed, forget what is gone (only rows the
     root owns: imported rows stay), compact, then bring the ANN file in step. Memory: the walk's paths and the
     files to read, never a dict of every row."""
@@ -192,7 +193,8 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
     total = len(todo)
     if progress:
         progress(0, total)
-    for batch in embedder.stream(todo, batch_size=batch_size, reuse=reusable, path_of=lambda t: t[0]):
+    batches = stream(embedder) if stream else embedder.stream
+    for batch in batches(todo, batch_size=batch_size, reuse=reusable, path_of=lambda t: t[0]):
         new_vectors, pending = [], []  # pending[i] is the row that will reference new_vectors[i]
         updates, deletes, failed, cleared = [], [], [], []
         for (path, rel, size, mtime, old), res in batch:

@@ -116,17 +116,20 @@ def refit_steps(timings: list[EpochTiming], seconds_left: float, budget: float, 
     return max(done + 1, total), step_s
 
 
-def plan_steps(cfg: RunConfig, model, batches, test, budget_left: float, device) -> dict[str, Any]:
+def plan_steps(cfg: RunConfig, model, batches, test, budget_left: float, device, wrap=None,
+               eval_share: float = 1.0) -> dict[str, Any]:
     """Measure training and evaluation throughput on a few real steps of a throw-away copy of the model (at both
     sizes when the run starts on small crops), then the largest step count whose training, per-epoch
     evaluations and final (TTA) evaluation fit `budget_left`. `batches` are the run's `Batches`, `test` its
-    test split."""
+    test split. Data-parallel runs: `wrap` makes the probe model the one every rank trains, so its steps keep the
+    group's pace; each rank evaluates `eval_share` of the test set."""
     import torch
 
     generator = torch.Generator().manual_seed(cfg.seed + 7919)  # the run's own generators stay untouched
     probe = copy.deepcopy(model)
     warm, timed = (2, 6) if device.type == "cpu" else (5, 20)  # a rough pace: each epoch re-fits it
     opt = build_optimizer(probe, cfg)
+    probe = wrap(probe) if wrap is not None else probe
     step_s = time_training_steps(probe, opt, lambda i: batches.probe(generator), warm, timed, device)
     small_fraction = cfg.crop_fraction  # `fit` has set crop_size wherever this is > 0
     small_step_s = 0.0
@@ -135,7 +138,7 @@ def plan_steps(cfg: RunConfig, model, batches, test, budget_left: float, device)
                                            timed, device)
     del probe, opt
     eval_img_s = forward_seconds_per_image(model, test, batches, min(len(test), cfg.eval_batch_size), device)
-    n_test, spe = len(test), batches.steps_per_epoch
+    n_test, spe = len(test) * eval_share, batches.steps_per_epoch
     passes = TTA_PASSES[cfg.tta]
     per_epoch = n_test * eval_img_s + 1.5  # plain evaluation, checkpoint and curves
     final = n_test * eval_img_s * (passes - 1) + 1.5  # the last evaluation's TTA passes, confusion plot

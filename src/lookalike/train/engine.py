@@ -28,11 +28,16 @@ DIVERGENCE_CHECK_EVERY = 32  # steps between checks that the loss is finite (eac
 
 
 def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: Optional[Event] = None,
-        started_at: Optional[float] = None, overwrite: bool = False) -> dict[str, Any]:
+        started_at: Optional[float] = None, overwrite: bool = False, group=None) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`, writing config.json, metrics.csv, curves.png, confusion.png, last.pt and
     best.pt into `run_dir`. Returns the final summary (also written to result.json). A `run_dir` that holds a run
-    already is refused unless `resume` (continue it) or `overwrite` (replace that run's files)."""
+    already is refused unless `resume` (continue it) or `overwrite` (replace that run's files).
+    `group` (`distributed.join()`): data-parallel training under torchrun (`train/distributed.py`); only rank 0
+    writes files and emits events."""
     import torch
+
+    from ..distributed import Group
+    from . import distributed as ddp
 
     from ..device import resolve_device
     from . import plots
@@ -43,18 +48,23 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     from .state import RunState
 
     t0 = started_at if started_at is not None else time.time()  # the seconds column counts start-up too
-    emit: Event = on_event or (lambda kind, payload: None)
+    group = group or Group()
+    main = group.is_main
+    emit: Event = (on_event if main else None) or (lambda kind, payload: None)
     run_dir = Path(run_dir)
 
     saved, request = _open_run(cfg, run_dir, resume, overwrite)
-    device = resolve_device(request.device)
-    data = _load_data(request, emit)
+    device = group.device(resolve_device(request.device))
+    with group.main_first():  # rank 0 fills the tensor cache, the others read it
+        data = _load_data(request, emit)
     cfg = resolve(request, device.type, data.input_size)
-    if saved is None and not resume:
-        prepare_new_run(run_dir, overwrite)  # with --overwrite, the earlier run's files go only now
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        if saved is None and not resume:
+            prepare_new_run(run_dir, overwrite)  # with --overwrite, the earlier run's files go only now
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     batches = Batches(data.train, cfg, min(cfg.batch_size, len(data.train)), data.mean, data.std, device)
+    batches = ddp.shard_batches(batches, group)
     model, meta = _build_model(cfg, data, batches, initialise=saved is None)
     spe = batches.steps_per_epoch
     if saved is not None:
@@ -64,25 +74,30 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         plan = {}
         if cfg.time_budget:
             plots.load_pyplot()  # a one-off second or two: paid before the pace is measured, not inside an epoch
-            plan = plan_steps(cfg, model, batches, data.test, cfg.time_budget - (time.time() - t0), device)
+            plan = plan_steps(cfg, model, batches, data.test, cfg.time_budget - (time.time() - t0), device,
+                              wrap=lambda m: ddp.wrap(m, group, device), eval_share=1 / group.size)
+            plan = group.same(plan)  # rank 0's pace: its probe steps waited for the whole group
             emit("plan", plan)
         total_steps = plan["total_steps"] if plan else max(1, math.ceil(cfg.epochs * spe))
         # Muon's lr follows the planned length. Re-plans after each epoch move the schedule's end, not this angle.
         cfg = resolve(request, device.type, data.input_size, epochs=total_steps / spe)
         run = RunState.start(cfg, meta, model, spe, total_steps, plan)
-    if saved is None:
+    if saved is None and main:
         write_json({"config": cfg.to_dict(), "classes": data.classes, "mean": list(data.mean),
                     "std": list(data.std), "input_size": data.input_size, "total_steps": run.total_steps,
                     "steps_per_epoch": spe, "batch_size": batches.batch_size, "train_images": len(data.train),
-                    "test_images": len(data.test), "plan": run.plan, "data_source": data.source},
-                   run_dir / "config.json")
-    write_metrics(run.history, run_dir / "metrics.csv")  # drops rows after the checkpoint's epoch
+                    "test_images": len(data.test), "plan": run.plan, "data_source": data.source,
+                   "world_size": group.size}, run_dir / "config.json")
+    if main:
+        write_metrics(run.history, run_dir / "metrics.csv")  # drops rows after the checkpoint's epoch
 
-    test_images = data.test.images.to(device) if (data.test.in_memory and device.type == "cuda") else None
-    evaluate_test = functools.partial(evaluate, model, data.test, batches.mean, batches.std, device,
+    test = ddp.shard_split(data.test, group)
+    test_images = test.images.to(device) if (test.in_memory and device.type == "cuda") else None
+    evaluate_test = functools.partial(evaluate, model, test, batches.mean, batches.std, device,
                                       batch_size=cfg.eval_batch_size, num_classes=len(data.classes),
-                                      images_on_device=test_images)
+                                      images_on_device=test_images, reduce=ddp.reducer(group))
     train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    train_model = ddp.wrap(train_model, group, device)  # data-parallel: DDP, BatchNorm synchronised
     model.train()
     emit("start", {"epochs": run.n_epochs, "total_steps": run.total_steps, "steps_per_epoch": spe,
                    "start_epoch": run.epoch, "step": run.step, "device": str(device), "config": cfg.to_dict()})
@@ -91,10 +106,11 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     timings: list[EpochTiming] = []  # per epoch, see `budget.refit_steps`
     final = None
     while run.epoch < run.n_epochs:
-        if refit and timings:
-            _refit_to_budget(run, timings, cfg.time_budget - run.elapsed_before - (time.time() - t0), emit)
+        if refit and timings:  # every rank fits to rank 0's clock, so all agree on the steps left
+            _refit_to_budget(run, timings,
+                             group.same(cfg.time_budget - run.elapsed_before - (time.time() - t0)), emit)
         t_epoch = time.perf_counter()
-        trained = _train_epoch(run, batches, train_model, emit)
+        trained = ddp.reduce_epoch(_train_epoch(run, batches, train_model, emit), group)
         t_trained = time.perf_counter()
         run.train_seconds += t_trained - t_epoch
         # The last epoch's plain evaluation is the first pass of the final, test-time-augmented one.
@@ -109,23 +125,31 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         t_evaluated = time.perf_counter()
         seconds = run.elapsed_before + (time.time() - t0)
         row = _record_epoch(run, trained, tested, seconds)
-        run.save(run_dir, tested["acc"], seconds)
-        # After the checkpoint: metrics.csv never runs ahead of what a resume can restore.
-        write_metrics(run.history, run_dir / "metrics.csv")
-        plots.plot_curves(run.history, run_dir / "curves.png")
+        if main:
+            run.save(run_dir, tested["acc"], seconds)
+            # After the checkpoint: metrics.csv never runs ahead of what a resume can restore.
+            write_metrics(run.history, run_dir / "metrics.csv")
+            plots.plot_curves(run.history, run_dir / "curves.png")
+        else:
+            run.best_acc = max(run.best_acc, tested["acc"])
         emit("epoch", row)
-        timings.append(EpochTiming(small_steps=trained.small_steps,
-                                   full_steps=max(1, trained.steps) - trained.small_steps,
-                                   train_s=t_trained - t_epoch, eval_s=t_evaluated - t_trained,
-                                   files_s=time.perf_counter() - t_evaluated))
+        # Every rank re-plans from rank 0's timings, so all agree on the steps left.
+        small, full, train_s, eval_s, files_s = group.same([
+            trained.small_steps, max(1, trained.steps) - trained.small_steps,
+            t_trained - t_epoch, t_evaluated - t_trained, time.perf_counter() - t_evaluated])
+        timings.append(EpochTiming(small_steps=int(small), full_steps=int(full), train_s=train_s, eval_s=eval_s,
+                                   files_s=files_s))
 
     if final is None:  # resumed after the last epoch's checkpoint
         final = evaluate_test(tta=cfg.tta)
-    plots.plot_confusion(final["confusion"], data.classes, run_dir / "confusion.png",
-                         title=f"Confusion matrix (test, accuracy {100 * final['acc']:.2f}%)")
+    if main:
+        plots.plot_confusion(final["confusion"], data.classes, run_dir / "confusion.png",
+                             title=f"Confusion matrix (test, accuracy {100 * final['acc']:.2f}%)")
     result = _summary(run, final, data, device, run_dir, seconds=run.elapsed_before + (time.time() - t0),
                       wall_seconds=time.time() - t0)
-    write_json(result, run_dir / "result.json")
+    result["world_size"] = group.size
+    if main:
+        write_json(result, run_dir / "result.json")
     return result
 
 
@@ -284,6 +308,8 @@ def _train_epoch(run, batches, train_model, emit: Event) -> EpochTraining:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = train_model(x).float()
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum" if sum_loss else "mean")
+        if hasattr(batches, "scale_loss"):  # data-parallel: this rank's share of the global batch's loss
+            loss = batches.scale_loss(loss, y, sum_loss)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()

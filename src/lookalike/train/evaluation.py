@@ -34,9 +34,11 @@ def tta_logits(model, x, level: int):
 
 
 def evaluate(model, split, mean, std, device, tta: int = 0, batch_size: int = 1000,
-             num_classes: Optional[int] = None, images_on_device=None) -> dict[str, Any]:
+             num_classes: Optional[int] = None, images_on_device=None,
+             reduce: Optional[Callable[[list], None]] = None) -> dict[str, Any]:
     """Loss (per sample, plain cross-entropy), accuracy and confusion matrix of `model` on `split` at TTA level
-    `tta`; with TTA, also the plain loss and accuracy (`plain_loss`, `plain_acc`) from the same sweep."""
+    `tta`; with TTA, also the plain loss and accuracy (`plain_loss`, `plain_acc`) from the same sweep.
+    `reduce` sums the sweep's tensors over the processes of a group, in place, when each evaluated a share."""
     import torch
     import torch.nn.functional as F
 
@@ -70,6 +72,10 @@ def evaluate(model, split, mean, std, device, tta: int = 0, batch_size: int = 10
             plain_correct += (plain.argmax(1) == y).sum()
             n += y.shape[0]
     model.train(was_training)
+    if reduce is not None:
+        count = torch.tensor(n, dtype=torch.long, device=device)
+        reduce([confusion, loss_sum, plain_loss_sum, plain_correct, count])
+        n = int(count)
     cm = confusion.view(k, k).cpu()
     correct = int(cm.diag().sum())
     per_class = (cm.diag().double() / cm.sum(1).clamp_min(1)).tolist()
