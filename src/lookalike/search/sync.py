@@ -238,15 +238,11 @@ def _apply_whitening(index: IndexWriter, embedder: Embedder, request: str) -> No
         fit_on, _ = embedder.embed_paths(files)
         if len(fit_on) < 2:
             raise LookalikeError(f"--whiten-on {request}: fewer than two readable images to fit the whitening on")
-    whitening = fit_whitening(fit_on, power=WHITEN_POWER).padded(index.dim)
+    whitening = fit_whitening(fit_on).padded(index.dim)
     record = store_for_index(index.path, whitening, {"fitted_on": request, "vectors": int(len(fit_on))})
     index.compact(transform=whitening, meta={"whitening": json.dumps(record, sort_keys=True)})
     index.touch_manifest(whitening=record)
     embedder.with_whitening(whitening, record)
-
-
-# The signed power applied before the whitening (1: none). See benchmarks/results/eval_search.md.
-WHITEN_POWER = 1.0
 
 
 def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | None,

@@ -25,6 +25,8 @@ WHITENING_FILE = "whitening.npz"
 WHITENING_INFO = "whitening.json"
 # Shrinkage: each eigenvalue gets this fraction of the mean eigenvalue added before the inverse square root.
 DEFAULT_SHRINK = 1.0
+# Signed power normalisation before the whitening (1: none).
+DEFAULT_POWER = 1.0
 
 
 class Whitening:
@@ -65,7 +67,7 @@ def power_normalise(x: np.ndarray, power: float) -> np.ndarray:
 
 
 def fit_whitening(vectors: np.ndarray, dims: int | None = None, shrink: float = DEFAULT_SHRINK,
-                  power: float = 1.0) -> Whitening:
+                  power: float = DEFAULT_POWER) -> Whitening:
     """PCA-whitening fitted on `vectors` (N, D). `dims`: axes kept [default: all with non-zero variance];
     `power`: signed power normalisation applied before (and stored with) the whitening."""
     x = np.asarray(vectors, np.float32)
