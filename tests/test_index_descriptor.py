@@ -36,7 +36,7 @@ def _stored(index_dir: Path) -> dict[str, np.ndarray]:
 
 
 def test_whitening_is_fitted_stored_and_applied_to_index_and_queries(photos, tmp_path, home, monkeypatch, capsys):
-    from lookalike.search.whitening import fit_whitening, load_for_index
+    from lookalike.search.whitening import fit_whitening, load_for_index, power_for
 
     ix_dir = tmp_path / "ix"
     _index([photos, "--index", ix_dir, "--whiten"], monkeypatch, capsys)
@@ -50,7 +50,8 @@ def test_whitening_is_fitted_stored_and_applied_to_index_and_queries(photos, tmp
     names = sorted(p.name for p in photos.iterdir())
     raw, _ = embedder().embed_paths([str(photos / n) for n in names])
     whitening = load_for_index(ix_dir, record)
-    expected = fit_whitening(raw).padded(raw.shape[1])(raw)
+    assert record["power"] == power_for("avg") == 0.5  # the signed square root of average pooling
+    expected = fit_whitening(raw, power=0.5).padded(raw.shape[1])(raw)
     stored = _stored(ix_dir)
     np.testing.assert_allclose(np.stack([stored[n] for n in names]), whitening(raw), atol=1e-4)
     np.testing.assert_allclose(whitening(raw), expected, atol=1e-4)

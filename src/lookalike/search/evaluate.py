@@ -313,12 +313,15 @@ def _index(folder: Path, index_path, embedder, progress) -> dict:
 
 def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pooling: str = "avg",
              weights: str | None = None, inputs: dict | None = None, device: str = "cpu", runtime: str = "auto",
-             whiten: str | None = None, whiten_dims: int | None = None, qe: int = 0, dba: int = 0,
+             whiten: str | None = None, whiten_dims: int | None = None, whiten_power: float | None = None,
+             qe: int = 0, dba: int = 0,
              alpha: float = 3.0, worst: int = 20, top: int = 5, embedder=None, progress=None) -> dict:
     """Index `folder` (incrementally, in its own index unless `index_path`) and measure retrieval on it.
 
     `whiten`: None, "index" (PCA-whitening fitted on the benchmark's own indexed vectors, no labels used) or a
-    folder to fit it on (indexed with the same descriptor); stored beside the index. `qe`, `dba`: neighbours of
+    folder to fit it on (indexed with the same descriptor); stored beside the index. `whiten_dims`, `whiten_power`:
+    axes kept and signed power applied first (`whitening.fit_whitening`; default: all axes and
+    `whitening.power_for(pooling)`, as `lookalike index` fits it). `qe`, `dba`: neighbours of
     alpha-QE and DBA (0: off). Returns {"benchmark", "kind", "figures", "worst": per-query rows, "skipped",
     "index_path", "descriptor", "seconds"}.
     """
@@ -326,7 +329,7 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
 
     from .features import load_embedder
     from .index import ImageIndex
-    from .whitening import fit_whitening, folder_key, save_whitening
+    from .whitening import fit_whitening, folder_key, power_for, save_whitening
 
     if qe < 0 or dba < 0:
         raise LookalikeError("--qe and --dba take a number of neighbours >= 0")
@@ -358,7 +361,8 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
             else:
                 fit_on = vectors[db_rows[db_rows >= 0]]
                 source = "index"
-            whitening = fit_whitening(fit_on, whiten_dims)
+            power = power_for(embedder.pooling) if whiten_power is None else whiten_power
+            whitening = fit_whitening(fit_on, whiten_dims, power=power)
             save_whitening(index_dir, whitening, {"fitted_on": source, "vectors": int(len(fit_on)),
                                                   "backbone": embedder.describe()})
             vectors = whitening(vectors)

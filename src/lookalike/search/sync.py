@@ -221,7 +221,7 @@ def _apply_whitening(index: IndexWriter, embedder: Embedder, request: str) -> No
     records it) and make `embedder` apply it to the vectors still to come."""
     import json
 
-    from .whitening import fit_whitening, store_for_index
+    from .whitening import fit_whitening, power_for, store_for_index
 
     rng = np.random.default_rng(0)
     if request == "index":
@@ -238,7 +238,7 @@ def _apply_whitening(index: IndexWriter, embedder: Embedder, request: str) -> No
         fit_on, _ = embedder.embed_paths(files)
         if len(fit_on) < 2:
             raise LookalikeError(f"--whiten-on {request}: fewer than two readable images to fit the whitening on")
-    whitening = fit_whitening(fit_on).padded(index.dim)
+    whitening = fit_whitening(fit_on, power=power_for(index.manifest.get("pooling"))).padded(index.dim)
     record = store_for_index(index.path, whitening, {"fitted_on": request, "vectors": int(len(fit_on))})
     index.compact(transform=whitening, meta={"whitening": json.dumps(record, sort_keys=True)})
     index.touch_manifest(whitening=record)

@@ -25,8 +25,12 @@ WHITENING_FILE = "whitening.npz"
 WHITENING_INFO = "whitening.json"
 # Shrinkage: each eigenvalue gets this fraction of the mean eigenvalue added before the inverse square root.
 DEFAULT_SHRINK = 1.0
-# Signed power normalisation before the whitening (1: none).
+# Signed power normalisation before the whitening (1: none); `power_for` picks it by pooling.
 DEFAULT_POWER = 1.0
+# Average pooling of ReLU features is bursty (a few strong activations dominate): the signed square root before
+# the whitening gained on holidays-dev (crop 224: mAP 0.827 -> 0.834; whole 320: 0.827 -> 0.840), while GeM, which
+# already compresses them, lost (0.841 -> 0.827). benchmarks/results/eval_search.md.
+AVG_POOLING_POWER = 0.5
 
 
 class Whitening:
@@ -64,6 +68,11 @@ def power_normalise(x: np.ndarray, power: float) -> np.ndarray:
         return x
     y = np.sign(x) * np.abs(x) ** power
     return (y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def power_for(pooling: str | None) -> float:
+    """The signed power applied before a whitening of descriptors made with `pooling`."""
+    return AVG_POOLING_POWER if (pooling or "avg").lower() == "avg" else DEFAULT_POWER
 
 
 def fit_whitening(vectors: np.ndarray, dims: int | None = None, shrink: float = DEFAULT_SHRINK,
