@@ -202,3 +202,28 @@ def test_bad_search_options_give_one_line_and_exit_2(tmp_path, home, monkeypatch
     target = [tmp_path / "q.jpg"] if command == "search" else []
     code, out, err = run_cli([command, *target, "--index", tmp_path / "nothing", *args], monkeypatch, capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_web_service_searches_with_the_index_whitening_and_the_serve_expansion(photos, tmp_path, home, monkeypatch,
+                                                                                capsys):
+    from PIL import Image
+
+    from lookalike.search.query import Expansion, expanded_search
+    from lookalike.web.service import SearchService
+
+    ix_dir = tmp_path / "ix"
+    _index([photos, "--index", ix_dir, "--whiten"], monkeypatch, capsys)
+    service = SearchService(ix_dir)
+    try:
+        upload = Image.open(photos / "astronaut.jpg").convert("RGB")
+        hits = service.search_image(upload, "upload.jpg", 2)["results"]
+        assert Path(hits[0]["path"]).name == "astronaut.jpg" and hits[0]["distance"] < 1e-3  # whitened like the index
+        service.expansion = Expansion(qe=1, dba=1)  # what `lookalike serve --qe 1 --dba 1` sets
+        image_id = service.index.id_of(photos / "coins.jpg")
+        got = [r["id"] for r in service.search_id(image_id, 4)["results"]]
+        with ImageIndex.open(ix_dir) as ix:
+            want = expanded_search(ix, ix.vector_of(image_id)[None], 4, Expansion(qe=1, dba=1),
+                                   exclude_ids=[{image_id}])
+        assert got == [h["id"] for h in want[0]]
+    finally:
+        service.close()

@@ -277,6 +277,9 @@ def dupes_command(
         ix.backend()  # loaded before the bar: its notes print as lines
         for note in ix.notes:
             warn(note)
+        if threshold is None and getattr(ix, "whitening", None) is not None:
+            warn(f"the index's vectors are whitened: their distances run larger than the unwhitened ones the default "
+                 f"threshold ({DEFAULT_DUPE_THRESHOLD}) was calibrated on, so fewer groups are found; set --threshold")
         with Progress(TextColumn("neighbours"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True, disable=len(ix) < 50_000) as bar:
             task = bar.add_task("dupes", total=len(ix))
