@@ -228,9 +228,10 @@ def _apply_whitening(index: IndexWriter, embedder: Embedder, request: str) -> No
         ids = index.ids()
         if len(ids) < 2:
             return  # nothing to fit on yet: the next run tries again
-        pick = np.sort(rng.choice(len(ids), MAX_FIT_VECTORS, replace=False)) if len(ids) > MAX_FIT_VECTORS else None
-        vectors = index.vectors()
-        fit_on = np.asarray(vectors[pick] if pick is not None else vectors, np.float32)
+        if len(ids) > MAX_FIT_VECTORS:
+            ids = ids[np.sort(rng.choice(len(ids), MAX_FIT_VECTORS, replace=False))]
+        # One vector at a time: memory stays at the sample's, whatever the index's size.
+        fit_on = np.stack([np.asarray(index.vector_of(int(i)), np.float32) for i in ids])
     else:
         files = [str(p) for p in iter_image_files(Path(request))]
         if len(files) > MAX_FIT_VECTORS:
