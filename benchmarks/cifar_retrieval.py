@@ -86,8 +86,9 @@ def main() -> None:
             print(f"{name}: mAP@R {f['mAP@R']:.4f}  P@10 {f['P@10']:.4f}  P@1 {f['P@1']:.4f}  "
                   f"({f['queries']} queries, {seconds:.0f} s)", flush=True)
     load.append(os.getloadavg()[0])
-    lines = [f"CIFAR-10 test set ({rows[0]['queries'] if rows else 0} queries, each against all the other test "
-             "images; positives: its class).", "",
+    subset = (f"the first {args.limit} test images of each class, " if args.limit else "the whole test set, ")
+    lines = [f"CIFAR-10 retrieval on {subset}{rows[0]['queries'] if rows else 0} queries, each against all the "
+             "other images of that set; positives: its class.", "",
              "| Backbone | Checkpoint | dim | mAP@R | R-precision | P@1 | P@10 | index + rank, s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
