@@ -27,9 +27,8 @@ WHITENING_INFO = "whitening.json"
 DEFAULT_SHRINK = 1.0
 # Signed power normalisation before the whitening (1: none); `power_for` picks it by pooling.
 DEFAULT_POWER = 1.0
-# Average pooling of ReLU features is bursty (a few strong activations dominate): the signed square root before
-# the whitening gained on holidays-dev (crop 224: mAP 0.827 -> 0.834; whole 320: 0.827 -> 0.840), while GeM, which
-# already compresses them, lost (0.841 -> 0.827). benchmarks/results/eval_search.md.
+# Average pooling of ReLU features is bursty (a few strong activations dominate): a signed square root before the
+# whitening evens them out. GeM already compresses them, and loses with it (benchmarks/results/eval_search.md).
 AVG_POOLING_POWER = 0.5
 
 
