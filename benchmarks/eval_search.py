@@ -4,7 +4,7 @@
     tar xzf ../shared/datasets/holidays-dev.tar.gz -C /tmp
     python benchmarks/eval_search.py --bench /tmp/holidays-dev [--whiten-on DIR] [--only NAME,...]
 
-Writes benchmarks/results/eval_search.md and .json (figures, the command, the commit). Each descriptor indexes
+Appends to benchmarks/results/eval_search.md and writes .json (figures, the command, the commit). Each descriptor indexes
 the benchmark once into a fresh index (timed, model load excluded); whitening, QE and DBA reuse that index.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,13 @@ sys.path.insert(0, str(ROOT / "src"))
 # name -> (descriptor options, evaluation options)
 VARIANTS = {
     "default (224 centre crop, avg)": ({}, {}),
+    "default + whitening without the signed sqrt": ({}, {"whiten": "index", "whiten_power": 1.0}),
+    "default + whitening + QE 1 + DBA 1": ({}, {"whiten": "index", "qe": 1, "dba": 1}),
+    "whole 320, GeM p=3 + whitening + QE 1 + DBA 1": ({"size": 320, "pooling": "gem"},
+                                                     {"whiten": "index", "qe": 1, "dba": 1}),
+    "whole 416, GeM p=3 + whitening": ({"size": 416, "pooling": "gem"}, {"whiten": "index"}),
+    "whole 416, GeM p=3 + whitening + QE 1 + DBA 1": ({"size": 416, "pooling": "gem"},
+                                                     {"whiten": "index", "qe": 1, "dba": 1}),
     "whole 320, GeM p=3": ({"size": 320, "pooling": "gem"}, {}),
     "whole 416, GeM p=2": ({"size": 416, "pooling": "gem:2"}, {}),
     "whole 416, R-MAC": ({"size": 416, "pooling": "rmac"}, {}),
@@ -44,6 +50,24 @@ def _embedder(opts: dict):
 
     inputs = input_options(opts.get("size"), opts.get("scales")) or None
     return load_embedder(pooling=opts.get("pooling", "avg"), inputs=inputs)
+
+
+def _demo_whitened(dopts: dict) -> float:
+    """Demo precision@1 with the gallery indexed by `lookalike index --whiten` (the whitening fitted on the
+    gallery, applied to the stored vectors): every edited copy searches by id, its own vector left out."""
+    from lookalike.search.demo import build_gallery, photo_of
+    from lookalike.search.index import ImageIndex
+    from lookalike.search.query import Query, run_queries
+    from lookalike.search.sync import index_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gallery = Path(tmp) / "gallery"
+        queries = build_gallery(gallery)
+        index_folder(gallery, Path(tmp) / "index", embedder=_embedder(dopts), whiten=True)
+        with ImageIndex.open(Path(tmp) / "index") as ix:
+            results = run_queries(ix, [Query(name=str(q["path"]), image_id=ix.id_of(q["path"])) for q in queries],
+                                  1, embedder=lambda: None)
+        return sum(bool(h) and photo_of(Path(h[0]["path"])) == q["photo"] for q, h in zip(queries, results)) / len(queries)
 
 
 def _time_indexing(embedder, folder: Path) -> float:
@@ -83,32 +107,39 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 demo = run_demo(Path(tmp), embedder=emb, write_report=False)
             cache[key] = {"embedder": emb, "seconds_per_image": _time_indexing(emb, args.bench),
-                          "demo_p1": demo["precision_at_1"]}
+                          "demo_p1": demo["precision_at_1"], "load": os.getloadavg()[0]}
         c = cache[key]
+        if eopts.get("whiten") == "index" and "demo_white" not in c:
+            c["demo_white"] = _demo_whitened(dopts)
         res = run_eval(args.bench, embedder=c["embedder"], worst=0, **eopts)
         f = res["figures"]
+        demo_p1 = c["demo_white"] if eopts.get("whiten") == "index" else c["demo_p1"]
         rows.append({"variant": name, "mAP": f["mAP"], "P@1": f["P@1"], "P@5": f["P@5"],
-                     "demo_p1": c["demo_p1"], "seconds_per_image": c["seconds_per_image"]})
-        print(f"{name}: mAP {f['mAP']:.4f} P@1 {f['P@1']:.4f} demo P@1 {c['demo_p1']:.3f} "
+                     "demo_p1": demo_p1, "seconds_per_image": c["seconds_per_image"], "load": c["load"]})
+        print(f"{name}: mAP {f['mAP']:.4f} P@1 {f['P@1']:.4f} demo P@1 {demo_p1:.3f} "
               f"{c['seconds_per_image'] * 1000:.1f} ms/image", flush=True)
     base = rows[0]["seconds_per_image"] if rows and rows[0]["variant"].startswith("default (") else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     command = "python benchmarks/eval_search.py " + " ".join(sys.argv[1:])
-    lines = [f"# Retrieval quality of descriptor variants ({args.bench.name})", "",
-             f"Command: `{command}`  ", f"Commit: {commit}  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other work while measured)", "",
-             "Whitening \"index\" is fitted on the benchmark's own indexed vectors (no labels used); a whitening "
+    lines = [f"Retrieval quality of descriptor variants ({args.bench.name}). Whitening \"index\" is fitted on the benchmark's own indexed vectors (no labels used); a whitening "
              "fitted on another folder is named so. Indexing time: seconds per image of a fresh index, model "
-             "load excluded, and its ratio to the default measured in the same run. The demo column is the "
-             "descriptor alone (no whitening, QE or DBA).", "",
-             "| Variant | mAP | P@1 | P@5 | demo P@1 | ms / image | x default |", "|---|---|---|---|---|---|---|"]
+             "load excluded, and its ratio to the default measured in the same run, with the 1-minute load "
+             "average when it was timed (2 cores shared with other work: ratios are rough). The demo column: "
+             "`lookalike demo`'s precision@1 with that descriptor, its gallery indexed with `--whiten` where the "
+             "variant whitens (the demo searches without QE or DBA). QE and DBA: alpha = 3, a query left out of "
+             "its own expansion.", "",
+             "| Variant | mAP | P@1 | P@5 | demo P@1 | ms / image | x default | load |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['seconds_per_image'] / base:.2f}" if base else "-"
         lines.append(f"| {r['variant']} | {r['mAP']:.4f} | {r['P@1']:.4f} | {r['P@5']:.4f} | {r['demo_p1']:.3f} | "
-                     f"{r['seconds_per_image'] * 1000:.1f} | {ratio} |")
+                     f"{r['seconds_per_image'] * 1000:.1f} | {ratio} | {r['load']:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import results_file  # appends this run, with the command, commit and machine, to results/eval_search.md
+
+    results_file.record(args.out.name, lines)
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "commit": commit, "rows": rows},
                                                         indent=2) + "\n")
     print("\n".join(lines))

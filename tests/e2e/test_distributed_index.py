@@ -113,3 +113,28 @@ def test_killed_worker_then_resume(home, embedder, tmp_path):
     assert (summary["unchanged"], summary["added"], summary["indexed"]) == (committed, 20 - committed, 20)
     index_folder(folder, tmp_path / "one", batch_size=3, embedder=embedder)
     _same_index(index, tmp_path / "one")
+
+
+def test_two_processes_whiten_like_one(home, tmp_path, monkeypatch):
+    """A whitened index: the images the second process embeds are whitened by the writer, as one process would."""
+    from lookalike.search.features import load_embedder
+
+    monkeypatch.setenv("LOOKALIKE_HOME", str(home))
+    embedder = load_embedder()  # its own: the index's whitening is attached to it
+    folder = _photos(tmp_path / "photos")
+    one, two = tmp_path / "one", tmp_path / "two"
+    index_folder(folder, one, batch_size=3, embedder=embedder, whiten=True)
+    proc = _index_2(folder, two, home, "--whiten")
+    assert proc.returncode == 0, proc.stderr
+    _same_index(one, two)
+    with ImageIndex.open(two) as ix:
+        assert ix.whitening is not None
+    # New images after the fit: embedded across both processes, then whitened with the stored whitening.
+    for i in range(7):
+        img = photo("chelsea")
+        (folder / f"new{i}.jpg").write_bytes(jpeg_bytes(img.crop((3 * i, 0, img.width - 30 + 3 * i, img.height)), 85))
+    index_folder(folder, one, batch_size=3, embedder=embedder)
+    proc = _index_2(folder, two, home)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["added"] == 7
+    _same_index(one, two)

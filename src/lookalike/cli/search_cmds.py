@@ -13,6 +13,9 @@ from ..paths import printable
 from ._common import console, out, print_json, warn
 
 MODEL_HELP = "Backbone: a registered name (see `lookalike models`) or a checkpoint file from `lookalike train`."
+QE_HELP = "alpha-query expansion: add this many nearest indexed images to each query, weighted by similarity^alpha (0: off)."
+DBA_HELP = "Database-side augmentation: re-score the best candidates by their vectors plus this many nearest neighbours each (0: off)."
+ALPHA_HELP = "Weight exponent of the --qe and --dba neighbours (0 to 16)."
 
 
 def _open_index(index: Optional[Path]):
@@ -37,8 +40,12 @@ def index_command(
     folder: Path = typer.Argument(..., help="Folder of images, walked recursively."),
     index: Optional[Path] = typer.Option(None, "--index", help="Index folder [default: FOLDER/.lookalike, or under $LOOKALIKE_HOME]."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: the index's, else efficientnet_lite0]"),
-    pooling: Optional[str] = typer.Option(None, "--pooling", help="Global pooling of the feature map: avg or gem [default: avg]."),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="Global pooling of the feature map: avg, gem, gem:P (e.g. gem:2, with --size) or rmac (with --size) [default: the index's, else avg]."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file for the backbone (offline use of resnet50 etc.)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Whole photo, aspect kept, this many pixels on its longer side, instead of the backbone's centre crop (0: the crop) [default: the index's, else the crop]."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Multi-scale (with --size): factors of --size whose descriptors are summed, e.g. 1,1.25."),
+    whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed images (no labels), stored in the index and applied to its vectors and every query; turning it off later needs --rebuild [default: the index's, else off]."),
+    whiten_on: Optional[Path] = typer.Option(None, "--whiten-on", help="Fit the PCA-whitening on this folder of images instead."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Start the index over (another backbone, or a damaged index)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     runtime: str = typer.Option("auto", "--runtime", help="Inference runtime: auto (ONNX Runtime on CPU when installed), torch or onnx."),
@@ -51,8 +58,12 @@ def index_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ..distributed import in_torchrun, join
+    from ..errors import LookalikeError
     from ..search.sync import index_folder
 
+    if whiten_on is not None and whiten is False:
+        raise LookalikeError("--whiten-on and --no-whiten contradict each other")
+    inputs = descriptor_inputs(size, scales)
     if nproc is not None and nproc > 1 and not in_torchrun():  # the same command as torchrun workers
         from ..distributed import argv_without_nproc, launch
 
@@ -100,7 +111,8 @@ def index_command(
     try:
         summary = run_index(folder, index, model=model, pooling=pooling, weights=str(weights) if weights else None,
                                rebuild=rebuild, device=device, runtime=runtime, batch_size=batch_size,
-                               progress=progress, ann=ann, ann_progress=ann_progress)
+                               progress=progress, ann=ann, ann_progress=ann_progress, inputs=inputs,
+                               whiten=str(whiten_on) if whiten_on is not None else whiten)
     finally:
         for key in ("bar", "ann"):
             if key in state:
@@ -124,6 +136,40 @@ def index_command(
               f"{summary['unchanged']} unchanged, {len(skipped)} skipped", highlight=False, soft_wrap=True)
     if summary.get("ann"):
         out.print(f"search backend: {_describe_backend(summary['ann'])}", highlight=False, soft_wrap=True)
+
+
+def parse_scales(text: Optional[str]) -> Optional[list[float]]:
+    """`--scales 1,1.25` -> [1.0, 1.25] (None when not given); LookalikeError on anything else."""
+    import math
+
+    from ..errors import LookalikeError
+
+    if text is None:
+        return None
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise LookalikeError(f"--scales {text!r}: give factors separated by commas, e.g. 1,1.25")
+    return values
+
+
+def descriptor_inputs(size: Optional[int], scales: Optional[str]) -> Optional[dict]:
+    """`--size` and `--scales` as `features.input_options` takes them: None when neither is given (an index
+    keeps its own), {} for the centre crop (`--size 0`)."""
+    from ..errors import LookalikeError
+    from ..search.features import input_options
+
+    factors = parse_scales(scales)
+    if size is None and factors is None:
+        return None
+    if size is not None and size < 0:
+        raise LookalikeError("--size must be 0 (the centre crop) or a number of pixels")
+    if not size and factors is not None and factors != [1.0]:
+        raise LookalikeError("--scales needs a whole-photo --size")
+    input_options(size, factors)  # checks the ranges: one line for a bad value
+    return {"long_side": size, "scales": factors} if size else {}
 
 
 def _describe_backend(params: dict) -> str:
@@ -152,16 +198,22 @@ def search_command(
     index: Optional[Path] = typer.Option(None, "--index", help="Index folder, or a folder indexed with `lookalike index` [default: the current folder]."),
     k: int = typer.Option(5, "-k", "--top", min=1, help="Results per query."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep an indexed query among its own results."),
+    qe: int = typer.Option(0, "--qe", help=QE_HELP),
+    dba: int = typer.Option(0, "--dba", help=DBA_HELP),
+    alpha: float = typer.Option(3.0, "--alpha", help=ALPHA_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
-    """Rank the indexed images by distance to each QUERY (Euclidean distance of L2-normalised features)."""
+    """Rank the indexed images by distance to each QUERY (Euclidean distance of L2-normalised features; the
+    index's descriptor: its size, scales, pooling and whitening apply to the queries)."""
     from ..search.features import embedder_for_index
-    from ..search.query import Query, run_queries
+    from ..search.query import Expansion, Query, run_queries
 
+    expansion = Expansion(qe=qe, dba=dba, alpha=alpha)  # checked before the index opens
     with _open_index(index) as ix:
         results = run_queries(ix, [Query(name=str(q), path=q) for q in queries], k,
-                              embedder=lambda: embedder_for_index(ix, device=device), include_self=include_self)
+                              embedder=lambda: embedder_for_index(ix, device=device), include_self=include_self,
+                              expansion=expansion)
         for note in ix.notes:
             warn(note)
     if json_out:
@@ -247,6 +299,9 @@ def dupes_command(
         ix.backend()  # loaded before the bar: its notes print as lines
         for note in ix.notes:
             warn(note)
+        if threshold is None and getattr(ix, "whitening", None) is not None:
+            warn(f"the index's vectors are whitened: their distances run larger than the unwhitened ones the default "
+                 f"threshold ({DEFAULT_DUPE_THRESHOLD}) was calibrated on, so fewer groups are found; set --threshold")
         with Progress(TextColumn("neighbours"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True, disable=len(ix) < 50_000) as bar:
             task = bar.add_task("dupes", total=len(ix))

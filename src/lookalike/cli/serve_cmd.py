@@ -44,12 +44,17 @@ def serve(
              "(sets a cookie). Use it whenever others can reach the server."),
     limit_concurrency: int = typer.Option(
         64, min=1, help="Connections or requests at once; more get 503 until some finish."),
+    qe: int = typer.Option(0, "--qe", help="Searches: alpha-query expansion with this many neighbours (0: off)."),
+    dba: int = typer.Option(0, "--dba", help="Searches: database-side augmentation with this many neighbours (0: off)."),
+    alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of the --qe and --dba neighbours (0 to 16)."),
 ) -> None:
     """Serve the search page and REST API (OpenAPI schema at /openapi.json) over an index."""
+    from ..search.query import Expansion
     from ..web import server
     from ..web.app import create_app
     from ..web.hosts import as_host, machine_hosts
 
+    expansion = Expansion(qe=qe, dba=dba, alpha=alpha)
     index_path = index.expanduser() if index is not None else Path.cwd()  # the index accepts its image folder too
     if token is not None:
         _check_token(token)
@@ -84,6 +89,7 @@ def serve(
                 ) from None
             raise
     port = server.bound_port(sockets)  # --port 0: the one the system picked
+    web_app.state.service.expansion = expansion
     facts = web_app.state.service.stats()
     for note in facts.get("notes", []):
         warn(note)

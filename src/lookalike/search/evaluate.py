@@ -252,20 +252,25 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def _weighted_neighbours(vectors: np.ndarray, database: np.ndarray, k: int, alpha: float,
-                         include_first: bool) -> np.ndarray:
+                         include_first: bool, exclude: np.ndarray | None = None) -> np.ndarray:
     """Each row replaced by the sum of its k nearest database vectors weighted by similarity^alpha (alpha-QE of
-    Radenovic et al., TPAMI 2019); `include_first`: the row itself joins with weight 1. Unit rows out."""
+    Radenovic et al., TPAMI 2019; `query.weighted_sum`, the search path's formula); `include_first`: the row
+    itself joins with weight 1; `exclude[i]`: a database position row i may not take (itself; -1: none)."""
+    from .query import weighted_sum
+
     out = np.array(vectors, np.float32, copy=True)
     block = max(1, _BLOCK_BYTES // max(1, len(database) * 8))
     for start in range(0, len(vectors), block):
         v = vectors[start:start + block]
         sims = v @ database.T
+        if exclude is not None:
+            rows = np.flatnonzero(exclude[start:start + block] >= 0)
+            sims[rows, exclude[start:start + block][rows]] = -np.inf
         kk = min(k, sims.shape[1])
         top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        w = np.clip(np.take_along_axis(sims, top, axis=1), 0.0, None) ** alpha
-        agg = np.einsum("qk,qkd->qd", w, database[top])
-        out[start:start + block] = (v if include_first else 0) + agg
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        out[start:start + block] = weighted_sum(v if include_first else None, np.take_along_axis(sims, top, axis=1),
+                                                database[top], alpha)
+    return out
 
 
 def database_augmentation(database: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
@@ -276,11 +281,13 @@ def database_augmentation(database: np.ndarray, k: int, alpha: float = 3.0) -> n
     return _weighted_neighbours(database, database, k + 1, alpha, include_first=False)
 
 
-def query_expansion(queries: np.ndarray, database: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
-    """alpha-QE: each query plus its k best database matches weighted by similarity^alpha, re-normalised."""
+def query_expansion(queries: np.ndarray, database: np.ndarray, k: int, alpha: float = 3.0,
+                    exclude: np.ndarray | None = None) -> np.ndarray:
+    """alpha-QE: each query plus its k best database matches weighted by similarity^alpha, re-normalised;
+    `exclude[i]`: the database position of query i itself, left out of its neighbours as search leaves it out."""
     if k <= 0:
         return queries
-    return _weighted_neighbours(queries, database, k, alpha, include_first=True)
+    return _weighted_neighbours(queries, database, k, alpha, include_first=True, exclude=exclude)
 
 
 # --- the whole evaluation ----------------------------------------------------------------------------------------
@@ -306,12 +313,15 @@ def _index(folder: Path, index_path, embedder, progress) -> dict:
 
 def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pooling: str = "avg",
              weights: str | None = None, inputs: dict | None = None, device: str = "cpu", runtime: str = "auto",
-             whiten: str | None = None, whiten_dims: int | None = None, qe: int = 0, dba: int = 0,
+             whiten: str | None = None, whiten_dims: int | None = None, whiten_power: float | None = None,
+             qe: int = 0, dba: int = 0,
              alpha: float = 3.0, worst: int = 20, top: int = 5, embedder=None, progress=None) -> dict:
     """Index `folder` (incrementally, in its own index unless `index_path`) and measure retrieval on it.
 
     `whiten`: None, "index" (PCA-whitening fitted on the benchmark's own indexed vectors, no labels used) or a
-    folder to fit it on (indexed with the same descriptor); stored beside the index. `qe`, `dba`: neighbours of
+    folder to fit it on (indexed with the same descriptor); stored beside the index. `whiten_dims`, `whiten_power`:
+    axes kept and signed power applied first (`whitening.fit_whitening`; default: all axes and
+    `whitening.power_for(pooling)`, as `lookalike index` fits it). `qe`, `dba`: neighbours of
     alpha-QE and DBA (0: off). Returns {"benchmark", "kind", "figures", "worst": per-query rows, "skipped",
     "index_path", "descriptor", "seconds"}.
     """
@@ -319,7 +329,7 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
 
     from .features import load_embedder
     from .index import ImageIndex
-    from .whitening import fit_whitening, folder_key, save_whitening
+    from .whitening import fit_whitening, folder_key, power_for, save_whitening
 
     if qe < 0 or dba < 0:
         raise LookalikeError("--qe and --dba take a number of neighbours >= 0")
@@ -351,7 +361,8 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
             else:
                 fit_on = vectors[db_rows[db_rows >= 0]]
                 source = "index"
-            whitening = fit_whitening(fit_on, whiten_dims)
+            power = power_for(embedder.pooling) if whiten_power is None else whiten_power
+            whitening = fit_whitening(fit_on, whiten_dims, power=power)
             save_whitening(index_dir, whitening, {"fitted_on": source, "vectors": int(len(fit_on)),
                                                   "backbone": embedder.describe()})
             vectors = whitening(vectors)
@@ -370,14 +381,15 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
                     d = pos.get(bench.queries[i]["query"])
                     if d is not None and db_rows[d] >= 0:
                         qvec[j] = database[d]
-            qvec = query_expansion(qvec, database, qe, alpha)
             self_pos = np.asarray([pos.get(bench.queries[i]["query"], -1) for i in keep], np.int64)
+            qvec = query_expansion(qvec, database, qe, alpha, exclude=self_pos)
             result = evaluate_groundtruth(bench, Descriptors(database, qvec[:, None, :]), self_pos, db_rows, keep,
                                           top=top)
             missing_queries = [bench.queries[i]["query"] for i, r in enumerate(q_rows) if r < 0]
         else:
             indexed = np.flatnonzero(db_rows >= 0)
-            qvec = query_expansion(database[indexed], database[indexed], qe, alpha)
+            qvec = query_expansion(database[indexed], database[indexed], qe, alpha,
+                                   exclude=np.arange(len(indexed)))
             sub = Benchmark(bench.root, "classes", [bench.database[i] for i in indexed],
                             labels=[bench.labels[i] for i in indexed])
             result = evaluate_classes(sub, Descriptors(database[indexed], qvec[:, None, :]),

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 FORMATS = ("parquet", "npy")
 METADATA_KEY = b"lookalike"  # schema metadata: JSON of the backbone description (model, pooling, dim, ...)
-BACKBONE_FIELDS = ("model", "pooling", "dim", "preprocess", "weights")
+# "whitening": the record of an index's whitening, so that whitened vectors never join unwhitened ones.
+BACKBONE_FIELDS = ("model", "pooling", "dim", "preprocess", "weights", "whitening")
 EXPORT_BATCH = 8192  # rows per batch and per parquet row group (8192 x 1280 float32 = 40 MB)
 
 Progress = Callable[[int, int], None]
@@ -339,6 +340,9 @@ def import_parquet(path, index_path, *, model: str | None = None, root=None, bat
             raise LookalikeError(f"unknown search backend {ann!r}: use one of {', '.join(CHOICES)}")
     index_path = Path(index_path).expanduser().resolve()
     created = not (index_path / MANIFEST).is_file()
+    if created and backbone.get("whitening") is not None:
+        raise LookalikeError(f"{path} holds whitened vectors: import them into an index with the same whitening "
+                             "(the one they were exported from)")
     if created:
         if root is None:
             saved = Path(str(meta.get("root") or "")) if meta else None

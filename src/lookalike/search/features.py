@@ -209,6 +209,8 @@ class Embedder:
         self.batch_size = batch_size
         self.forward_batch = forward_batch
         self._runner = runner
+        self.whitening = None  # a `whitening.Whitening` applied to every vector (an index's, once applied)
+        self.whitening_record: dict | None = None
         self._lock = threading.Lock()  # one forward pass at a time: the thread pools are already busy
         self._mean = np.asarray(self.preprocess["mean"], dtype=np.float32).reshape(1, 3, 1, 1) * 255.0
         self._inv_std = 1.0 / (np.asarray(self.preprocess["std"], dtype=np.float32).reshape(1, 3, 1, 1) * 255.0)
@@ -228,8 +230,19 @@ class Embedder:
         """A decoded photo -> what `embed_prepared` takes (one array, or one per scale for whole photos)."""
         return prepare_whole(img, self.preprocess) if self.whole else prepare_image(img, self.preprocess)
 
+    def with_whitening(self, whitening, record: dict) -> "Embedder":
+        """Apply `whitening` (padded to this backbone's width) to every vector from now on; `record` (what the
+        index stores, `whitening.store_for_index`) joins `describe()`."""
+        self.whitening = whitening.padded(self.dim)
+        self.whitening_record = dict(record)
+        return self
+
     def embed_prepared(self, items: list) -> np.ndarray:
-        """`prepare` outputs -> (n, D) float32 unit vectors."""
+        """`prepare` outputs -> (n, D) float32 unit vectors (whitened when the embedder has a whitening)."""
+        raw = self._embed_raw(items)
+        return self.whitening(raw) if self.whitening is not None and len(raw) else raw
+
+    def _embed_raw(self, items: list) -> np.ndarray:
         if not self.whole:
             return self.embed_arrays(np.stack(items)) if items else np.zeros((0, self.dim), np.float32)
         total = np.zeros((len(items), self.dim), np.float32)
@@ -245,8 +258,11 @@ class Embedder:
 
     def describe(self) -> dict:
         """What an index records to refuse vectors from another backbone."""
-        return {"model": self.model, "pooling": self.pooling, "dim": self.dim,
-                "preprocess": dict(self.preprocess), "weights": self.weights}
+        out = {"model": self.model, "pooling": self.pooling, "dim": self.dim,
+               "preprocess": dict(self.preprocess), "weights": self.weights}
+        if self.whitening_record is not None:
+            out["whitening"] = dict(self.whitening_record)
+        return out
 
     # --- inference -------------------------------------------------------------------------------------
     def _normalise(self, batch: np.ndarray) -> np.ndarray:
@@ -468,7 +484,8 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
 
 
 def embedder_for_index(index: "ImageIndex", device: str = "cpu", runtime: str = "auto") -> Embedder:
-    """The embedder that produced `index`'s vectors: same backbone, weights, preprocessing and pooling."""
+    """The embedder that produced `index`'s vectors: same backbone, weights, preprocessing and pooling, and the
+    index's whitening when its vectors are whitened (the record committed with them, `index.whitening`)."""
     m = index.manifest
     pre = m.get("preprocess") or {}
     inputs = {"long_side": pre["long_side"], "scales": pre.get("scales")} if pre.get("fit") == "whole" else None
@@ -477,4 +494,9 @@ def embedder_for_index(index: "ImageIndex", device: str = "cpu", runtime: str = 
     if emb.dim != int(m["dim"]):
         raise LookalikeError(f"index {index.path} holds {m['dim']}-d vectors but {m['model']} gives {emb.dim}-d: "
                              "rebuild it with --rebuild")
+    record = getattr(index, "whitening", None)
+    if record is not None:
+        from .whitening import load_for_index
+
+        emb.with_whitening(load_for_index(index.path, record), record)
     return emb

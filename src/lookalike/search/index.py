@@ -67,6 +67,7 @@ LOCKFILE = "write.lock"
 _DB_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal")
 _VECTOR_NAME = re.compile(r"vectors-(\d+)\.f32")
 _ANN_NAME = re.compile(r"ann-(\d+)\.ann")
+_WHITENING_NAME = re.compile(r"whitening-[0-9a-f]{16}\.npz")  # `whitening.INDEX_FILE_PATTERN`
 CATCH_UP_MAX = 10_000  # images a reader adds to an ANN file that is behind; more: exact until the next run
 _MANIFEST_TMP = re.compile(re.escape(f".{MANIFEST}.") + r".*\.tmp")  # left by a kill inside atomic_write
 
@@ -296,7 +297,8 @@ def resolve_index_dir(path) -> Path:
     return path.resolve()
 
 
-BACKBONE_KEYS = ("model", "pooling", "dim", "preprocess", "weights")
+# "whitening": the record of the PCA-whitening applied to the stored vectors (`whitening.store_for_index`), if any.
+BACKBONE_KEYS = ("model", "pooling", "dim", "preprocess", "weights", "whitening")
 
 
 def same_backbone(a: dict, b: dict) -> bool:
@@ -641,6 +643,7 @@ class IndexSnapshot(ImageIndex):
         self.generation = 0
         self.vector_file = "vectors-0.f32"
         self.ann_file: str | None = None
+        self.whitening: dict | None = None  # the whitening applied to this snapshot's vectors (its record)
 
     def _load_snapshot(self) -> None:
         conn = _connect_reader(self.path, self.manifest.get("root"))
@@ -661,6 +664,7 @@ class IndexSnapshot(ImageIndex):
             self.vector_file = self._meta(conn, "vector_file") or "vectors-0.f32"
             self.ann_file = self._meta(conn, "ann_file")
             self.generation = int(self._meta(conn, "generation", "0"))
+            self.whitening = _json_meta(self._meta(conn, "whitening"))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise storage_error(exc, self.path, writing=False, root=self.manifest.get("root")) from None
@@ -841,6 +845,7 @@ class IndexWriter(ImageIndex):
             names = [row[0] for row in conn.execute(
                 "SELECT value FROM meta WHERE key IN ('vector_file', 'pending_vector_file', 'retired_vector_file',"
                 " 'ann_file', 'pending_ann_file', 'retired_ann_file')")]
+            whitening = _json_meta(ImageIndex._meta(conn, "whitening"))
             has_images = conn.execute("SELECT 1 FROM images LIMIT 1").fetchone() is not None
         except sqlite3.Error:
             return []
@@ -848,7 +853,9 @@ class IndexWriter(ImageIndex):
             conn.close()
         if not any(_VECTOR_NAME.fullmatch(n) for n in names) and not has_images:
             names.append("vectors-0.f32")  # the name older versions wrote to before their first commit recorded it
-        return [n for n in names if _VECTOR_NAME.fullmatch(n) or _ANN_NAME.fullmatch(n)]
+        if whitening is not None and isinstance(whitening.get("file"), str):
+            names.append(whitening["file"])
+        return [n for n in names if _VECTOR_NAME.fullmatch(n) or _ANN_NAME.fullmatch(n) or _WHITENING_NAME.fullmatch(n)]
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path / DATABASE, isolation_level=None)  # explicit BEGIN/COMMIT
@@ -1134,13 +1141,21 @@ class IndexWriter(ImageIndex):
         self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
         self._conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
 
+    @property
+    def whitening(self) -> dict | None:
+        """The record of the whitening applied to the stored vectors (committed with them), or None."""
+        return _json_meta(self._meta(self._conn, "whitening"))
+
     def dead_rows(self) -> int:
         vfile = self._vector_file()
         total = vfile.stat().st_size // (self.dim * 4) if vfile.exists() else 0
         return total - len(self)
 
-    def compact(self) -> None:
+    def compact(self, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                meta: dict[str, str] | None = None) -> None:
         """Rewrite the vector file without dead rows, into a new generation file, switched to atomically.
+        `transform`: applied to each block of rows on the way (e.g. a whitening: same width out), with `meta`
+        keys set in the switch's transaction, so that readers see the new vectors and what made them together.
         The new file is recorded as pending before it is written and the old one as retired in the switch, so
         a kill at any point leaves only files the database names, which the next writer removes. Rows are
         copied block by block in id order: memory stays bounded at any size."""
@@ -1154,7 +1169,12 @@ class IndexWriter(ImageIndex):
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('pending_vector_file', ?)", (new.name,))
             with open(new, "wb") as fh:
                 for s in range(0, len(rows), 65536):
-                    fh.write(np.ascontiguousarray(mm[rows[s:s + 65536]], np.float32).tobytes())
+                    block = np.ascontiguousarray(mm[rows[s:s + 65536]], np.float32)
+                    if transform is not None:
+                        block = np.ascontiguousarray(transform(block), np.float32)
+                        if block.shape != (min(65536, len(rows) - s), self.dim):
+                            raise ValueError(f"transform gave {block.shape} vectors")
+                    fh.write(block.tobytes())
                 fh.flush()
                 os.fsync(fh.fileno())
             del mm
@@ -1167,6 +1187,8 @@ class IndexWriter(ImageIndex):
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('vector_file', ?)", (new.name,))
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('retired_vector_file', ?)", (old.name,))
                 conn.execute("DELETE FROM meta WHERE key = 'pending_vector_file'")
+                for key, value in (meta or {}).items():
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
                 self._bump_generation()
             self._rows_needed = len(ids)
             self._clean_orphan_files()
@@ -1293,6 +1315,17 @@ class DigestChecker:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _json_meta(value: str | None) -> dict | None:
+    """A meta value holding a JSON object (None when absent or not one)."""
+    if value is None:
+        return None
+    try:
+        out = json.loads(value)
+    except ValueError:
+        return None
+    return out if isinstance(out, dict) else None
 
 
 def _column(cur) -> np.ndarray:

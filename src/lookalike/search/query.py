@@ -89,6 +89,107 @@ def search(index: "ImageIndex", queries: np.ndarray, k: int = 5, exclude_ids=Non
     return results
 
 
+# alpha-QE and DBA (Radenovic et al., TPAMI 2019): neighbours weighted by similarity^alpha.
+DEFAULT_ALPHA = 3.0
+# DBA at search time re-scores this many candidates (or 4k, if more) with their augmented vectors.
+DBA_SHORTLIST = 100
+MAX_EXPANSION = 50  # neighbours of --qe / --dba, at most: each costs a search per query or candidate
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """Search-time options of the query path: alpha-query expansion with `qe` neighbours, database-side
+    augmentation with `dba` neighbours, both weighted by similarity^`alpha` (0: off)."""
+
+    qe: int = 0
+    dba: int = 0
+    alpha: float = DEFAULT_ALPHA
+
+    def __post_init__(self) -> None:
+        from ..errors import LookalikeError
+
+        for name in ("qe", "dba"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXPANSION:
+                raise LookalikeError(f"--{name} takes a number of neighbours from 0 to {MAX_EXPANSION}")
+        if not (isinstance(self.alpha, (int, float)) and np.isfinite(self.alpha) and 0.0 <= self.alpha <= 16.0):
+            raise LookalikeError("--alpha must be a number from 0 to 16")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.qe or self.dba)
+
+
+def weighted_sum(base: np.ndarray | None, sims: np.ndarray, neighbours: np.ndarray, alpha: float) -> np.ndarray:
+    """Unit rows of `base` (or 0) + sum_j max(sim_j, 0)^alpha neighbours_j: (n, k) sims, (n, k, D) vectors.
+    The one formula of alpha-QE and DBA, used by the search path and by `eval-search`."""
+    w = np.clip(np.nan_to_num(sims, nan=0.0, neginf=0.0), 0.0, None) ** alpha
+    out = np.einsum("qk,qkd->qd", w, neighbours).astype(np.float32)
+    if base is not None:
+        out += base
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def _vectors_of(index, ids: np.ndarray) -> np.ndarray:
+    """(n, k) ids (-1: none) -> (n, k, D) stored vectors (zeros where none)."""
+    out = np.zeros((*ids.shape, index.dim), np.float32)
+    for pos in zip(*np.nonzero(ids >= 0)):
+        out[pos] = index.vector_of(int(ids[pos]))
+    return out
+
+
+def _neighbours(index, vectors: np.ndarray, k: int, exclude: list[set]) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, ids) of the k nearest stored vectors of each row, leaving out each row's `exclude`."""
+    backend, lookup = _backend_of(index)
+    fetch = min(len(index), k + max((len(e) for e in exclude), default=0))
+    sims, found = backend.search_similarities(np.ascontiguousarray(vectors, np.float32), fetch, lookup)
+    out_s = np.full((len(vectors), k), -np.inf, np.float32)
+    out_i = np.full((len(vectors), k), -1, np.int64)
+    for q in range(len(vectors)):
+        n = 0
+        for s, i in zip(sims[q], found[q]):
+            if n == k:
+                break
+            if i >= 0 and int(i) not in exclude[q]:
+                out_s[q, n], out_i[q, n] = s, i
+                n += 1
+    return out_s, out_i
+
+
+def expanded_search(index: "ImageIndex", queries: np.ndarray, k: int, options: Expansion,
+                    exclude_ids=None) -> list[list[dict]]:
+    """`search` with alpha-QE and DBA: each query is first replaced by itself plus its `qe` nearest stored
+    vectors (excluded ids left out); then, with `dba`, its best candidates (`DBA_SHORTLIST`, or 4k) are
+    re-scored against their augmented vectors (each candidate plus its `dba` nearest neighbours), the DBA of
+    the whole database computed only where it changes the top of the ranking."""
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    excluded = _exclusions(exclude_ids, len(queries))
+    if len(index) == 0 or k <= 0:
+        return [[] for _ in queries]
+    if options.qe:
+        sims, ids = _neighbours(index, queries, options.qe, excluded)
+        queries = weighted_sum(queries, sims, _vectors_of(index, ids), options.alpha)
+    if not options.dba:
+        return search(index, queries, k=k, exclude_ids=excluded)
+    shortlist = search(index, queries, k=max(DBA_SHORTLIST, 4 * k), exclude_ids=excluded)
+    results = []
+    for q, hits in enumerate(shortlist):
+        if not hits:
+            results.append([])
+            continue
+        cand = np.asarray([h["id"] for h in hits], np.int64)
+        own = np.stack([np.asarray(index.vector_of(int(i)), np.float32) for i in cand])
+        # A candidate's nearest stored vector is itself: dba + 1 neighbours, weight 1 for itself.
+        sims, ids = _neighbours(index, own, options.dba + 1, [set() for _ in cand])
+        augmented = weighted_sum(None, sims, _vectors_of(index, ids), options.alpha)
+        scores = np.clip(augmented @ queries[q], -1.0, 1.0)
+        order = np.argsort(-scores, kind="stable")[:k]
+        results.append([{**hits[j], "rank": r + 1, "similarity": float(scores[j]),
+                         "distance": float(np.sqrt(max(0.0, 2.0 - 2.0 * float(scores[j]))))}
+                        for r, j in enumerate(order)])
+    return results
+
+
 @dataclass(frozen=True)
 class Query:
     """One query: an indexed image (`image_id`), a file (`path`; the index's stored vector when it holds that
@@ -101,7 +202,7 @@ class Query:
 
 
 def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder: Callable[[], Any],
-                include_self: bool = False) -> list["SearchResponse"]:
+                include_self: bool = False, expansion: Optional[Expansion] = None) -> list["SearchResponse"]:
     """The query path of `lookalike search` and the web service: a vector for each query (the stored vector
     of an indexed image or file, else the embedding of its image), then the backend's k nearest (`search`),
     as one `SearchResponse` per query (`results.py`: the shape the CLI's JSON and the web API share).
@@ -109,7 +210,11 @@ def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder:
     `embedder()` returns an object with `embed_images(list of PIL images)` and `min_decode_size`; it is called
     only when some query needs embedding (so a search by indexed files never loads a model). An indexed query
     is left out of its own results unless `include_self`. LookalikeError for a file that does not exist;
-    KeyError for an unknown `image_id`."""
+    KeyError for an unknown `image_id`.
+
+    The descriptor is the index's: `embedder_for_index` embeds at the index's size, scales and pooling and
+    applies its whitening, and stored vectors are already whitened. `expansion`: alpha-QE and DBA
+    (`expanded_search`)."""
     from ..errors import LookalikeError
     from ..images import load_image
     from .results import SearchResponse
@@ -138,7 +243,10 @@ def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder:
             vectors[n] = np.asarray(vec, np.float32)
     if not vectors:
         return []
-    hits = search(index, np.stack(vectors), k=k, exclude_ids=excludes)
+    if expansion is not None and expansion.active:
+        hits = expanded_search(index, np.stack(vectors), k, expansion, exclude_ids=excludes)
+    else:
+        hits = search(index, np.stack(vectors), k=k, exclude_ids=excludes)
     return [SearchResponse.of(q.name, q.image_id, found) for q, found in zip(queries, hits)]
 
 

@@ -92,20 +92,24 @@ def _bind_stream(shared: ShardedStream, embedder) -> Callable:
                 received = _gather(shared.group, [], embedder.dim)
                 yield batch
                 for r in range(1, min(world, len(chunks) - first)):
-                    yield [(item, _outcome(res, reuse)) for item, res in zip(chunks[first + r], received[r])]
+                    yield [(item, _outcome(res, reuse, embedder)) for item, res in zip(chunks[first + r], received[r])]
         finally:
             own.close()
 
     return stream
 
 
-def _outcome(res: StreamResult, reuse) -> StreamResult:
-    """A result another rank computed, as `Embedder.stream` would have returned it on rank 0 (which alone can
-    look the index up for a stored vector to reuse)."""
-    if isinstance(res, Embedded) and reuse is not None:
-        found = reuse(res.digest)
-        if found is not None:
-            return Reused(res.digest, found)
+def _outcome(res: StreamResult, reuse, embedder) -> StreamResult:
+    """A result another rank computed, as `Embedder.stream` would have returned it on rank 0, which alone can
+    look the index up for a stored vector to reuse, and alone holds the index's whitening (the other ranks send
+    the backbone's plain vectors)."""
+    if isinstance(res, Embedded):
+        if reuse is not None:
+            found = reuse(res.digest)
+            if found is not None:
+                return Reused(res.digest, found)
+        if embedder.whitening is not None:
+            return Embedded(res.digest, embedder.whitening(res.vector[None])[0])
     return res
 
 

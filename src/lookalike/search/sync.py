@@ -23,11 +23,35 @@ COMPACT_MIN_DEAD = 1024
 
 
 def _describe_backbone(m: dict) -> str:
-    return f"{m['model']} ({m.get('pooling', 'avg')} pooling)"
+    pre = m.get("preprocess") or {}
+    size = f", whole photo at {pre['long_side']} px" if pre.get("fit") == "whole" else ""
+    if pre.get("fit") == "whole" and list(pre.get("scales") or [1.0]) != [1.0]:
+        size += f" x {','.join(f'{f:g}' for f in pre['scales'])}"
+    return f"{m['model']} ({m.get('pooling', 'avg')} pooling{size})"
+
+
+def _inputs_of(manifest: dict) -> dict | None:
+    """The whole-photo input options (`features.input_options`) an index was built with, None for the crop."""
+    pre = manifest.get("preprocess") or {}
+    return {"long_side": pre["long_side"], "scales": pre.get("scales")} if pre.get("fit") == "whole" else None
+
+
+def whiten_request(whiten) -> str | None:
+    """`index_folder`'s `whiten` as the manifest records it: "index", an absolute folder, or None (False)."""
+    from .whitening import folder_key
+
+    if whiten in (None, False):
+        return None
+    if whiten is True or whiten == "index":
+        return "index"
+    folder = Path(whiten).expanduser()
+    if not folder.is_dir():
+        raise LookalikeError(f"--whiten-on {whiten}: not a folder")
+    return folder_key(folder)
 
 
 def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooling: str | None,
-                   weights: str | None) -> None:
+                   weights: str | None, inputs: dict | None = None, whiten=None) -> None:
     from .features import is_checkpoint_ref
 
     m = index.manifest
@@ -42,17 +66,32 @@ def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooli
         wanted["weights"] = str(Path(weights).expanduser().resolve())
     if pooling:
         wanted["pooling"] = pooling.lower()
-    if any(wanted.get(k) != m.get(k) for k in ("model", "pooling", "weights")):
+    if inputs is not None:
+        from .features import input_options
+
+        wanted["preprocess"] = {**{k: v for k, v in (m.get("preprocess") or {}).items()
+                                   if k not in ("fit", "long_side", "scales")},
+                                **input_options(inputs.get("long_side"), inputs.get("scales"))}
+    if any(wanted.get(k) != m.get(k) for k in ("model", "pooling", "weights", "preprocess")):
         index.close()
         raise LookalikeError(f"index {index_path} holds vectors from {_describe_backbone(m)}, not "
                              f"{_describe_backbone(wanted)}: pass --rebuild to start over with the new backbone")
+    if whiten is not None:
+        have = m.get("whiten")
+        asked = whiten_request(whiten)
+        if have is not None and asked != have:
+            index.close()
+            now = "without whitening" if asked is None else f"with a whitening fitted on {asked}"
+            raise LookalikeError(f"index {index_path} holds vectors whitened by a fit on {have}; to index {now}, "
+                                 "pass --rebuild to start over")
 
 
 def index_folder(folder, index_path=None, *, model: str | None = None, pooling: str | None = None,
                  weights: str | None = None, rebuild: bool = False, device: str = "cpu", runtime: str = "auto",
                  batch_size: int | None = None, embedder: Embedder | None = None,
                  progress: Callable[[int, int], None] | None = None, ann: str | None = None,
-                 ann_progress: Callable[[int, int], None] | None = None, stream: Callable | None = None) -> dict:
+                 ann_progress: Callable[[int, int], None] | None = None, stream: Callable | None = None,
+                 inputs: dict | None = None, whiten=None) -> dict:
     """Index the images under `folder`. Returns {"indexed", "added", "updated", "removed", "renamed",
     "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path", "ann", "notes"}; "ann" is the
     search backend's kind and parameters (`ann.Backend.params()`, with "requested"); "notes" are lines
@@ -66,8 +105,17 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
     `ann` (auto, exact, hnsw, ivf or ivfpq) is stored in the manifest; None keeps the index's (new ones: auto,
     which picks by size and switches as the index grows, `ann.choose`). The ANN file is saved once per run.
 
-    With no `model`/`pooling`, an existing index keeps its backbone; a new one uses EfficientNet-Lite0 and
-    average pooling. Asking for another backbone than the index's raises LookalikeError unless `rebuild`.
+    With no `model`/`pooling`/`inputs`, an existing index keeps its backbone; a new one uses EfficientNet-Lite0,
+    the backbone's centre crop and average pooling. `inputs` (`features.input_options`: the whole photo at a
+    size, at several scales) is part of the descriptor. Asking for another descriptor than the index's raises
+    LookalikeError unless `rebuild`.
+
+    `whiten`: None keeps the index's choice (a new index: none); False: none; True or "index": PCA-whitening
+    (`whitening.py`) fitted on the index's own vectors; a folder: fitted on that folder's images. It is fitted
+    at the end of the first run that asks for it, stored in the index (`whitening-<sha>.npz`, recorded with the
+    vectors in the database and in the manifest), applied to every stored vector in one atomic switch of the
+    vector file, and from then on to every new vector and to every query (`features.embedder_for_index`).
+    Turning it off, or fitting it on something else, needs `rebuild` (the unwhitened vectors are gone).
     `progress(done, total)` is called after each committed batch, `ann_progress(done, total)` while the ANN
     structure is built (vectors added). `stream(embedder)` gives what replaces `embedder.stream` (same arguments,
     same batches): `sharded.ShardedStream` embeds across the processes of a torchrun group.
@@ -90,17 +138,25 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
             raise LookalikeError(f"index {index_path} belongs to {old_root}, not {root}: "
                                  "choose another --index, or pass --rebuild")
     try:
+        request = whiten_request(whiten) if whiten is not None else None  # a missing folder fails first
+        if existing is not None:
+            _reconcile_whitening(existing)
         if existing is not None and embedder is None:
-            _check_request(existing, index_path, model, pooling, weights)  # before the seconds a model load takes
+            # before the seconds a model load takes
+            _check_request(existing, index_path, model, pooling, weights, inputs, whiten)
         if embedder is None:
             if existing is not None:
                 m = existing.manifest
                 embedder = load_embedder(model or m["model"], device=device, pooling=pooling or m["pooling"],
                                          weights=weights if model else (weights or m.get("weights")),
-                                         runtime=runtime)
+                                         runtime=runtime, inputs=inputs if inputs is not None else _inputs_of(m))
             else:
                 embedder = load_embedder(model or DEFAULT_MODEL, device=device, pooling=pooling or "avg",
-                                         weights=weights, runtime=runtime)
+                                         weights=weights, runtime=runtime, inputs=inputs)
+        if existing is not None and existing.whitening is not None and embedder.whitening is None:
+            from .whitening import load_for_index
+
+            embedder.with_whitening(load_for_index(existing.path, existing.whitening), existing.whitening)
         backbone = embedder.describe()
         if existing is not None and not same_backbone(existing.manifest, backbone):
             old = _describe_backbone(existing.manifest)
@@ -111,6 +167,8 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
         index = existing if existing is not None else ImageIndex.create(index_path, root=root, backbone=backbone,
                                                                                  ann=ann)
         existing = None
+        if whiten is not None and index.manifest.get("whiten") != request:
+            index.touch_manifest(whiten=request)
         with index:
             try:
                 summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress, stream)
@@ -148,6 +206,46 @@ def _walk(root: Path, skipped: list[dict]) -> Iterator[list[tuple[Path, str, int
             batch = []
     if batch:
         yield batch
+
+
+def _reconcile_whitening(index: IndexWriter) -> None:
+    """The manifest's copy of the whitening record follows the database's (a kill between the two writes)."""
+    if index.manifest.get("whitening") != index.whitening:
+        index.touch_manifest(whitening=index.whitening)
+
+
+# Vectors (or images of a --whiten-on folder) a whitening is fitted on, at most: a seeded sample beyond that.
+MAX_FIT_VECTORS = 20_000
+
+
+def _apply_whitening(index: IndexWriter, embedder: Embedder, request: str) -> None:
+    """Fit the whitening asked for, store it, rewrite the stored vectors whitened (one atomic switch that also
+    records it) and make `embedder` apply it to the vectors still to come."""
+    import json
+
+    from .whitening import fit_whitening, power_for, store_for_index
+
+    rng = np.random.default_rng(0)
+    if request == "index":
+        ids = index.ids()
+        if len(ids) < 2:
+            return  # nothing to fit on yet: the next run tries again
+        if len(ids) > MAX_FIT_VECTORS:
+            ids = ids[np.sort(rng.choice(len(ids), MAX_FIT_VECTORS, replace=False))]
+        # One vector at a time: memory stays at the sample's, whatever the index's size.
+        fit_on = np.stack([np.asarray(index.vector_of(int(i)), np.float32) for i in ids])
+    else:
+        files = [str(p) for p in iter_image_files(Path(request))]
+        if len(files) > MAX_FIT_VECTORS:
+            files = [files[i] for i in np.sort(rng.choice(len(files), MAX_FIT_VECTORS, replace=False))]
+        fit_on, _ = embedder.embed_paths(files)
+        if len(fit_on) < 2:
+            raise LookalikeError(f"--whiten-on {request}: fewer than two readable images to fit the whitening on")
+    whitening = fit_whitening(fit_on, power=power_for(index.manifest.get("pooling"))).padded(index.dim)
+    record = store_for_index(index.path, whitening, {"fitted_on": request, "vectors": int(len(fit_on))})
+    index.compact(transform=whitening, meta={"whitening": json.dumps(record, sort_keys=True)})
+    index.touch_manifest(whitening=record)
+    embedder.with_whitening(whitening, record)
 
 
 def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | None,
@@ -257,7 +355,10 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
         summary["removed"] += len(forget)
     summary["skipped"] += known_bad
     summary["skipped_known"] = len(known_bad)
-    if index.dead_rows() > max(COMPACT_MIN_DEAD, len(index)):
+    request = index.manifest.get("whiten")
+    if request is not None and index.whitening is None:
+        _apply_whitening(index, embedder, request)  # compacts on the way
+    elif index.dead_rows() > max(COMPACT_MIN_DEAD, len(index)):
         index.compact()
     summary["ann"] = index.update_ann(ann, progress=ann_progress)
     summary["indexed"] = len(index)

@@ -101,6 +101,8 @@ class SearchService:
     backbone brings that backbone in with its snapshot (`load_embedder(index)`, by default the index's own).
     """
 
+    expansion = None  # `query.Expansion` of every search (`lookalike serve --qe/--dba`), None: plain
+
     def __init__(self, index_path: str | os.PathLike, device: str = "cpu", embedder: Any = None,
                  check_interval: float = 1.0, load_embedder: Callable[[Any], Any] | None = None) -> None:
         from ..search.index import ImageIndex, change_stamp, resolve_index_dir
@@ -180,7 +182,8 @@ class SearchService:
             # fail the request, so serve what we have and try again at the next check.
             return
         embedder = current.embedder
-        if not same_backbone(index.manifest, current.index.manifest):
+        if not same_backbone(index.manifest, current.index.manifest) or (
+                getattr(index, "whitening", None) != getattr(current.index, "whitening", None)):
             # Rebuilt with another model: load it while the other requests go on with the old snapshot.
             try:
                 embedder = self._load_embedder(index)
@@ -229,7 +232,7 @@ class SearchService:
 
         view = self.view()
         return run_queries(view.index, [Query(name=name, image=image)], _clamp_k(k, view.count),
-                           embedder=lambda: self._embedder_of(view))[0]
+                           embedder=lambda: self._embedder_of(view), expansion=self.expansion)[0]
 
     def search_id(self, image_id: int, k: int, include_self: bool = False) -> "SearchResponse":
         """Search from an indexed image; KeyError if the id is unknown."""
@@ -238,7 +241,8 @@ class SearchService:
         view = self.view()
         name = printable(view.path_of(image_id))
         return run_queries(view.index, [Query(name=name, image_id=image_id)], _clamp_k(k, view.count),
-                           embedder=lambda: self._embedder_of(view), include_self=include_self)[0]
+                           embedder=lambda: self._embedder_of(view), include_self=include_self,
+                           expansion=self.expansion)[0]
 
     def compare(self, items: list[tuple[str | None, int | None, Any]]) -> dict:
         """`items`: (name, id or None, PIL image or None); indexed ids reuse their stored vector and, when their
