@@ -62,7 +62,11 @@ def _train(settings: dict, run_dir: Optional[Path], resume: Optional[Path], over
     else:
         from ..train.rundir import new_run_dir
 
-        folder = made = new_run_dir("runs", cfg.model, now=_STARTED)
+        from ..datasets import auto_model
+
+        name = cfg.model if cfg.model != "auto" else (
+            "efficientnet_lite0" if cfg.pretrained else auto_model(cfg.data or "", cfg.image_size))
+        folder = made = new_run_dir("runs", name, now=_STARTED)
     try:
         result = _run_with_progress(cfg, folder, resume is not None, overwrite)
     except Exception:
