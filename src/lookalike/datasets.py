@@ -438,6 +438,14 @@ def _cifar10_bundle(batches: Path, image_size: Optional[int]) -> DataBundle:
     import torch
     import torch.nn.functional as F
 
+    from .photo_cache import default_budget_bytes
+
+    size = image_size or 32
+    # Resized in memory as float32 (4 bytes a value) for all 60,000 images: refuse what would not fit.
+    if size != 32 and 60_000 * 3 * size * size * 4 > default_budget_bytes():
+        raise LookalikeError(f"CIFAR-10 resized to {size} px needs {60_000 * 3 * size * size * 4 / 2**30:.1f} GiB "
+                             "of memory, over this machine's budget: give a smaller --image-size, or the images "
+                             "as class folders (decoded into a cache on disk)")
     train = [_read_cifar_batch(batches / f"data_batch_{i}") for i in range(1, 6)]
     test = _read_cifar_batch(batches / "test_batch")
     classes = _read_cifar_classes(batches / "batches.meta")
