@@ -1,9 +1,11 @@
-"""Training data: CIFAR-10 and `train/` + `test/` class folders.
+"""Training data: CIFAR-10 and class folders.
 
-Small images (<= 64 px a side) are decoded once into a uint8 tensor cache under `cache_dir("datasets")`, keyed
-by the folder's file list, sizes and modification times, so later epochs and later runs never decode again.
-Larger images stream: each batch is decoded (JPEG draft mode), resized and centre-cropped on demand.
-Bad files are skipped and named in `Split.skipped`, never fatal.
+Class folders come as `train/` with `val/` or `test/` beside it, or as one folder of classes (or a lone `train/`)
+split by `val_fraction`: stratified, the same split on every machine and run. Small images (<= 64 px a side) are
+decoded once into a uint8 tensor cache under `cache_dir("datasets")`; larger photos are decoded once into a
+memory-mapped cache at the training side (`photo_cache`) when they fit the memory budget, and stream beyond it:
+each batch is decoded (JPEG draft mode) in worker threads, resized and centre-cropped on demand. Caches are keyed
+by the files' paths, sizes and modification times. Bad files are skipped and named in `Split.skipped`, never fatal.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class DataBundle:
     std: tuple[float, float, float]
     input_size: int
     source: str
+    layout: dict = field(default_factory=dict)  # how the folder was read: which folders, or the split made
 
     @property
     def skipped(self) -> list[str]:
@@ -80,10 +83,14 @@ class DataBundle:
 
 
 def load_data(data: str, image_size: Optional[int] = None, progress: Optional[Callable[[str], None]] = None,
-              need_train: bool = True) -> DataBundle:
-    """`data`: "cifar10", a `cifar-10-batches-py` folder, or a folder with `train/` and `test/` class folders.
+              need_train: bool = True, val_fraction: Optional[float] = None,
+              cache_bytes: Optional[int] = None) -> DataBundle:
+    """`data`: "cifar10", a `cifar-10-batches-py` folder, or a folder of class folders (see the module doc).
 
     `image_size`: side the images are resized to (default: the images' own size when small, else 128).
+    `val_fraction`: share of each class held out when the folder has no `val/` or `test/`. `cache_bytes`: memory
+    budget of the photo caches (default `photo_cache.default_budget_bytes()`); 0 streams every photo.
+    `need_train=False` (evaluating a checkpoint) reads the held-out images only, `test/` before `val/`.
     """
     if data.lower() == "cifar10":
         return _cifar10_bundle(_cifar10_batches_dir(progress), image_size)
@@ -94,7 +101,25 @@ def load_data(data: str, image_size: Optional[int] = None, progress: Optional[Ca
         raise LookalikeError(f"--data {root} is not a folder")
     if (root / "data_batch_1").exists() or (root / "cifar-10-batches-py").is_dir():
         return _cifar10_bundle(root if (root / "data_batch_1").exists() else root / "cifar-10-batches-py", image_size)
-    return _folder_bundle(root, image_size, progress, need_train)
+    return _folder_bundle(root, image_size, progress, need_train, val_fraction, cache_bytes)
+
+
+def auto_model(data: str, image_size: Optional[int] = None) -> str:
+    """The from-scratch model `--model auto` takes for `data`: "fast" for images up to 64 px, "photo" above (the
+    training side decides when given). Reads a sample of image headers; anything unreadable answers "fast" and
+    leaves the error to `load_data`."""
+    if image_size is not None:
+        return "fast" if image_size <= SMALL_MAX_SIDE else "photo"
+    root = Path(data).expanduser()
+    if data.lower() == "cifar10" or not root.is_dir():
+        return "fast"
+    folder = root / "train" if (root / "train").is_dir() else root
+    try:
+        files = [f for d in sorted(folder.iterdir()) if d.is_dir() for f in list_image_files(d)[:20]]
+    except OSError:
+        return "fast"
+    size, _ = _probe_size(files, None) if files else (32, True)
+    return "fast" if size <= SMALL_MAX_SIDE else "photo"
 
 
 # ---------------------------------------------------------------- class folders
@@ -113,22 +138,79 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _folder_bundle(root: Path, image_size: Optional[int], progress, need_train: bool) -> DataBundle:
+DEFAULT_VAL_FRACTION = 0.2  # of a single folder of classes, when no --val-fraction is given
+
+
+def _layout(root: Path, need_train: bool, val_fraction: Optional[float]) -> tuple[Optional[Path], Optional[Path], Optional[float]]:
+    """(train folder, held-out folder or None, fraction to split off the train folder or None).
+
+    Training evaluates on `val/` when there is one, else `test/`; evaluating a checkpoint prefers `test/`."""
+    held = [root / n for n in (("val", "test") if need_train else ("test", "val")) if (root / n).is_dir()]
+    train = root / "train" if (root / "train").is_dir() else None
+    if held:
+        if val_fraction is not None and need_train:
+            raise LookalikeError(f"--val-fraction splits a folder without val/ or test/, but {root} has "
+                                 f"{held[0].name}/: drop --val-fraction, or train on a folder without it")
+        if need_train and train is None:
+            raise LookalikeError(f"{root} has no train/ folder: --data needs DIR/train/<class>/ beside "
+                                 f"DIR/{held[0].name}/<class>/, or one folder of class folders")
+        return train, held[0], None
+    if train is not None:
+        if val_fraction is None:
+            raise LookalikeError(f"{root} has no test/ folder (nor val/): add DIR/val/<class>/ or DIR/test/<class>/, "
+                                 "or pass --val-fraction 0.2 to hold out a fifth of train/")
+        return train, None, val_fraction
+    # One folder of classes: every sub-folder is a class, split per class.
+    return root, None, DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+
+
+def split_per_class(per_class: dict[str, list[Path]], fraction: float) -> tuple[dict, dict]:
+    """(train, held out): `fraction` of each class's files, at least one when it has two or more, held out. The
+    choice depends only on the class name and its sorted file names, so every machine and run makes the same."""
+    train, held = {}, {}
+    for name, files in per_class.items():
+        files = sorted(files, key=lambda p: p.name)
+        seed = int.from_bytes(hashlib.sha256(f"lookalike-split|{name}".encode("utf-8", "surrogateescape")).digest()[:8],
+                              "little")
+        order = np.random.default_rng(seed).permutation(len(files))
+        n_held = 0 if len(files) < 2 else min(len(files) - 1, max(1, round(fraction * len(files))))
+        chosen = set(order[:n_held].tolist())
+        held[name] = [f for i, f in enumerate(files) if i in chosen]
+        train[name] = [f for i, f in enumerate(files) if i not in chosen]
+    return train, held
+
+
+def _folder_bundle(root: Path, image_size: Optional[int], progress, need_train: bool,
+                   val_fraction: Optional[float] = None, cache_bytes: Optional[int] = None) -> DataBundle:
     import torch
 
-    needed = ("train", "test") if need_train else ("test",)
-    for name in needed:
-        if not (root / name).is_dir():
-            raise LookalikeError(f"{root} has no {name}/ folder: --data needs DIR/train/<class>/ and DIR/test/<class>/")
-    test_files = _class_files(root / "test")
-    train_files = _class_files(root / "train") if need_train else {c: [] for c in test_files}
+    from . import photo_cache
+
+    train_dir, held_dir, fraction = _layout(root, need_train, val_fraction)
+    layout: dict = {"train": str(train_dir) if need_train else None}
+    if fraction is None:
+        test_files = _class_files(held_dir)
+        train_files = _class_files(train_dir) if need_train else {c: [] for c in test_files}
+        layout["test"] = str(held_dir)
+    else:
+        train_files, test_files = split_per_class(_class_files(train_dir), fraction)
+        listing = hashlib.sha256("\n".join(str(f) for c in sorted(test_files) for f in test_files[c])
+                                 .encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        layout.update(train=str(train_dir), test=None, val_fraction=fraction, split="per class, by file name",
+                      held_out=sum(map(len, test_files.values())), held_out_sha256=listing)
+        if need_train and not any(test_files.values()):
+            raise LookalikeError(f"--val-fraction {fraction} holds out no image of {train_dir}: each class needs "
+                                 "two images or more")
+        if not need_train:
+            train_files = {c: [] for c in test_files}
     classes = list(train_files)
     if set(classes) != set(test_files):
         only_train = sorted(set(classes) - set(test_files))
         only_test = sorted(set(test_files) - set(classes))
         raise LookalikeError(
-            f"train/ and test/ hold different classes (only in train: {', '.join(only_train) or '-'}; "
-            f"only in test: {', '.join(only_test) or '-'})"
+            f"train/ and {held_dir.name if held_dir else 'test'}/ hold different classes (only in train: "
+            f"{', '.join(only_train) or '-'}; only in {held_dir.name if held_dir else 'test'}: "
+            f"{', '.join(only_test) or '-'})"
         )
     splits = {}
     for name, per_class in (("train", train_files), ("test", test_files)):
@@ -137,19 +219,32 @@ def _folder_bundle(root: Path, image_size: Optional[int], progress, need_train: 
         splits[name] = (files, labels)
 
     size, small = _probe_size(splits["train"][0] + splits["test"][0], image_size)
+    budget = photo_cache.default_budget_bytes() if cache_bytes is None else max(0, int(cache_bytes))
     result = {}
     for name, (files, labels) in splits.items():
+        folder = (train_dir if name == "train" else held_dir) or train_dir
+        role = name if fraction is None else f"{name}-split-{fraction}"
         if small and files:
-            result[name] = _cached_split(root / name, files, labels, size, progress)
+            result[name] = _cached_split(folder, files, labels, size, progress)
+        elif files and photo_cache.cache_bytes(len(files), size) <= budget:
+            from .device import free_cores
+
+            images, labels_t, skipped = photo_cache.load_or_build(folder, role, files, labels, size, _decode_one,
+                                                                  free_cores(), progress)
+            budget -= photo_cache.cache_bytes(len(images), size)
+            result[name] = Split(labels=labels_t, size=size, images=images, skipped=skipped)
         else:
+            if files and progress:
+                progress(f"{len(files)} {name} photos at {size} px exceed the cache's memory budget "
+                         f"({budget >> 20} MiB left): decoding them at every step")
             result[name] = Split(labels=torch.tensor(labels, dtype=torch.long), size=size, files=files,
                                  images=None if files else torch.empty(0, 3, size, size, dtype=torch.uint8))
     if need_train and len(result["train"]) == 0:
-        raise LookalikeError(f"{root / 'train'} holds no readable images")
+        raise LookalikeError(f"{train_dir} holds no readable images")
     if len(result["test"]) == 0:
-        raise LookalikeError(f"{root / 'test'} holds no readable images")
+        raise LookalikeError(f"{held_dir or train_dir} holds no readable images to evaluate on")
     mean, std = _mean_std(result["train"] if len(result["train"]) else result["test"])
-    return DataBundle(result["train"], result["test"], classes, mean, std, size, str(root))
+    return DataBundle(result["train"], result["test"], classes, mean, std, size, str(root), layout)
 
 
 def _probe_size(files: Sequence[Path], image_size: Optional[int]) -> tuple[int, bool]:
@@ -343,6 +438,14 @@ def _cifar10_bundle(batches: Path, image_size: Optional[int]) -> DataBundle:
     import torch
     import torch.nn.functional as F
 
+    from .photo_cache import default_budget_bytes
+
+    size = image_size or 32
+    # Resized in memory as float32 (4 bytes a value) for all 60,000 images: refuse what would not fit.
+    if size != 32 and 60_000 * 3 * size * size * 4 > default_budget_bytes():
+        raise LookalikeError(f"CIFAR-10 resized to {size} px needs {60_000 * 3 * size * size * 4 / 2**30:.1f} GiB "
+                             "of memory, over this machine's budget: give a smaller --image-size, or the images "
+                             "as class folders (decoded into a cache on disk)")
     train = [_read_cifar_batch(batches / f"data_batch_{i}") for i in range(1, 6)]
     test = _read_cifar_batch(batches / "test_batch")
     classes = _read_cifar_classes(batches / "batches.meta")

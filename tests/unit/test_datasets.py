@@ -67,7 +67,7 @@ def test_mixed_sizes_are_fitted_to_one_side(tmp_path):
 
 def test_large_images_stream_with_resize(tmp_path):
     root = make_folder_dataset(tmp_path / "big", n_train=3, n_test=2, size=96)
-    d = load_data(str(root), image_size=72)
+    d = load_data(str(root), image_size=72, cache_bytes=0)  # a budget of 0: every photo streams
     assert not d.train.in_memory and d.input_size == 72
     x, y = d.train.batch(torch.tensor([0, 4, 8]))
     assert x.shape == (3, 3, 72, 72) and x.dtype == torch.uint8 and y.tolist() == [0, 1, 2]

@@ -96,7 +96,11 @@ def _train(settings: dict, run_dir: Optional[Path], resume: Optional[Path], over
     elif group.is_main:
         from ..train.rundir import new_run_dir
 
-        folder = made = new_run_dir("runs", cfg.model, now=_STARTED)
+        from ..datasets import auto_model
+
+        name = cfg.model if cfg.model != "auto" else (
+            "efficientnet_lite0" if cfg.pretrained else auto_model(cfg.data or "", cfg.image_size))
+        folder = made = new_run_dir("runs", name, now=_STARTED)
     folder = Path(group.same(str(folder) if group.is_main else None))  # rank 0 names the run for all
     try:
         result = _run_with_progress(cfg, folder, resume is not None, overwrite, group)

@@ -13,6 +13,8 @@ register_model("fast", f"{_CIFAR}:fast", "cifar",
 register_model("lab", f"{_CIFAR}:lab", "cifar",
                "ResNet-18 (CIFAR) with the lab's recipe: SGD 0.1, steps at 5 and 10, 15 epochs")
 register_model("resnet18", f"{_CIFAR}:resnet18", "cifar", "ResNet-18 (CIFAR variant), one-cycle recipe")
+register_model("photo", "lookalike.models.photo_net:photo", "cifar",
+               "from-scratch net for photos of 96-160 px (strided stem, 3 conv groups); the default above 64 px")
 register_model("efficientnet_lite0", f"{_PRETRAINED}:efficientnet_lite0", "pretrained",
                "EfficientNet-Lite0, ImageNet, weights ship with pip (default)")
 register_model("efficientnet_lite2", f"{_PRETRAINED}:efficientnet_lite2", "pretrained",

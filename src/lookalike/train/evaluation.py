@@ -96,7 +96,8 @@ def evaluate_checkpoint(checkpoint: Union[str, os.PathLike], data: str, tta: Opt
     dev = resolve_device(device)
     model, meta = model_from_checkpoint(checkpoint, device=dev)
     model = model.to(memory_format=torch.channels_last)
-    bundle = load_data(data, image_size=int(meta["input_size"]), progress=on_info, need_train=False)
+    bundle = load_data(data, image_size=int(meta["input_size"]), progress=on_info, need_train=False,
+                       val_fraction=(meta.get("config") or {}).get("val_fraction") or None)
     classes = list(meta["classes"])
     if set(bundle.classes) != set(classes):
         raise LookalikeError(

@@ -35,6 +35,10 @@ def build_optimizer(model, cfg: RunConfig):
         groups = _muon_groups(model, cfg, norm, other)
     else:
         raise LookalikeError(f"unknown optimizer {cfg.optimizer!r}: use sgd, sgd-sum or muon")
+    if cfg.body_lr_scale != 1.0:  # a pretrained body fine-tuned under its new head
+        from .probe import scale_body_lr
+
+        groups = scale_body_lr(groups, model, cfg.body_lr_scale)
     groups = [g for g in groups if g["params"]]
     for g in groups:
         g["initial_lr"] = g["lr"]
