@@ -29,12 +29,14 @@ from pathlib import Path
 from results_file import record
 
 
-def run_train(data: str, out: Path, extra: list[str]) -> dict:
+def run_train(data: str, out: Path, extra: list[str], env: dict | None = None) -> dict:
+    """`lookalike train ... --json` in a fresh process (under `env`, default: this one's): its result, the wall
+    time seen from outside and the rows of its metrics.csv."""
     cmd = [sys.executable, "-c", "from lookalike.cli import main; main()", "train", "--data", data, "--out", str(out),
            "--json", *extra]
     print("$ lookalike " + " ".join(cmd[3:]), file=sys.stderr, flush=True)
     t = time.time()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     wall = time.time() - t
     if proc.returncode != 0:
         raise SystemExit(f"training failed with exit code {proc.returncode}")

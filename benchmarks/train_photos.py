@@ -14,15 +14,14 @@ Appends a Markdown section, with the command, the commit and the machine, to ben
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from results_file import record
+from train_cifar10 import run_train, time_to
 
 LEADERBOARD_128 = "fastai leaderboard at 128 px (GPU, xse_resnext50, random init): 87.43% after 5 epochs, 91.57% after 20"
 CAVEAT = ("ImageNet-overlap caveat: almost every Imagenette photo (3,791 of the 3,925 val images) is an ImageNet "
@@ -32,30 +31,6 @@ CAVEAT = ("ImageNet-overlap caveat: almost every Imagenette photo (3,791 of the 
 
 def load() -> str:
     return "{:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
-
-
-def run_train(data: str, out: Path, extra: list[str], env: dict) -> dict:
-    cmd = [sys.executable, "-c", "from lookalike.cli import main; main()", "train", "--data", data, "--out", str(out),
-           "--json", *extra]
-    print("$ lookalike " + " ".join(cmd[3:]), file=sys.stderr, flush=True)
-    t = time.time()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    wall = time.time() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"training failed with exit code {proc.returncode}")
-    result = json.loads(proc.stdout)
-    result["outside_wall_s"] = wall
-    result["rows"] = list(csv.DictReader(open(out / "metrics.csv")))
-    return result
-
-
-def time_to(result: dict, target: float) -> str:
-    for row in result["rows"]:
-        if float(row["test_acc"]) >= target:
-            return f"{float(row['seconds']):.0f} s (epoch {row['epoch']})"
-    if result["test_acc"] >= target:
-        return f"{result['outside_wall_s']:.0f} s (final, TTA)"
-    return "not reached"
 
 
 def cached_throughput(data: str, size: int, steps: int, batch: int) -> float:

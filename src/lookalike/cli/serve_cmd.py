@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import LookalikeError
-from ..web.hosts import LOOPBACK_NAMES, is_loopback
+from ..web.hosts import is_loopback
 from . import app
 from ._common import console, warn
 
