@@ -216,7 +216,7 @@ def main() -> None:
                 + " -> ".join(f"{100 * float(x['test_acc']):.1f}" for x in r["rows"]) + "\n")
             flush_part()
     if skipped:
-        say("Not run here, for lack of time before the deadline of this session: " + "; ".join(skipped) + ".")
+        say("Not run here, for lack of time before --deadline: " + "; ".join(skipped) + ".")
     flush_part()
 
 
