@@ -193,8 +193,11 @@ CONFIGS = {
     "ivf": ("ivf", {}),
     "ivf-pca256": ("ivf", {"pca": 256, "rerank": 4}),
     "ivfpq-opq-pca256": ("ivfpq", {"pca": 256, "pq_bytes": 32, "opq": True, "rerank": 10}),
+    "auto": ("auto", {}),  # what `lookalike index` builds at this size (`ann.choose`)
 }
 KNOBS = {"hnsw": ("ef_search", [32, 64, 96, 160]), "ivf": ("nprobe", None), "ivfpq": ("nprobe", None)}
+# IVF-Flat on a PCA: the lists scanned (nprobe) and the candidates reranked exactly (rerank x k) both bound recall.
+IVF_SWEEP = [(16, 20), (24, 20), (32, 10), (32, 20), (48, 20), (64, 20)]
 
 
 def rss() -> dict:
@@ -213,16 +216,18 @@ def child_build(cache: Path, n: int, name: str) -> dict:
     db = np.load(cache / "db.npy", mmap_mode="r")[:n]
     kind, params = CONFIGS[name]
     t0 = time.perf_counter()
-    backend = ann.build(kind, np.arange(n, dtype=np.int64), db, **params)
+    backend = ann.build(kind, np.arange(n, dtype=np.int64), db, **params,
+                        progress=lambda d, total: print(f"build {name}: added {d}/{total} "
+                                                        f"{time.perf_counter() - t0:.0f} s", file=sys.stderr))
     build_s = time.perf_counter() - t0
     path = cache / f"ann-{n}-{name}.ann"
     size = backend.save(path, fingerprint=f"bench-{n}") if kind != "exact" else 0
     # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec.
-    return {"build_s": build_s, "build_peak_rss": rss()["VmHWM"],
+    return {"build_s": build_s, "build_peak_rss": rss()["VmHWM"], "load_during": os.getloadavg()[0],
             "file_bytes": size, "params": backend.params()}
 
 
-def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
+def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int, full_dupes: bool = False) -> dict:
     from lookalike.search import ann
     from lookalike.search.dupes_graph import knn_edges
     from lookalike.search.query import distance_to_similarity
@@ -230,7 +235,7 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
     db = np.load(cache / "db.npy", mmap_mode="r")[:n]
     gt = np.load(cache / f"gt-{n}.npz", allow_pickle=False)
     queries = np.load(cache / "queries.npy")
-    kind, params = CONFIGS[name]
+    kind, _ = CONFIGS[name]
     ids = np.arange(n, dtype=np.int64)
     base = rss()
     t0 = time.perf_counter()
@@ -240,26 +245,32 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
         backend = ann.load(cache / f"ann-{n}-{name}.ann", fingerprint=f"bench-{n}")
     load_s = time.perf_counter() - t0
     lookup = (lambda w: np.asarray(db[np.asarray(w)], np.float32)) if backend._approximate() else None
+    kind = backend.kind  # "auto" resolved
     knob, values = KNOBS.get(kind, (None, [None]))
-    if knob == "nprobe":
-        nl = backend.nlist
-        values = sorted({max(1, nl // 64), max(1, nl // 32), max(1, nl // 16), max(1, nl // 8)})
-    settings = [{knob: v} if knob else {} for v in values]
-    if backend.rerank > 1 and knob:  # a wider rerank at the second-largest knob, then a wider search too
-        settings.append({knob: values[-2], "rerank": 10 if backend.rerank < 10 else 20})
-        settings.append({knob: values[-1] * 2, "rerank": 20 if backend.rerank < 20 else 40})
+    own = {knob: getattr(backend, knob), "rerank": backend.rerank} if knob else {}
+    if kind == "ivf" and backend.pca is not None:
+        settings = [{"nprobe": p, "rerank": r} for p, r in IVF_SWEEP if p <= backend.nlist]
+    else:
+        if knob == "nprobe":
+            nl = backend.nlist
+            values = sorted({max(1, nl // 64), max(1, nl // 32), max(1, nl // 16), max(1, nl // 8)})
+        settings = [{knob: v} if knob else {} for v in values]
+        if backend.rerank > 1 and knob:  # a wider rerank at the second-largest knob, then a wider search too
+            settings.append({knob: values[-2], "rerank": 10 if backend.rerank < 10 else 20})
+            settings.append({knob: values[-1] * 2, "rerank": 20 if backend.rerank < 20 else 40})
+    if own and own not in settings and {knob: own[knob]} not in settings:
+        settings.append(own)  # the setting the backend was built with, last: its state is kept for dupes
     rows = []
     n_single = 30 if kind == "exact" else len(queries)
-    default_rerank = backend.rerank
     for setting in settings:
-        backend.rerank = default_rerank
-        for key, v in setting.items():
+        for key, v in {**own, **setting}.items():
             setattr(backend, key, v)
-        lat = []
+        lat, cpu = [], []
         for q in queries[:n_single]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             backend.search(q[None], 10, lookup=lookup)
             lat.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
         if kind == "exact":
             batch_s = float(gt["exact_batch_s"])  # the ground truth pass is exact's batch
             found = gt["top"]
@@ -269,30 +280,39 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
             batch_s = time.perf_counter() - t
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, gt["top"])]))
         rows.append({"knob": ", ".join(f"{k}={v}" for k, v in setting.items()), "p50_ms": 1e3 * float(np.percentile(lat, 50)),
-                     "p99_ms": 1e3 * float(np.percentile(lat, 99)), "qps": len(queries) / batch_s,
-                     "recall10": recall})
+                     "p99_ms": 1e3 * float(np.percentile(lat, 99)), "cpu_p50_ms": 1e3 * float(np.percentile(cpu, 50)),
+                     "qps": len(queries) / batch_s,
+                     "recall10": recall, "default": setting == own or setting == {knob: own.get(knob)}})
     serve_rss = rss()
-    # dupes: kNN graph (k=10) rows through the backend, timed on a sample and scaled to N
+    for key, v in own.items():  # dupes runs with the backend as built (and its own graph settings)
+        setattr(backend, key, v)
+    # dupes: the kNN graph (k=10) through the backend, as `lookalike dupes` builds it: of every row (full) or of
+    # a sample of rows, timed and scaled to N
     sample = np.load(cache / f"dupes-rows-{n}.npy")
     m = min(len(sample), n_dupe_rows if kind != "exact" else 300)
-    rows_t = sample[:m]
+    rows_t = sample[:m] if not full_dupes else np.arange(n, dtype=np.int64)
     t = time.perf_counter()
-    a, b = knn_edges(backend, rows_t, np.asarray(db[rows_t]), k=10, min_similarity=distance_to_similarity(0.6),
-                     lookup=lookup)
-    dupes_s = (time.perf_counter() - t) * n / m
-    exact_pairs = {(int(x), int(y)) for x, y in zip(gt["pair_a"], gt["pair_b"]) if x in set(rows_t.tolist())}
-    found_pairs = {(int(x), int(y)) for x, y in zip(a, b)}
+    a, b = knn_edges(backend, rows_t, db if full_dupes else np.asarray(db[rows_t]), k=10,
+                     min_similarity=distance_to_similarity(0.6), lookup=lookup,
+                     progress=(lambda d, total: print(f"dupes {d}/{total} {time.perf_counter() - t:.0f} s",
+                                                      file=sys.stderr, flush=True)) if full_dupes else None)
+    dupes_s = (time.perf_counter() - t) * n / len(rows_t)
+    judged = set(sample[:1000].tolist())  # the rows whose exact near-duplicate edges are known
+    exact_pairs = {(int(x), int(y)) for x, y in zip(gt["pair_a"], gt["pair_b"]) if int(x) in judged}
+    found_pairs = {(int(x), int(y)) for x, y in zip(a, b) if int(x) in judged}
     pair_recall = len(exact_pairs & found_pairs) / len(exact_pairs) if exact_pairs else float("nan")
     return {"load_s": load_s, "rss_before": base, "rss": serve_rss, "rows": rows, "dupes_s_est": dupes_s,
-            "dupes_rows_timed": m, "dupe_pairs": len(exact_pairs), "dupe_pair_recall": pair_recall,
+            "dupes_rows_timed": len(rows_t), "dupes_full": full_dupes, "dupe_edges": int(len(a)),
+            "dupe_pairs": len(exact_pairs), "dupe_pair_recall": pair_recall,
+            "graph_settings": list(backend.graph_settings(11)), "load_during": os.getloadavg()[0],
             "params": backend.params()}
 
 
 def run_child(args: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode:
-        raise SystemExit(f"child {args} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"child {args} failed (its messages are above)")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -445,7 +465,7 @@ def fmt_bytes(b: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", default="all", choices=["all", "embed", "prepare", "quality"])
+    ap.add_argument("--stage", default="all", choices=["all", "embed", "prepare", "quality", "report"])
     ap.add_argument("--holidays", default="/tmp/holidays-dev", help="extracted holidays-dev folder (quality stage)")
     ap.add_argument("--child", choices=["build", "serve"], help=argparse.SUPPRESS)
     ap.add_argument("--name", help=argparse.SUPPRESS)
@@ -464,13 +484,14 @@ def main() -> None:
     ap.add_argument("--dupe-fraction", type=float, default=0.02)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--dupe-rows", type=int, default=4000, help="rows timed for the dupes estimate")
+    ap.add_argument("--dupes-full", action="store_true", help="time the kNN graph of every row, not a sample")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ann_scale.md"))
     args = ap.parse_args()
     cache = Path(args.cache) if args.cache else default_cache()
     cache.mkdir(parents=True, exist_ok=True)
     if args.child:
         res = child_build(cache, args.n, args.name) if args.child == "build" else \
-            child_serve(cache, args.n, args.name, args.dupe_rows)
+            child_serve(cache, args.n, args.name, args.dupe_rows, args.dupes_full)
         print(json.dumps(res))
         return
     args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -480,11 +501,14 @@ def main() -> None:
     if args.stage == "quality":
         quality(cache, args)
         return
+    store = Path(args.out).with_suffix(".json")
+    results = json.loads(store.read_text()) if store.is_file() else []
+    if args.stage == "report":  # rewrite the results file from the stored rows
+        write_report(args, results)
+        return
     prepare(cache, args)
     if args.stage == "prepare":
         return
-    store = Path(args.out).with_suffix(".json")
-    results = json.loads(store.read_text()) if store.is_file() else []
     for n in args.sizes:
         for spec in args.backends.split(","):
             name, _, only = spec.partition("@")
@@ -496,15 +520,20 @@ def main() -> None:
             else:
                 build = run_child(["--child", "build", "--n", str(n), "--name", name, "--cache", str(cache)])
             serve = run_child(["--child", "serve", "--n", str(n), "--name", name, "--cache", str(cache),
-                               "--dupe-rows", str(args.dupe_rows)])
+                               "--dupe-rows", str(args.dupe_rows)] + (["--dupes-full"] if args.dupes_full else []))
             results = [r for r in results if (r["n"], r["name"]) != (n, name)]
-            results.append({"n": n, "name": name, "build": build, "serve": serve,
-                            "commit": git_commit(), "load": os.getloadavg()[0]})
+            results.append({"n": n, "name": name, "build": build, "serve": serve, "commit": git_commit(),
+                            "load": os.getloadavg()[0], "command": command_line()})
             results.sort(key=lambda r: (r["n"], list(CONFIGS).index(r["name"])))
             print(json.dumps([r for r in results if (r["n"], r["name"]) == (n, name)][0]), file=sys.stderr)
             store.write_text(json.dumps(results, indent=1))
             write_report(args, results)
     write_report(args, results)
+
+
+def command_line() -> str:
+    home = os.environ.get("LOOKALIKE_HOME")
+    return (f"LOOKALIKE_HOME={home} " if home else "") + "python benchmarks/ann_scale.py " + " ".join(sys.argv[1:])
 
 
 def git_commit() -> str:
@@ -517,50 +546,80 @@ def write_report(args, results: list[dict]) -> None:
     from lookalike.search.ann import choose
 
     commit = ", ".join(sorted({r.get("commit", "?") for r in results})) or git_commit()
+    commands = list(dict.fromkeys(r.get("command", "?") for r in results))
     lines = ["# Search backends at scale", "",
-             "Command (rows are kept in ann_scale.json and merged by size and backend, so runs add up): "
-             f"`python benchmarks/ann_scale.py --sizes {','.join(map(str, args.sizes))} --backends "
-             f"{args.backends}`  ",
-             f"Commit(s) measured: {commit}  ", f"Machine: {machine()}; FAISS threads = free cores; other jobs shared the cores.",
-             "", "Database: synthetic vectors from a mixture of probabilistic PCAs fitted to "
-             f"{args.per_class_train * 10} real EfficientNet-Lite0 CIFAR-10 vectors ({args.clusters} clusters, rank "
-             f"{args.rank}), {args.dupe_fraction:.0%} near-copies; queries: {args.queries} held-out real CIFAR-10 "
-             "test vectors. Recall@10 against the exact top-10.", "",
-             "| N | backend | search knob | build | build peak RSS | file | serving RSS (anon) | p50 | p99 | "
-             "batch q/s | recall@10 | dupes (est.) | dupe pairs found |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Written by `benchmarks/ann_scale.py`; rows are kept in ann_scale.json and merged by size and "
+             "backend, so runs add up. Commands, in the order their rows were last measured:", ""]
+    lines += [f"- `{c}`" for c in commands]
+    lines += ["", f"Commit(s) measured: {commit}  ",
+              f"Machine: {machine()}; FAISS threads = free cores; other people's jobs shared the cores (load avg column).",
+              "", "Database: synthetic vectors from a mixture of probabilistic PCAs fitted to "
+              f"{args.per_class_train * 10} real EfficientNet-Lite0 CIFAR-10 vectors ({args.clusters} clusters, rank "
+              f"{args.rank}), {args.dupe_fraction:.0%} near-copies; queries: {args.queries} held-out real CIFAR-10 "
+              "test vectors. Recall@10 against the exact top-10. `*`: the search setting the backend was built "
+              "with (what `index` stores for that backend).", "",
+              "| N | backend | search knob | build | build peak RSS | file | serving RSS (anon) | p50 | p99 | "
+              "CPU p50 | batch q/s | recall@10 | dupes | dupe pairs found | load avg (build / serve) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         b, s = r["build"], r["serve"]
         for i, row in enumerate(s["rows"]):
             first = i == 0
+            dupes = f"{s['dupes_s_est'] / 60:.1f} min" + ("" if s.get("dupes_full") else " (est.)")
+            load = f"{b['load_during']:.1f} / " if "load_during" in b else ""
+            load += f"{s['load_during']:.1f}" if "load_during" in s else (f"{r['load']:.1f}" if "load" in r else "?")
             lines.append("| " + " | ".join([
-                f"{r['n']:,}", r["name"] if first else "", row["knob"] or "-",
+                f"{r['n']:,}", r["name"] if first else "", (row["knob"] or "-") + (" *" if row.get("default") else ""),
                 f"{b['build_s']:.0f} s" if first else "", (fmt_bytes(b["build_peak_rss"]) if b.get("build_peak_rss") else "n/m") if first else "",
                 fmt_bytes(b["file_bytes"]) if first and b["file_bytes"] else ("-" if first else ""),
                 f"{fmt_bytes(s['rss']['VmRSS'])} ({fmt_bytes(s['rss']['RssAnon'])})" if first else "",
-                f"{row['p50_ms']:.2f} ms", f"{row['p99_ms']:.2f} ms", f"{row['qps']:.0f}", f"{row['recall10']:.3f}",
-                f"{s['dupes_s_est'] / 60:.1f} min" if first else "",
+                f"{row['p50_ms']:.2f} ms", f"{row['p99_ms']:.2f} ms",
+                f"{row['cpu_p50_ms']:.2f} ms" if "cpu_p50_ms" in row else "n/m", f"{row['qps']:.0f}", f"{row['recall10']:.3f}",
+                dupes if first else "",
                 (f"{s['dupe_pair_recall']:.3f} of {s['dupe_pairs']}" if first else ""),
-                (f"{r['load']:.1f}" if first and "load" in r else "")]) + " |")
+                load if first else ""]) + " |")
+    lines += ["", "## Against the targets (N >= 1M)", ""]
+    for r in results:
+        if r["n"] < 1_000_000:
+            continue
+        b, s = r["build"], r["serve"]
+        ok = [row for row in s["rows"] if row["recall10"] >= 0.95]
+        best = min(ok, key=lambda row: row["p50_ms"]) if ok else max(s["rows"], key=lambda row: row["recall10"])
+        verdict = "met" if ok and best["p50_ms"] <= 5 else "missed"
+        lines.append(
+            f"- {r['n']:,} `{r['name']}` ({s['params']['backend']}): query p50 {best['p50_ms']:.2f} ms / p99 "
+            f"{best['p99_ms']:.2f} ms at recall@10 {best['recall10']:.3f} ({best['knob']}; target p50 <= 5 ms at "
+            f">= 0.95: {verdict}); build {b['build_s'] / 60:.1f} min (target 10: {'met' if b['build_s'] <= 600 else 'missed'}); "
+            f"serving RAM {fmt_bytes(s['rss']['RssAnon'])} of its own (target 3 GB: "
+            f"{'met' if s['rss']['RssAnon'] <= 3 * 2**30 else 'missed'}); dupes {s['dupes_s_est'] / 60:.1f} min"
+            f"{'' if s.get('dupes_full') else ' (estimated from a sample)'} finding {s['dupe_pair_recall']:.3f} of "
+            f"{s['dupe_pairs']} exact near-duplicate pairs (target 15 min at >= 0.95: "
+            f"{'met' if s['dupes_s_est'] <= 900 and s['dupe_pair_recall'] >= 0.95 else 'missed'}).")
     lines += ["", "Notes:",
-              "- p50/p99: one query per call (1,000 calls; exact: 30); batch: all queries in one call (exact: the "
-              "ground-truth pass). Approximate backends with `rerank` reorder their candidates by the exact "
+              "- p50/p99: wall time of one query per call (1,000 calls; exact: 30); CPU p50: the CPU time of "
+              "those calls (all threads), what a query costs when the cores are not shared (n/m: not measured "
+              "then); batch: all queries in one call (exact: the ground-truth pass). Approximate backends with `rerank` reorder their candidates by the exact "
               "distance, reading those rows from the memory-mapped vector file.",
-              "- dupes (est.): the kNN graph (k = 10) of a sample of rows through the backend, timed and scaled to "
-              "N (the graph costs the same per row); pairs found: share of the exact graph's near-duplicate edges "
-              "(distance <= 0.6) of up to 1,000 sampled rows (half of them injected near-copies) that the "
-              "backend's graph holds.",
+              "- dupes: the kNN graph (k = 10) through the backend with its graph settings "
+              "(`Backend.graph_settings`, what `lookalike dupes` runs), timed over every row, or (est.) over a sample "
+              "of rows and scaled to N (the graph costs the same per row); pairs found: share of the exact "
+              "graph's near-duplicate edges (distance <= 0.6) of up to 1,000 sampled rows (half of them injected "
+              "near-copies) that the backend's graph holds. Rows measured before graph settings existed ran the "
+              "graph with the query settings.",
               "- build peak RSS includes the pages of the memory-mapped input read during the build; serving RSS "
               "is a fresh process after loading the file and answering every query (anon: its own memory, "
               "without file pages).",
-              "- load avg: the 1-minute load average of the 2 cores when the row finished (other people's jobs "
-              "shared them): single-query latencies under such load vary several-fold between neighbouring rows; "
-              "compare recall and bytes, and latencies only roughly.", "",
+              "- load avg: the 1-minute load average of the 2 cores at the end of the build and of the serving "
+              "pass (older rows: when the row finished); other people's jobs shared them, so timings taken at "
+              "load > 2 are slower than the machine alone would give, and single-query latencies vary between "
+              "neighbouring rows.", "",
               "`auto` (`lookalike.search.ann.choose`, 3 GB budget): " + ", ".join(
                   f"N={n:,} -> {choose(n, 1280)[0]} {choose(n, 1280)[1]}" for n in
                   (10_000, 50_000, 100_000, 500_000, 1_000_000, 3_000_000, 10_000_000, 100_000_000))]
+    extra = Path(args.out).with_name("ann_scale.notes.md")
+    if extra.is_file():  # prose that needs judgement (extrapolations), kept beside the generated table
+        lines += ["", extra.read_text().strip()]
     Path(args.out).write_text("\n".join(lines) + "\n")
-
 
 if __name__ == "__main__":
     main()
