@@ -215,15 +215,16 @@ def child_build(cache: Path, n: int, name: str) -> dict:
 
     db = np.load(cache / "db.npy", mmap_mode="r")[:n]
     kind, params = CONFIGS[name]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     backend = ann.build(kind, np.arange(n, dtype=np.int64), db, **params,
                         progress=lambda d, total: print(f"build {name}: added {d}/{total} "
                                                         f"{time.perf_counter() - t0:.0f} s", file=sys.stderr))
     build_s = time.perf_counter() - t0
+    build_cpu_s = time.process_time() - c0
     path = cache / f"ann-{n}-{name}.ann"
     size = backend.save(path, fingerprint=f"bench-{n}") if kind != "exact" else 0
     # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec.
-    return {"build_s": build_s, "build_peak_rss": rss()["VmHWM"], "load_during": os.getloadavg()[0],
+    return {"build_s": build_s, "build_cpu_s": build_cpu_s, "build_peak_rss": rss()["VmHWM"], "load_during": os.getloadavg()[0],
             "file_bytes": size, "params": backend.params()}
 
 
@@ -291,18 +292,19 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int, full_dupes: bo
     sample = np.load(cache / f"dupes-rows-{n}.npy")
     m = min(len(sample), n_dupe_rows if kind != "exact" else 300)
     rows_t = sample[:m] if not full_dupes else np.arange(n, dtype=np.int64)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     a, b = knn_edges(backend, rows_t, db if full_dupes else np.asarray(db[rows_t]), k=10,
                      min_similarity=distance_to_similarity(0.6), lookup=lookup,
                      progress=(lambda d, total: print(f"dupes {d}/{total} {time.perf_counter() - t:.0f} s",
                                                       file=sys.stderr, flush=True)) if full_dupes else None)
     dupes_s = (time.perf_counter() - t) * n / len(rows_t)
+    dupes_cpu_s = (time.process_time() - c) * n / len(rows_t)
     judged = set(sample[:1000].tolist())  # the rows whose exact near-duplicate edges are known
     exact_pairs = {(int(x), int(y)) for x, y in zip(gt["pair_a"], gt["pair_b"]) if int(x) in judged}
     found_pairs = {(int(x), int(y)) for x, y in zip(a, b) if int(x) in judged}
     pair_recall = len(exact_pairs & found_pairs) / len(exact_pairs) if exact_pairs else float("nan")
     return {"load_s": load_s, "rss_before": base, "rss": serve_rss, "rows": rows, "dupes_s_est": dupes_s,
-            "dupes_rows_timed": len(rows_t), "dupes_full": full_dupes, "dupe_edges": int(len(a)),
+            "dupes_cpu_s": dupes_cpu_s, "dupes_rows_timed": len(rows_t), "dupes_full": full_dupes, "dupe_edges": int(len(a)),
             "dupe_pairs": len(exact_pairs), "dupe_pair_recall": pair_recall,
             "graph_settings": list(backend.graph_settings(11)), "load_during": os.getloadavg()[0],
             "params": backend.params()}
@@ -514,11 +516,15 @@ def main() -> None:
             name, _, only = spec.partition("@")
             if only and int(only) != n:
                 continue
-            old = [r for r in results if (r["n"], r["name"]) == (n, name)]
+            old = [r["build"] for r in results if (r["n"], r["name"]) == (n, name)]
+            kept = cache / f"ann-{n}-{name}.build.json"  # the build's figures, beside its file
+            if not old and kept.is_file():
+                old = [json.loads(kept.read_text())]
             if args.reuse and old and (name == "exact" or (cache / f"ann-{n}-{name}.ann").is_file()):
-                build = old[0]["build"]  # the saved structure of an earlier run: measure serving again only
+                build = old[0]  # the saved structure of an earlier run: measure serving again only
             else:
                 build = run_child(["--child", "build", "--n", str(n), "--name", name, "--cache", str(cache)])
+                kept.write_text(json.dumps(build))
             serve = run_child(["--child", "serve", "--n", str(n), "--name", name, "--cache", str(cache),
                                "--dupe-rows", str(args.dupe_rows)] + (["--dupes-full"] if args.dupes_full else []))
             results = [r for r in results if (r["n"], r["name"]) != (n, name)]
@@ -565,12 +571,13 @@ def write_report(args, results: list[dict]) -> None:
         b, s = r["build"], r["serve"]
         for i, row in enumerate(s["rows"]):
             first = i == 0
-            dupes = f"{s['dupes_s_est'] / 60:.1f} min" + ("" if s.get("dupes_full") else " (est.)")
+            dupes = f"{s['dupes_s_est'] / 60:.1f} min" + ("" if s.get("dupes_full") else " (est.)") + \
+                (f" (CPU {s['dupes_cpu_s'] / 60:.1f} min)" if "dupes_cpu_s" in s else "")
             load = f"{b['load_during']:.1f} / " if "load_during" in b else ""
             load += f"{s['load_during']:.1f}" if "load_during" in s else (f"{r['load']:.1f}" if "load" in r else "?")
             lines.append("| " + " | ".join([
                 f"{r['n']:,}", r["name"] if first else "", (row["knob"] or "-") + (" *" if row.get("default") else ""),
-                f"{b['build_s']:.0f} s" if first else "", (fmt_bytes(b["build_peak_rss"]) if b.get("build_peak_rss") else "n/m") if first else "",
+                (f"{b['build_s']:.0f} s" + (f" (CPU {b['build_cpu_s']:.0f} s)" if "build_cpu_s" in b else "")) if first else "", (fmt_bytes(b["build_peak_rss"]) if b.get("build_peak_rss") else "n/m") if first else "",
                 fmt_bytes(b["file_bytes"]) if first and b["file_bytes"] else ("-" if first else ""),
                 f"{fmt_bytes(s['rss']['VmRSS'])} ({fmt_bytes(s['rss']['RssAnon'])})" if first else "",
                 f"{row['p50_ms']:.2f} ms", f"{row['p99_ms']:.2f} ms",
