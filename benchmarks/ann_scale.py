@@ -299,7 +299,7 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int, full_dupes: bo
                                                       file=sys.stderr, flush=True)) if full_dupes else None)
     dupes_s = (time.perf_counter() - t) * n / len(rows_t)
     dupes_cpu_s = (time.process_time() - c) * n / len(rows_t)
-    judged = set(sample[:1000].tolist())  # the rows whose exact near-duplicate edges are known
+    judged = set(sample[:1000].tolist()) & set(rows_t.tolist())  # rows timed whose exact edges are known
     exact_pairs = {(int(x), int(y)) for x, y in zip(gt["pair_a"], gt["pair_b"]) if int(x) in judged}
     found_pairs = {(int(x), int(y)) for x, y in zip(a, b) if int(x) in judged}
     pair_recall = len(exact_pairs & found_pairs) / len(exact_pairs) if exact_pairs else float("nan")
