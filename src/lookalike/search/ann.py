@@ -89,10 +89,10 @@ IVF_PCA = {"pca": 256, "rerank": 20}
 DEFAULT_MEMORY_BUDGET = 3 * 2**30  # bytes the backend's structure may take in RAM
 HNSW_M = 32
 # The kNN-graph pass of `dupes` (`Backend.graph_settings`): a row's candidates are judged by their exact
-# distance (rerank x k read from the vectors). At 1M (IVF-Flat on PCA-256, 2,048 lists), the share of the exact
-# graph's near-duplicate edges found on 1,000 sampled rows was 0.888 with nprobe 8 / rerank 1, 0.947 with 8 / 4,
-# 0.975 with 16 / 2 and 0.992 with 16 / 4: the edges missed at rerank 1 belong to rows with many neighbours inside
-# the threshold, whose exact top-k the PCA orders differently.
+# distance (rerank x k read from the vectors). benchmarks/results/ann_scale.graph.md: at 1M (IVF-Flat on PCA-256)
+# the edges missed with rerank 1 belong to rows with many neighbours inside the threshold, whose exact top-k the
+# PCA orders differently; 16 lists and 2 x k candidates find >= 0.95 of the exact edges at a fraction of a query's
+# search.
 GRAPH_NPROBE = 16
 GRAPH_EF_SEARCH = 48
 GRAPH_RERANK = 2
