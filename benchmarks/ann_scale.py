@@ -651,8 +651,9 @@ def write_report(args, results: list[dict]) -> None:
               "- p50/p99: wall time of one query per call (1,000 calls; exact: 30); CPU p50: the CPU time of "
               "those calls (all threads), what a query costs when the cores are not shared (n/m: not measured "
               "then); batch: all queries in one call (exact: the ground-truth pass). Approximate backends with `rerank` reorder their candidates by the exact "
-              "distance, reading those rows from the memory-mapped vector file through a mapping advised "
-              "MADV_RANDOM (no read-ahead), as `IndexSnapshot.lookup` reads them.",
+              "distance, reading those rows from the memory-mapped vector file (rows measured from commit "
+              "8fc5c6e on: through a mapping advised MADV_RANDOM, no read-ahead, as `IndexSnapshot.lookup` "
+              "reads them).",
               "- dupes: the kNN graph (k = 10) through the backend with its graph settings "
               "(`Backend.graph_settings`, what `lookalike dupes` runs), timed over every row, or (est.) over a sample "
               "of rows and scaled to N (the graph costs the same per row); pairs found: share of the exact "
