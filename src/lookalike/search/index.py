@@ -404,9 +404,10 @@ def parse_ann_fingerprint(value: Any) -> dict | None:
 
 def advise_random(arr: np.ndarray) -> np.ndarray:
     """Tell the kernel that the memory-mapped `arr` (a numpy memmap, or a slice of one) is read at scattered
-    rows; returns `arr`. By default a page fault reads ahead around the faulting page (typically 128 KiB), so
-    fetching one 5 KiB row at a random place reads some 25 rows, and a rerank or `dupes` pass that touches a few
-    rows per block of the file reads the file many times over. A no-op where the platform has no madvise."""
+    rows; returns `arr`. By default a page fault reads the device's read-ahead window around the faulting page
+    (128 KiB by default, megabytes on some virtual disks), so fetching one 5 KiB row at a random place reads tens
+    to thousands of rows, and a rerank or `dupes` pass that touches a few rows per stretch of the file reads it
+    many times over. A no-op where the platform has no madvise."""
     handle = getattr(arr, "_mmap", None)
     advice = getattr(mmap, "MADV_RANDOM", None)
     if handle is not None and advice is not None:
