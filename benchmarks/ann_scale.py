@@ -193,8 +193,11 @@ CONFIGS = {
     "ivf": ("ivf", {}),
     "ivf-pca256": ("ivf", {"pca": 256, "rerank": 4}),
     "ivfpq-opq-pca256": ("ivfpq", {"pca": 256, "pq_bytes": 32, "opq": True, "rerank": 10}),
+    "auto": ("auto", {}),  # what `lookalike index` builds at this size (`ann.choose`)
 }
 KNOBS = {"hnsw": ("ef_search", [32, 64, 96, 160]), "ivf": ("nprobe", None), "ivfpq": ("nprobe", None)}
+# IVF-Flat on a PCA: the lists scanned (nprobe) and the candidates reranked exactly (rerank x k) both bound recall.
+IVF_SWEEP = [(16, 20), (24, 20), (32, 10), (32, 20), (48, 20), (64, 20)]
 
 
 def rss() -> dict:
@@ -212,25 +215,31 @@ def child_build(cache: Path, n: int, name: str) -> dict:
 
     db = np.load(cache / "db.npy", mmap_mode="r")[:n]
     kind, params = CONFIGS[name]
-    t0 = time.perf_counter()
-    backend = ann.build(kind, np.arange(n, dtype=np.int64), db, **params)
+    t0, c0 = time.perf_counter(), time.process_time()
+    backend = ann.build(kind, np.arange(n, dtype=np.int64), db, **params,
+                        progress=lambda d, total: print(f"build {name}: added {d}/{total} "
+                                                        f"{time.perf_counter() - t0:.0f} s", file=sys.stderr))
     build_s = time.perf_counter() - t0
+    build_cpu_s = time.process_time() - c0
     path = cache / f"ann-{n}-{name}.ann"
     size = backend.save(path, fingerprint=f"bench-{n}") if kind != "exact" else 0
     # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec.
-    return {"build_s": build_s, "build_peak_rss": rss()["VmHWM"],
+    return {"build_s": build_s, "build_cpu_s": build_cpu_s, "build_peak_rss": rss()["VmHWM"], "load_during": os.getloadavg()[0],
             "file_bytes": size, "params": backend.params()}
 
 
-def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
+def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int, full_dupes: bool = False) -> dict:
     from lookalike.search import ann
     from lookalike.search.dupes_graph import knn_edges
+    from lookalike.search.index import advise_random
     from lookalike.search.query import distance_to_similarity
 
     db = np.load(cache / "db.npy", mmap_mode="r")[:n]
+    # The rerank reads scattered rows through a second mapping without read-ahead, as IndexSnapshot.lookup does.
+    rdb = advise_random(np.load(cache / "db.npy", mmap_mode="r"))[:n]
     gt = np.load(cache / f"gt-{n}.npz", allow_pickle=False)
     queries = np.load(cache / "queries.npy")
-    kind, params = CONFIGS[name]
+    kind, _ = CONFIGS[name]
     ids = np.arange(n, dtype=np.int64)
     base = rss()
     t0 = time.perf_counter()
@@ -239,27 +248,33 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
     else:
         backend = ann.load(cache / f"ann-{n}-{name}.ann", fingerprint=f"bench-{n}")
     load_s = time.perf_counter() - t0
-    lookup = (lambda w: np.asarray(db[np.asarray(w)], np.float32)) if backend._approximate() else None
+    lookup = (lambda w: np.asarray(rdb[np.asarray(w)], np.float32)) if backend._approximate() else None
+    kind = backend.kind  # "auto" resolved
     knob, values = KNOBS.get(kind, (None, [None]))
-    if knob == "nprobe":
-        nl = backend.nlist
-        values = sorted({max(1, nl // 64), max(1, nl // 32), max(1, nl // 16), max(1, nl // 8)})
-    settings = [{knob: v} if knob else {} for v in values]
-    if backend.rerank > 1 and knob:  # a wider rerank at the second-largest knob, then a wider search too
-        settings.append({knob: values[-2], "rerank": 10 if backend.rerank < 10 else 20})
-        settings.append({knob: values[-1] * 2, "rerank": 20 if backend.rerank < 20 else 40})
+    own = {knob: getattr(backend, knob), "rerank": backend.rerank} if knob else {}
+    if kind == "ivf" and backend.pca is not None:
+        settings = [{"nprobe": p, "rerank": r} for p, r in IVF_SWEEP if p <= backend.nlist]
+    else:
+        if knob == "nprobe":
+            nl = backend.nlist
+            values = sorted({max(1, nl // 64), max(1, nl // 32), max(1, nl // 16), max(1, nl // 8)})
+        settings = [{knob: v} if knob else {} for v in values]
+        if backend.rerank > 1 and knob:  # a wider rerank at the second-largest knob, then a wider search too
+            settings.append({knob: values[-2], "rerank": 10 if backend.rerank < 10 else 20})
+            settings.append({knob: values[-1] * 2, "rerank": 20 if backend.rerank < 20 else 40})
+    if own and own not in settings and {knob: own[knob]} not in settings:
+        settings.append(own)  # the setting the backend was built with, last: its state is kept for dupes
     rows = []
     n_single = 30 if kind == "exact" else len(queries)
-    default_rerank = backend.rerank
     for setting in settings:
-        backend.rerank = default_rerank
-        for key, v in setting.items():
+        for key, v in {**own, **setting}.items():
             setattr(backend, key, v)
-        lat = []
+        lat, cpu = [], []
         for q in queries[:n_single]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             backend.search(q[None], 10, lookup=lookup)
             lat.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
         if kind == "exact":
             batch_s = float(gt["exact_batch_s"])  # the ground truth pass is exact's batch
             found = gt["top"]
@@ -269,30 +284,42 @@ def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int) -> dict:
             batch_s = time.perf_counter() - t
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, gt["top"])]))
         rows.append({"knob": ", ".join(f"{k}={v}" for k, v in setting.items()), "p50_ms": 1e3 * float(np.percentile(lat, 50)),
-                     "p99_ms": 1e3 * float(np.percentile(lat, 99)), "qps": len(queries) / batch_s,
-                     "recall10": recall})
+                     "p99_ms": 1e3 * float(np.percentile(lat, 99)), "cpu_p50_ms": 1e3 * float(np.percentile(cpu, 50)),
+                     "qps": len(queries) / batch_s,
+                     "recall10": recall, "default": setting == own or setting == {knob: own.get(knob)}})
     serve_rss = rss()
-    # dupes: kNN graph (k=10) rows through the backend, timed on a sample and scaled to N
+    for key, v in own.items():  # dupes runs with the backend as built (and its own graph settings)
+        setattr(backend, key, v)
+    # dupes: the kNN graph (k=10) through the backend, as `lookalike dupes` builds it: of every row (full) or of
+    # a sample of rows, timed and scaled to N
     sample = np.load(cache / f"dupes-rows-{n}.npy")
     m = min(len(sample), n_dupe_rows if kind != "exact" else 300)
-    rows_t = sample[:m]
-    t = time.perf_counter()
-    a, b = knn_edges(backend, rows_t, np.asarray(db[rows_t]), k=10, min_similarity=distance_to_similarity(0.6),
-                     lookup=lookup)
-    dupes_s = (time.perf_counter() - t) * n / m
-    exact_pairs = {(int(x), int(y)) for x, y in zip(gt["pair_a"], gt["pair_b"]) if x in set(rows_t.tolist())}
-    found_pairs = {(int(x), int(y)) for x, y in zip(a, b)}
+    rows_t = sample[:m] if not full_dupes else np.arange(n, dtype=np.int64)
+    # The sampled rows are read before the clock starts: the full pass reads them block by block, in file order.
+    x = db if full_dupes else np.asarray(rdb[rows_t])
+    t, c = time.perf_counter(), time.process_time()
+    a, b = knn_edges(backend, rows_t, x, k=10,
+                     min_similarity=distance_to_similarity(0.6), lookup=lookup,
+                     progress=(lambda d, total: print(f"dupes {d}/{total} {time.perf_counter() - t:.0f} s",
+                                                      file=sys.stderr, flush=True)) if full_dupes else None)
+    dupes_s = (time.perf_counter() - t) * n / len(rows_t)
+    dupes_cpu_s = (time.process_time() - c) * n / len(rows_t)
+    judged = set(sample[:1000].tolist()) & set(rows_t.tolist())  # rows timed whose exact edges are known
+    exact_pairs = {(int(x), int(y)) for x, y in zip(gt["pair_a"], gt["pair_b"]) if int(x) in judged}
+    found_pairs = {(int(x), int(y)) for x, y in zip(a, b) if int(x) in judged}
     pair_recall = len(exact_pairs & found_pairs) / len(exact_pairs) if exact_pairs else float("nan")
     return {"load_s": load_s, "rss_before": base, "rss": serve_rss, "rows": rows, "dupes_s_est": dupes_s,
-            "dupes_rows_timed": m, "dupe_pairs": len(exact_pairs), "dupe_pair_recall": pair_recall,
+            "dupes_cpu_s": dupes_cpu_s, "dupes_rows_timed": len(rows_t), "dupes_full": full_dupes, "dupe_edges": int(len(a)),
+            "dupe_pairs": len(exact_pairs), "dupe_pair_recall": pair_recall,
+            "graph_settings": list(backend.graph_settings(11)), "load_during": os.getloadavg()[0],
             "params": backend.params()}
 
 
 def run_child(args: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode:
-        raise SystemExit(f"child {args} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"child {args} failed (its messages are above)")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -427,6 +454,43 @@ def quality(cache: Path, args) -> None:
     print("\n".join(lines))
 
 
+def graph_recall(cache: Path, args) -> None:
+    """Share of the exact near-duplicate edges (the ground truth's 1,000 judged rows) that the kNN-graph pass of
+    `dupes` finds through a saved `auto` backend, per graph setting (nprobe, rerank); recall only, no timing
+    (CPU seconds are shown for a rough comparison between settings)."""
+    from lookalike.search import ann
+    from lookalike.search.dupes_graph import knn_edges
+    from lookalike.search.query import distance_to_similarity
+
+    n = args.sizes[0]
+    db = np.load(cache / "db.npy", mmap_mode="r")[:n]
+    gt = np.load(cache / f"gt-{n}.npz", allow_pickle=False)
+    rows = np.load(cache / f"dupes-rows-{n}.npy")[:1000]
+    backend = ann.load(cache / f"ann-{n}-auto.ann", fingerprint=f"bench-{n}")
+    lookup = lambda w: np.asarray(db[np.asarray(w)], np.float32)  # noqa: E731
+    exact = {(int(a), int(b)) for a, b in zip(gt["pair_a"], gt["pair_b"])}
+    x = np.asarray(db[rows])
+    lines = ["# dupes: near-duplicate edges found by the graph pass", "",
+             f"Command: `{command_line()}`  ", f"Commit: {git_commit()}  ", f"Machine: {machine()}", "",
+             f"N = {n:,}, backend {backend.params()}; {len(exact)} exact near-duplicate edges (k = 10, distance "
+             "<= 0.6) of 1,000 sampled rows (half of them injected near-copies). Recall only: CPU seconds are "
+             "for the 1,000 rows, taken on shared cores.", "",
+             "| graph setting | edges found | CPU s |", "|---|---|---|"]
+    settings = [(1, 1), (4, 1), (8, 1), (8, 2), (8, 4), (16, 1), (16, 2), (16, 4), (32, 4)]
+    saved = ann.GRAPH_NPROBE, ann.GRAPH_RERANK
+    for nprobe, rerank in settings:
+        ann.GRAPH_NPROBE, ann.GRAPH_RERANK = nprobe, rerank
+        c = time.process_time()
+        a, b = knn_edges(backend, rows, x, k=10, min_similarity=distance_to_similarity(0.6), lookup=lookup)
+        cpu = time.process_time() - c
+        found = {(int(p), int(q)) for p, q in zip(a, b)}
+        mark = " (default)" if (nprobe, rerank) == saved else ""
+        lines.append(f"| nprobe={nprobe}, rerank={rerank}{mark} | {len(found & exact) / len(exact):.3f} | {cpu:.1f} |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    ann.GRAPH_NPROBE, ann.GRAPH_RERANK = saved
+    Path(args.out).with_name("ann_scale.graph.md").write_text("\n".join(lines) + "\n")
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -445,7 +509,7 @@ def fmt_bytes(b: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", default="all", choices=["all", "embed", "prepare", "quality"])
+    ap.add_argument("--stage", default="all", choices=["all", "embed", "prepare", "quality", "report", "graph"])
     ap.add_argument("--holidays", default="/tmp/holidays-dev", help="extracted holidays-dev folder (quality stage)")
     ap.add_argument("--child", choices=["build", "serve"], help=argparse.SUPPRESS)
     ap.add_argument("--name", help=argparse.SUPPRESS)
@@ -464,47 +528,63 @@ def main() -> None:
     ap.add_argument("--dupe-fraction", type=float, default=0.02)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--dupe-rows", type=int, default=4000, help="rows timed for the dupes estimate")
+    ap.add_argument("--dupes-full", action="store_true", help="time the kNN graph of every row, not a sample")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ann_scale.md"))
     args = ap.parse_args()
     cache = Path(args.cache) if args.cache else default_cache()
     cache.mkdir(parents=True, exist_ok=True)
     if args.child:
         res = child_build(cache, args.n, args.name) if args.child == "build" else \
-            child_serve(cache, args.n, args.name, args.dupe_rows)
+            child_serve(cache, args.n, args.name, args.dupe_rows, args.dupes_full)
         print(json.dumps(res))
         return
     args.sizes = [int(s) for s in args.sizes.split(",")]
     if args.stage == "embed":
         real_vectors(cache, args.cifar, args.per_class_train, args.per_class_test)
         return
+    if args.stage == "graph":
+        graph_recall(cache, args)
+        return
     if args.stage == "quality":
         quality(cache, args)
+        return
+    store = Path(args.out).with_suffix(".json")
+    results = json.loads(store.read_text()) if store.is_file() else []
+    if args.stage == "report":  # rewrite the results file from the stored rows
+        write_report(args, results)
         return
     prepare(cache, args)
     if args.stage == "prepare":
         return
-    store = Path(args.out).with_suffix(".json")
-    results = json.loads(store.read_text()) if store.is_file() else []
     for n in args.sizes:
         for spec in args.backends.split(","):
             name, _, only = spec.partition("@")
             if only and int(only) != n:
                 continue
-            old = [r for r in results if (r["n"], r["name"]) == (n, name)]
+            old = [r["build"] for r in results if (r["n"], r["name"]) == (n, name)]
+            kept = cache / f"ann-{n}-{name}.build.json"  # the build's figures, beside its file
+            if not old and kept.is_file():
+                old = [json.loads(kept.read_text())]
             if args.reuse and old and (name == "exact" or (cache / f"ann-{n}-{name}.ann").is_file()):
-                build = old[0]["build"]  # the saved structure of an earlier run: measure serving again only
+                build = old[0]  # the saved structure of an earlier run: measure serving again only
             else:
                 build = run_child(["--child", "build", "--n", str(n), "--name", name, "--cache", str(cache)])
+                kept.write_text(json.dumps(build))
             serve = run_child(["--child", "serve", "--n", str(n), "--name", name, "--cache", str(cache),
-                               "--dupe-rows", str(args.dupe_rows)])
+                               "--dupe-rows", str(args.dupe_rows)] + (["--dupes-full"] if args.dupes_full else []))
             results = [r for r in results if (r["n"], r["name"]) != (n, name)]
-            results.append({"n": n, "name": name, "build": build, "serve": serve,
-                            "commit": git_commit(), "load": os.getloadavg()[0]})
+            results.append({"n": n, "name": name, "build": build, "serve": serve, "commit": git_commit(),
+                            "load": os.getloadavg()[0], "command": command_line()})
             results.sort(key=lambda r: (r["n"], list(CONFIGS).index(r["name"])))
             print(json.dumps([r for r in results if (r["n"], r["name"]) == (n, name)][0]), file=sys.stderr)
             store.write_text(json.dumps(results, indent=1))
             write_report(args, results)
     write_report(args, results)
+
+
+def command_line() -> str:
+    home = os.environ.get("LOOKALIKE_HOME")
+    return (f"LOOKALIKE_HOME={home} " if home else "") + "python benchmarks/ann_scale.py " + " ".join(sys.argv[1:])
 
 
 def git_commit() -> str:
@@ -517,50 +597,83 @@ def write_report(args, results: list[dict]) -> None:
     from lookalike.search.ann import choose
 
     commit = ", ".join(sorted({r.get("commit", "?") for r in results})) or git_commit()
+    commands = list(dict.fromkeys(r.get("command", "?") for r in results))
     lines = ["# Search backends at scale", "",
-             "Command (rows are kept in ann_scale.json and merged by size and backend, so runs add up): "
-             f"`python benchmarks/ann_scale.py --sizes {','.join(map(str, args.sizes))} --backends "
-             f"{args.backends}`  ",
-             f"Commit(s) measured: {commit}  ", f"Machine: {machine()}; FAISS threads = free cores; other jobs shared the cores.",
-             "", "Database: synthetic vectors from a mixture of probabilistic PCAs fitted to "
-             f"{args.per_class_train * 10} real EfficientNet-Lite0 CIFAR-10 vectors ({args.clusters} clusters, rank "
-             f"{args.rank}), {args.dupe_fraction:.0%} near-copies; queries: {args.queries} held-out real CIFAR-10 "
-             "test vectors. Recall@10 against the exact top-10.", "",
-             "| N | backend | search knob | build | build peak RSS | file | serving RSS (anon) | p50 | p99 | "
-             "batch q/s | recall@10 | dupes (est.) | dupe pairs found |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Written by `benchmarks/ann_scale.py`; rows are kept in ann_scale.json and merged by size and "
+             "backend, so runs add up. Commands, in the order their rows were last measured:", ""]
+    lines += [f"- `{c}`" for c in commands]
+    lines += ["", f"Commit(s) measured: {commit}  ",
+              f"Machine: {machine()}; FAISS threads = free cores; other people's jobs shared the cores (load avg column).",
+              "", "Database: synthetic vectors from a mixture of probabilistic PCAs fitted to "
+              f"{args.per_class_train * 10} real EfficientNet-Lite0 CIFAR-10 vectors ({args.clusters} clusters, rank "
+              f"{args.rank}), {args.dupe_fraction:.0%} near-copies; queries: {args.queries} held-out real CIFAR-10 "
+              "test vectors. Recall@10 against the exact top-10. `*`: the search setting the backend was built "
+              "with (what `index` stores for that backend).", "",
+              "| N | backend | search knob | build | build peak RSS | file | serving RSS (anon) | p50 | p99 | "
+              "CPU p50 | batch q/s | recall@10 | dupes | dupe pairs found | load avg (build / serve) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         b, s = r["build"], r["serve"]
         for i, row in enumerate(s["rows"]):
             first = i == 0
+            dupes = f"{s['dupes_s_est'] / 60:.1f} min" + ("" if s.get("dupes_full") else " (est.)") + \
+                (f" (CPU {s['dupes_cpu_s'] / 60:.1f} min)" if "dupes_cpu_s" in s else "")
+            load = f"{b['load_during']:.1f} / " if "load_during" in b else ""
+            load += f"{s['load_during']:.1f}" if "load_during" in s else (f"{r['load']:.1f}" if "load" in r else "?")
             lines.append("| " + " | ".join([
-                f"{r['n']:,}", r["name"] if first else "", row["knob"] or "-",
-                f"{b['build_s']:.0f} s" if first else "", (fmt_bytes(b["build_peak_rss"]) if b.get("build_peak_rss") else "n/m") if first else "",
+                f"{r['n']:,}", r["name"] if first else "", (row["knob"] or "-") + (" *" if row.get("default") else ""),
+                (f"{b['build_s']:.0f} s" + (f" (CPU {b['build_cpu_s']:.0f} s)" if "build_cpu_s" in b else "")) if first else "", (fmt_bytes(b["build_peak_rss"]) if b.get("build_peak_rss") else "n/m") if first else "",
                 fmt_bytes(b["file_bytes"]) if first and b["file_bytes"] else ("-" if first else ""),
                 f"{fmt_bytes(s['rss']['VmRSS'])} ({fmt_bytes(s['rss']['RssAnon'])})" if first else "",
-                f"{row['p50_ms']:.2f} ms", f"{row['p99_ms']:.2f} ms", f"{row['qps']:.0f}", f"{row['recall10']:.3f}",
-                f"{s['dupes_s_est'] / 60:.1f} min" if first else "",
+                f"{row['p50_ms']:.2f} ms", f"{row['p99_ms']:.2f} ms",
+                f"{row['cpu_p50_ms']:.2f} ms" if "cpu_p50_ms" in row else "n/m", f"{row['qps']:.0f}", f"{row['recall10']:.3f}",
+                dupes if first else "",
                 (f"{s['dupe_pair_recall']:.3f} of {s['dupe_pairs']}" if first else ""),
-                (f"{r['load']:.1f}" if first and "load" in r else "")]) + " |")
+                load if first else ""]) + " |")
+    lines += ["", "## Against the targets (N >= 1M)", ""]
+    for r in results:
+        if r["n"] < 1_000_000:
+            continue
+        b, s = r["build"], r["serve"]
+        ok = [row for row in s["rows"] if row["recall10"] >= 0.95]
+        best = min(ok, key=lambda row: row["p50_ms"]) if ok else max(s["rows"], key=lambda row: row["recall10"])
+        verdict = "met" if ok and best["p50_ms"] <= 5 else "missed"
+        lines.append(
+            f"- {r['n']:,} `{r['name']}` ({s['params']['backend']}): query p50 {best['p50_ms']:.2f} ms / p99 "
+            f"{best['p99_ms']:.2f} ms at recall@10 {best['recall10']:.3f} ({best['knob']}; target p50 <= 5 ms at "
+            f">= 0.95: {verdict}); build {b['build_s'] / 60:.1f} min (target 10: {'met' if b['build_s'] <= 600 else 'missed'}); "
+            f"serving RAM {fmt_bytes(s['rss']['RssAnon'])} of its own (target 3 GB: "
+            f"{'met' if s['rss']['RssAnon'] <= 3 * 2**30 else 'missed'}); dupes {s['dupes_s_est'] / 60:.1f} min"
+            f"{'' if s.get('dupes_full') else ' (estimated from a sample)'} finding {s['dupe_pair_recall']:.3f} of "
+            f"{s['dupe_pairs']} exact near-duplicate pairs (target 15 min at >= 0.95: "
+            f"{'met' if s['dupes_s_est'] <= 900 and s['dupe_pair_recall'] >= 0.95 else 'missed'}).")
     lines += ["", "Notes:",
-              "- p50/p99: one query per call (1,000 calls; exact: 30); batch: all queries in one call (exact: the "
-              "ground-truth pass). Approximate backends with `rerank` reorder their candidates by the exact "
-              "distance, reading those rows from the memory-mapped vector file.",
-              "- dupes (est.): the kNN graph (k = 10) of a sample of rows through the backend, timed and scaled to "
-              "N (the graph costs the same per row); pairs found: share of the exact graph's near-duplicate edges "
-              "(distance <= 0.6) of up to 1,000 sampled rows (half of them injected near-copies) that the "
-              "backend's graph holds.",
+              "- p50/p99: wall time of one query per call (1,000 calls; exact: 30); CPU p50: the CPU time of "
+              "those calls (all threads), what a query costs when the cores are not shared (n/m: not measured "
+              "then); batch: all queries in one call (exact: the ground-truth pass). Approximate backends with `rerank` reorder their candidates by the exact "
+              "distance, reading those rows from the memory-mapped vector file (rows measured from commit "
+              "8fc5c6e on: through a mapping advised MADV_RANDOM, no read-ahead, as `IndexSnapshot.lookup` "
+              "reads them).",
+              "- dupes: the kNN graph (k = 10) through the backend with its graph settings "
+              "(`Backend.graph_settings`, what `lookalike dupes` runs), timed over every row, or (est.) over a sample "
+              "of rows and scaled to N (the graph costs the same per row); pairs found: share of the exact "
+              "graph's near-duplicate edges (distance <= 0.6) of up to 1,000 sampled rows (half of them injected "
+              "near-copies) that the backend's graph holds. Rows measured before graph settings existed ran the "
+              "graph with the query settings.",
               "- build peak RSS includes the pages of the memory-mapped input read during the build; serving RSS "
               "is a fresh process after loading the file and answering every query (anon: its own memory, "
               "without file pages).",
-              "- load avg: the 1-minute load average of the 2 cores when the row finished (other people's jobs "
-              "shared them): single-query latencies under such load vary several-fold between neighbouring rows; "
-              "compare recall and bytes, and latencies only roughly.", "",
+              "- load avg: the 1-minute load average of the 2 cores at the end of the build and of the serving "
+              "pass (older rows: when the row finished); other people's jobs shared them, so timings taken at "
+              "load > 2 are slower than the machine alone would give, and single-query latencies vary between "
+              "neighbouring rows.", "",
               "`auto` (`lookalike.search.ann.choose`, 3 GB budget): " + ", ".join(
                   f"N={n:,} -> {choose(n, 1280)[0]} {choose(n, 1280)[1]}" for n in
                   (10_000, 50_000, 100_000, 500_000, 1_000_000, 3_000_000, 10_000_000, 100_000_000))]
+    extra = Path(args.out).with_name("ann_scale.notes.md")
+    if extra.is_file():  # prose that needs judgement (extrapolations), kept beside the generated table
+        lines += ["", extra.read_text().strip()]
     Path(args.out).write_text("\n".join(lines) + "\n")
-
 
 if __name__ == "__main__":
     main()

@@ -217,8 +217,8 @@ def test_auto_choice_switches_at_its_thresholds():
     assert ann.choose(ann.EXACT_MAX_ROWS + 1, d)[0] == "hnsw"
     assert ann.choose(ann.HNSW_FULL_MAX_ROWS, d) == ("hnsw", {"m": ann.HNSW_M})
     kind, params = ann.choose(ann.HNSW_FULL_MAX_ROWS + 1, d)
-    assert kind == "hnsw" and params["pca"] == 256 and params["rerank"] > 1
-    assert ann.choose(1_000_000, d)[0] == "hnsw"  # 1M x (256 x 4 + links) fits 3 GB
+    assert kind == "ivf" and params["pca"] == 256 and params["rerank"] > 1
+    assert ann.choose(1_000_000, d)[0] == "ivf"  # 1M x 256 float32 fits 3 GB
     assert ann.choose(5_000_000, d)[0] == "ivfpq"
     kind, params = ann.choose(1_000_000, d, memory_budget=200 * 2**20)
     assert kind == "ivfpq" and params["nlist"] >= 1024

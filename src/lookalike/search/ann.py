@@ -50,6 +50,7 @@ _TRAILER = struct.Struct("<Q8s")  # header length, magic again: the header sits 
 _CHUNK = 1 << 24  # bytes per read while checking the CRC
 _ADD_BLOCK = 65_536  # rows per add() call into FAISS: bounds the float32 copy of a memory-mapped input
 _EXACT_BLOCK_BYTES = 64 * 2**20  # (queries x block) similarities per exact step
+_RERANK_BLOCK_BYTES = 32 * 2**20  # candidate vectors gathered at a time by a rerank
 
 Lookup = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]
@@ -65,20 +66,36 @@ class StaleAnnError(AnnFileError):
 
 # --- choosing ------------------------------------------------------------------------------------------------
 
-# Thresholds of `choose`, from benchmarks/results/ann_scale.md (2 x86-64 cores shared with ~8-10 busy processes,
+# Thresholds of `choose`, from benchmarks/results/ann_scale.md (2 x86-64 cores shared with other busy processes,
 # synthetic vectors fitted to EfficientNet-Lite0 CIFAR-10 features, d = 1280). Exact took 23.8 ms per query at
 # 20k vectors and 204 ms at 100k (~0.56 us per vector on a quiet machine), so it answers in a few ms up to ~10k.
 # Full-dimension HNSW answered in ~1-2 ms at recall@10 0.97-0.99 at 20k and 100k, but its build took 17 s at
-# 20k and 474 s at 100k; above HNSW_FULL_MAX_ROWS it works on a 256-d PCA (185 s to build at 100k, a third of
-# the RAM) and reranks its candidates exactly (HNSW_PCA; recall@10 0.961 at 100k with 10 x k, 0.916 with 4 x k).
-# IVF-PQ (OPQ, 32-byte codes, rerank 20 x k: recall@10 0.972 at 100k, 0.923 at 1M) when even that does not fit.
+# 20k and 474 s at 100k, and HNSW on a 256-d PCA 21 min at 1M: above HNSW_FULL_MAX_ROWS, IVF-Flat on a 256-d PCA
+# (k-means on a sample, then one assignment per vector: minutes at 1M) whose candidates are reranked exactly
+# (IVF_PCA), while its float32 lists fit the memory budget; IVF-PQ (OPQ, 32-byte codes, rerank 20 x k: recall@10
+# 0.972 at 100k, 0.923 at 1M) beyond.
 EXACT_MAX_ROWS = 10_000
-# HNSW on PCA-256 at 1M vectors: recall@10 0.816 at ef_search 96 / rerank 4, 0.876 with rerank 10, 0.963 at
-# ef_search 320 / rerank 20 (p50 6.5 ms): the last is what large indexes get.
-HNSW_PCA = {"m": 32, "pca": 256, "ef_search": 320, "rerank": 20}
 HNSW_FULL_MAX_ROWS = 100_000
+# HNSW on PCA-256 (when asked for by name over HNSW_FULL_MAX_ROWS): recall@10 0.963 at 1M with ef_search 320 and
+# rerank 20 (p50 6.5 ms).
+HNSW_PCA = {"m": 32, "pca": 256, "ef_search": 320, "rerank": 20}
+# IVF-Flat on PCA-256: lists = IVF_LISTS_PER_SQRT x sqrt(n) (2,048 at 1M), nprobe = nlist / IVF_PROBE_DIVISOR
+# (32 at 1M: 1.6% of the vectors scanned per query), rerank 20 x k. At 1M with 4,096 lists, nprobe 64 (the same
+# share) reached recall@10 0.957 with rerank 20 and 0.939 with rerank 10; the held-out real queries lie farther
+# from the synthetic database's cells than its own vectors, so fewer lists than that lose recall.
+IVF_LISTS_PER_SQRT = 2.0
+IVF_PROBE_DIVISOR = 64
+IVF_PCA = {"pca": 256, "rerank": 20}
 DEFAULT_MEMORY_BUDGET = 3 * 2**30  # bytes the backend's structure may take in RAM
 HNSW_M = 32
+# The kNN-graph pass of `dupes` (`Backend.graph_settings`): a row's candidates are judged by their exact
+# distance (rerank x k read from the vectors). benchmarks/results/ann_scale.graph.md: at 1M (IVF-Flat on PCA-256)
+# the edges missed with rerank 1 belong to rows with many neighbours inside the threshold, whose exact top-k the
+# PCA orders differently; 16 lists and 2 x k candidates find >= 0.95 of the exact edges at a fraction of a query's
+# search.
+GRAPH_NPROBE = 16
+GRAPH_EF_SEARCH = 48
+GRAPH_RERANK = 2
 # Training points per inverted list and k-means iterations: FAISS asks for 39-256 points per list; 50 and 10
 # iterations keep the training of 4,096 lists on 2 cores to minutes, at a recall cost the benchmark measures.
 TRAIN_PER_LIST = 50
@@ -91,10 +108,15 @@ def hnsw_bytes(n: int, dim: int, m: int = HNSW_M, storage: str = "float32") -> i
     return n * (dim * per + 2 * m * 4)
 
 
-def nlist_for(n: int) -> int:
-    """Inverted lists for n vectors: the power of two nearest 4 x sqrt(n) (the FAISS guideline that autofaiss
-    also follows), with at least 39 training points per list."""
-    target = 2 ** round(math.log2(max(1.0, 4.0 * math.sqrt(max(n, 1)))))
+def ivf_bytes(n: int, dim: int) -> int:
+    """Approximate RAM of an IVF-Flat over n vectors: the float32 vectors and a 64-bit id each."""
+    return n * (dim * 4 + 8)
+
+
+def nlist_for(n: int, per_sqrt: float = 4.0) -> int:
+    """Inverted lists for n vectors: the power of two nearest per_sqrt x sqrt(n) (4: the FAISS guideline that
+    autofaiss also follows), with at least 39 training points per list."""
+    target = 2 ** round(math.log2(max(1.0, per_sqrt * math.sqrt(max(n, 1)))))
     return int(max(1, min(target, n // 39)))
 
 
@@ -108,24 +130,33 @@ def pq_bytes_for(dim: int, budget_per_vector: float) -> int:
     return 8 if dim % 8 == 0 else 1
 
 
+def _ivf_params(n: int, dim: int) -> dict:
+    nlist = nlist_for(n, IVF_LISTS_PER_SQRT)
+    return {"nlist": nlist, "nprobe": max(8, nlist // IVF_PROBE_DIVISOR),
+            **(IVF_PCA if dim > IVF_PCA["pca"] else {})}
+
+
+def _ivfpq_params(n: int, dim: int, memory_budget: int) -> dict:
+    code = pq_bytes_for(min(dim, 256), memory_budget / max(n, 1))
+    nlist = nlist_for(n)
+    return {"nlist": nlist, "nprobe": max(16, min(nlist // 16, 256)), "pq_bytes": code, "opq": True, "rerank": 20,
+            **({"pca": 256} if dim > 256 else {})}
+
+
 def choose(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[str, dict]:
     """(backend kind, its build parameters) for an index of n vectors of dimension dim.
 
-    exact up to EXACT_MAX_ROWS; then HNSW (at full dimension up to HNSW_FULL_MAX_ROWS, else on a 256-d PCA
-    with exact reranking) while it fits the memory budget; else IVF-PQ on a 256-d PCA with OPQ and exact
-    reranking from the vector file. (`storage="float16"` is an option, not an automatic step: it halves
-    the RAM of the vectors but its build is as slow as float32's.)
+    exact up to EXACT_MAX_ROWS; full-dimension HNSW up to HNSW_FULL_MAX_ROWS (while it fits the memory
+    budget); then IVF-Flat (on a 256-d PCA with exact reranking when dim > 256) while its lists fit the budget;
+    else IVF-PQ on a 256-d PCA with OPQ and exact reranking from the vector file.
     """
     if n <= EXACT_MAX_ROWS:
         return "exact", {}
-    if (n <= HNSW_FULL_MAX_ROWS or dim <= 256) and hnsw_bytes(n, dim) <= memory_budget:
+    if n <= HNSW_FULL_MAX_ROWS and hnsw_bytes(n, dim) <= memory_budget:
         return "hnsw", {"m": HNSW_M}
-    if dim > 256 and hnsw_bytes(n, 256) <= memory_budget:
-        return "hnsw", dict(HNSW_PCA)
-    code = pq_bytes_for(dim if dim <= 256 else 256, memory_budget / max(n, 1))
-    nlist = nlist_for(n)
-    return "ivfpq", {"nlist": nlist, "nprobe": max(16, min(nlist // 16, 256)), "pq_bytes": code, "opq": True, "rerank": 20,
-                     **({"pca": 256} if dim > 256 else {})}
+    if ivf_bytes(n, min(dim, IVF_PCA["pca"])) <= memory_budget and n >= 39 * nlist_for(n, IVF_LISTS_PER_SQRT):
+        return "ivf", _ivf_params(n, dim)
+    return "ivfpq", _ivfpq_params(n, dim, memory_budget)
 
 
 # Fewest vectors a kind is built for when asked by name: below them an index is searched exactly (IVF needs
@@ -150,12 +181,11 @@ def plan(requested: str, n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_B
             return "hnsw", {"m": HNSW_M}
         return "hnsw", dict(HNSW_PCA)
     if requested == "ivf":
-        nlist = nlist_for(n)
-        return "ivf", {"nlist": nlist, "nprobe": max(8, min(nlist // 16, 256))}
-    code = pq_bytes_for(min(dim, 256), memory_budget / max(n, 1))
-    nlist = nlist_for(n)
-    return "ivfpq", {"nlist": nlist, "nprobe": max(16, min(nlist // 16, 256)), "pq_bytes": code, "opq": True,
-                     "rerank": 20, **({"pca": 256} if dim > 256 else {})}
+        if n <= HNSW_FULL_MAX_ROWS:  # full dimension (a PCA pays off for large indexes only)
+            nlist = nlist_for(n)
+            return "ivf", {"nlist": nlist, "nprobe": max(8, min(nlist // 16, 256))}
+        return "ivf", _ivf_params(n, dim)
+    return "ivfpq", _ivfpq_params(n, dim, memory_budget)
 
 
 def needs_switch(backend: "Backend", n: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> bool:
@@ -343,17 +373,18 @@ class Backend:
         return faiss.IDSelectorBitmap(len(self.live), faiss.swig_ptr(self._bitmap))
 
     # search
-    def search_similarities(self, queries: np.ndarray, k: int, lookup: Lookup | None = None
-                            ) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, k) cosine similarities (-inf pad) and ids (-1 pad), best first."""
+    def search_similarities(self, queries: np.ndarray, k: int, lookup: Lookup | None = None, *,
+                            rerank: int | None = None, knobs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) cosine similarities (-inf pad) and ids (-1 pad), best first. `rerank` and `knobs` (e.g.
+        {"nprobe": 8}) override the backend's own settings for this call only (see `graph_settings`)."""
         queries = _as_rows(queries, self.dim, "queries")
         q = np.ascontiguousarray(queries, dtype=np.float32)
         nq = len(q)
         if k <= 0 or len(self) == 0 or nq == 0:
             return np.full((nq, max(k, 0)), -np.inf, np.float32), np.full((nq, max(k, 0)), -1, np.int64)
-        fetch = k * self.rerank if lookup is not None else k
+        fetch = k * max(1, int(rerank or self.rerank)) if lookup is not None else k
         fetch = min(fetch, len(self.live))
-        sims, pos = self._search(self._prepare(q), fetch)
+        sims, pos = self._search(self._prepare(q), fetch, knobs or {})
         found = np.where(pos >= 0, self.labels[np.clip(pos, 0, None)], -1)
         sims = np.where(pos >= 0, sims, -np.inf).astype(np.float32)
         if lookup is not None and self._approximate():
@@ -376,10 +407,15 @@ class Backend:
         """Whether the structure's similarities are approximate (then a lookup reranks them)."""
         return self.rerank > 1 or self.pca is not None
 
+    def graph_settings(self, k: int) -> tuple[int, dict]:
+        """(rerank, knobs) for the kNN-graph pass of `dupes`: near-duplicates are each other's nearest
+        neighbours by a wide margin, so that pass searches less widely than a query (see the constants)."""
+        return self.rerank, {}
+
     def _add(self, x: np.ndarray) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    def _search(self, x: np.ndarray, k: int, knobs: dict) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
         raise NotImplementedError
 
     # description
@@ -469,9 +505,10 @@ def _rerank(q: np.ndarray, cand: np.ndarray, lookup: Lookup, k: int) -> tuple[np
     if len(flat):
         vecs = lookup(flat)
         where = np.searchsorted(flat, np.where(valid, cand, flat[0]))
-        for i in range(len(q)):  # (fetch x D) per query: small
-            row = vecs[where[i]] @ q[i]
-            sims[i] = np.where(valid[i], row, -np.inf)
+        step = max(1, _RERANK_BLOCK_BYTES // max(1, 4 * cand.shape[1] * q.shape[1]))
+        for s in range(0, len(q), step):  # (step x fetch x D) floats at a time
+            part = np.einsum("qfd,qd->qf", vecs[where[s:s + step]], q[s:s + step])
+            sims[s:s + step] = np.where(valid[s:s + step], part, -np.inf)
     top = _topk(sims, min(k, sims.shape[1]))
     return np.take_along_axis(sims, top, axis=1), np.take_along_axis(cand, top, axis=1)
 
@@ -510,7 +547,7 @@ class ExactBackend(Backend):
             self._chunks.append(x)
             self._owned.append(True)
 
-    def _search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, x: np.ndarray, k: int, knobs: dict) -> tuple[np.ndarray, np.ndarray]:
         nq = len(x)
         best_s = np.full((nq, 0), -np.inf, np.float32)
         best_p = np.zeros((nq, 0), np.int64)
@@ -560,14 +597,14 @@ class FaissBackend(Backend):
     def _make(self, x: np.ndarray):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _search_params(self, sel):  # pragma: no cover - abstract
+    def _search_params(self, sel, **knobs):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, x: np.ndarray, k: int, knobs: dict) -> tuple[np.ndarray, np.ndarray]:
         if self.index is None:
             return np.full((len(x), k), -np.inf, np.float32), np.full((len(x), k), -1, np.int64)
         sel = self._selector()
-        sims, pos = self.index.search(x, k, params=self._search_params(sel))
+        sims, pos = self.index.search(x, k, params=self._search_params(sel, **knobs))
         return sims, pos.astype(np.int64)
 
     def _blob_sections(self):
@@ -605,10 +642,14 @@ class HnswBackend(FaissBackend):
         index.hnsw.efSearch = self.ef_search
         return index
 
-    def _search_params(self, sel):
+    def _search_params(self, sel, ef_search: int | None = None):
         faiss = faiss_module()
-        return faiss.SearchParametersHNSW(efSearch=self.ef_search, sel=sel) if sel is not None else \
-            faiss.SearchParametersHNSW(efSearch=self.ef_search)
+        ef = max(1, int(ef_search or self.ef_search))
+        return faiss.SearchParametersHNSW(efSearch=ef, sel=sel) if sel is not None else \
+            faiss.SearchParametersHNSW(efSearch=ef)
+
+    def graph_settings(self, k: int) -> tuple[int, dict]:
+        return min(self.rerank, GRAPH_RERANK), {"ef_search": max(GRAPH_EF_SEARCH, 2 * (k + 1))}
 
     def _own_params(self) -> dict:
         return {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
@@ -673,10 +714,14 @@ class IvfBackend(FaissBackend):
             index = faiss.downcast_index(index.index)
         return index
 
-    def _search_params(self, sel):
+    def _search_params(self, sel, nprobe: int | None = None):
         faiss = faiss_module()
-        return faiss.SearchParametersIVF(nprobe=self.nprobe, sel=sel) if sel is not None else \
-            faiss.SearchParametersIVF(nprobe=self.nprobe)
+        nprobe = max(1, int(nprobe or self.nprobe))
+        return faiss.SearchParametersIVF(nprobe=nprobe, sel=sel) if sel is not None else \
+            faiss.SearchParametersIVF(nprobe=nprobe)
+
+    def graph_settings(self, k: int) -> tuple[int, dict]:
+        return min(self.rerank, GRAPH_RERANK), {"nprobe": min(self.nprobe, GRAPH_NPROBE)}
 
     def _own_params(self) -> dict:
         return {"nlist": self.nlist, "nprobe": self.nprobe}
@@ -719,10 +764,9 @@ class IvfPqBackend(IvfBackend):
         ivf.this.disown()
         return index
 
-    def _search_params(self, sel):
+    def _search_params(self, sel, nprobe: int | None = None):
         faiss = faiss_module()
-        ivf = faiss.SearchParametersIVF(nprobe=self.nprobe, sel=sel) if sel is not None else \
-            faiss.SearchParametersIVF(nprobe=self.nprobe)
+        ivf = super()._search_params(sel, nprobe)
         if not self.opq:
             return ivf
         p = faiss.SearchParametersPreTransform()

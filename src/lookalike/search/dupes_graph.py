@@ -28,11 +28,13 @@ def knn_edges(backend: Backend, ids: np.ndarray, vectors: np.ndarray, k: int = 1
     ids = np.asarray(ids, np.int64)
     n = len(ids)
     k = max(1, min(k, n - 1)) if n > 1 else 1
+    rerank, knobs = backend.graph_settings(k + 1)
     src: list[np.ndarray] = []
     dst: list[np.ndarray] = []
     for start in range(0, n, block):
         stop = min(n, start + block)
-        sims, found = backend.search_similarities(np.asarray(vectors[start:stop], np.float32), k + 1, lookup)
+        sims, found = backend.search_similarities(np.asarray(vectors[start:stop], np.float32), k + 1, lookup,
+                                                  rerank=rerank, knobs=knobs)
         own = ids[start:stop, None]
         self_hit = found == own
         # Keep the first k neighbours that are not the row itself (it is usually, not always, first).

@@ -44,6 +44,7 @@ import datetime as _dt
 import errno
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
@@ -403,6 +404,22 @@ def parse_ann_fingerprint(value: Any) -> dict | None:
     return fp
 
 
+def advise_random(arr: np.ndarray) -> np.ndarray:
+    """Tell the kernel that the memory-mapped `arr` (a numpy memmap, or a slice of one) is read at scattered
+    rows; returns `arr`. By default a page fault reads the device's read-ahead window around the faulting page
+    (128 KiB by default, megabytes on some virtual disks), so fetching one 5 KiB row at a random place reads tens
+    to thousands of rows, and a rerank or `dupes` pass that touches a few rows per stretch of the file reads it
+    many times over. A no-op where the platform has no madvise."""
+    handle = getattr(arr, "_mmap", None)
+    advice = getattr(mmap, "MADV_RANDOM", None)
+    if handle is not None and advice is not None:
+        try:
+            handle.madvise(advice)
+        except (OSError, ValueError):  # advice only: reading works the same without it
+            pass
+    return arr
+
+
 class RowVectors:
     """The vectors of given rows of a memory-mapped vector file, read only when sliced or indexed: positions
     i of this object are rows rows[i] of the file. Aligned with ids the way `vectors()` is, without copying
@@ -585,9 +602,10 @@ class ImageIndex:
     _meta = staticmethod(_meta)
 
     # --- the vector file ---------------------------------------------------------------------------------
-    def _open_vectors(self, name: str | None, need_rows: int) -> np.ndarray:
+    def _open_vectors(self, name: str | None, need_rows: int, scattered: bool = False) -> np.ndarray:
         """The whole vector file `name`, memory-mapped read-only; LookalikeError when it holds fewer than
-        `need_rows` rows (the database refers to rows it lost)."""
+        `need_rows` rows (the database refers to rows it lost). `scattered`: the mapping serves reads of a few
+        rows at random places (no read-ahead, see `advise_random`); scans want the default."""
         vpath = self.path / (name or "vectors-0.f32")
         row_bytes = self.dim * 4
         again = (f"run `lookalike index {self.manifest.get('root', 'FOLDER')}` to embed the images whose vectors "
@@ -599,7 +617,8 @@ class ImageIndex:
                                      f"{again}")
             if n == 0:
                 return np.zeros((0, self.dim), np.float32)
-            return np.memmap(vpath, dtype=np.float32, mode="r", shape=(n, self.dim)).view(np.ndarray)
+            mm = np.memmap(vpath, dtype=np.float32, mode="r", shape=(n, self.dim))
+            return (advise_random(mm) if scattered else mm).view(np.ndarray)
         except FileNotFoundError:
             if need_rows == 0:
                 return np.zeros((0, self.dim), np.float32)
@@ -607,13 +626,14 @@ class ImageIndex:
         except OSError as exc:
             raise storage_error(exc, self.path, writing=False) from None
 
-    def _gather(self, name: str | None, rows: np.ndarray) -> np.ndarray:
+    def _gather(self, name: str | None, rows: np.ndarray, scattered: bool = False) -> np.ndarray:
         """Vectors of `rows` of the vector file `name`: a read-only view when the rows are in file order and
-        contiguous (paged in on demand, shared through the page cache), else a copy."""
+        contiguous (paged in on demand, shared through the page cache), else a copy. `scattered`: a few rows
+        at random places (see `_open_vectors`)."""
         rows = np.asarray(rows, np.int64)
         if len(rows) == 0:
             return np.zeros((0, self.dim), np.float32)
-        mm = self._open_vectors(name, int(rows.max()) + 1)
+        mm = self._open_vectors(name, int(rows.max()) + 1, scattered)
         first = int(rows[0])
         if int(rows[-1]) - first + 1 == len(rows) and np.array_equal(rows, np.arange(first, first + len(rows))):
             return mm[first:first + len(rows)]
@@ -637,6 +657,9 @@ class IndexSnapshot(ImageIndex):
         self._paths: list[str] = []
         self._by_path: dict[str, int] | None = None
         self._mm: np.ndarray = np.zeros((0, self.dim if manifest else 0), np.float32)
+        # A second mapping of the same file (same page cache) for reads of scattered rows: the rerank's
+        # candidates, `dupes` lookups, single vectors. Scans (exact search, vectors()) keep read-ahead on _mm.
+        self._mm_rows: np.ndarray = self._mm
         self._vectors: np.ndarray | None = None
         self._lock = threading.Lock()
         self._backend = None
@@ -674,7 +697,9 @@ class IndexSnapshot(ImageIndex):
         self._rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         # Text as it is; only names that are not valid UTF-8 (stored as bytes) need decoding.
         self._paths = [p if isinstance(p, str) else from_db_path(p) for p in paths]
-        self._mm = self._open_vectors(self.vector_file, int(self._rows.max()) + 1 if len(self._rows) else 0)
+        need = int(self._rows.max()) + 1 if len(self._rows) else 0
+        self._mm = self._open_vectors(self.vector_file, need)
+        self._mm_rows = self._open_vectors(self.vector_file, need, scattered=True) if len(self._mm) else self._mm
 
     # --- reading -----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -725,7 +750,7 @@ class IndexSnapshot(ImageIndex):
         pos = np.clip(np.searchsorted(self._ids, wanted), 0, max(0, len(self._ids) - 1))
         if len(wanted) and (not len(self._ids) or not np.array_equal(self._ids[pos], wanted)):
             raise KeyError("ids missing from the index")
-        return np.asarray(self._mm[self._rows[pos]], np.float32)
+        return np.asarray(self._mm_rows[self._rows[pos]], np.float32)
 
     def path_of(self, image_id: int) -> Path:
         """Absolute path of an image id; KeyError if the id is unknown."""
@@ -739,7 +764,7 @@ class IndexSnapshot(ImageIndex):
 
     def vector_of(self, image_id: int) -> np.ndarray:
         """The stored vector of one image id (KeyError if unknown)."""
-        return np.asarray(self._mm[int(self._rows[self._position(image_id)])])
+        return np.asarray(self._mm_rows[int(self._rows[self._position(image_id)])])
 
     # --- the search backend --------------------------------------------------------------------------------
     def backend(self):
@@ -968,7 +993,7 @@ class IndexWriter(ImageIndex):
         row = self._conn.execute("SELECT row FROM images WHERE id = ?", (int(image_id),)).fetchone()
         if row is None:
             raise KeyError(image_id)
-        return self._gather(self._meta(self._conn, "vector_file"), np.asarray([row[0]]))[0]
+        return self._gather(self._meta(self._conn, "vector_file"), np.asarray([row[0]]), scattered=True)[0]
 
     def entries(self) -> dict[str, IndexEntry]:
         """{stored path: IndexEntry} of every row (small indexes and tests; `sync` looks rows up in batches)."""
@@ -1089,7 +1114,7 @@ class IndexWriter(ImageIndex):
 
     def read_rows(self, rows) -> np.ndarray:
         """Vectors at given rows of the current vector file."""
-        return self._gather(self._vector_file().name, np.asarray(rows, np.int64))
+        return self._gather(self._vector_file().name, np.asarray(rows, np.int64), scattered=True)
 
     def append_vectors(self, vectors: np.ndarray) -> list[int]:
         """Append rows to the vector file and make them durable; returns their row numbers."""
