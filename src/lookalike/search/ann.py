@@ -80,11 +80,10 @@ HNSW_FULL_MAX_ROWS = 100_000
 # rerank 20 (p50 6.5 ms).
 HNSW_PCA = {"m": 32, "pca": 256, "ef_search": 320, "rerank": 20}
 # IVF-Flat on PCA-256: lists = IVF_LISTS_PER_SQRT x sqrt(n) (2,048 at 1M), nprobe = nlist / IVF_PROBE_DIVISOR
-# (32 at 1M: 1.6% of the vectors scanned per query), rerank 20 x k. At 1M with 4,096 lists, nprobe 64 (the same
-# share) reached recall@10 0.957 with rerank 20 and 0.939 with rerank 10; the held-out real queries lie farther
-# from the synthetic database's cells than its own vectors, so fewer lists than that lose recall.
+# (48 at 1M: 2.3% of the vectors scanned per query), rerank 20 x k: the fewest lists that keep recall@10 >= 0.95
+# at 1M (benchmarks/results/ann_scale.md: nprobe 32 gives 0.945, 48 gives 0.966).
 IVF_LISTS_PER_SQRT = 2.0
-IVF_PROBE_DIVISOR = 64
+IVF_PROBE_DIVISOR = 42
 IVF_PCA = {"pca": 256, "rerank": 20}
 DEFAULT_MEMORY_BUDGET = 3 * 2**30  # bytes the backend's structure may take in RAM
 HNSW_M = 32
