@@ -161,8 +161,13 @@ def test_bad_photo_requests_are_one_line_errors(capsys, monkeypatch, photos, tmp
 
 def test_offline_torchvision_backbone_is_one_line_error(capsys, monkeypatch, photos, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights
+    import urllib.request
+
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # any download fails at once
+    # urlopen keeps the first opener it builds, with the proxies of that moment: this test's opener must not
+    # outlive it (later tests talk to their own servers on 127.0.0.1).
+    monkeypatch.setattr(urllib.request, "_opener", None)
     code, out, err = run_cli(["train", "--data", photos, "--out", tmp_path / "r", "--device", "cpu", "--model",
                               "resnet50", "--pretrained", "--image-size", "72"], monkeypatch, capsys)
     assert code == 2 and "could not be downloaded" in err and len(err.strip().splitlines()) == 1

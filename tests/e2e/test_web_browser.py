@@ -28,7 +28,7 @@ THUMBS_LOADED = """sel => {
 
 @pytest.fixture(scope="module")
 def live(gallery, tmp_path_factory):
-    from lookalike.cli.serve_cmd import LOOPBACK_NAMES
+    from lookalike.web.hosts import LOOPBACK_NAMES
 
     app = make_app(gallery, tmp_path_factory.mktemp("web_browser"), allowed_hosts=LOOPBACK_NAMES)  # as `serve` does
     with LiveServer(app) as server:

@@ -12,17 +12,9 @@ import numpy as np
 import pytest
 
 from lookalike.errors import LookalikeError
+from helpers.vectors import BACKBONE, DIM, unit
 from lookalike.search import index as I
 from lookalike.search.index import FORMAT_VERSION, ImageIndex, change_stamp, default_index_path
-
-DIM = 8
-BACKBONE = {"model": "toy", "pooling": "avg", "dim": DIM, "weights": None,
-            "preprocess": {"mean": [0.5] * 3, "std": [0.5] * 3, "input_size": 32, "resize_size": 32}}
-
-
-def unit(n: int, seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def make(tmp_path, n: int = 5):

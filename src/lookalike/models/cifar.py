@@ -71,7 +71,30 @@ class ConvGroup(nn.Module):
         return x
 
 
-class FastNet(nn.Module):
+class GroupsNet(nn.Module):
+    """Three ConvGroups, global max pooling and a scaled linear head: the body and head FastNet and PhotoNet
+    share; each subclass builds its stem and defines `forward_features`."""
+
+    def _build_groups(self, cin: int, widths: Sequence[int], depth: int, bn_momentum: float, num_classes: int,
+                      logit_scale: float) -> None:
+        w1, w2, w3 = (int(w) for w in widths)
+        self.group1 = ConvGroup(cin, w1, depth, bn_momentum)
+        self.group2 = ConvGroup(w1, w2, depth, bn_momentum)
+        self.group3 = ConvGroup(w2, w3, depth, bn_momentum)
+        self.num_features = w3
+        self.num_classes = num_classes
+        self.fc = nn.Linear(w3, num_classes, bias=False)
+        self.logit_scale = logit_scale
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.amax(x, dim=(2, 3))
+        return x if pre_logits else self.fc(x) * self.logit_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class FastNet(GroupsNet):
     """airbench-style net. `widths`: channels of the three groups; `depth`: convs per group (2 or 3);
     `whitening`: "pairs" or "linear" (see WHITENINGS). The default stays "pairs", the layout of every checkpoint
     written before "linear" existed."""
@@ -93,14 +116,7 @@ class FastNet(nn.Module):
         self.whiten = nn.Conv2d(3, whiten_width, kernel_size=whiten_kernel, padding=0, bias=pairs)
         self.whiten.weight.requires_grad_(False)  # set from the data's patch covariance, then frozen
         self.act = nn.GELU() if pairs else nn.Identity()
-        w1, w2, w3 = self.widths
-        self.group1 = ConvGroup(whiten_width, w1, depth, bn_momentum)
-        self.group2 = ConvGroup(w1, w2, depth, bn_momentum)
-        self.group3 = ConvGroup(w2, w3, depth, bn_momentum)
-        self.num_features = w3
-        self.num_classes = num_classes
-        self.fc = nn.Linear(w3, num_classes, bias=False)
-        self.logit_scale = logit_scale
+        self._build_groups(whiten_width, self.widths, depth, bn_momentum, num_classes, logit_scale)
 
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -128,13 +144,6 @@ class FastNet(nn.Module):
             stem = F.conv_transpose2d(self.group1.conv1.weight, self.whiten.weight)
             x = self.group1.after_conv1(F.conv2d(x, stem, padding=1))
         return self.group3(self.group2(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.amax(x, dim=(2, 3))
-        return x if pre_logits else self.fc(x) * self.logit_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class BasicBlock(nn.Module):

@@ -13,12 +13,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .cifar import ConvGroup, GhostlessBatchNorm
+from .cifar import GhostlessBatchNorm, GroupsNet
 
 PHOTO_WIDTHS = (64, 128, 256)
 
 
-class PhotoNet(nn.Module):
+class PhotoNet(GroupsNet):
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = PHOTO_WIDTHS, depth: int = 2,
                  stem_width: int = 48, stem_stride: int = 4, logit_scale: float = 1 / 9, bn_momentum: float = 0.4):
         super().__init__()
@@ -28,30 +28,16 @@ class PhotoNet(nn.Module):
             raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride!r}")
         if depth < 1:
             raise ValueError("depth must be >= 1")
-        w1, w2, w3 = (int(w) for w in widths)
         # 4x4 kernels: stride 2 overlaps neighbouring patches (padding 1), stride 4 tiles the photo with them.
         kernel, padding = {1: (3, 1), 2: (4, 1), 4: (4, 0)}[stem_stride]
         self.stem = nn.Conv2d(3, stem_width, kernel_size=kernel, stride=stem_stride, padding=padding, bias=False)
         self.stem_norm = GhostlessBatchNorm(stem_width, bn_momentum)
         self.act = nn.GELU()
-        self.group1 = ConvGroup(stem_width, w1, depth, bn_momentum)
-        self.group2 = ConvGroup(w1, w2, depth, bn_momentum)
-        self.group3 = ConvGroup(w2, w3, depth, bn_momentum)
-        self.num_features = w3
-        self.num_classes = num_classes
-        self.fc = nn.Linear(w3, num_classes, bias=False)
-        self.logit_scale = logit_scale
+        self._build_groups(stem_width, widths, depth, bn_momentum, num_classes, logit_scale)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.stem_norm(self.stem(x)))
         return self.group3(self.group2(self.group1(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.amax(x, dim=(2, 3))
-        return x if pre_logits else self.fc(x) * self.logit_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def photo(num_classes: int = 10, widths: Sequence[int] = PHOTO_WIDTHS, depth: int = 2, stem_width: int = 48,
