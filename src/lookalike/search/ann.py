@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import LookalikeError
-from .compact import Pca, as_float16, normalise, sample_rows
+from .compact import Pca, as_float16, sample_rows
 
 BACKENDS = ("exact", "hnsw", "ivf", "ivfpq")
 CHOICES = ("auto",) + BACKENDS
@@ -194,6 +194,13 @@ def needs_switch(backend: "Backend", n: int, memory_budget: int = DEFAULT_MEMORY
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _faiss_params(kind: str, sel, **knobs):
+    """FAISS search parameters of class `kind` with `knobs`, and the id selector `sel` when there is one (FAISS
+    takes no `sel=None`)."""
+    cls = getattr(faiss_module(), kind)
+    return cls(sel=sel, **knobs) if sel is not None else cls(**knobs)
 
 
 def faiss_module():
@@ -642,10 +649,7 @@ class HnswBackend(FaissBackend):
         return index
 
     def _search_params(self, sel, ef_search: int | None = None):
-        faiss = faiss_module()
-        ef = max(1, int(ef_search or self.ef_search))
-        return faiss.SearchParametersHNSW(efSearch=ef, sel=sel) if sel is not None else \
-            faiss.SearchParametersHNSW(efSearch=ef)
+        return _faiss_params("SearchParametersHNSW", sel, efSearch=max(1, int(ef_search or self.ef_search)))
 
     def graph_settings(self, k: int) -> tuple[int, dict]:
         return min(self.rerank, GRAPH_RERANK), {"ef_search": max(GRAPH_EF_SEARCH, 2 * (k + 1))}
@@ -714,10 +718,7 @@ class IvfBackend(FaissBackend):
         return index
 
     def _search_params(self, sel, nprobe: int | None = None):
-        faiss = faiss_module()
-        nprobe = max(1, int(nprobe or self.nprobe))
-        return faiss.SearchParametersIVF(nprobe=nprobe, sel=sel) if sel is not None else \
-            faiss.SearchParametersIVF(nprobe=nprobe)
+        return _faiss_params("SearchParametersIVF", sel, nprobe=max(1, int(nprobe or self.nprobe)))
 
     def graph_settings(self, k: int) -> tuple[int, dict]:
         return min(self.rerank, GRAPH_RERANK), {"nprobe": min(self.nprobe, GRAPH_NPROBE)}
