@@ -196,7 +196,7 @@ CONFIGS = {
     "auto": ("auto", {}),  # what `lookalike index` builds at this size (`ann.choose`)
 }
 KNOBS = {"hnsw": ("ef_search", [32, 64, 96, 160]), "ivf": ("nprobe", None), "ivfpq": ("nprobe", None)}
-# IVF-Flat on a PCA: the lists scanned (nprobe) and the candidates reranked exactly (rerank x k) both bound recall.
+# IVF on a PCA: the lists scanned (nprobe) and the candidates reranked exactly (rerank x k) both bound recall.
 IVF_SWEEP = [(16, 20), (24, 20), (32, 10), (32, 20), (48, 20), (64, 20)]
 
 

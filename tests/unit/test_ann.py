@@ -82,6 +82,27 @@ def test_pca_and_float16_keep_recall(data):
     assert np.abs(as_float16(base).astype(np.float32) - base).max() < 1e-3
 
 
+def test_sq8_codes_keep_recall_through_the_rerank_and_the_file(tmp_path, data):
+    ids, base, queries = data
+    _, truth = ann.build("exact", ids, base).search(queries, 10)
+    lookup = ann.vector_lookup(ids, base)
+    backend = ann.build("ivf", ids, base, nlist=64, nprobe=16, storage="sq8", rerank=4)
+    assert backend._approximate()  # one-byte codes: the rerank judges candidates by the full vectors
+    dist, found = backend.search(queries, 10, lookup=lookup)
+    assert recall_at(found, truth) >= 0.9
+    backend.save(tmp_path / "sq8.ann")
+    again = ann.load(tmp_path / "sq8.ann")
+    assert again.params()["storage"] == "sq8"
+    assert np.array_equal(again.search(queries, 10, lookup=lookup)[1], found)
+    # Per-dimension one-byte codes take a quarter of the float32 lists' bytes.
+    flat = ann.build("ivf", ids, base, nlist=64, nprobe=16)
+    assert backend.save(tmp_path / "a.ann") < 0.5 * flat.save(tmp_path / "b.ann")
+    with pytest.raises(LookalikeError, match="float32 or float16"):
+        ann.build("hnsw", ids[:100], base[:100], storage="sq8")
+    with pytest.raises(LookalikeError, match="unknown storage"):
+        ann.make("ivf", 64, storage="int4")
+
+
 def test_pca_file_round_trip_and_damage(tmp_path, data):
     _, base, _ = data
     pca = Pca.fit(base[:2000], 16)
@@ -218,8 +239,10 @@ def test_auto_choice_switches_at_its_thresholds():
     assert ann.choose(ann.HNSW_FULL_MAX_ROWS, d) == ("hnsw", {"m": ann.HNSW_M})
     kind, params = ann.choose(ann.HNSW_FULL_MAX_ROWS + 1, d)
     assert kind == "ivf" and params["pca"] == 256 and params["rerank"] > 1
-    assert ann.choose(1_000_000, d)[0] == "ivf"  # 1M x 256 float32 fits 3 GB
-    assert ann.choose(5_000_000, d)[0] == "ivfpq"
+    assert params["storage"] == "sq8"
+    assert ann.choose(1_000_000, d)[0] == "ivf"
+    assert ann.choose(10_000_000, d)[0] == "ivf"  # 10M x (256 one-byte codes + an id) fits 3 GB
+    assert ann.choose(20_000_000, d)[0] == "ivfpq"
     kind, params = ann.choose(1_000_000, d, memory_budget=200 * 2**20)
     assert kind == "ivfpq" and params["nlist"] >= 1024
     kind, params = ann.choose(100_000_000, d)

@@ -91,6 +91,6 @@ def test_auto_builds_ivf_on_a_pca_past_hnsw_and_ivfpq_past_the_budget():
     assert kind == "ivf" and params["pca"] == 256 and params["rerank"] > 1 and params["nprobe"] >= 1
     assert ann.choose(ann.HNSW_FULL_MAX_ROWS, d)[0] == "hnsw"
     assert ann.choose(ann.HNSW_FULL_MAX_ROWS + 1, d)[0] == "ivf"
-    # the PCA-256 float32 lists no longer fit 3 GB: IVF-PQ
-    assert ann.choose(10_000_000, d)[0] == "ivfpq"
+    # the PCA-256 one-byte codes no longer fit 3 GB: IVF-PQ
+    assert ann.choose(20_000_000, d)[0] == "ivfpq"
     assert ann.plan("ivf", 1_000_000, d) == ann.choose(1_000_000, d)

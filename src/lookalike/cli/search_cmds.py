@@ -176,8 +176,8 @@ def _describe_backend(params: dict) -> str:
     """`hnsw (m=32, pca=256, rerank=10), asked: auto` from `Backend.params()`."""
     skip = {"backend", "dim", "count", "dead", "storage", "requested"}
     knobs = ", ".join(f"{key}={value}" for key, value in params.items() if key not in skip)
-    if params.get("storage") == "float16":
-        knobs = ", ".join(x for x in (knobs, "float16") if x)
+    if params.get("storage") in ("float16", "sq8"):
+        knobs = ", ".join(x for x in (knobs, params["storage"]) if x)
     text = params.get("backend", "?") + (f" ({knobs})" if knobs else "")
     requested = params.get("requested")
     return text + (f", chosen by {requested}" if requested == "auto" else "")

@@ -21,7 +21,7 @@ a byte of it (FAISS's reader is not hardened against damaged input).
 
 Optional parts: `pca=256` reduces vectors before they enter the structure (`compact.Pca`, fitted on the
 build vectors, saved inside the file, applied to queries); `storage="float16"` halves the stored vectors of
-`exact`, `hnsw` and `ivf`; `rerank=R` with a `lookup` (ids -> full vectors, e.g. from the memory-mapped vector
+`exact`, `hnsw` and `ivf`, and `storage="sq8"` (IVF only) keeps one byte per dimension, trained per dimension; `rerank=R` with a `lookup` (ids -> full vectors, e.g. from the memory-mapped vector
 file) searches R x k candidates and orders them by their exact distance, which recovers the recall a PCA or a
 PQ code loses.
 """
@@ -43,6 +43,8 @@ from ..errors import LookalikeError
 from .compact import Pca, as_float16, sample_rows
 
 BACKENDS = ("exact", "hnsw", "ivf", "ivfpq")
+STORAGES = ("float32", "float16", "sq8")  # of the vectors inside a structure; sq8: IVF only
+_SCALAR_QUANTIZERS = {"float16": "QT_fp16", "sq8": "QT_8bit"}  # FAISS's codes for the non-float32 storages
 CHOICES = ("auto",) + BACKENDS
 FILE_VERSION = 1
 _MAGIC = b"LKANN01\n"
@@ -70,21 +72,23 @@ class StaleAnnError(AnnFileError):
 # synthetic vectors fitted to EfficientNet-Lite0 CIFAR-10 features, d = 1280). Exact took 23.8 ms per query at
 # 20k vectors and 204 ms at 100k (~0.56 us per vector on a quiet machine), so it answers in a few ms up to ~10k.
 # Full-dimension HNSW answered in ~1-2 ms at recall@10 0.97-0.99 at 20k and 100k, but its build took 17 s at
-# 20k and 474 s at 100k, and HNSW on a 256-d PCA 21 min at 1M: above HNSW_FULL_MAX_ROWS, IVF-Flat on a 256-d PCA
-# (k-means on a sample, then one assignment per vector: minutes at 1M) whose candidates are reranked exactly
-# (IVF_PCA), while its float32 lists fit the memory budget; IVF-PQ (OPQ, 32-byte codes, rerank 20 x k: recall@10
-# 0.972 at 100k, 0.923 at 1M) beyond.
+# 20k and 474 s at 100k, and HNSW on a 256-d PCA 21 min at 1M: above HNSW_FULL_MAX_ROWS, IVF on a 256-d PCA
+# (k-means on a sample, then one assignment per vector: minutes at 1M) with one byte per dimension (SQ8) whose
+# candidates are reranked exactly (IVF_PCA), while its lists fit the memory budget; IVF-PQ (OPQ, 32-byte codes,
+# rerank 20 x k: recall@10 0.972 at 100k, 0.923 at 1M) beyond.
 EXACT_MAX_ROWS = 10_000
 HNSW_FULL_MAX_ROWS = 100_000
 # HNSW on PCA-256 (when asked for by name over HNSW_FULL_MAX_ROWS): recall@10 0.963 at 1M with ef_search 320 and
 # rerank 20 (p50 6.5 ms).
 HNSW_PCA = {"m": 32, "pca": 256, "ef_search": 320, "rerank": 20}
-# IVF-Flat on PCA-256: lists = IVF_LISTS_PER_SQRT x sqrt(n) (2,048 at 1M), nprobe = nlist / IVF_PROBE_DIVISOR
+# IVF on PCA-256: lists = IVF_LISTS_PER_SQRT x sqrt(n) (2,048 at 1M), nprobe = nlist / IVF_PROBE_DIVISOR
 # (48 at 1M: 2.3% of the vectors scanned per query), rerank 20 x k: the fewest lists that keep recall@10 >= 0.95
-# at 1M (benchmarks/results/ann_scale.md: nprobe 32 gives 0.945, 48 gives 0.966).
+# at 1M (benchmarks/results/ann_scale.md: nprobe 32 gives 0.945, 48 gives 0.966). SQ8 codes give the same
+# recall after the rerank as float32 lists, in a quarter of the memory and with ~40% less scanning time; 8,192
+# lists instead of 2,048 needed more probes for the same recall and were no faster (ann_scale.notes.md).
 IVF_LISTS_PER_SQRT = 2.0
 IVF_PROBE_DIVISOR = 42
-IVF_PCA = {"pca": 256, "rerank": 20}
+IVF_PCA = {"pca": 256, "rerank": 20, "storage": "sq8"}
 DEFAULT_MEMORY_BUDGET = 3 * 2**30  # bytes the backend's structure may take in RAM
 HNSW_M = 32
 # The kNN-graph pass of `dupes` (`Backend.graph_settings`): a row's candidates are judged by their exact
@@ -107,9 +111,9 @@ def hnsw_bytes(n: int, dim: int, m: int = HNSW_M, storage: str = "float32") -> i
     return n * (dim * per + 2 * m * 4)
 
 
-def ivf_bytes(n: int, dim: int) -> int:
-    """Approximate RAM of an IVF-Flat over n vectors: the float32 vectors and a 64-bit id each."""
-    return n * (dim * 4 + 8)
+def ivf_bytes(n: int, dim: int, storage: str = "float32") -> int:
+    """Approximate RAM of an IVF over n vectors: the stored vectors and a 64-bit id each."""
+    return n * (dim * {"float32": 4, "float16": 2, "sq8": 1}[storage] + 8)
 
 
 def nlist_for(n: int, per_sqrt: float = 4.0) -> int:
@@ -153,7 +157,7 @@ def choose(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tupl
         return "exact", {}
     if n <= HNSW_FULL_MAX_ROWS and hnsw_bytes(n, dim) <= memory_budget:
         return "hnsw", {"m": HNSW_M}
-    if ivf_bytes(n, min(dim, IVF_PCA["pca"])) <= memory_budget and n >= 39 * nlist_for(n, IVF_LISTS_PER_SQRT):
+    if ivf_bytes(n, min(dim, IVF_PCA["pca"]), IVF_PCA["storage"]) <= memory_budget and n >= 39 * nlist_for(n, IVF_LISTS_PER_SQRT):
         return "ivf", _ivf_params(n, dim)
     return "ivfpq", _ivfpq_params(n, dim, memory_budget)
 
@@ -278,10 +282,13 @@ class Backend:
     """Common part: id bookkeeping, the removal mask, the optional PCA and rerank, distances, the file."""
 
     kind = ""
+    storages: tuple[str, ...] = ("float32", "float16")
 
     def __init__(self, dim: int, *, pca: Pca | None = None, rerank: int = 1, storage: str = "float32") -> None:
-        if storage not in ("float32", "float16"):
-            raise LookalikeError(f"unknown storage {storage!r}: use float32 or float16")
+        if storage not in self.storages:
+            raise LookalikeError(f"the {self.kind} backend stores float32 or float16 vectors, not {storage!r}"
+                                 if storage in STORAGES else
+                                 f"unknown storage {storage!r}: use one of {', '.join(STORAGES)}")
         self.dim = int(dim)  # of the vectors given to add/search
         self.pca = pca
         self.rerank = max(1, int(rerank))
@@ -298,11 +305,11 @@ class Backend:
         return self.pca.dim if self.pca is not None else self.dim
 
     def __len__(self) -> int:
-        return int(self.live.sum())
+        return int(np.count_nonzero(self.live))  # ~8x faster than sum() on booleans: it runs on every query
 
     @property
     def dead(self) -> int:
-        return int(len(self.live) - self.live.sum())
+        return int(len(self.live) - np.count_nonzero(self.live))
 
     def needs_rebuild(self) -> bool:
         """Dead (masked) entries outnumber a quarter of the live ones: a rebuild reclaims memory and speed."""
@@ -411,7 +418,7 @@ class Backend:
 
     def _approximate(self) -> bool:
         """Whether the structure's similarities are approximate (then a lookup reranks them)."""
-        return self.rerank > 1 or self.pca is not None
+        return self.rerank > 1 or self.pca is not None or self.storage == "sq8"
 
     def graph_settings(self, k: int) -> tuple[int, dict]:
         """(rerank, knobs) for the kNN-graph pass of `dupes`: near-duplicates are each other's nearest
@@ -665,6 +672,7 @@ class IvfBackend(FaissBackend):
     """Inverted lists over k-means cells (IVF-Flat, or float16 scalar-quantised vectors)."""
 
     kind = "ivf"
+    storages = STORAGES
 
     def __init__(self, dim: int, *, nlist: int = 0, nprobe: int = 0, **kw) -> None:
         super().__init__(dim, **kw)
@@ -700,9 +708,10 @@ class IvfBackend(FaissBackend):
         if not self.nlist:
             raise LookalikeError("an IVF backend must be trained before vectors are added (use build())")
         quantizer = faiss.IndexFlatIP(self.inner_dim)
-        if self.storage == "float16":
+        if self.storage in _SCALAR_QUANTIZERS:
             index = faiss.IndexIVFScalarQuantizer(quantizer, self.inner_dim, self.nlist,
-                                                  faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+                                                  getattr(faiss.ScalarQuantizer, _SCALAR_QUANTIZERS[self.storage]),
+                                                  faiss.METRIC_INNER_PRODUCT)
         else:
             index = faiss.IndexIVFFlat(quantizer, self.inner_dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
         index.own_fields = True
@@ -732,6 +741,7 @@ class IvfPqBackend(IvfBackend):
     indexes whose float vectors do not fit in RAM. With a `lookup`, candidates are reranked exactly."""
 
     kind = "ivfpq"
+    storages = Backend.storages  # its codes are PQ's own; the setting is kept for the file's header only
 
     def __init__(self, dim: int, *, pq_bytes: int = 32, opq: bool = True, **kw) -> None:
         kw.setdefault("rerank", 8)
