@@ -24,7 +24,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 # name -> (descriptor options, evaluation options)
 VARIANTS = {
-    "default (224 centre crop, avg)": ({}, {}),
+    "default (224 centre crop, avg, borders trimmed)": ({}, {}),
+    "224 centre crop, avg, untrimmed": ({"trim": False}, {}),
+    "default + whitening, untrimmed": ({"trim": False}, {"whiten": "index"}),
+    "default + whitening + QE 1 + DBA 1, untrimmed": ({"trim": False}, {"whiten": "index", "qe": 1, "dba": 1}),
+    "--quality high, untrimmed": ({"size": 416, "scales": [1.0, 1.25], "pooling": "rmac", "trim": False},
+                                  {"whiten": "index"}),
+    "--quality high + QE 1 + DBA 1": ({"size": 416, "scales": [1.0, 1.25], "pooling": "rmac"},
+                                      {"whiten": "index", "qe": 1, "dba": 1}),
     "default + whitening without the signed sqrt": ({}, {"whiten": "index", "whiten_power": 1.0}),
     "default + whitening + QE 1 + DBA 1": ({}, {"whiten": "index", "qe": 1, "dba": 1}),
     "whole 320, GeM p=3 + whitening + QE 1 + DBA 1": ({"size": 320, "pooling": "gem"},
@@ -43,12 +50,13 @@ VARIANTS = {
     "--quality high (416 and 520, R-MAC, whitening)": ({"size": 416, "scales": [1.0, 1.25], "pooling": "rmac"},
                                                         {"whiten": "index"}),
 }
+DEFAULT_VARIANT = next(iter(VARIANTS))
 
 
 def _embedder(opts: dict):
     from lookalike.search.features import input_options, load_embedder
 
-    inputs = input_options(opts.get("size"), opts.get("scales")) or None
+    inputs = input_options(opts.get("size"), opts.get("scales"), opts.get("trim", True))
     return load_embedder(pooling=opts.get("pooling", "avg"), inputs=inputs)
 
 
@@ -118,7 +126,7 @@ def main() -> None:
                      "demo_p1": demo_p1, "seconds_per_image": c["seconds_per_image"], "load": c["load"]})
         print(f"{name}: mAP {f['mAP']:.4f} P@1 {f['P@1']:.4f} demo P@1 {demo_p1:.3f} "
               f"{c['seconds_per_image'] * 1000:.1f} ms/image", flush=True)
-    base = rows[0]["seconds_per_image"] if rows and rows[0]["variant"].startswith("default (") else None
+    base = rows[0]["seconds_per_image"] if rows and rows[0]["variant"] == DEFAULT_VARIANT else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     command = "python benchmarks/eval_search.py " + " ".join(sys.argv[1:])

@@ -104,20 +104,34 @@ def load_data(data: str, image_size: Optional[int] = None, progress: Optional[Ca
     return _folder_bundle(root, image_size, progress, need_train, val_fraction, cache_bytes)
 
 
+def typical_side(data: str) -> Optional[int]:
+    """The shorter side of the most common image size of a folder data set (a sample of headers), None for
+    CIFAR-10 or when nothing can be read."""
+    sizes = _header_sizes(_sample_files(data))
+    return min(Counter(sizes).most_common(1)[0][0]) if sizes else None
+
+
+def _sample_files(data: str) -> list[Path]:
+    """Up to 20 files of each class folder of a folder data set (of train/ when there is one); [] for CIFAR-10
+    or anything unreadable (`load_data` reports it)."""
+    root = Path(data).expanduser()
+    if data.lower() == "cifar10" or not root.is_dir() or (root / "data_batch_1").exists() \
+            or (root / "cifar-10-batches-py").is_dir():
+        return []
+    folder = root / "train" if (root / "train").is_dir() else root
+    try:
+        return [f for d in sorted(folder.iterdir()) if d.is_dir() for f in list_image_files(d)[:20]]
+    except OSError:
+        return []
+
+
 def auto_model(data: str, image_size: Optional[int] = None) -> str:
     """The from-scratch model `--model auto` takes for `data`: "fast" for images up to 64 px, "photo" above (the
     training side decides when given). Reads a sample of image headers; anything unreadable answers "fast" and
     leaves the error to `load_data`."""
     if image_size is not None:
         return "fast" if image_size <= SMALL_MAX_SIDE else "photo"
-    root = Path(data).expanduser()
-    if data.lower() == "cifar10" or not root.is_dir():
-        return "fast"
-    folder = root / "train" if (root / "train").is_dir() else root
-    try:
-        files = [f for d in sorted(folder.iterdir()) if d.is_dir() for f in list_image_files(d)[:20]]
-    except OSError:
-        return "fast"
+    files = _sample_files(data)
     size, _ = _probe_size(files, None) if files else (32, True)
     return "fast" if size <= SMALL_MAX_SIDE else "photo"
 
@@ -247,18 +261,24 @@ def _folder_bundle(root: Path, image_size: Optional[int], progress, need_train: 
     return DataBundle(result["train"], result["test"], classes, mean, std, size, str(root), layout)
 
 
-def _probe_size(files: Sequence[Path], image_size: Optional[int]) -> tuple[int, bool]:
-    """Pick the training side and whether to cache: read the headers of a spread-out sample of files."""
+def _header_sizes(files: Sequence[Path], sample: int = 200) -> list[tuple[int, int]]:
+    """(width, height) from the headers of up to `sample` files spread over `files`; unreadable ones are left
+    out (the decode step names them)."""
     from PIL import Image
 
-    step = max(1, len(files) // 200)
     sizes = []
-    for f in files[::step]:
+    for f in files[::max(1, len(files) // sample)]:
         try:
             with Image.open(f) as im:
                 sizes.append(im.size)
-        except Exception:  # a bad file: the decode step names it
+        except Exception:
             continue
+    return sizes
+
+
+def _probe_size(files: Sequence[Path], image_size: Optional[int]) -> tuple[int, bool]:
+    """Pick the training side and whether to cache: read the headers of a spread-out sample of files."""
+    sizes = _header_sizes(files)
     if not sizes:
         sizes = [(32, 32)]
     largest = max(max(s) for s in sizes)

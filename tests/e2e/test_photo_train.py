@@ -185,3 +185,20 @@ def test_unreadable_photo_is_skipped_and_named_in_the_result(photos, tmp_path):
     (photos / "train" / "circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     result = fit(TrainConfig(data=str(photos), epochs=1, **SCRATCH), tmp_path / "run")
     assert any("broken.jpg" in s for s in result["skipped"])
+
+
+def test_probe_features_through_onnx_runtime_match_pytorch(photos):
+    from lookalike.datasets import load_data
+    from lookalike.models import create_model
+    from lookalike.train.probe import embed, prelogits_runner
+
+    data = load_data(str(photos), 72)
+    model = create_model("efficientnet_lite0", pretrained=True, num_classes=len(data.classes))
+    mean, std = torch.tensor([0.5] * 3), torch.tensor([0.5] * 3)
+    model.train()
+    runner = prelogits_runner(model, "efficientnet_lite0", 72)
+    assert runner is not None and model.training  # the model is left as it was found
+    fast, labels = embed(model, data.test, mean, std, torch.device("cpu"), 16, runner)
+    slow, same = embed(model, data.test, mean, std, torch.device("cpu"), 16)
+    assert torch.equal(labels, same) and fast.shape == slow.shape == (len(data.test), model.num_features)
+    assert torch.allclose(fast, slow, atol=1e-3)

@@ -35,3 +35,7 @@ def warn(message: str) -> None:
 
     # Escaped: a file name in the message may hold brackets, which rich would read as markup.
     console.print("[yellow]warning:[/yellow] " + escape(printable(message)), highlight=False, soft_wrap=True)
+
+
+TRIM_HELP = ("Take uniform white or black borders (padding, letterboxing, scan margins) off each photo before "
+             "embedding; checkpoints default to off")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from . import app
-from ._common import console, out, print_json, warn
+from ._common import TRIM_HELP, console, out, print_json, warn
 
 # Descriptor presets (figures in benchmarks/results/eval_search.md). Explicit options override them.
 QUALITY_PRESETS = {
@@ -40,6 +40,7 @@ def eval_search_command(
     scales: Optional[str] = typer.Option(None, "--scales", help="Multi-scale: factors of --size whose descriptors are summed, e.g. 1,1.25."),
     whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed vectors (no labels used), stored beside the index."),
     whiten_on: Optional[Path] = typer.Option(None, "--whiten-on", help="Fit the PCA-whitening on this folder of images instead."),
+    trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + " [default: on]"),
     qe: int = typer.Option(0, "--qe", help="alpha-query expansion with this many neighbours (0: off)."),
     dba: int = typer.Option(0, "--dba", help="Database-side augmentation with this many neighbours (0: off)."),
     alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of --qe and --dba neighbours."),
@@ -72,7 +73,7 @@ def eval_search_command(
     scales_list = _scales(scales if scales is not None else preset.get("scales"))
     if size is not None and size < 0:
         raise LookalikeError("--size must be >= 0")
-    inputs = input_options(size, scales_list) or None
+    inputs = {**input_options(size, scales_list), **({"trim": trim} if trim is not None else {})} or None
     whiten_mode = None
     if whiten_on is not None:
         whiten_mode = str(whiten_on)

@@ -10,7 +10,7 @@ import typer
 
 from . import app
 from ..paths import printable
-from ._common import console, out, print_json, warn
+from ._common import TRIM_HELP, console, out, print_json, warn
 
 MODEL_HELP = "Backbone: a registered name (see `lookalike models`) or a checkpoint file from `lookalike train`."
 QE_HELP = "alpha-query expansion: add this many nearest indexed images to each query, weighted by similarity^alpha (0: off)."
@@ -46,6 +46,7 @@ def index_command(
     scales: Optional[str] = typer.Option(None, "--scales", help="Multi-scale (with --size): factors of --size whose descriptors are summed, e.g. 1,1.25."),
     whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed images (no labels), stored in the index and applied to its vectors and every query; turning it off later needs --rebuild [default: the index's, else off]."),
     whiten_on: Optional[Path] = typer.Option(None, "--whiten-on", help="Fit the PCA-whitening on this folder of images instead."),
+    trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + " [default: the index's, else on]"),
     rebuild: bool = typer.Option(False, "--rebuild", help="Start the index over (another backbone, or a damaged index)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     runtime: str = typer.Option("auto", "--runtime", help="Inference runtime: auto (ONNX Runtime on CPU when installed), torch or onnx."),
@@ -63,7 +64,7 @@ def index_command(
 
     if whiten_on is not None and whiten is False:
         raise LookalikeError("--whiten-on and --no-whiten contradict each other")
-    inputs = descriptor_inputs(size, scales)
+    inputs = descriptor_inputs(size, scales, trim)
     if nproc is not None and nproc > 1 and not in_torchrun():  # the same command as torchrun workers
         from ..distributed import argv_without_nproc, launch
 
@@ -155,21 +156,22 @@ def parse_scales(text: Optional[str]) -> Optional[list[float]]:
     return values
 
 
-def descriptor_inputs(size: Optional[int], scales: Optional[str]) -> Optional[dict]:
-    """`--size` and `--scales` as `features.input_options` takes them: None when neither is given (an index
-    keeps its own), {} for the centre crop (`--size 0`)."""
+def descriptor_inputs(size: Optional[int], scales: Optional[str], trim: Optional[bool] = None) -> Optional[dict]:
+    """`--size`, `--scales` and `--trim/--no-trim` as `features.input_options` takes them: None when none is
+    given (an index keeps its own); only the keys given otherwise (`long_side` 0: the centre crop)."""
     from ..errors import LookalikeError
     from ..search.features import input_options
 
     factors = parse_scales(scales)
     if size is None and factors is None:
-        return None
+        return None if trim is None else {"trim": trim}
     if size is not None and size < 0:
         raise LookalikeError("--size must be 0 (the centre crop) or a number of pixels")
     if not size and factors is not None and factors != [1.0]:
         raise LookalikeError("--scales needs a whole-photo --size")
     input_options(size, factors)  # checks the ranges: one line for a bad value
-    return {"long_side": size, "scales": factors} if size else {}
+    return {"long_side": size or 0, "scales": factors if size else None,
+            **({"trim": trim} if trim is not None else {})}
 
 
 def _describe_backend(params: dict) -> str:

@@ -33,6 +33,15 @@ GEM_P = 3.0  # the usual GeM exponent for retrieval (Radenovic et al.)
 # shape share a batch (an aspect change of at most a few per cent); the backbones' total stride is 32.
 SHAPE_STEP = 32
 MAX_LONG_SIDE = 1024  # bounds the pixels (and the time) any one photo can cost
+# Uniform borders (`border_box`): a line is border when its median colour is within 2 x BORDER_TOLERANCE of white
+# or black and BORDER_SHARE of its pixels are within BORDER_TOLERANCE of that colour (JPEG ringing and scanner
+# noise stay under it); trimming never keeps less than BORDER_KEEP of a side.
+BORDER_TOLERANCE = 12
+BORDER_SHARE = 0.98
+BORDER_KEEP = 0.25
+# New descriptors of registered backbones trim borders (benchmarks/results/eval_search.md); indexes made without
+# it keep their vectors comparable (the manifest's preprocess has no "trim" key, so queries are not trimmed).
+DEFAULT_TRIM = True
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 32  # images per pipeline batch (and per index commit)
 # Images per forward pass. ONNX Runtime's activation memory grows with it (peak RSS measured with
@@ -56,6 +65,40 @@ def _resample(name: str) -> int:
 
     return {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}.get(
         name, Image.BILINEAR)
+
+
+def border_box(img) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of `img` without its uniform borders: edge rows and columns that are almost
+    all one colour close to white or black (a portrait photo padded to a landscape frame, letterboxing, a scan's
+    margin). The whole image when trimming would keep less than BORDER_KEEP of a side: a plain white or dark
+    photo is not a border."""
+    a = np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.int16)
+    h, w = a.shape[:2]
+
+    def uniform(line: np.ndarray) -> bool:
+        ref = np.median(line, axis=0)
+        if not (ref.min() >= 255 - BORDER_TOLERANCE * 2 or ref.max() <= BORDER_TOLERANCE * 2):
+            return False
+        return np.mean(np.abs(line - ref).max(axis=-1) <= BORDER_TOLERANCE) >= BORDER_SHARE
+
+    top, bottom, left, right = 0, h, 0, w
+    while top < bottom - 1 and uniform(a[top]):
+        top += 1
+    while bottom - 1 > top and uniform(a[bottom - 1]):
+        bottom -= 1
+    while left < right - 1 and uniform(a[top:bottom, left]):
+        left += 1
+    while right - 1 > left and uniform(a[top:bottom, right - 1]):
+        right -= 1
+    if bottom - top < BORDER_KEEP * h or right - left < BORDER_KEEP * w:
+        return 0, 0, w, h
+    return left, top, right, bottom
+
+
+def trim_borders(img):
+    """`img` without its uniform borders (`border_box`); the image itself when it has none."""
+    box = border_box(img)
+    return img if box == (0, 0, *img.size) else img.crop(box)
 
 
 def prepare_image(img, preprocess: dict) -> np.ndarray:
@@ -228,6 +271,8 @@ class Embedder:
 
     def prepare(self, img):
         """A decoded photo -> what `embed_prepared` takes (one array, or one per scale for whole photos)."""
+        if self.preprocess.get("trim"):
+            img = trim_borders(img)
         return prepare_whole(img, self.preprocess) if self.whole else prepare_image(img, self.preprocess)
 
     def with_whitening(self, whitening, record: dict) -> "Embedder":
@@ -384,13 +429,16 @@ class Embedder:
 # --- construction ----------------------------------------------------------------------------------------
 
 
-def input_options(long_side: int | None = None, scales=None) -> dict:
-    """The preprocessing keys of a whole-photo descriptor (`long_side` pixels on the longer side, aspect kept,
-    at each factor of `scales`), checked; {} for the backbone's own centre crop (`long_side` None or 0)."""
+def input_options(long_side: int | None = None, scales=None, trim: bool = False) -> dict:
+    """The preprocessing keys of a descriptor's input, checked: the whole photo at `long_side` pixels on its
+    longer side, aspect kept, at each factor of `scales` (none of these keys for the backbone's own centre crop,
+    `long_side` None or 0), and `"trim": True` when uniform borders come off first (`trim_borders`; the key is
+    absent otherwise, as in indexes made before it existed)."""
+    trimmed = {"trim": True} if trim else {}
     if not long_side:
         if scales and list(scales) != [1.0]:
             raise LookalikeError("multi-scale descriptors need a whole-photo size (--size)")
-        return {}
+        return trimmed
     long_side = int(long_side)
     factors = [float(f) for f in (scales or [1.0])]
     if not factors or any(not 0.25 <= f <= 4.0 for f in factors):
@@ -398,7 +446,14 @@ def input_options(long_side: int | None = None, scales=None) -> dict:
     if not SHAPE_STEP <= long_side or long_side * max(factors) > MAX_LONG_SIDE:
         raise LookalikeError(f"the whole-photo size times its largest scale must be from {SHAPE_STEP} to "
                              f"{MAX_LONG_SIDE} pixels")
-    return {"fit": "whole", "long_side": long_side, "scales": factors}
+    return {"fit": "whole", "long_side": long_side, "scales": factors, **trimmed}
+
+
+def inputs_of(preprocess: dict | None) -> dict:
+    """The `load_embedder(inputs=...)` that gives vectors made with `preprocess` (an index manifest's)."""
+    pre = preprocess or {}
+    whole = {"long_side": pre["long_side"], "scales": pre.get("scales")} if pre.get("fit") == "whole" else {}
+    return {**whole, "trim": bool(pre.get("trim"))}
 
 
 def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str = "avg", weights=None,
@@ -406,22 +461,23 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
     """Build the embedder for a registered backbone name or a `lookalike train` checkpoint path.
 
     `runtime`: "torch", "onnx", or "auto" (ONNX Runtime on CPU for registered backbones when installed).
-    `inputs`: `input_options(...)` for whole photos at a chosen size (and scales) instead of the centre crop;
-    then the pooling (avg, gem, gem:P, rmac) runs on the feature map outside the network.
+    `inputs`: `input_options(...)` keys: whole photos at a chosen size (and scales) instead of the centre crop,
+    then the pooling (avg, gem, gem:P, rmac) runs on the feature map outside the network; `trim` (default: on for
+    registered backbones, off for checkpoints, which were trained on untrimmed images) takes uniform borders off.
     """
     pooling = (pooling or "avg").lower()
     kind, _ = parse_pooling(pooling)
     inputs = dict(inputs or {})
     if kind == "rmac" or ":" in pooling:
-        if not inputs:
+        if not inputs.get("long_side"):
             raise LookalikeError(f"pooling {pooling} needs whole-photo inputs (--size)")
-    if inputs:
-        inputs = input_options(inputs.get("long_side"), inputs.get("scales"))
-    whole = bool(inputs)
+    checkpoint = is_checkpoint_ref(model)
+    inputs = input_options(inputs.get("long_side"), inputs.get("scales"),
+                           bool(inputs.get("trim", DEFAULT_TRIM and not checkpoint)))
+    whole = inputs.get("fit") == "whole"
     if runtime not in ("auto", "torch", "onnx"):
         raise LookalikeError(f"unknown runtime {runtime!r}: use auto, torch or onnx")
     weights = str(Path(weights).expanduser().resolve()) if weights else None
-    checkpoint = is_checkpoint_ref(model)
 
     if not checkpoint and device == "cpu" and runtime != "torch":
         # Fast start: a cached ONNX export needs neither torch nor timm, which take seconds to import.
@@ -487,10 +543,8 @@ def embedder_for_index(index: "ImageIndex", device: str = "cpu", runtime: str = 
     """The embedder that produced `index`'s vectors: same backbone, weights, preprocessing and pooling, and the
     index's whitening when its vectors are whitened (the record committed with them, `index.whitening`)."""
     m = index.manifest
-    pre = m.get("preprocess") or {}
-    inputs = {"long_side": pre["long_side"], "scales": pre.get("scales")} if pre.get("fit") == "whole" else None
     emb = load_embedder(m["model"], device=device, pooling=m.get("pooling", "avg"), weights=m.get("weights"),
-                        runtime=runtime, inputs=inputs)
+                        runtime=runtime, inputs=inputs_of(m.get("preprocess")))
     if emb.dim != int(m["dim"]):
         raise LookalikeError(f"index {index.path} holds {m['dim']}-d vectors but {m['model']} gives {emb.dim}-d: "
                              "rebuild it with --rebuild")

@@ -114,9 +114,10 @@ def _outcome(res: StreamResult, reuse, embedder) -> StreamResult:
 
 
 def _backbone(embedder) -> dict:
-    pre = embedder.preprocess
-    inputs = {"long_side": pre["long_side"], "scales": pre.get("scales")} if pre.get("fit") == "whole" else None
-    return {"model": embedder.model, "pooling": embedder.pooling, "weights": embedder.weights, "inputs": inputs,
+    from .features import inputs_of
+
+    return {"model": embedder.model, "pooling": embedder.pooling, "weights": embedder.weights,
+            "inputs": inputs_of(embedder.preprocess),
             "dim": embedder.dim}
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import LookalikeError
 from ..images import decoder_version, iter_image_files
-from .features import DEFAULT_MODEL, Embedder, load_embedder
+from .features import DEFAULT_MODEL, Embedder, inputs_of, load_embedder
 from .file_results import Reused, Skipped, Undecodable
 from .index import MANIFEST, ImageIndex, IndexEntry, IndexWriter, default_index_path, same_backbone, storage_error
 
@@ -27,13 +27,8 @@ def _describe_backbone(m: dict) -> str:
     size = f", whole photo at {pre['long_side']} px" if pre.get("fit") == "whole" else ""
     if pre.get("fit") == "whole" and list(pre.get("scales") or [1.0]) != [1.0]:
         size += f" x {','.join(f'{f:g}' for f in pre['scales'])}"
-    return f"{m['model']} ({m.get('pooling', 'avg')} pooling{size})"
-
-
-def _inputs_of(manifest: dict) -> dict | None:
-    """The whole-photo input options (`features.input_options`) an index was built with, None for the crop."""
-    pre = manifest.get("preprocess") or {}
-    return {"long_side": pre["long_side"], "scales": pre.get("scales")} if pre.get("fit") == "whole" else None
+    trimmed = ", borders trimmed" if pre.get("trim") else ""
+    return f"{m['model']} ({m.get('pooling', 'avg')} pooling{size}{trimmed})"
 
 
 def whiten_request(whiten) -> str | None:
@@ -69,9 +64,10 @@ def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooli
     if inputs is not None:
         from .features import input_options
 
-        wanted["preprocess"] = {**{k: v for k, v in (m.get("preprocess") or {}).items()
-                                   if k not in ("fit", "long_side", "scales")},
-                                **input_options(inputs.get("long_side"), inputs.get("scales"))}
+        have = m.get("preprocess") or {}
+        asked = {**inputs_of(have), **inputs}  # what was not asked for stays as the index has it
+        wanted["preprocess"] = {**{k: v for k, v in have.items() if k not in ("fit", "long_side", "scales", "trim")},
+                                **input_options(asked.get("long_side"), asked.get("scales"), asked["trim"])}
     if any(wanted.get(k) != m.get(k) for k in ("model", "pooling", "weights", "preprocess")):
         index.close()
         raise LookalikeError(f"index {index_path} holds vectors from {_describe_backbone(m)}, not "
@@ -149,7 +145,7 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
                 m = existing.manifest
                 embedder = load_embedder(model or m["model"], device=device, pooling=pooling or m["pooling"],
                                          weights=weights if model else (weights or m.get("weights")),
-                                         runtime=runtime, inputs=inputs if inputs is not None else _inputs_of(m))
+                                         runtime=runtime, inputs={**inputs_of(m.get("preprocess")), **(inputs or {})})
             else:
                 embedder = load_embedder(model or DEFAULT_MODEL, device=device, pooling=pooling or "avg",
                                          weights=weights, runtime=runtime, inputs=inputs)

@@ -212,10 +212,11 @@ def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool):
         from .probe import ensure_weights
 
         ensure_weights(cfg.model)
-    if cfg.pretrained and cfg.image_size is None:  # the side the backbone's weights were trained at
-        from .probe import pretrained_preprocess
+    if cfg.pretrained and cfg.image_size is None:
+        from ..datasets import typical_side
+        from .probe import pretrained_input_side
 
-        cfg = dataclasses.replace(cfg, image_size=int(pretrained_preprocess(cfg.model)["input_size"]))
+        cfg = dataclasses.replace(cfg, image_size=pretrained_input_side(cfg.model, typical_side(cfg.data or "")))
     return saved, cfg
 
 

