@@ -56,7 +56,7 @@ DEFAULT_VARIANT = next(iter(VARIANTS))
 def _embedder(opts: dict):
     from lookalike.search.features import input_options, load_embedder
 
-    inputs = input_options(opts.get("size"), opts.get("scales"), opts.get("trim", True))
+    inputs = {**input_options(opts.get("size"), opts.get("scales")), "trim": opts.get("trim", True)}
     return load_embedder(pooling=opts.get("pooling", "avg"), inputs=inputs)
 
 
@@ -75,7 +75,8 @@ def _demo_whitened(dopts: dict) -> float:
         with ImageIndex.open(Path(tmp) / "index") as ix:
             results = run_queries(ix, [Query(name=str(q["path"]), image_id=ix.id_of(q["path"])) for q in queries],
                                   1, embedder=lambda: None)
-        return sum(bool(h) and photo_of(Path(h[0]["path"])) == q["photo"] for q, h in zip(queries, results)) / len(queries)
+        return sum(bool(h.results) and photo_of(Path(h.results[0].path)) == q["photo"]
+               for q, h in zip(queries, results)) / len(queries)
 
 
 def _time_indexing(embedder, folder: Path) -> float:

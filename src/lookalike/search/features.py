@@ -33,10 +33,10 @@ GEM_P = 3.0  # the usual GeM exponent for retrieval (Radenovic et al.)
 # shape share a batch (an aspect change of at most a few per cent); the backbones' total stride is 32.
 SHAPE_STEP = 32
 MAX_LONG_SIDE = 1024  # bounds the pixels (and the time) any one photo can cost
-# Uniform borders (`border_box`): a line is border when its median colour is within 2 x BORDER_TOLERANCE of white
-# or black and BORDER_SHARE of its pixels are within BORDER_TOLERANCE of that colour (JPEG ringing and scanner
-# noise stay under it); trimming never keeps less than BORDER_KEEP of a side.
-BORDER_TOLERANCE = 12
+# Uniform borders (`border_box`): a line is border when BORDER_SHARE of its pixels are within BORDER_TOLERANCE
+# of white (every channel) or of black (JPEG ringing and scanner noise stay within it); trimming never keeps less
+# than BORDER_KEEP of a side.
+BORDER_TOLERANCE = 24
 BORDER_SHARE = 0.98
 BORDER_KEEP = 0.25
 # New descriptors of registered backbones trim borders (benchmarks/results/eval_search.md); indexes made without
@@ -69,28 +69,26 @@ def _resample(name: str) -> int:
 
 def border_box(img) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of `img` without its uniform borders: edge rows and columns that are almost
-    all one colour close to white or black (a portrait photo padded to a landscape frame, letterboxing, a scan's
-    margin). The whole image when trimming would keep less than BORDER_KEEP of a side: a plain white or dark
-    photo is not a border."""
-    a = np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.int16)
+    all white or all black (a portrait photo padded to a landscape frame, letterboxing, a scan's margin). The
+    whole image when trimming would keep less than BORDER_KEEP of a side: a plain white or dark photo is not a
+    border. A few whole-image array operations (under 1 ms for a 325 x 243 photo), no per-line loop."""
+    a = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
     h, w = a.shape[:2]
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]  # channel by channel: numpy reduces a last axis of 3 slowly
+    white = np.minimum(np.minimum(r, g), b) >= 255 - BORDER_TOLERANCE
+    black = np.maximum(np.maximum(r, g), b) <= BORDER_TOLERANCE
 
-    def uniform(line: np.ndarray) -> bool:
-        ref = np.median(line, axis=0)
-        if not (ref.min() >= 255 - BORDER_TOLERANCE * 2 or ref.max() <= BORDER_TOLERANCE * 2):
-            return False
-        return np.mean(np.abs(line - ref).max(axis=-1) <= BORDER_TOLERANCE) >= BORDER_SHARE
+    def span(white_share: np.ndarray, black_share: np.ndarray) -> tuple[int, int]:
+        border = (white_share >= BORDER_SHARE) | (black_share >= BORDER_SHARE)
+        if border.all():
+            return 0, 0
+        return int(np.argmin(border)), len(border) - int(np.argmin(border[::-1]))
 
-    top, bottom, left, right = 0, h, 0, w
-    while top < bottom - 1 and uniform(a[top]):
-        top += 1
-    while bottom - 1 > top and uniform(a[bottom - 1]):
-        bottom -= 1
-    while left < right - 1 and uniform(a[top:bottom, left]):
-        left += 1
-    while right - 1 > left and uniform(a[top:bottom, right - 1]):
-        right -= 1
-    if bottom - top < BORDER_KEEP * h or right - left < BORDER_KEEP * w:
+    top, bottom = span(white.mean(axis=1), black.mean(axis=1))
+    if bottom - top < BORDER_KEEP * h:  # also a blank image, all border
+        return 0, 0, w, h
+    left, right = span(white[top:bottom].mean(axis=0), black[top:bottom].mean(axis=0))
+    if right - left < BORDER_KEEP * w:
         return 0, 0, w, h
     return left, top, right, bottom
 
