@@ -30,8 +30,8 @@ VARIANTS = {
     "default + whitening + QE 1 + DBA 1, untrimmed": ({"trim": False}, {"whiten": "index", "qe": 1, "dba": 1}),
     "--quality high, untrimmed": ({"size": 416, "scales": [1.0, 1.25], "pooling": "rmac", "trim": False},
                                   {"whiten": "index"}),
-    "--quality high + QE 1 + DBA 1": ({"size": 416, "scales": [1.0, 1.25], "pooling": "rmac"},
-                                      {"whiten": "index", "qe": 1, "dba": 1}),
+    "--quality high (416 and 520, R-MAC, whitening, QE 1 + DBA 1)": (
+        {"size": 416, "scales": [1.0, 1.25], "pooling": "rmac"}, {"whiten": "index", "qe": 1, "dba": 1}),
     "default + whitening without the signed sqrt": ({}, {"whiten": "index", "whiten_power": 1.0}),
     "default + whitening + QE 1 + DBA 1": ({}, {"whiten": "index", "qe": 1, "dba": 1}),
     "whole 320, GeM p=3 + whitening + QE 1 + DBA 1": ({"size": 320, "pooling": "gem"},
@@ -47,8 +47,8 @@ VARIANTS = {
     "whole 416, GeM p=2 + whitening": ({"size": 416, "pooling": "gem:2"}, {"whiten": "index"}),
     "whole 416, GeM p=2 + whitening + QE 1 + DBA 1": ({"size": 416, "pooling": "gem:2"},
                                                      {"whiten": "index", "qe": 1, "dba": 1}),
-    "--quality high (416 and 520, R-MAC, whitening)": ({"size": 416, "scales": [1.0, 1.25], "pooling": "rmac"},
-                                                        {"whiten": "index"}),
+    "416 and 520, R-MAC, whitening (the --quality high descriptor)": (
+        {"size": 416, "scales": [1.0, 1.25], "pooling": "rmac"}, {"whiten": "index"}),
 }
 DEFAULT_VARIANT = next(iter(VARIANTS))
 

@@ -13,8 +13,9 @@ from ._common import TRIM_HELP, console, out, print_json, warn
 # Descriptor presets (figures in benchmarks/results/eval_search.md). Explicit options override them.
 QUALITY_PRESETS = {
     "default": {},
-    # Whole photo on a 416-pixel long side and at 1.25x, R-MAC, PCA-whitening fitted on the indexed vectors.
-    "high": {"size": 416, "scales": "1,1.25", "pooling": "rmac", "whiten": True},
+    # Whole photo on a 416-pixel long side and at 1.25x, R-MAC, PCA-whitening fitted on the indexed vectors,
+    # then one neighbour of query expansion and of database-side augmentation at search time.
+    "high": {"size": 416, "scales": "1,1.25", "pooling": "rmac", "whiten": True, "qe": 1, "dba": 1},
 }
 
 
@@ -41,10 +42,10 @@ def eval_search_command(
     whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed vectors (no labels used), stored beside the index."),
     whiten_on: Optional[Path] = typer.Option(None, "--whiten-on", help="Fit the PCA-whitening on this folder of images instead."),
     trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + " [default: on]"),
-    qe: int = typer.Option(0, "--qe", help="alpha-query expansion with this many neighbours (0: off)."),
-    dba: int = typer.Option(0, "--dba", help="Database-side augmentation with this many neighbours (0: off)."),
+    qe: Optional[int] = typer.Option(None, "--qe", help="alpha-query expansion with this many neighbours (0: off) [default: 0; 1 with --quality high]."),
+    dba: Optional[int] = typer.Option(None, "--dba", help="Database-side augmentation with this many neighbours (0: off) [default: 0; 1 with --quality high]."),
     alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of --qe and --dba neighbours."),
-    quality: str = typer.Option("default", "--quality", help="Descriptor preset: default, or high (slower: whole photo at 416 and 520 px, R-MAC, whitening)."),
+    quality: str = typer.Option("default", "--quality", help="Preset: default, or high (slower: whole photo at 416 and 520 px, R-MAC, whitening, --qe 1 --dba 1)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML page of the worst queries with their top results."),
@@ -89,7 +90,8 @@ def eval_search_command(
     with console.status("indexing and ranking..."):
         result = run_eval(bench, index_path=index, model=model, pooling=pooling or preset.get("pooling", "avg"),
                           weights=str(weights) if weights else None, inputs=inputs, device=device,
-                          runtime=runtime, whiten=whiten_mode, qe=qe, dba=dba, alpha=alpha, worst=worst)
+                          runtime=runtime, whiten=whiten_mode, qe=preset.get("qe", 0) if qe is None else qe,
+                          dba=preset.get("dba", 0) if dba is None else dba, alpha=alpha, worst=worst)
     if report is not None:
         from ..search.report import write_report
 
