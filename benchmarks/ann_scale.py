@@ -476,10 +476,12 @@ def graph_recall(cache: Path, args) -> None:
              "<= 0.6) of 1,000 sampled rows (half of them injected near-copies). Recall only: CPU seconds are "
              "for the 1,000 rows, taken on shared cores.", "",
              "| graph setting | edges found | CPU s |", "|---|---|---|"]
-    settings = [(1, 1), (4, 1), (8, 1), (8, 2), (8, 4), (16, 1), (16, 2), (16, 4), (32, 4)]
-    saved = ann.GRAPH_NPROBE, ann.GRAPH_RERANK
+    settings = [(1, 1), (4, 1), (8, 1), (8, 2), (8, 4), (16, 1), (16, 2), (16, 4), (32, 2), (32, 4)]
+    rr, knobs = backend.graph_settings(11)
+    saved = knobs.get("nprobe"), rr
+    own = backend.graph_settings
     for nprobe, rerank in settings:
-        ann.GRAPH_NPROBE, ann.GRAPH_RERANK = nprobe, rerank
+        backend.graph_settings = lambda k, p=nprobe, r=rerank: (r, {"nprobe": p})
         c = time.process_time()
         a, b = knn_edges(backend, rows, x, k=10, min_similarity=distance_to_similarity(0.6), lookup=lookup)
         cpu = time.process_time() - c
@@ -487,8 +489,9 @@ def graph_recall(cache: Path, args) -> None:
         mark = " (default)" if (nprobe, rerank) == saved else ""
         lines.append(f"| nprobe={nprobe}, rerank={rerank}{mark} | {len(found & exact) / len(exact):.3f} | {cpu:.1f} |")
         print(lines[-1], file=sys.stderr, flush=True)
-    ann.GRAPH_NPROBE, ann.GRAPH_RERANK = saved
-    Path(args.out).with_name("ann_scale.graph.md").write_text("\n".join(lines) + "\n")
+    backend.graph_settings = own
+    name = "ann_scale.graph.md" if n == 1_000_000 else f"ann_scale.graph.{n}.md"
+    Path(args.out).with_name(name).write_text("\n".join(lines) + "\n")
 
 
 def machine() -> str:

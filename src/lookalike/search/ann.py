@@ -92,10 +92,12 @@ IVF_PCA = {"pca": 256, "rerank": 20, "storage": "sq8"}
 DEFAULT_MEMORY_BUDGET = 3 * 2**30  # bytes the backend's structure may take in RAM
 HNSW_M = 32
 # The kNN-graph pass of `dupes` (`Backend.graph_settings`): a row's candidates are judged by their exact
-# distance (rerank x k read from the vectors). benchmarks/results/ann_scale.graph.md: at 1M (IVF-Flat on PCA-256)
+# distance (rerank x k read from the vectors). benchmarks/results/ann_scale.graph.md: at 1M (IVF on PCA-256)
 # the edges missed with rerank 1 belong to rows with many neighbours inside the threshold, whose exact top-k the
-# PCA orders differently; 16 lists and 2 x k candidates find >= 0.95 of the exact edges at a fraction of a query's
-# search.
+# PCA orders differently. 16 lists and 2 x k candidates find 0.972 of the exact edges at 1M (6.9 min for every
+# row) and 0.931 at 3M (ann_scale.graph.3000000.md). 4 x k found 0.992 and 0.961, but doubles the rows the
+# rerank reads: 8.2 min at 1M, and an estimated 107 min against 24 at 3M, where the vectors outgrow the page
+# cache (ann_scale.notes.md).
 GRAPH_NPROBE = 16
 GRAPH_EF_SEARCH = 48
 GRAPH_RERANK = 2
