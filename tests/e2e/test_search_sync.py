@@ -22,6 +22,7 @@ from lookalike.search.index import ImageIndex
 from lookalike.search.sample_photos import jpeg_bytes
 from lookalike.search.sync import index_folder
 
+from helpers.cli import INTERRUPTIBLE
 from helpers.search import photo, write_originals
 
 
@@ -294,7 +295,7 @@ def index_in_a_child(script: str, tmp_path: Path, home: Path):
     ix_path = tmp_path / "ix"
     env = {**os.environ, "LOOKALIKE_HOME": str(home)}
     proc = subprocess.run([sys.executable, "-c", script, str(folder), str(ix_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, **INTERRUPTIBLE)
     return proc, folder, ix_path
 
 

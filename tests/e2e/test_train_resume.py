@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from helpers.cli import LOOKALIKE
+from helpers.cli import INTERRUPTIBLE, LOOKALIKE
 from lookalike.train.checkpoint import load_checkpoint
 from lookalike.train.config import TrainConfig
 from lookalike.train.engine import fit
@@ -79,7 +79,7 @@ def test_ctrl_c_keeps_finished_epochs_and_names_the_resume_command(tiny_folder_d
     proc = subprocess.Popen([*LOOKALIKE, "train",
                              "--data", str(tiny_folder_dataset), "--epochs", "10000", "--widths", "8,16,16",
                              "--batch-size", "12", "--device", "cpu", "--out", str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **INTERRUPTIBLE)
     deadline = time.time() + 300
     while len(_rows(run / "metrics.csv")) < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -15,6 +15,18 @@ from pathlib import Path
 LOOKALIKE = [sys.executable, "-c", "from lookalike.cli import main; main()"]
 
 
+def _default_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# Popen options for a child that a test interrupts with SIGINT, as Ctrl-C does. A suite started in the background
+# of a non-interactive shell (`pytest &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt;
+# the child starts with the default disposition instead, so Python installs its handler as in a terminal.
+INTERRUPTIBLE = {"preexec_fn": _default_sigint}
+
+
 def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str, str]:
     """Run `lookalike ARGS` in this process (the real entry point, error mapping included): (exit code, stdout,
     stderr)."""
