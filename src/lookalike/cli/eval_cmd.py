@@ -19,17 +19,6 @@ QUALITY_PRESETS = {
 }
 
 
-def _scales(text: Optional[str]) -> Optional[list[float]]:
-    from ..errors import LookalikeError
-
-    if not text:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise LookalikeError(f"--scales {text!r}: give factors separated by commas, e.g. 1,1.25") from None
-
-
 @app.command("eval-search")
 def eval_search_command(
     bench: Path = typer.Argument(..., help="Benchmark folder: holds groundtruth.json, or one sub-folder per class."),
@@ -63,18 +52,15 @@ def eval_search_command(
     """
     from ..errors import LookalikeError
     from ..search.evaluate import run_eval
-    from ..search.features import input_options
+    from .search_cmds import descriptor_inputs
 
     if quality not in QUALITY_PRESETS:
         raise LookalikeError(f"unknown --quality {quality!r}: use {' or '.join(QUALITY_PRESETS)}")
     if worst < 0:
         raise LookalikeError("--worst must be >= 0")
     preset = QUALITY_PRESETS[quality]
-    size = preset.get("size") if size is None else size
-    scales_list = _scales(scales if scales is not None else preset.get("scales"))
-    if size is not None and size < 0:
-        raise LookalikeError("--size must be >= 0")
-    inputs = {**input_options(size, scales_list), **({"trim": trim} if trim is not None else {})} or None
+    inputs = descriptor_inputs(preset.get("size") if size is None else size,
+                               preset.get("scales") if scales is None else scales, trim)
     whiten_mode = None
     if whiten_on is not None:
         whiten_mode = str(whiten_on)

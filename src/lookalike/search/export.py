@@ -298,10 +298,6 @@ def _describe_model(model: str) -> dict:
     return load_embedder(model).describe()
 
 
-def _name(b: dict) -> str:
-    return f"{b.get('model')} ({b.get('pooling', 'avg')} pooling, {b.get('dim')}-d)"
-
-
 def import_parquet(path, index_path, *, model: str | None = None, root=None, batch_size: int = EXPORT_BATCH,
                    progress: Progress | None = None, ann: str | None = None) -> dict:
     """Bring the vectors of a parquet file (computed elsewhere) into the index at `index_path`, created when
@@ -317,7 +313,7 @@ def import_parquet(path, index_path, *, model: str | None = None, root=None, bat
     Returns {"rows", "added", "updated", "unchanged", "skipped": [{"path", "reason"}], "index_path", "created",
     "ann"}.
     """
-    from .index import MANIFEST, ImageIndex, same_backbone
+    from .index import MANIFEST, ImageIndex, describe_backbone, same_backbone
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -327,10 +323,12 @@ def import_parquet(path, index_path, *, model: str | None = None, root=None, bat
     if model:
         named = _describe_model(model)
         if backbone is not None and not same_backbone(backbone, named):
-            raise LookalikeError(f"{path} holds vectors from {_name(backbone)}, not {_name(named)}")
+            raise LookalikeError(f"{path} holds vectors from {describe_backbone(backbone, with_dim=True)}, "
+                                 f"not {describe_backbone(named, with_dim=True)}")
         backbone = named
     if backbone is not None and int(backbone.get("dim") or -1) != dim:
-        raise LookalikeError(f"{path} holds {dim}-d vectors, but {_name(backbone)} makes {backbone.get('dim')}-d ones")
+        raise LookalikeError(f"{path} holds {dim}-d vectors, but {describe_backbone(backbone, with_dim=True)} "
+                             f"makes {backbone.get('dim')}-d ones")
     if backbone is None:
         raise LookalikeError(f"{path} does not name the backbone of its vectors: pass --model")
     if ann is not None:
@@ -352,9 +350,10 @@ def import_parquet(path, index_path, *, model: str | None = None, root=None, bat
     else:
         index = ImageIndex.open(index_path, readonly=False)
         if index.dim != dim or not same_backbone(index.manifest, backbone):
-            have = _name(index.manifest)
+            have = describe_backbone(index.manifest, with_dim=True)
             index.close()
-            raise LookalikeError(f"index {index_path} holds vectors from {have}, not {_name(backbone)}")
+            raise LookalikeError(f"index {index_path} holds vectors from {have}, "
+                                 f"not {describe_backbone(backbone, with_dim=True)}")
     summary = {"rows": 0, "added": 0, "updated": 0, "unchanged": 0, "skipped": [], "index_path": str(index_path),
                "created": created}
     with index, index.walk_table() as mark_seen:  # the paths met so far, in a temporary table

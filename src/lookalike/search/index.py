@@ -302,6 +302,22 @@ def resolve_index_dir(path) -> Path:
 BACKBONE_KEYS = ("model", "pooling", "dim", "preprocess", "weights", "whitening")
 
 
+def describe_backbone(m: dict, with_dim: bool = False) -> str:
+    """`efficientnet_lite0 (avg pooling, whole photo at 416 px x 1,1.25, borders trimmed[, 1280-d])` for a manifest
+    or a backbone description: what error messages name when two descriptors differ."""
+    pre = m.get("preprocess") or {}
+    parts = [f"{m.get('pooling') or 'avg'} pooling"]
+    if pre.get("fit") == "whole":
+        scales = list(pre.get("scales") or [1.0])
+        parts.append(f"whole photo at {pre['long_side']} px"
+                     + (f" x {','.join(f'{f:g}' for f in scales)}" if scales != [1.0] else ""))
+    if pre.get("trim"):
+        parts.append("borders trimmed")
+    if with_dim:
+        parts.append(f"{m.get('dim')}-d")
+    return f"{m.get('model')} ({', '.join(parts)})"
+
+
 def same_backbone(a: dict, b: dict) -> bool:
     """Whether two manifests (or a manifest and a backbone description) give comparable vectors."""
     return all(a.get(k) == b.get(k) for k in BACKBONE_KEYS)

@@ -14,21 +14,13 @@ import numpy as np
 
 from ..errors import LookalikeError
 from ..images import decoder_version, iter_image_files
-from .features import DEFAULT_MODEL, Embedder, inputs_of, load_embedder
+from .features import DEFAULT_MODEL, Embedder, input_options, inputs_of, load_embedder
 from .file_results import Reused, Skipped, Undecodable
-from .index import MANIFEST, ImageIndex, IndexEntry, IndexWriter, default_index_path, same_backbone, storage_error
+from .index import (MANIFEST, ImageIndex, IndexEntry, IndexWriter, default_index_path, describe_backbone,
+                    same_backbone, storage_error)
 
 # Compact the vector file once dead rows outnumber live ones (and are worth the rewrite).
 COMPACT_MIN_DEAD = 1024
-
-
-def _describe_backbone(m: dict) -> str:
-    pre = m.get("preprocess") or {}
-    size = f", whole photo at {pre['long_side']} px" if pre.get("fit") == "whole" else ""
-    if pre.get("fit") == "whole" and list(pre.get("scales") or [1.0]) != [1.0]:
-        size += f" x {','.join(f'{f:g}' for f in pre['scales'])}"
-    trimmed = ", borders trimmed" if pre.get("trim") else ""
-    return f"{m['model']} ({m.get('pooling', 'avg')} pooling{size}{trimmed})"
 
 
 def whiten_request(whiten) -> str | None:
@@ -62,16 +54,14 @@ def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooli
     if pooling:
         wanted["pooling"] = pooling.lower()
     if inputs is not None:
-        from .features import input_options
-
         have = m.get("preprocess") or {}
         asked = {**inputs_of(have), **inputs}  # what was not asked for stays as the index has it
         wanted["preprocess"] = {**{k: v for k, v in have.items() if k not in ("fit", "long_side", "scales", "trim")},
                                 **input_options(asked.get("long_side"), asked.get("scales"), asked["trim"])}
     if any(wanted.get(k) != m.get(k) for k in ("model", "pooling", "weights", "preprocess")):
         index.close()
-        raise LookalikeError(f"index {index_path} holds vectors from {_describe_backbone(m)}, not "
-                             f"{_describe_backbone(wanted)}: pass --rebuild to start over with the new backbone")
+        raise LookalikeError(f"index {index_path} holds vectors from {describe_backbone(m)}, not "
+                             f"{describe_backbone(wanted)}: pass --rebuild to start over with the new backbone")
     if whiten is not None:
         have = m.get("whiten")
         asked = whiten_request(whiten)
@@ -155,9 +145,9 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
             embedder.with_whitening(load_for_index(existing.path, existing.whitening), existing.whitening)
         backbone = embedder.describe()
         if existing is not None and not same_backbone(existing.manifest, backbone):
-            old = _describe_backbone(existing.manifest)
+            old = describe_backbone(existing.manifest)
             existing.close()
-            raise LookalikeError(f"index {index_path} holds vectors from {old}, not {_describe_backbone(backbone)}: "
+            raise LookalikeError(f"index {index_path} holds vectors from {old}, not {describe_backbone(backbone)}: "
                                  "pass --rebuild to start over with the new backbone")
         # `is None`, not truthiness: an index with no images is still an index (and holds the write lock).
         index = existing if existing is not None else ImageIndex.create(index_path, root=root, backbone=backbone,
