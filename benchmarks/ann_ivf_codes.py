@@ -23,15 +23,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ann_scale import default_cache  # noqa: E402
 from results_file import record  # noqa: E402
 
 NPROBES = (16, 32, 48, 64)
 GRAPH_ROWS = 20_000
-
-
-def cache_dir() -> Path:
-    home = Path(os.environ.get("LOOKALIKE_HOME") or Path.home() / ".cache" / "lookalike")
-    return home / "bench" / "ann_scale"
 
 
 def measure(variant: str, n: int, cache: Path) -> list[str]:
@@ -76,7 +72,7 @@ def main() -> None:
     ap.add_argument("--variants", default="2048:float32,2048:float16,2048:sq8,8192:float32",
                     help="comma-separated NLIST:STORAGE")
     args = ap.parse_args()
-    cache = cache_dir()
+    cache = default_cache()
     if not (cache / f"gt-{args.n}.npz").is_file():
         raise SystemExit(f"no ground truth for {args.n} vectors in {cache}: run benchmarks/ann_scale.py first")
     load = [os.getloadavg()[0]]

@@ -21,9 +21,9 @@ a byte of it (FAISS's reader is not hardened against damaged input).
 
 Optional parts: `pca=256` reduces vectors before they enter the structure (`compact.Pca`, fitted on the
 build vectors, saved inside the file, applied to queries); `storage="float16"` halves the stored vectors of
-`exact`, `hnsw` and `ivf`, and `storage="sq8"` (IVF only) keeps one byte per dimension, trained per dimension; `rerank=R` with a `lookup` (ids -> full vectors, e.g. from the memory-mapped vector
-file) searches R x k candidates and orders them by their exact distance, which recovers the recall a PCA or a
-PQ code loses.
+`exact`, `hnsw` and `ivf`, and `storage="sq8"` (IVF only) keeps one byte per dimension, trained per dimension;
+`rerank=R` with a `lookup` (ids -> full vectors, e.g. from the memory-mapped vector file) searches R x k
+candidates and orders them by their exact distance, which recovers the recall a PCA or the codes lose.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from .compact import Pca, as_float16, sample_rows
 
 BACKENDS = ("exact", "hnsw", "ivf", "ivfpq")
 STORAGES = ("float32", "float16", "sq8")  # of the vectors inside a structure; sq8: IVF only
+_STORED_BYTES = {"float32": 4, "float16": 2, "sq8": 1}  # per stored dimension
 _SCALAR_QUANTIZERS = {"float16": "QT_fp16", "sq8": "QT_8bit"}  # FAISS's codes for the non-float32 storages
 CHOICES = ("auto",) + BACKENDS
 FILE_VERSION = 1
@@ -85,7 +86,7 @@ HNSW_PCA = {"m": 32, "pca": 256, "ef_search": 320, "rerank": 20}
 # (48 at 1M: 2.3% of the vectors scanned per query), rerank 20 x k: the fewest lists that keep recall@10 >= 0.95
 # at 1M (benchmarks/results/ann_scale.md: nprobe 32 gives 0.945, 48 gives 0.966). SQ8 codes give the same
 # recall after the rerank as float32 lists, in a quarter of the memory and with ~40% less scanning time; 8,192
-# lists instead of 2,048 needed more probes for the same recall and were no faster (ann_scale.notes.md).
+# lists instead of 2,048 needed more probes for the same recall and were no faster (ann_ivf_codes.md).
 IVF_LISTS_PER_SQRT = 2.0
 IVF_PROBE_DIVISOR = 42
 IVF_PCA = {"pca": 256, "rerank": 20, "storage": "sq8"}
@@ -109,13 +110,12 @@ KMEANS_ITERATIONS = 10
 
 def hnsw_bytes(n: int, dim: int, m: int = HNSW_M, storage: str = "float32") -> int:
     """Approximate RAM of an HNSW over n vectors: the vectors plus ~2 x M neighbour links (int32) each."""
-    per = 2 if storage == "float16" else 4
-    return n * (dim * per + 2 * m * 4)
+    return n * (dim * _STORED_BYTES[storage] + 2 * m * 4)
 
 
 def ivf_bytes(n: int, dim: int, storage: str = "float32") -> int:
     """Approximate RAM of an IVF over n vectors: the stored vectors and a 64-bit id each."""
-    return n * (dim * {"float32": 4, "float16": 2, "sq8": 1}[storage] + 8)
+    return n * (dim * _STORED_BYTES[storage] + 8)
 
 
 def nlist_for(n: int, per_sqrt: float = 4.0) -> int:
@@ -159,7 +159,8 @@ def choose(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tupl
         return "exact", {}
     if n <= HNSW_FULL_MAX_ROWS and hnsw_bytes(n, dim) <= memory_budget:
         return "hnsw", {"m": HNSW_M}
-    if ivf_bytes(n, min(dim, IVF_PCA["pca"]), IVF_PCA["storage"]) <= memory_budget and n >= 39 * nlist_for(n, IVF_LISTS_PER_SQRT):
+    if ivf_bytes(n, min(dim, IVF_PCA["pca"]), IVF_PCA["storage"]) <= memory_budget \
+            and n >= 39 * nlist_for(n, IVF_LISTS_PER_SQRT):
         return "ivf", _ivf_params(n, dim)
     return "ivfpq", _ivfpq_params(n, dim, memory_budget)
 
@@ -288,7 +289,7 @@ class Backend:
 
     def __init__(self, dim: int, *, pca: Pca | None = None, rerank: int = 1, storage: str = "float32") -> None:
         if storage not in self.storages:
-            raise LookalikeError(f"the {self.kind} backend stores float32 or float16 vectors, not {storage!r}"
+            raise LookalikeError(f"the {self.kind} backend stores {' or '.join(self.storages)} vectors, not {storage!r}"
                                  if storage in STORAGES else
                                  f"unknown storage {storage!r}: use one of {', '.join(STORAGES)}")
         self.dim = int(dim)  # of the vectors given to add/search

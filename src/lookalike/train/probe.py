@@ -134,9 +134,8 @@ def prelogits_runner(model, name: str, input_size: int):
             return penultimate(self.net, self.net.forward_features(x))
 
     was_training = model.training
-    model.eval()
     try:
-        # eval() on the wrapper: the exporter restores the wrapper's mode onto every module inside it
+        # eval() on the wrapper (and so on the net): the exporter restores the wrapper's mode onto every module
         return onnx_runner(PreLogits(model).eval(), model=name, pooling="prelogits", weights=None,
                            preprocess={**PREPROCESS[name], "input_size": int(input_size)})
     finally:
@@ -160,13 +159,11 @@ def embed(model, split, mean, std, device, batch_size: int, runner=None):
             if xb.shape[0] == 0:
                 continue
             if runner is not None:
-                x = np.ascontiguousarray(to_float(xb, mean, std, channels_last=False).numpy())
-                feats.append(torch.from_numpy(runner(x)))
-                labels.append(yb)
-                continue
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                f = penultimate(model, model.forward_features(to_float(xb.to(device), mean, std)))
-            feats.append(f.float().cpu())
+                f = torch.from_numpy(runner(np.ascontiguousarray(to_float(xb, mean, std, channels_last=False).numpy())))
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    f = penultimate(model, model.forward_features(to_float(xb.to(device), mean, std))).float().cpu()
+            feats.append(f)
             labels.append(yb)
     model.train(was_training)
     if not feats:
