@@ -47,6 +47,11 @@ VARIANTS = {
     "whole 416, GeM p=2 + whitening": ({"size": 416, "pooling": "gem:2"}, {"whiten": "index"}),
     "whole 416, GeM p=2 + whitening + QE 1 + DBA 1": ({"size": 416, "pooling": "gem:2"},
                                                      {"whiten": "index", "qe": 1, "dba": 1}),
+    "whole 320, R-MAC": ({"size": 320, "pooling": "rmac"}, {}),
+    "whole 320, R-MAC + whitening": ({"size": 320, "pooling": "rmac"}, {"whiten": "index"}),
+    "whole 320, R-MAC + whitening + QE 1 + DBA 1": ({"size": 320, "pooling": "rmac"},
+                                                   {"whiten": "index", "qe": 1, "dba": 1}),
+    "whole 416, R-MAC + whitening": ({"size": 416, "pooling": "rmac"}, {"whiten": "index"}),
     "416 and 520, R-MAC, whitening (the --quality high descriptor)": (
         {"size": 416, "scales": [1.0, 1.25], "pooling": "rmac"}, {"whiten": "index"}),
 }
@@ -109,6 +114,9 @@ def main() -> None:
         keep = [s.strip() for s in args.only.split(",")]
         variants = {k: v for k, v in variants.items() if any(k.startswith(s) for s in keep)}
     rows, cache = [], {}
+    # Each descriptor evaluates on an index of its own made in this run: the evaluation's cached index
+    # (`eval_index_path`) would reuse the vectors of an earlier run, made by other code under the same options.
+    indexes = tempfile.TemporaryDirectory()
     for name, (dopts, eopts) in variants.items():
         key = json.dumps(dopts, sort_keys=True)
         if key not in cache:
@@ -116,11 +124,12 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 demo = run_demo(Path(tmp), embedder=emb, write_report=False)
             cache[key] = {"embedder": emb, "seconds_per_image": _time_indexing(emb, args.bench),
-                          "demo_p1": demo["precision_at_1"], "load": os.getloadavg()[0]}
+                          "demo_p1": demo["precision_at_1"], "load": os.getloadavg()[0],
+                          "index": Path(indexes.name) / f"index-{len(cache)}"}
         c = cache[key]
         if eopts.get("whiten") == "index" and "demo_white" not in c:
             c["demo_white"] = _demo_whitened(dopts)
-        res = run_eval(args.bench, embedder=c["embedder"], worst=0, **eopts)
+        res = run_eval(args.bench, index_path=c["index"], embedder=c["embedder"], worst=0, **eopts)
         f = res["figures"]
         demo_p1 = c["demo_white"] if eopts.get("whiten") == "index" else c["demo_p1"]
         rows.append({"variant": name, "mAP": f["mAP"], "P@1": f["P@1"], "P@5": f["P@5"],
@@ -152,6 +161,7 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "commit": commit, "rows": rows},
                                                         indent=2) + "\n")
     print("\n".join(lines))
+    indexes.cleanup()
 
 
 if __name__ == "__main__":

@@ -27,9 +27,11 @@ WHITENING_INFO = "whitening.json"
 DEFAULT_SHRINK = 1.0
 # Signed power normalisation before the whitening (1: none); `power_for` picks it by pooling.
 DEFAULT_POWER = 1.0
-# Average pooling of ReLU features is bursty (a few strong activations dominate): a signed square root before the
-# whitening evens them out. GeM already compresses them, and loses with it (benchmarks/results/eval_search.md).
-AVG_POOLING_POWER = 0.5
+# Sums of ReLU features (average pooling, and R-MAC's sum of regions) are bursty: a few strong activations
+# dominate, and a signed square root before the whitening evens them out. Max-like poolings (GeM, MAC) already
+# compress them and lose with it (benchmarks/results/eval_search.md).
+SUM_POOLING_POWER = 0.5
+SUM_POOLINGS = ("avg", "rmac")
 
 
 class Whitening:
@@ -71,7 +73,7 @@ def power_normalise(x: np.ndarray, power: float) -> np.ndarray:
 
 def power_for(pooling: str | None) -> float:
     """The signed power applied before a whitening of descriptors made with `pooling`."""
-    return AVG_POOLING_POWER if (pooling or "avg").lower() == "avg" else DEFAULT_POWER
+    return SUM_POOLING_POWER if (pooling or "avg").lower() in SUM_POOLINGS else DEFAULT_POWER
 
 
 def fit_whitening(vectors: np.ndarray, dims: int | None = None, shrink: float = DEFAULT_SHRINK,
