@@ -53,7 +53,7 @@ def _pairs(vectors: np.ndarray, groups: list[str], thresholds: list[float]) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", type=Path, default=Path("/tmp/holidays-dev"))
-    ap.add_argument("--thresholds", default="0.4,0.5,0.6,0.7,0.8")
+    ap.add_argument("--thresholds", default="0.4,0.5,0.55,0.6,0.7,0.8")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dupes_threshold")
     args = ap.parse_args()
     thresholds = [float(x) for x in args.thresholds.split(",")]
@@ -62,38 +62,47 @@ def main() -> None:
     from lookalike.search.evaluate import load_benchmark
     from lookalike.search.features import load_embedder
     from lookalike.search.index import ImageIndex
-    from lookalike.search.query import DEFAULT_DUPE_THRESHOLD
+    from lookalike.search.query import dupe_threshold
     from lookalike.search.sync import index_folder
 
-    emb = load_embedder()
-    results = {}
+    from lookalike.search.index import describe_backbone
+
+    # The default descriptor, and the head alone (the default before the two-layer one), side by side.
+    embedders = [load_embedder(), load_embedder(inputs={"layers": "head"})]
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         gallery = Path(tmp) / "gallery"
         build_gallery(gallery)
-        index_folder(gallery, Path(tmp) / "index", embedder=emb)
-        with ImageIndex.open(Path(tmp) / "index") as ix:
-            groups = [photo_of(ix.path_of(int(i))) for i in ix.ids()]
-            results["demo"] = _pairs(np.asarray(ix.vectors()), groups, thresholds)
-        # An index made in this run: eval-search's cached one may hold vectors made by earlier code.
         bench = load_benchmark(args.bench)
-        path = index_folder(bench.root, Path(tmp) / "bench-index", embedder=emb)["index_path"]
-        with ImageIndex.open(path) as ix:
-            groups = [Path(ix.path_of(int(i))).name[:4] for i in ix.ids()]  # Holidays: the first four digits
-            results["holidays-dev"] = _pairs(np.asarray(ix.vectors()), groups, thresholds)
+        for n, emb in enumerate(embedders):
+            name = describe_backbone(emb.describe())
+            results[name] = {"default_threshold": dupe_threshold(emb.describe())}
+            index_folder(gallery, Path(tmp) / f"index-{n}", embedder=emb)
+            with ImageIndex.open(Path(tmp) / f"index-{n}") as ix:
+                groups = [photo_of(ix.path_of(int(i))) for i in ix.ids()]
+                results[name]["demo"] = _pairs(np.asarray(ix.vectors()), groups, thresholds)
+            # An index made in this run: eval-search's cached one may hold vectors made by earlier code.
+            path = index_folder(bench.root, Path(tmp) / f"bench-index-{n}", embedder=emb)["index_path"]
+            with ImageIndex.open(path) as ix:
+                groups = [Path(ix.path_of(int(i))).name[:4] for i in ix.ids()]  # Holidays: the first four digits
+                results[name]["holidays-dev"] = _pairs(np.asarray(ix.vectors()), groups, thresholds)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     command = "python benchmarks/dupes_threshold.py " + " ".join(sys.argv[1:])
-    lines = [f"# Near-duplicate threshold ({emb.model}, {emb.pooling} pooling)", "", f"Command: `{command}`  ",
-             f"Commit: {commit}  ", f"Default threshold: {DEFAULT_DUPE_THRESHOLD}", "",
-             "| Set | same-photo pairs: median / p90 / max distance | different: min / 1st pct / median |"
-             + "".join(f" P / R at {t} |" for t in thresholds),
-             "|---|---|---|" + "---|" * len(thresholds)]
-    for name, r in results.items():
-        s, d = r["same_distance"], r["different_distance"]
-        lines.append(f"| {name} ({r['same_pairs']} / {r['different_pairs']} pairs) | {s['median']:.3f} / "
-                     f"{s['p90']:.3f} / {s['max']:.3f} | {d['min']:.3f} / {d['p1']:.3f} / {d['median']:.3f} |"
-                     + "".join(f" {r['at'][str(t)]['precision']:.3f} / {r['at'][str(t)]['recall']:.3f} |"
-                               for t in thresholds))
+    lines = ["# Near-duplicate threshold", "", f"Command: `{command}`  ", f"Commit: {commit}", "",
+             "| Descriptor (its default threshold) | Set | same-photo pairs: median / p90 / max distance | "
+             "different: min / 1st pct / median |" + "".join(f" P / R at {t} |" for t in thresholds),
+             "|---|---|---|---|" + "---|" * len(thresholds)]
+    for desc, sets in results.items():
+        for name, r in sets.items():
+            if name == "default_threshold":
+                continue
+            s, d = r["same_distance"], r["different_distance"]
+            lines.append(f"| {desc} ({sets['default_threshold']}) | {name} ({r['same_pairs']} / "
+                         f"{r['different_pairs']} pairs) | {s['median']:.3f} / {s['p90']:.3f} / {s['max']:.3f} | "
+                         f"{d['min']:.3f} / {d['p1']:.3f} / {d['median']:.3f} |"
+                         + "".join(f" {r['at'][str(t)]['precision']:.3f} / {r['at'][str(t)]['recall']:.3f} |"
+                                   for t in thresholds))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "commit": commit, **results},

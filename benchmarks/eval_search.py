@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 # name -> (descriptor options, evaluation options)
 VARIANTS = {
-    "default (224 centre crop, avg, borders trimmed)": ({}, {}),
+    "default (224 centre crop, avg, layers head+blocks, borders trimmed)": ({"layers": None}, {}),
+    "224 centre crop, avg, head only (the default before the two-layer one)": ({}, {}),
     "224 centre crop, avg, untrimmed": ({"trim": False}, {}),
     "default + whitening, untrimmed": ({"trim": False}, {"whiten": "index"}),
     "default + whitening + QE 1 + DBA 1, untrimmed": ({"trim": False}, {"whiten": "index", "qe": 1, "dba": 1}),
@@ -52,6 +53,11 @@ VARIANTS = {
     "whole 320, R-MAC + whitening + QE 1 + DBA 1": ({"size": 320, "pooling": "rmac"},
                                                    {"whiten": "index", "qe": 1, "dba": 1}),
     "whole 416, R-MAC + whitening": ({"size": 416, "pooling": "rmac"}, {"whiten": "index"}),
+    "224 centre crop, avg, layers head+blocks": ({"layers": "head,blocks"}, {}),
+    "224 centre crop, avg, layers head+blocks + whitening": ({"layers": "head,blocks"}, {"whiten": "index"}),
+    "224 centre crop, avg, layers head+blocks + whitening + QE 1 + DBA 1": ({"layers": "head,blocks"},
+                                                                           {"whiten": "index", "qe": 1, "dba": 1}),
+    "224 centre crop, avg, layers blocks": ({"layers": "blocks"}, {}),
     "416 and 520, R-MAC, whitening (the --quality high descriptor)": (
         {"size": 416, "scales": [1.0, 1.25], "pooling": "rmac"}, {"whiten": "index"}),
 }
@@ -61,7 +67,8 @@ DEFAULT_VARIANT = next(iter(VARIANTS))
 def _embedder(opts: dict):
     from lookalike.search.features import input_options, load_embedder
 
-    inputs = {**input_options(opts.get("size"), opts.get("scales")), "trim": opts.get("trim", True)}
+    inputs = {**input_options(opts.get("size"), opts.get("scales")), "trim": opts.get("trim", True),
+              "layers": opts.get("layers", "head")}  # the rows before the two-layer default pooled the head
     return load_embedder(pooling=opts.get("pooling", "avg"), inputs=inputs)
 
 

@@ -172,6 +172,37 @@ def test_qe_and_dba_search_match_their_definition(photos, tmp_path, home, monkey
     assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
 
 
+def test_default_crop_descriptor_pools_head_and_blocks_and_old_indexes_keep_the_head(photos, tmp_path, home,
+                                                                                      monkeypatch, capsys):
+    from lookalike.search.features import load_embedder
+    from lookalike.search.query import DEFAULT_DUPE_THRESHOLD, TWO_LAYER_DUPE_THRESHOLD, dupe_threshold
+
+    ix_dir = tmp_path / "ix"
+    _index([photos, "--index", ix_dir], monkeypatch, capsys)
+    manifest = json.loads((ix_dir / "manifest.json").read_text())
+    assert manifest["preprocess"]["layers"] == ["head", "blocks"] and manifest["dim"] == 1280 + 320
+    assert dupe_threshold(manifest) == TWO_LAYER_DUPE_THRESHOLD
+    # The stored vector is the head's and the blocks' average-pooled parts, each of unit length, joined.
+    names = sorted(p.name for p in photos.iterdir())
+    stored = _stored(ix_dir)
+    head, _ = load_embedder(inputs={"layers": "head"}).embed_paths([str(photos / names[0])])
+    blocks, _ = load_embedder(inputs={"layers": "blocks"}).embed_paths([str(photos / names[0])])
+    np.testing.assert_allclose(stored[names[0]], np.concatenate([head[0], blocks[0]]) / np.sqrt(2), atol=1e-4)
+    # An index of the head alone (as every index made before the option) stays so when indexed again.
+    old = tmp_path / "old"
+    _index([photos, "--index", old, "--layers", "head"], monkeypatch, capsys)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert "layers" not in manifest["preprocess"] and manifest["dim"] == 1280
+    assert dupe_threshold(manifest) == DEFAULT_DUPE_THRESHOLD
+    assert _index([photos, "--index", old], monkeypatch, capsys)["unchanged"] == len(names)
+    code, out, err = run_cli(["index", photos, "--index", old, "--layers", "head,blocks"], monkeypatch, capsys)
+    assert code == 2 and "layers head+blocks" in err and "--rebuild" in err and err.count("\n") == 1, err
+    # Whole photos keep the head alone by default.
+    whole = tmp_path / "whole"
+    _index([photos, "--index", whole, "--size", "160"], monkeypatch, capsys)
+    assert json.loads((whole / "manifest.json").read_text())["dim"] == 1280
+
+
 @pytest.mark.parametrize("args, message", [
     (["--size", "-1"], "--size"),
     (["--size", "5000"], "pixels"),
@@ -183,6 +214,9 @@ def test_qe_and_dba_search_match_their_definition(photos, tmp_path, home, monkey
     (["--pooling", "gem:40", "--size", "128"], "GeM exponent"),
     (["--whiten-on", "/nonexistent/folder"], "not a folder"),
     (["--whiten-on", ".", "--no-whiten"], "contradict"),
+    (["--layers", "fc"], "unknown --layers"),
+    (["--layers", "head,head"], "unknown --layers"),
+    (["--layers", "blocks", "--model", "resnet50"], "needs one of"),
 ])
 def test_bad_index_options_give_one_line_and_exit_2(photos, tmp_path, home, monkeypatch, capsys, args, message):
     code, out, err = run_cli(["index", photos, "--index", tmp_path / "ix", *args], monkeypatch, capsys)

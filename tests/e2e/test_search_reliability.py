@@ -73,8 +73,9 @@ def test_damaged_index_files_are_refused_by_search_and_repaired_by_index(home, e
     assert run_cli(["index", folder, "--index", ix_path, "--batch-size", "2"], monkeypatch, capsys)[0] == 0
     with ImageIndex.open(ix_path) as ix:
         vfile = ix.path / f"vectors-{0}.f32"
+        row_bytes = ix.dim * 4
     if damage == "truncate vectors":
-        vfile.write_bytes(vfile.read_bytes()[: 1280 * 4 + 100])  # one whole row and part of the next
+        vfile.write_bytes(vfile.read_bytes()[: row_bytes + 100])  # one whole row and part of the next
     elif damage == "delete vectors":
         vfile.unlink()
     else:

@@ -30,7 +30,7 @@ def test_embed_images_unit_vectors_and_threads(home, embedder):
     emb = embedder
     imgs = [photo("coffee"), photo("rocket"), photo("chelsea")]
     v = emb.embed_images(imgs)
-    assert v.shape == (3, emb.dim) and v.dtype == np.float32 and emb.dim == 1280
+    assert v.shape == (3, emb.dim) and v.dtype == np.float32 and emb.dim == 1280 + 320  # head and blocks
     assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     out = [None] * 4
 
@@ -59,7 +59,7 @@ def test_embed_paths_skips_bad_files(home, tmp_path, embedder):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
     vecs, skipped = embedder.embed_paths([good[0], bad, tmp_path / "missing.png", good[1]])
-    assert vecs.shape == (2, 1280)
+    assert vecs.shape == (2, embedder.dim)
     assert [s["path"] for s in skipped] == [str(bad), str(tmp_path / "missing.png")]
     assert "not an image" in skipped[0]["reason"] and "no such file" in skipped[1]["reason"]
 

@@ -61,9 +61,9 @@ def test_stats_give_the_index_facts(client, gallery, index_before):
     s = r.json()
     assert s["count"] == len(gallery["files"])
     assert s["model"] == "efficientnet_lite0"
-    assert s["dim"] == 1280 and s["pooling"] in {"avg", "gem"}
+    assert s["dim"] == 1280 + 320 and s["pooling"] in {"avg", "gem"}  # the default pools the head and the blocks
     assert s["updated_at"] and s["max_upload_bytes"] == 20_000_000
-    assert 0 < s["dupe_threshold"] < 2
+    assert s["dupe_threshold"] == 0.55  # the default of that descriptor
 
 
 def test_search_by_upload_finds_the_right_photo(client):

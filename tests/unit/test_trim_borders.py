@@ -52,8 +52,8 @@ def test_trim_is_a_recorded_input_option():
     assert input_options() == {} and input_options(trim=True) == {"trim": True}
     assert input_options(320, [1.0], trim=True) == {"fit": "whole", "long_side": 320, "scales": [1.0], "trim": True}
     # an index made before the option has no key: its queries are not trimmed
-    assert inputs_of({"input_size": 224}) == {"trim": False}
+    assert inputs_of({"input_size": 224}) == {"trim": False, "layers": ["head"]}
     assert inputs_of({"fit": "whole", "long_side": 320, "scales": [1.0], "trim": True}) == {
-        "long_side": 320, "scales": [1.0], "trim": True}
+        "long_side": 320, "scales": [1.0], "trim": True, "layers": ["head"]}
     with pytest.raises(LookalikeError):
         input_options(None, [1.0, 2.0], trim=True)

@@ -37,5 +37,7 @@ def warn(message: str) -> None:
     console.print("[yellow]warning:[/yellow] " + escape(printable(message)), highlight=False, soft_wrap=True)
 
 
+LAYERS_HELP = ("Feature maps pooled: head (the backbone's last), blocks (the last block's, before the head's 1x1 "
+               "convolution) or head,blocks (each pooled and normalised, then joined; EfficientNet-Lite only)")
 TRIM_HELP = ("Take uniform white or black borders (padding, letterboxing, scan margins) off each photo before "
              "embedding; checkpoints default to off")

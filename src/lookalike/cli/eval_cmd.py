@@ -8,14 +8,15 @@ from typing import Optional
 import typer
 
 from . import app
-from ._common import TRIM_HELP, console, out, print_json, warn
+from ._common import LAYERS_HELP, TRIM_HELP, console, out, print_json, warn
 
 # Descriptor presets (figures in benchmarks/results/eval_search.md). Explicit options override them.
 QUALITY_PRESETS = {
     "default": {},
     # Whole photo on a 416-pixel long side and at 1.25x, R-MAC, PCA-whitening fitted on the indexed vectors,
     # then one neighbour of query expansion and of database-side augmentation at search time.
-    "high": {"size": 416, "scales": "1,1.25", "pooling": "rmac", "whiten": True, "qe": 1, "dba": 1},
+    "high": {"size": 416, "scales": "1,1.25", "pooling": "rmac", "layers": "head", "whiten": True, "qe": 1,
+             "dba": 1},
 }
 
 
@@ -31,6 +32,7 @@ def eval_search_command(
     whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed vectors (no labels used), stored beside the index."),
     whiten_on: Optional[Path] = typer.Option(None, "--whiten-on", help="Fit the PCA-whitening on this folder of images instead."),
     trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + " [default: on]"),
+    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + " [default: head]."),
     qe: Optional[int] = typer.Option(None, "--qe", help="alpha-query expansion with this many neighbours (0: off) [default: 0; 1 with --quality high]."),
     dba: Optional[int] = typer.Option(None, "--dba", help="Database-side augmentation with this many neighbours (0: off) [default: 0; 1 with --quality high]."),
     alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of --qe and --dba neighbours."),
@@ -60,7 +62,8 @@ def eval_search_command(
         raise LookalikeError("--worst must be >= 0")
     preset = QUALITY_PRESETS[quality]
     inputs = descriptor_inputs(preset.get("size") if size is None else size,
-                               preset.get("scales") if scales is None else scales, trim)
+                               preset.get("scales") if scales is None else scales, trim,
+                               preset.get("layers") if layers is None else layers)
     whiten_mode = None
     if whiten_on is not None:
         whiten_mode = str(whiten_on)

@@ -10,7 +10,7 @@ import typer
 
 from . import app
 from ..paths import printable
-from ._common import TRIM_HELP, console, out, print_json, warn
+from ._common import LAYERS_HELP, TRIM_HELP, console, out, print_json, warn
 
 MODEL_HELP = "Backbone: a registered name (see `lookalike models`) or a checkpoint file from `lookalike train`."
 QE_HELP = "alpha-query expansion: add this many nearest indexed images to each query, weighted by similarity^alpha (0: off)."
@@ -47,6 +47,7 @@ def index_command(
     whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed images (no labels), stored in the index and applied to its vectors and every query; turning it off later needs --rebuild [default: the index's, else off]."),
     whiten_on: Optional[Path] = typer.Option(None, "--whiten-on", help="Fit the PCA-whitening on this folder of images instead."),
     trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + " [default: the index's, else on]"),
+    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + " [default: the index's, else head]."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Start the index over (another backbone, or a damaged index)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     runtime: str = typer.Option("auto", "--runtime", help="Inference runtime: auto (ONNX Runtime on CPU when installed), torch or onnx."),
@@ -64,7 +65,7 @@ def index_command(
 
     if whiten_on is not None and whiten is False:
         raise LookalikeError("--whiten-on and --no-whiten contradict each other")
-    inputs = descriptor_inputs(size, scales, trim)
+    inputs = descriptor_inputs(size, scales, trim, layers)
     if nproc is not None and nproc > 1 and not in_torchrun():  # the same command as torchrun workers
         from ..distributed import argv_without_nproc, launch
 
@@ -156,22 +157,25 @@ def parse_scales(text: Optional[str]) -> Optional[list[float]]:
     return values
 
 
-def descriptor_inputs(size: Optional[int], scales: Optional[str], trim: Optional[bool] = None) -> Optional[dict]:
-    """`--size`, `--scales` and `--trim/--no-trim` as `features.input_options` takes them: None when none is
-    given (an index keeps its own); only the keys given otherwise (`long_side` 0: the centre crop)."""
+def descriptor_inputs(size: Optional[int], scales: Optional[str], trim: Optional[bool] = None,
+                      layers: Optional[str] = None) -> Optional[dict]:
+    """`--size`, `--scales`, `--trim/--no-trim` and `--layers` as `features.input_options` takes them: None when
+    none is given (an index keeps its own); only the keys given otherwise (`long_side` 0: the centre crop)."""
     from ..errors import LookalikeError
-    from ..search.features import input_options
+    from ..search.features import input_options, parse_layers
 
     factors = parse_scales(scales)
+    extra = {"trim": trim} if trim is not None else {}
+    if layers is not None:
+        extra["layers"] = parse_layers(layers)  # one line for a bad value
     if size is None and factors is None:
-        return None if trim is None else {"trim": trim}
+        return extra or None
     if size is not None and size < 0:
         raise LookalikeError("--size must be 0 (the centre crop) or a number of pixels")
     if not size and factors is not None and factors != [1.0]:
         raise LookalikeError("--scales needs a whole-photo --size")
     input_options(size, factors)  # checks the ranges: one line for a bad value
-    return {"long_side": size or 0, "scales": factors if size else None,
-            **({"trim": trim} if trim is not None else {})}
+    return {"long_side": size or 0, "scales": factors if size else None, **extra}
 
 
 def _describe_backend(params: dict) -> str:
@@ -288,14 +292,14 @@ def _json_list(items: list) -> str:
 @app.command("dupes")
 def dupes_command(
     index: Optional[Path] = typer.Option(None, "--index", help="Index folder, or a folder indexed with `lookalike index` [default: the current folder]."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=2.0, help="Largest distance between near-duplicates [default: 0.6]."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=2.0, help="Largest distance between near-duplicates [default: 0.55 for the two-layer default descriptor, 0.6 for others]."),
     k: int = typer.Option(10, "-k", min=1, help="Neighbours per image in the kNN graph."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
     """Group near-duplicate images (k-nearest-neighbour graph + connected components, never an N x N matrix)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..search.query import DEFAULT_DUPE_THRESHOLD, find_duplicates
+    from ..search.query import dupe_threshold, find_duplicates
 
     with _open_index(index) as ix:
         ix.backend()  # loaded before the bar: its notes print as lines
@@ -303,11 +307,12 @@ def dupes_command(
             warn(note)
         if threshold is None and getattr(ix, "whitening", None) is not None:
             warn(f"the index's vectors are whitened: their distances run larger than the unwhitened ones the default "
-                 f"threshold ({DEFAULT_DUPE_THRESHOLD}) was calibrated on, so fewer groups are found; set --threshold")
+                 f"threshold ({dupe_threshold(ix.manifest)}) was calibrated on, so fewer groups are found; "
+                 "set --threshold")
         with Progress(TextColumn("neighbours"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True, disable=len(ix) < 50_000) as bar:
             task = bar.add_task("dupes", total=len(ix))
-            groups = find_duplicates(ix, DEFAULT_DUPE_THRESHOLD if threshold is None else threshold, k=k,
+            groups = find_duplicates(ix, threshold, k=k,
                                      progress=lambda done, total: bar.update(task, completed=done))
         named = [[printable(ix.path_of(i)) for i in g] for g in groups]
     if json_out:

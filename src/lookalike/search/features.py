@@ -42,6 +42,17 @@ BORDER_KEEP = 0.25
 # New descriptors of registered backbones trim borders (benchmarks/results/eval_search.md); indexes made without
 # it keep their vectors comparable (the manifest's preprocess has no "trim" key, so queries are not trimmed).
 DEFAULT_TRIM = True
+# Feature maps a descriptor can pool: `head`, the backbone's last map (after the 1x1 head convolution that
+# widens it for the ImageNet classifier), and `blocks`, the last block's output just before it. The two-layer
+# descriptor pools each, L2-normalises each and joins them: the narrower pre-head map is less tied to the
+# ImageNet classes (benchmarks/results/eval_search.md).
+LAYERS = ("head", "blocks")
+HEAD_ONLY = ["head"]  # what a descriptor without a "layers" key pools (indexes made before the option)
+# New centre-crop descriptors of the backbones that offer both pool both: more mAP at the same cost, demo
+# precision unchanged. Whole-photo R-MAC loses with the blocks' map, so whole photos keep the head alone.
+DEFAULT_CROP_LAYERS = ["head", "blocks"]
+# Channels of the `blocks` map of the backbones that offer it (timm's EfficientNet layout).
+BLOCKS_CHANNELS = {"efficientnet_lite0": 320, "efficientnet_lite2": 352}
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 32  # images per pipeline batch (and per index commit)
 # Images per forward pass. ONNX Runtime's activation memory grows with it (peak RSS measured with
@@ -133,6 +144,25 @@ def parse_pooling(pooling: str) -> tuple[str, float]:
     return kind, value
 
 
+def parse_layers(layers) -> list[str]:
+    """`head`, `blocks` or `head,blocks` (text or a sequence; None: the head alone) -> the list of feature maps
+    a descriptor pools, in LAYERS order; LookalikeError otherwise."""
+    if layers is None:
+        return list(HEAD_ONLY)
+    names = [x.strip().lower() for x in (layers.split(",") if isinstance(layers, str) else layers)]
+    if not names or any(n not in LAYERS for n in names) or len(set(names)) != len(names):
+        raise LookalikeError(f"unknown --layers {layers!r}: use head, blocks or head,blocks")
+    return [n for n in LAYERS if n in names]
+
+
+def layer_parts(model: str, layers: list[str], dim: int) -> tuple[int, ...] | None:
+    """Channel counts of the parts of a two-layer descriptor of `dim` channels (None for one layer)."""
+    if len(layers) < 2:
+        return None
+    blocks = BLOCKS_CHANNELS[model]
+    return (dim - blocks, blocks)
+
+
 def whole_image_shape(w: int, h: int, long_side: int) -> tuple[int, int]:
     """(width, height) of a whole photo resized to `long_side` with its aspect kept (shorter side rounded to
     SHAPE_STEP, at least one step)."""
@@ -175,8 +205,12 @@ def rmac_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int, i
     return regions
 
 
-def pool_maps(maps: np.ndarray, pooling: str) -> np.ndarray:
-    """(n, C, h, w) feature maps -> (n, C) L2-normalised descriptors by `pooling` (see `parse_pooling`)."""
+def pool_maps(maps: np.ndarray, pooling: str, parts: tuple[int, ...] | None = None) -> np.ndarray:
+    """(n, C, h, w) feature maps -> (n, C) L2-normalised descriptors by `pooling` (see `parse_pooling`).
+    `parts`: channel counts of maps joined along C (a two-layer descriptor), each normalised on its own first."""
+    if parts:
+        return _l2(np.concatenate([pool_maps(part, pooling) for part in
+                                   np.split(maps, np.cumsum(parts)[:-1], axis=1)], axis=1))
     kind, p = parse_pooling(pooling)
     x = np.asarray(maps, np.float32)
     if kind == "avg":
@@ -194,39 +228,55 @@ def _l2(v: np.ndarray) -> np.ndarray:
     return (v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def _features_module(backbone):
+def _layer_maps(backbone, x, layers: list[str]):
+    """The feature maps named by `layers`, joined along the channels (`head` first)."""
+    import torch
+
+    if layers == ["head"]:
+        return backbone.forward_features(x)
+    # timm's EfficientNet.forward_features, stopped after the blocks to keep their output as well.
+    pre = backbone.blocks(backbone.bn1(backbone.conv_stem(x)))
+    if layers == ["blocks"]:
+        return pre
+    return torch.cat([backbone.bn2(backbone.conv_head(pre)), pre], dim=1)
+
+
+def _features_module(backbone, layers: list[str]):
     from torch import nn
 
     class FeatureNet(nn.Module):
-        """Backbone feature map only: whole-photo inputs vary in size and are pooled outside the graph."""
+        """Backbone feature map(s) only: whole-photo inputs vary in size and are pooled outside the graph."""
 
         def __init__(self) -> None:
             super().__init__()
             self.backbone = backbone
 
         def forward(self, x):
-            return self.backbone.forward_features(x)
+            return _layer_maps(self.backbone, x, layers)
 
     return FeatureNet().eval()
 
 
-def _pool_module(backbone, pooling: str):
+def _pool_module(backbone, pooling: str, layers: list[str], parts: tuple[int, ...] | None):
     import torch
     from torch import nn
 
     class EmbedNet(nn.Module):
-        """Backbone feature map -> global pooling (avg or GeM) -> L2 normalisation."""
+        """Backbone feature map(s) -> global pooling (avg or GeM) -> L2 normalisation (of each layer's part,
+        then of the whole)."""
 
         def __init__(self) -> None:
             super().__init__()
             self.backbone = backbone
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            f = self.backbone.forward_features(x)
+            f = _layer_maps(self.backbone, x, layers)
             if pooling == "gem":
                 f = f.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
             else:
                 f = f.mean(dim=(2, 3))
+            if parts:
+                f = torch.cat([torch.nn.functional.normalize(p, dim=1) for p in torch.split(f, list(parts), 1)], 1)
             return torch.nn.functional.normalize(f, dim=1)
 
     return EmbedNet().eval()
@@ -238,7 +288,7 @@ class Embedder:
     def __init__(self, net, *, model: str, pooling: str, preprocess: dict, dim: int, device: str = "cpu",
                  weights: str | None = None, runner: Callable[[np.ndarray], np.ndarray] | None = None,
                  runtime: str = "torch", batch_size: int = DEFAULT_BATCH,
-                 forward_batch: int = FORWARD_BATCH) -> None:
+                 forward_batch: int = FORWARD_BATCH, parts: tuple[int, ...] | None = None) -> None:
         self.net = net
         self.model = model
         self.pooling = pooling
@@ -249,6 +299,7 @@ class Embedder:
         self.runtime = runtime
         self.batch_size = batch_size
         self.forward_batch = forward_batch
+        self.parts = parts  # channel counts of a two-layer descriptor's parts (None: one layer)
         self._runner = runner
         self.whitening = None  # a `whitening.Whitening` applied to every vector (an index's, once applied)
         self.whitening_record: dict | None = None
@@ -296,7 +347,7 @@ class Embedder:
                 by_shape.setdefault(views[s].shape, []).append(i)
             for rows in by_shape.values():
                 maps = self.embed_arrays(np.stack([items[i][s] for i in rows]))
-                total[rows] += pool_maps(maps, self.pooling)
+                total[rows] += pool_maps(maps, self.pooling, self.parts)
         return _l2(total)
 
     def describe(self) -> dict:
@@ -427,12 +478,17 @@ class Embedder:
 # --- construction ----------------------------------------------------------------------------------------
 
 
-def input_options(long_side: int | None = None, scales=None, trim: bool = False) -> dict:
+def input_options(long_side: int | None = None, scales=None, trim: bool = False, layers=None) -> dict:
     """The preprocessing keys of a descriptor's input, checked: the whole photo at `long_side` pixels on its
     longer side, aspect kept, at each factor of `scales` (none of these keys for the backbone's own centre crop,
-    `long_side` None or 0), and `"trim": True` when uniform borders come off first (`trim_borders`; the key is
-    absent otherwise, as in indexes made before it existed)."""
+    `long_side` None or 0), `"trim": True` when uniform borders come off first (`trim_borders`; the key is
+    absent otherwise, as in indexes made before it existed), and `"layers"` when the descriptor pools other
+    feature maps than the head's (`parse_layers`; absent for the head alone). The layers live with the input keys
+    because every check and record of a descriptor's inputs must cover them too."""
+    names = parse_layers(layers)
     trimmed = {"trim": True} if trim else {}
+    if names != HEAD_ONLY:
+        trimmed["layers"] = names
     if not long_side:
         if scales and list(scales) != [1.0]:
             raise LookalikeError("multi-scale descriptors need a whole-photo size (--size)")
@@ -451,7 +507,14 @@ def inputs_of(preprocess: dict | None) -> dict:
     """The `load_embedder(inputs=...)` that gives vectors made with `preprocess` (an index manifest's)."""
     pre = preprocess or {}
     whole = {"long_side": pre["long_side"], "scales": pre.get("scales")} if pre.get("fit") == "whole" else {}
-    return {**whole, "trim": bool(pre.get("trim"))}
+    return {**whole, "trim": bool(pre.get("trim")), "layers": list(pre.get("layers") or HEAD_ONLY)}
+
+
+def _graph_name(whole: bool, pooling: str, layers: list[str]) -> str:
+    """What the exported graph computes, part of its cache file's name: the feature map(s) of whole photos, or
+    the pooled vector of the centre crop."""
+    name = "features" if whole else pooling
+    return name if layers == HEAD_ONLY else f"{name}-{'+'.join(layers)}"
 
 
 def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str = "avg", weights=None,
@@ -461,7 +524,9 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
     `runtime`: "torch", "onnx", or "auto" (ONNX Runtime on CPU for registered backbones when installed).
     `inputs`: `input_options(...)` keys: whole photos at a chosen size (and scales) instead of the centre crop,
     then the pooling (avg, gem, gem:P, rmac) runs on the feature map outside the network; `trim` (default: on for
-    registered backbones, off for checkpoints, which were trained on untrimmed images) takes uniform borders off.
+    registered backbones, off for checkpoints, which were trained on untrimmed images) takes uniform borders off;
+    `layers` (`parse_layers`; default: DEFAULT_CROP_LAYERS for the centre crop of a backbone in BLOCKS_CHANNELS,
+    the head otherwise) picks the feature maps pooled.
     """
     pooling = (pooling or "avg").lower()
     kind, _ = parse_pooling(pooling)
@@ -470,8 +535,15 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
         if not inputs.get("long_side"):
             raise LookalikeError(f"pooling {pooling} needs whole-photo inputs (--size)")
     checkpoint = is_checkpoint_ref(model)
+    if inputs.get("layers") is None:
+        offered = not checkpoint and model in BLOCKS_CHANNELS and not inputs.get("long_side")
+        layers = list(DEFAULT_CROP_LAYERS if offered else HEAD_ONLY)
+    else:
+        layers = parse_layers(inputs["layers"])
+    if layers != HEAD_ONLY and (checkpoint or model not in BLOCKS_CHANNELS):
+        raise LookalikeError(f"--layers {','.join(layers)} needs one of {', '.join(BLOCKS_CHANNELS)}, not {model}")
     inputs = input_options(inputs.get("long_side"), inputs.get("scales"),
-                           bool(inputs.get("trim", DEFAULT_TRIM and not checkpoint)))
+                           bool(inputs.get("trim", DEFAULT_TRIM and not checkpoint)), layers)
     whole = inputs.get("fit") == "whole"
     if runtime not in ("auto", "torch", "onnx"):
         raise LookalikeError(f"unknown runtime {runtime!r}: use auto, torch or onnx")
@@ -482,7 +554,7 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
         from ..models.pretrained import PREPROCESS
         from . import onnx_runtime
 
-        graph = "features" if whole else pooling
+        graph = _graph_name(whole, pooling, layers)
         if model in PREPROCESS and onnx_runtime.available():
             path = onnx_runtime.onnx_path(model, graph, weights, PREPROCESS[model])
             if path.is_file():
@@ -492,7 +564,8 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
                     path.unlink(missing_ok=True)
                 else:
                     return Embedder(None, model=model, pooling=pooling, preprocess={**PREPROCESS[model], **inputs},
-                                    dim=run.dim, device="cpu", weights=weights, runner=run, runtime="onnx")
+                                    dim=run.dim, device="cpu", weights=weights, runner=run, runtime="onnx",
+                                    parts=layer_parts(model, layers, run.dim))
 
     from ..device import resolve_device
     from ..models import create_model, get_model_entry
@@ -520,21 +593,23 @@ def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str 
 
     import torch
 
-    net = (_features_module(backbone) if whole else _pool_module(backbone, pooling)).to(dev)
+    dim = sum(BLOCKS_CHANNELS[model] if name == "blocks" else int(getattr(backbone, "num_features"))
+              for name in layers)
+    parts = layer_parts(model, layers, dim)
+    net = (_features_module(backbone, layers) if whole else _pool_module(backbone, pooling, layers, parts)).to(dev)
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
-    dim = int(getattr(backbone, "num_features"))
     runner, used = None, "torch"
     if dev.type == "cpu" and (runtime == "onnx" or (runtime == "auto" and not checkpoint)):
         from .onnx_runtime import onnx_runner
 
-        runner = onnx_runner(net, model=model_id, pooling="features" if whole else pooling, weights=weights,
+        runner = onnx_runner(net, model=model_id, pooling=_graph_name(whole, pooling, layers), weights=weights,
                              preprocess=preprocess, spatial_dynamic=whole)
         if runner is None and runtime == "onnx":
             raise LookalikeError("--runtime onnx needs onnxruntime and onnx: pip install onnxruntime onnx")
         used = "onnx" if runner is not None else "torch"
     return Embedder(net, model=model_id, pooling=pooling, preprocess={**preprocess, **inputs}, dim=dim,
-                    device=str(dev), weights=weights, runner=runner, runtime=used)
+                    device=str(dev), weights=weights, runner=runner, runtime=used, parts=parts)
 
 
 def embedder_for_index(index: "ImageIndex", device: str = "cpu", runtime: str = "auto") -> Embedder:

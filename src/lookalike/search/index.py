@@ -313,6 +313,8 @@ def describe_backbone(m: dict, with_dim: bool = False) -> str:
                      + (f" x {','.join(f'{f:g}' for f in scales)}" if scales != [1.0] else ""))
     if pre.get("trim"):
         parts.append("borders trimmed")
+    if pre.get("layers"):
+        parts.append(f"layers {'+'.join(pre['layers'])}")
     if with_dim:
         parts.append(f"{m.get('dim')}-d")
     return f"{m.get('model')} ({', '.join(parts)})"

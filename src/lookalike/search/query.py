@@ -24,6 +24,17 @@ if TYPE_CHECKING:
 # copy (crop, rotation, rescale, JPEG q15, colour shift) sits at 0.46 from its original; 0.6 keeps a margin
 # below the former and groups 92 of the 114 gallery images, with no group mixing two photos.
 DEFAULT_DUPE_THRESHOLD: float = 0.6
+# The two-layer descriptor (`features.DEFAULT_CROP_LAYERS`) packs different photos closer: on holidays-dev, 0.6
+# would group 178 pairs of different scenes (precision 0.576) against 45 with the head alone. At 0.55 its
+# precision is 0.878 (the head alone at 0.6: 0.816) for a little less recall (0.418 against 0.447), and the
+# demo's edited copies still never join another photo (benchmarks/results/dupes_threshold.md).
+TWO_LAYER_DUPE_THRESHOLD: float = 0.55
+
+
+def dupe_threshold(manifest: dict) -> float:
+    """The default near-duplicate distance for an index's descriptor (its manifest, or `Embedder.describe()`)."""
+    layers = (manifest.get("preprocess") or {}).get("layers") or []
+    return TWO_LAYER_DUPE_THRESHOLD if len(layers) > 1 else DEFAULT_DUPE_THRESHOLD
 
 # Rows per block in the kNN pass: block x N float32 similarities stay under ~64 MB.
 _BLOCK_BYTES = 64 * 2**20
@@ -286,11 +297,15 @@ def group_vectors(vectors: np.ndarray, threshold: float = DEFAULT_DUPE_THRESHOLD
     return graph_groups(ann.build("exact", positions, vectors), positions, vectors, threshold, k)
 
 
-def find_duplicates(index: "ImageIndex", threshold: float = DEFAULT_DUPE_THRESHOLD, k: int = 10,
+def find_duplicates(index: "ImageIndex", threshold: Optional[float] = None, k: int = 10,
                     progress: Optional[Callable[[int, int], None]] = None) -> list[list[int]]:
     """Groups of near-duplicate image ids: the kNN graph through the index's search backend + connected
-    components (memory O(N x k), never N x N); `progress(done, total)` after each block of rows."""
+    components (memory O(N x k), never N x N); `threshold` None: `dupe_threshold` of the index's descriptor;
+    `progress(done, total)` after each block of rows."""
     from .dupes_graph import find_duplicates as graph_groups
+
+    if threshold is None:
+        threshold = dupe_threshold(index.manifest)
 
     backend, lookup = _backend_of(index)
     vectors = index.row_vectors() if hasattr(index, "row_vectors") else index.vectors()

@@ -56,8 +56,10 @@ def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooli
     if inputs is not None:
         have = m.get("preprocess") or {}
         asked = {**inputs_of(have), **inputs}  # what was not asked for stays as the index has it
-        wanted["preprocess"] = {**{k: v for k, v in have.items() if k not in ("fit", "long_side", "scales", "trim")},
-                                **input_options(asked.get("long_side"), asked.get("scales"), asked["trim"])}
+        wanted["preprocess"] = {**{k: v for k, v in have.items()
+                                   if k not in ("fit", "long_side", "scales", "trim", "layers")},
+                                **input_options(asked.get("long_side"), asked.get("scales"), asked["trim"],
+                                                asked.get("layers"))}
     if any(wanted.get(k) != m.get(k) for k in ("model", "pooling", "weights", "preprocess")):
         index.close()
         raise LookalikeError(f"index {index_path} holds vectors from {describe_backbone(m)}, not "

@@ -199,11 +199,11 @@ class SearchService:
 
     # -- facts -----------------------------------------------------------------------------------------
     def stats(self) -> dict:
-        from ..search.query import DEFAULT_DUPE_THRESHOLD
+        from ..search.query import dupe_threshold
 
         view = self.view()
         facts = dict(view.index.stats())
-        facts["dupe_threshold"] = float(DEFAULT_DUPE_THRESHOLD)
+        facts["dupe_threshold"] = float(dupe_threshold(view.index.manifest))
         facts["ann"] = {**view.backend.params(), "requested": view.index.ann_requested}
         facts["notes"] = list(view.index.notes)
         return facts
@@ -270,11 +270,11 @@ class SearchService:
         }
 
     def dupes(self, threshold: float | None = None, k: int = 10) -> dict:
-        from ..search.query import DEFAULT_DUPE_THRESHOLD, find_duplicates
+        from ..search.query import dupe_threshold, find_duplicates
 
-        threshold = float(DEFAULT_DUPE_THRESHOLD if threshold is None else threshold)
-        key = (round(threshold, 6), int(k))
         view = self.view()
+        threshold = float(dupe_threshold(view.index.manifest) if threshold is None else threshold)
+        key = (round(threshold, 6), int(k))
         with view.dupes_lock:  # one computation per setting and snapshot: a reload starts an empty cache
             groups = view.dupes.get(key)
             if groups is None:
