@@ -58,6 +58,9 @@ VARIANTS = {
     "224 centre crop, avg, layers head+blocks + whitening + QE 1 + DBA 1": ({"layers": "head,blocks"},
                                                                            {"whiten": "index", "qe": 1, "dba": 1}),
     "224 centre crop, avg, layers blocks": ({"layers": "blocks"}, {}),
+    "whole 320, R-MAC, layers head+blocks": ({"size": 320, "pooling": "rmac", "layers": "head,blocks"}, {}),
+    "whole 320, R-MAC, layers head+blocks + whitening": ({"size": 320, "pooling": "rmac", "layers": "head,blocks"},
+                                                        {"whiten": "index"}),
     "416 and 520, R-MAC, whitening (the --quality high descriptor)": (
         {"size": 416, "scales": [1.0, 1.25], "pooling": "rmac"}, {"whiten": "index"}),
 }

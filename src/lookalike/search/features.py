@@ -232,7 +232,7 @@ def _layer_maps(backbone, x, layers: list[str]):
     """The feature maps named by `layers`, joined along the channels (`head` first)."""
     import torch
 
-    if layers == ["head"]:
+    if layers == HEAD_ONLY:
         return backbone.forward_features(x)
     # timm's EfficientNet.forward_features, stopped after the blocks to keep their output as well.
     pre = backbone.blocks(backbone.bn1(backbone.conv_stem(x)))
