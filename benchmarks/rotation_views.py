@@ -37,7 +37,7 @@ def main() -> None:
     from lookalike.images import load_image
     from lookalike.search.evaluate import Descriptors, evaluate_groundtruth, load_benchmark
     from lookalike.search.features import load_embedder
-    from lookalike.search.whitening import fit_whitening, power_for, power_normalise
+    from lookalike.search.whitening import fit_whitening, power_for
 
     bench = load_benchmark(args.bench)
     if bench.kind != "groundtruth":
@@ -65,7 +65,7 @@ def main() -> None:
             whitening = fit_whitening(views[0], power=power_for(emb.pooling))
             space = {a: whitening(v) for a, v in views.items()}
         else:
-            space = {a: power_normalise(v, 1.0) for a, v in views.items()}
+            space = views
         database = space[0]
         queries = np.stack([space[a][q_rows] for a in ANGLES], axis=1)  # (Q, 3, D)
         row = {"whitened": whitened, "upright": mean_ap(database, queries[:, :1]),

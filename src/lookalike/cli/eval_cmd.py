@@ -32,7 +32,7 @@ def eval_search_command(
     whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed vectors (no labels used), stored beside the index."),
     whiten_on: Optional[Path] = typer.Option(None, "--whiten-on", help="Fit the PCA-whitening on this folder of images instead."),
     trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + " [default: on]"),
-    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + " [default: head]."),
+    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + " [default: head,blocks for the centre crop of EfficientNet-Lite, head otherwise]."),
     qe: Optional[int] = typer.Option(None, "--qe", help="alpha-query expansion with this many neighbours (0: off) [default: 0; 1 with --quality high]."),
     dba: Optional[int] = typer.Option(None, "--dba", help="Database-side augmentation with this many neighbours (0: off) [default: 0; 1 with --quality high]."),
     alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of --qe and --dba neighbours."),

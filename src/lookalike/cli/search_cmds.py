@@ -47,7 +47,7 @@ def index_command(
     whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed images (no labels), stored in the index and applied to its vectors and every query; turning it off later needs --rebuild [default: the index's, else off]."),
     whiten_on: Optional[Path] = typer.Option(None, "--whiten-on", help="Fit the PCA-whitening on this folder of images instead."),
     trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + " [default: the index's, else on]"),
-    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + " [default: the index's, else head]."),
+    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + " [default: the index's, else head,blocks for the centre crop of EfficientNet-Lite, head otherwise]."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Start the index over (another backbone, or a damaged index)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     runtime: str = typer.Option("auto", "--runtime", help="Inference runtime: auto (ONNX Runtime on CPU when installed), torch or onnx."),

@@ -478,6 +478,10 @@ class Embedder:
 # --- construction ----------------------------------------------------------------------------------------
 
 
+# Every key `input_options` may write into a descriptor's preprocess: what a change of inputs replaces.
+INPUT_KEYS = ("fit", "long_side", "scales", "trim", "layers")
+
+
 def input_options(long_side: int | None = None, scales=None, trim: bool = False, layers=None) -> dict:
     """The preprocessing keys of a descriptor's input, checked: the whole photo at `long_side` pixels on its
     longer side, aspect kept, at each factor of `scales` (none of these keys for the backbone's own centre crop,

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import LookalikeError
 from ..images import decoder_version, iter_image_files
-from .features import DEFAULT_MODEL, Embedder, input_options, inputs_of, load_embedder
+from .features import DEFAULT_MODEL, INPUT_KEYS, Embedder, input_options, inputs_of, load_embedder
 from .file_results import Reused, Skipped, Undecodable
 from .index import (MANIFEST, ImageIndex, IndexEntry, IndexWriter, default_index_path, describe_backbone,
                     same_backbone, storage_error)
@@ -56,8 +56,7 @@ def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooli
     if inputs is not None:
         have = m.get("preprocess") or {}
         asked = {**inputs_of(have), **inputs}  # what was not asked for stays as the index has it
-        wanted["preprocess"] = {**{k: v for k, v in have.items()
-                                   if k not in ("fit", "long_side", "scales", "trim", "layers")},
+        wanted["preprocess"] = {**{k: v for k, v in have.items() if k not in INPUT_KEYS},
                                 **input_options(asked.get("long_side"), asked.get("scales"), asked["trim"],
                                                 asked.get("layers"))}
     if any(wanted.get(k) != m.get(k) for k in ("model", "pooling", "weights", "preprocess")):
