@@ -42,9 +42,16 @@ def test_index_then_every_copy_finds_its_original(gallery, home, monkeypatch, ca
         assert entry["query"] == str(path)
         top = entry["results"][0]
         assert Path(top["path"]).name == f"{name}.jpg", f"{path.name} -> {top['path']}"
-        assert set(top) == {"rank", "path", "distance", "similarity"} and top["rank"] == 1
+        # Spatial verification is on by default: every hit of the shortlist carries its inliers.
+        assert set(top) == {"rank", "path", "distance", "similarity", "inliers"} and top["rank"] == 1
+        assert all(isinstance(r["inliers"], int) for r in entry["results"])
         assert abs(top["distance"] - (2 - 2 * top["similarity"]) ** 0.5) < 1e-4
         assert [r["rank"] for r in entry["results"]] == [1, 2, 3]
+    code, out, err = run_cli(["search", copies[0][0], "--index", folder, "-k", "3", "--json", "--verify", "0"],
+                             monkeypatch, capsys)
+    plain = json.loads(out)[0]["results"]
+    assert code == 0 and set(plain[0]) == {"rank", "path", "distance", "similarity"}
+    assert [r["similarity"] for r in plain] == sorted((r["similarity"] for r in plain), reverse=True)
 
 
 def test_search_with_an_indexed_query_and_table(gallery, monkeypatch, capsys):

@@ -42,9 +42,11 @@ def _ranked_ap(vectors: dict, query: dict) -> float:
 
 def test_groundtruth_benchmark_end_to_end(bench, home, monkeypatch, capsys, tmp_path):
     report = tmp_path / "worst.html"
-    code, out, err = run_cli(["eval-search", bench, "--json", "--report", report, "--worst", "3"], monkeypatch, capsys)
+    code, out, err = run_cli(["eval-search", bench, "--json", "--report", report, "--worst", "3", "--verify", "0"],
+                             monkeypatch, capsys)
     assert code == 0, err
     doc = json.loads(out)
+    assert doc["descriptor"]["verify"] == 0
     assert {"mAP", "P@1", "P@5", "queries", "recall@10"} <= set(doc)
     gt = json.loads((bench / "groundtruth.json").read_text())
     assert doc["queries"] == len(gt["queries"]) - 1 and doc["queries_without_positives"] == 1
@@ -61,9 +63,16 @@ def test_groundtruth_benchmark_end_to_end(bench, home, monkeypatch, capsys, tmp_
     page = report.read_text()
     assert page.count("class='query'") == 3 and "Lookalike retrieval evaluation" in page
 
-    # A second run reuses the index (nothing indexed again) and prints one summary line.
+    # A second run reuses the index (nothing indexed again) and prints one summary line; by default it re-ranks
+    # the first 20 results by spatial verification.
     code, out, err = run_cli(["eval-search", bench], monkeypatch, capsys)
     assert code == 0 and out.startswith("mAP ") and "P@1 1.0000" in out, err
+    code, out, err = run_cli(["eval-search", bench, "--json"], monkeypatch, capsys)
+    verified = json.loads(out)
+    from lookalike.search.verify import DEFAULT_SHORTLIST
+
+    assert verified["descriptor"]["verify"] == DEFAULT_SHORTLIST == 20  # the preset's literal follows verify.py
+    assert verified["P@1"] == 1.0 and verified["mAP"] >= doc["mAP"] - 0.05
 
     # A report replaces only a page of its own kind, never another HTML file.
     code, out, err = run_cli(["eval-search", bench, "--report", report], monkeypatch, capsys)
@@ -86,6 +95,9 @@ def test_class_folders_every_image_queries_the_others(tmp_path, home, monkeypatc
     assert doc["kind"] == "classes" and doc["queries"] == len(list(root.rglob("*.jpg")))
     assert {"mAP@R", "R-precision", "P@1", "P@10", "mAP", "P@5"} <= set(doc)
     assert doc["P@1"] == 1.0 and 0.5 < doc["mAP@R"] <= 1.0
+    assert doc["descriptor"]["verify"] == 0  # no geometry links the images of a class: the default skips it
+    code, out, err = run_cli(["eval-search", root, "--verify", "5"], monkeypatch, capsys)
+    assert code == 2 and "groundtruth.json" in err and err.count("\n") == 1, err
 
 
 def test_whole_photo_descriptor_with_whitening_qe_and_dba(bench, home, monkeypatch, capsys):
@@ -156,6 +168,8 @@ def test_whiten_on_another_folder(bench, tmp_path, home, monkeypatch, capsys):
     (["--whiten-on", "/nonexistent/folder"], "not a folder"),
     (["--report", "out.txt"], ".html"),
     (["--worst", "-1"], "--worst"),
+    (["--verify", "-1"], "--verify"),
+    (["--verify", "201"], "--verify"),
 ])
 def test_bad_values_give_one_line_and_exit_2(bench, home, monkeypatch, capsys, args, message):
     code, out, err = run_cli(["eval-search", bench, *args], monkeypatch, capsys)

@@ -75,7 +75,8 @@ def test_search_by_upload_finds_the_right_photo(client):
     assert body["query"] == "my cat.jpg" and body["query_id"] is None
     results = body["results"]
     assert [x["rank"] for x in results] == [1, 2, 3, 4, 5, 6]
-    assert set(results[0]) == {"rank", "id", "path", "distance", "similarity"}
+    assert set(results[0]) == {"rank", "id", "path", "distance", "similarity", "inliers"}
+    assert results[0]["inliers"] is None  # this app was made without `serve --verify`: no re-ranking
     # The four cat images (original, crop, JPEG, tint) come first.
     assert [family(x["path"]) for x in results[:4]] == ["chelsea"] * 4
     distances = [x["distance"] for x in results]
@@ -481,6 +482,12 @@ def test_serve_command_starts_the_real_server(gallery):
         assert stats["count"] == len(gallery["files"])
         assert httpx.get(f"{server.url}/", trust_env=False).status_code == 200
         assert httpx.get(f"http://localhost:{port}/api/stats", trust_env=False).status_code == 200
+        # `serve` verifies the first 20 results of a search by default, as `lookalike search` does.
+        query = jpeg_bytes(crop(photo("chelsea"), 0.7), quality=70)
+        found = httpx.post(f"{server.url}/api/search", files=_files("cat.jpg", query), data={"k": 3}, timeout=120,
+                           trust_env=False).json()["results"]
+        assert family(found[0]["path"]) == "chelsea" and found[0]["inliers"] >= 8
+        assert all(isinstance(x["inliers"], int) for x in found)
         # A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) gets nothing.
         rebound = httpx.get(f"{server.url}/api/stats", headers={"Host": f"evil.example:{port}"}, trust_env=False)
         assert rebound.status_code == 400 and rebound.json() == {"detail": "invalid Host header"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,10 @@ THUMBS_LOADED = """sel => {
 def live(gallery, tmp_path_factory):
     from lookalike.web.hosts import LOOPBACK_NAMES
 
+    from lookalike.search.verify import Verifier
+
     app = make_app(gallery, tmp_path_factory.mktemp("web_browser"), allowed_hosts=LOOPBACK_NAMES)  # as `serve` does
+    app.state.service.verifier = Verifier()  # as `serve` does: the first 20 results verified
     with LiveServer(app) as server:
         yield server
 
@@ -75,6 +79,7 @@ def test_upload_a_query_and_see_the_result_grid(live, browser, gallery, tmp_path
     expect(page.locator("#query-name")).to_have_text("my-cat.jpg")
     names = cards.locator(".name").all_text_contents()
     assert [family(n) for n in names[:4]] == ["chelsea"] * 4
+    expect(cards.first.locator(".inliers")).to_have_text(re.compile(r"^\d+ matches$"))
     page.wait_for_function(THUMBS_LOADED, arg="#results img")
     page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
     assert (tmp_path / "search.png").stat().st_size > 10_000

@@ -41,3 +41,16 @@ LAYERS_HELP = ("Feature maps pooled: head (the backbone's last), blocks (the las
                "convolution) or head,blocks (each pooled and normalised, then joined; EfficientNet-Lite only)")
 TRIM_HELP = ("Take uniform white or black borders (padding, letterboxing, scan margins) off each photo before "
              "embedding; checkpoints default to off")
+
+
+VERIFY_HELP = ("Re-rank the first N results by spatial verification: SIFT matches between the query and each "
+               "result that agree on one affine transform move it up (0: off; up to 200).")
+
+
+def verifier_for(shortlist: int):
+    """A `verify.Verifier` of `shortlist` results, None for 0 (a bad number fails with one line)."""
+    if shortlist == 0:
+        return None
+    from ..search.verify import Verifier
+
+    return Verifier(shortlist)

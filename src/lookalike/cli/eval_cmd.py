@@ -12,11 +12,14 @@ from ._common import LAYERS_HELP, TRIM_HELP, console, out, print_json, warn
 
 # Descriptor presets (figures in benchmarks/results/eval_search.md). Explicit options override them.
 QUALITY_PRESETS = {
-    "default": {},
+    # The first 20 results of a ground-truth benchmark re-ranked by spatial verification, as `lookalike search`
+    # does (verify.DEFAULT_SHORTLIST; a literal here so that `lookalike --help` imports nothing heavy).
+    "default": {"verify": 20},
     # Whole photo on a 416-pixel long side and at 1.25x, R-MAC, PCA-whitening fitted on the indexed vectors,
-    # then one neighbour of query expansion and of database-side augmentation at search time.
+    # then one neighbour of query expansion and of database-side augmentation at search time, and the first 30
+    # results of a ground-truth benchmark re-ranked by spatial verification.
     "high": {"size": 416, "scales": "1,1.25", "pooling": "rmac", "layers": "head", "whiten": True, "qe": 1,
-             "dba": 1},
+             "dba": 1, "verify": 30},
 }
 
 
@@ -36,7 +39,8 @@ def eval_search_command(
     qe: Optional[int] = typer.Option(None, "--qe", help="alpha-query expansion with this many neighbours (0: off) [default: 0; 1 with --quality high]."),
     dba: Optional[int] = typer.Option(None, "--dba", help="Database-side augmentation with this many neighbours (0: off) [default: 0; 1 with --quality high]."),
     alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of --qe and --dba neighbours."),
-    quality: str = typer.Option("default", "--quality", help="Preset: default, or high (slower: whole photo at 416 and 520 px, R-MAC, whitening, --qe 1 --dba 1)."),
+    verify: Optional[int] = typer.Option(None, "--verify", help="Re-rank each query's first N results by spatial verification (SIFT matches agreeing on one affine transform; ground-truth benchmarks only) [default: 20; 30 with --quality high; 0: off]."),
+    quality: str = typer.Option("default", "--quality", help="Preset: default, or high (slower: whole photo at 416 and 520 px, R-MAC, whitening, --qe 1 --dba 1, --verify 30)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML page of the worst queries with their top results."),
@@ -69,6 +73,10 @@ def eval_search_command(
         whiten_mode = str(whiten_on)
     elif whiten if whiten is not None else preset.get("whiten", False):
         whiten_mode = "index"
+    if verify is None:  # the preset verifies where geometry means something: views of one scene, not classes
+        from ..search.evaluate import GROUNDTRUTH
+
+        verify = preset.get("verify", 0) if (bench / GROUNDTRUTH).is_file() else 0
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise LookalikeError(f"--report {report}: give an .html file name")
     if report is not None:
@@ -80,7 +88,7 @@ def eval_search_command(
         result = run_eval(bench, index_path=index, model=model, pooling=pooling or preset.get("pooling", "avg"),
                           weights=str(weights) if weights else None, inputs=inputs, device=device,
                           runtime=runtime, whiten=whiten_mode, qe=preset.get("qe", 0) if qe is None else qe,
-                          dba=preset.get("dba", 0) if dba is None else dba, alpha=alpha, worst=worst)
+                          dba=preset.get("dba", 0) if dba is None else dba, verify=verify, alpha=alpha, worst=worst)
     if report is not None:
         from ..search.report import write_report
 

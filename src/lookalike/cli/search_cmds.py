@@ -10,7 +10,7 @@ import typer
 
 from . import app
 from ..paths import printable
-from ._common import LAYERS_HELP, TRIM_HELP, console, out, print_json, warn
+from ._common import LAYERS_HELP, TRIM_HELP, VERIFY_HELP, console, out, print_json, verifier_for, warn
 
 MODEL_HELP = "Backbone: a registered name (see `lookalike models`) or a checkpoint file from `lookalike train`."
 QE_HELP = "alpha-query expansion: add this many nearest indexed images to each query, weighted by similarity^alpha (0: off)."
@@ -207,19 +207,22 @@ def search_command(
     qe: int = typer.Option(0, "--qe", help=QE_HELP),
     dba: int = typer.Option(0, "--dba", help=DBA_HELP),
     alpha: float = typer.Option(3.0, "--alpha", help=ALPHA_HELP),
+    verify: int = typer.Option(20, "--verify", help=VERIFY_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
     """Rank the indexed images by distance to each QUERY (Euclidean distance of L2-normalised features; the
-    index's descriptor: its size, scales, pooling and whitening apply to the queries)."""
+    index's descriptor: its size, scales, pooling and whitening apply to the queries), then re-rank the first
+    --verify results by spatial verification (the inliers column: local features that agree on one transform)."""
     from ..search.features import embedder_for_index
     from ..search.query import Expansion, Query, run_queries
 
     expansion = Expansion(qe=qe, dba=dba, alpha=alpha)  # checked before the index opens
+    verifier = verifier_for(verify)
     with _open_index(index) as ix:
         results = run_queries(ix, [Query(name=str(q), path=q) for q in queries], k,
                               embedder=lambda: embedder_for_index(ix, device=device), include_self=include_self,
-                              expansion=expansion)
+                              expansion=expansion, verifier=verifier)
         for note in ix.notes:
             warn(note)
     if json_out:
@@ -231,9 +234,12 @@ def search_command(
     from ..search.results import CLI_HIT_FIELDS
 
     for answer in results:
-        table = Table(*CLI_HIT_FIELDS, title=escape(answer.query), title_justify="left")
+        verified = any(h.inliers is not None for h in answer.results)
+        table = Table(*CLI_HIT_FIELDS, *(("inliers",) if verified else ()), title=escape(answer.query),
+                      title_justify="left")
         for h in answer.results:
-            table.add_row(str(h.rank), escape(h.path), _fmt_dist(h.distance), f"{h.similarity:.4f}")
+            inliers = (("-" if h.inliers is None else str(h.inliers)),) if verified else ()
+            table.add_row(str(h.rank), escape(h.path), _fmt_dist(h.distance), f"{h.similarity:.4f}", *inliers)
         out.print(table)
 
 
@@ -331,14 +337,16 @@ def dupes_command(
 def demo_command(
     out_dir: Path = typer.Option(Path("lookalike-demo"), "--out", help="Folder for the gallery, its index and report.html."),
     model: str = typer.Option("efficientnet_lite0", "--model", help=MODEL_HELP),
+    verify: int = typer.Option(20, "--verify", help=VERIFY_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
 ) -> None:
     """Build a gallery of real photos (shipped with scikit-image) and edited copies, index it, search with every
-    copy, print precision@1 and @5, and write report.html."""
+    copy as `lookalike search` does, print precision@1 and @5, and write report.html."""
     from ..search.demo import run_demo
 
+    verifier_for(verify)  # a bad number fails before the gallery is built
     with console.status("building the gallery, indexing and searching..."):
-        result = run_demo(out_dir, model=model)
+        result = run_demo(out_dir, model=model, verify=verify)
     if json_out:
         print_json(result)
         return

@@ -11,7 +11,7 @@ import typer
 from ..errors import LookalikeError
 from ..web.hosts import is_loopback
 from . import app
-from ._common import console, warn
+from ._common import VERIFY_HELP, console, verifier_for, warn
 
 _is_loopback = is_loopback  # the name the tests and older callers use
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~-]+")  # goes into a URL and a cookie unescaped
@@ -47,6 +47,7 @@ def serve(
     qe: int = typer.Option(0, "--qe", help="Searches: alpha-query expansion with this many neighbours (0: off)."),
     dba: int = typer.Option(0, "--dba", help="Searches: database-side augmentation with this many neighbours (0: off)."),
     alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of the --qe and --dba neighbours (0 to 16)."),
+    verify: int = typer.Option(20, "--verify", help="Searches: " + VERIFY_HELP),
 ) -> None:
     """Serve the search page and REST API (OpenAPI schema at /openapi.json) over an index."""
     from ..search.query import Expansion
@@ -55,6 +56,7 @@ def serve(
     from ..web.hosts import as_host, machine_hosts
 
     expansion = Expansion(qe=qe, dba=dba, alpha=alpha)
+    verifier = verifier_for(verify)
     index_path = index.expanduser() if index is not None else Path.cwd()  # the index accepts its image folder too
     if token is not None:
         _check_token(token)
@@ -90,6 +92,7 @@ def serve(
             raise
     port = server.bound_port(sockets)  # --port 0: the one the system picked
     web_app.state.service.expansion = expansion
+    web_app.state.service.verifier = verifier
     facts = web_app.state.service.stats()
     for note in facts.get("notes", []):
         warn(note)

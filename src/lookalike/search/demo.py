@@ -19,11 +19,12 @@ from .sample_photos import EDITS, PHOTOS, build_gallery, photo_of
 
 
 def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5, write_report: bool = True,
-             embedder=None) -> dict:
+             embedder=None, verify: int = 0) -> dict:
     """Build the gallery under `out_dir/gallery`, index it, query with every edited copy, write the report.
 
     `photos`: names of `skimage.data` photos [default: PHOTOS]; `embedder`: another descriptor than `model`'s
-    default one (e.g. `load_embedder(inputs=...)`)."""
+    default one (e.g. `load_embedder(inputs=...)`); `verify`: the first results re-ranked by spatial
+    verification, as `lookalike search` does (0: the descriptor alone)."""
     photos = tuple(photos or PHOTOS)
     from .index import ImageIndex
     from .query import compare, search
@@ -38,7 +39,12 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
     with ImageIndex.open(out_dir / "index") as ix:
         ids = [ix.id_of(q["path"]) for q in queries]
         qvec = np.stack([ix.vector_of(i) for i in ids])
-        results = search(ix, qvec, k=k, exclude_ids=[[i] for i in ids])
+        results = search(ix, qvec, k=max(k, verify), exclude_ids=[[i] for i in ids])
+        if verify:
+            from .verify import Verifier
+
+            verifier = Verifier(verify)
+            results = [verifier.rerank(hits, verifier.features_of(q["path"]))[:k] for q, hits in zip(queries, results)]
         vectors, all_ids = ix.vectors(), ix.ids()
         all_paths = [ix.path_of(int(i)) for i in all_ids]
     p1, p5, rows = [], [], []
@@ -63,6 +69,7 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
         "originals": len(photos),
         "queries": len(queries),
         "indexed": summary["indexed"],
+        "verify": verify,
         "precision_at_1": float(np.mean(p1)),
         "precision_at_5": float(np.mean(p5)),
         "precision_at_1_by_edit": by_edit,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -154,8 +154,11 @@ def _scores(desc: Descriptors, rows: slice) -> np.ndarray:
 
 
 def evaluate_groundtruth(bench: Benchmark, desc: Descriptors, query_rows: np.ndarray, db_rows: np.ndarray,
-                         keep: list[int], top: int = 5) -> dict:
-    """Figures of a ground-truth benchmark. `query_rows[i]`: the database position of query `keep[i]` (or -1)."""
+                         keep: list[int], top: int = 5, rescore: Callable[[str, np.ndarray], np.ndarray] | None = None,
+                         shortlist: int = 0) -> dict:
+    """Figures of a ground-truth benchmark. `query_rows[i]`: the database position of query `keep[i]` (or -1).
+    `rescore(query, positions)`: what to add to the scores of a query's first `shortlist` results (spatial
+    verification) before the ranking is measured."""
     db_pos = {rel: n for n, rel in enumerate(bench.database)}
     n_db = len(bench.database)
     per_query, no_positives = [], []
@@ -170,6 +173,10 @@ def evaluate_groundtruth(bench: Benchmark, desc: Descriptors, query_rows: np.nda
             if self_pos >= 0:
                 row[self_pos] = -np.inf
             row[db_rows < 0] = -np.inf  # not indexed: ranked nowhere
+            if rescore is not None and shortlist > 0:
+                head = np.argsort(-row, kind="stable")[:shortlist]
+                head = head[np.isfinite(row[head])]
+                row[head] += rescore(q["query"], head)
             order = np.argsort(-row, kind="stable")
             valid = np.ones(n_db, bool)
             if self_pos >= 0:
@@ -314,7 +321,7 @@ def _index(folder: Path, index_path, embedder, progress) -> dict:
 def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pooling: str = "avg",
              weights: str | None = None, inputs: dict | None = None, device: str = "cpu", runtime: str = "auto",
              whiten: str | None = None, whiten_dims: int | None = None, whiten_power: float | None = None,
-             qe: int = 0, dba: int = 0,
+             qe: int = 0, dba: int = 0, verify: int = 0,
              alpha: float = 3.0, worst: int = 20, top: int = 5, embedder=None, progress=None) -> dict:
     """Index `folder` (incrementally, in its own index unless `index_path`) and measure retrieval on it.
 
@@ -322,7 +329,8 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
     folder to fit it on (indexed with the same descriptor); stored beside the index. `whiten_dims`, `whiten_power`:
     axes kept and signed power applied first (`whitening.fit_whitening`; default: all axes and
     `whitening.power_for(pooling)`, as `lookalike index` fits it). `qe`, `dba`: neighbours of
-    alpha-QE and DBA (0: off). Returns {"benchmark", "kind", "figures", "worst": per-query rows, "skipped",
+    alpha-QE and DBA (0: off). `verify`: results per query re-ranked by spatial verification (`verify.py`; 0:
+    off; ground-truth benchmarks only: images of one class are not views of one scene). Returns {"benchmark", "kind", "figures", "worst": per-query rows, "skipped",
     "index_path", "descriptor", "seconds"}.
     """
     import time
@@ -336,6 +344,10 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
     if not 0.0 <= alpha <= 16.0:
         raise LookalikeError("--alpha must be from 0 to 16")
     bench = load_benchmark(folder)
+    rescore = _verification(bench, verify) if verify else None  # checks the number first
+    if verify and bench.kind != "groundtruth":
+        raise LookalikeError("--verify needs a groundtruth.json benchmark: class folders hold different objects "
+                             "of a class, which no geometry links")
     whiten_dir = None
     if whiten and whiten != "index":
         whiten_dir = Path(whiten).expanduser()
@@ -384,7 +396,7 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
             self_pos = np.asarray([pos.get(bench.queries[i]["query"], -1) for i in keep], np.int64)
             qvec = query_expansion(qvec, database, qe, alpha, exclude=self_pos)
             result = evaluate_groundtruth(bench, Descriptors(database, qvec[:, None, :]), self_pos, db_rows, keep,
-                                          top=top)
+                                          top=top, rescore=rescore, shortlist=verify)
             missing_queries = [bench.queries[i]["query"] for i, r in enumerate(q_rows) if r < 0]
         else:
             indexed = np.flatnonzero(db_rows >= 0)
@@ -406,11 +418,27 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
                               for d, rank, s in e["_missed"]]} for e in rows]
     descriptor = embedder.describe()
     descriptor.update({"whiten": (whiten if whiten in (None, "index") else folder_key(whiten)),
-                       "qe": qe, "dba": dba, "alpha": alpha})
+                       "qe": qe, "dba": dba, "alpha": alpha, "verify": verify})
     return {"benchmark": str(bench.root), "kind": bench.kind, "figures": result["figures"], "worst": worst_rows,
             "skipped": summary["skipped"], "unindexed": skipped, "queries_left_out": missing_queries,
             "index_path": str(index_dir), "descriptor": descriptor, "indexed": summary["indexed"],
             "indexing_seconds": indexing_seconds, "seconds": time.perf_counter() - started}
+
+
+def _verification(bench: Benchmark, shortlist: int) -> Callable[[str, np.ndarray], np.ndarray]:
+    """`evaluate_groundtruth`'s rescore: the spatial-verification gains of a query's shortlisted database images
+    (the local features of every image kept, since each is verified against many queries)."""
+    from .verify import CACHE_IMAGES, Verifier
+
+    verifier = Verifier(shortlist, cache_images=min(len(bench.database) + len(bench.queries), 4 * CACHE_IMAGES))
+
+    def rescore(query: str, positions: np.ndarray) -> np.ndarray:
+        feats = verifier.features_of(bench.root / query)
+        if feats is None:
+            return np.zeros(len(positions), np.float32)
+        return verifier.gains(feats, [bench.root / bench.database[int(p)] for p in positions])
+
+    return rescore
 
 
 def _distance(score: float) -> float:

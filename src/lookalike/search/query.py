@@ -18,6 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .index import ImageIndex
     from .results import SearchResponse
+    from .verify import Verifier
 
 # Distance under which two images count as near-duplicates. Calibrated on the `lookalike demo` gallery with
 # EfficientNet-Lite0 + average pooling: the closest two different photos sit at 0.82, while the median edited
@@ -213,7 +214,8 @@ class Query:
 
 
 def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder: Callable[[], Any],
-                include_self: bool = False, expansion: Optional[Expansion] = None) -> list["SearchResponse"]:
+                include_self: bool = False, expansion: Optional[Expansion] = None,
+                verifier: Optional["Verifier"] = None) -> list["SearchResponse"]:
     """The query path of `lookalike search` and the web service: a vector for each query (the stored vector
     of an indexed image or file, else the embedding of its image), then the backend's k nearest (`search`),
     as one `SearchResponse` per query (`results.py`: the shape the CLI's JSON and the web API share).
@@ -225,7 +227,8 @@ def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder:
 
     The descriptor is the index's: `embedder_for_index` embeds at the index's size, scales and pooling and
     applies its whitening, and stored vectors are already whitened. `expansion`: alpha-QE and DBA
-    (`expanded_search`)."""
+    (`expanded_search`). `verifier`: the first `verifier.shortlist` results re-ranked by spatial verification
+    (`verify.py`), each hit then carrying its "inliers"."""
     from ..errors import LookalikeError
     from ..images import load_image
     from .results import SearchResponse
@@ -254,11 +257,25 @@ def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder:
             vectors[n] = np.asarray(vec, np.float32)
     if not vectors:
         return []
+    fetch = max(k, verifier.shortlist) if verifier is not None else k
     if expansion is not None and expansion.active:
-        hits = expanded_search(index, np.stack(vectors), k, expansion, exclude_ids=excludes)
+        hits = expanded_search(index, np.stack(vectors), fetch, expansion, exclude_ids=excludes)
     else:
-        hits = search(index, np.stack(vectors), k=k, exclude_ids=excludes)
+        hits = search(index, np.stack(vectors), k=fetch, exclude_ids=excludes)
+    if verifier is not None:
+        hits = [_verified(index, q, found, verifier)[:k] for q, found in zip(queries, hits)]
     return [SearchResponse.of(q.name, q.image_id, found) for q, found in zip(queries, hits)]
+
+
+def _verified(index: "ImageIndex", query: Query, hits: list[dict], verifier: "Verifier") -> list[dict]:
+    """`hits` re-ranked by `verifier` against the query's own image (left as they are when it cannot be read)."""
+    from .verify import local_features
+
+    if query.image is not None:
+        feats = local_features(query.image)
+    else:
+        feats = verifier.features_of(query.path if query.path is not None else index.path_of(query.image_id))
+    return hits if feats is None else verifier.rerank(hits, feats)
 
 
 def compare(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,9 @@ class SearchResult(BaseModel):
     path: str
     distance: float
     similarity: float
+    # Spatial verification (`verify.py`): local features that agree on one transform with the query's; None
+    # when the search did not verify this hit (or its file could not be read).
+    inliers: Optional[int] = None
 
 
 class SearchResponse(BaseModel):
@@ -40,5 +43,7 @@ class SearchResponse(BaseModel):
                    results=[SearchResult(**{**h, "path": printable(h["path"])}) for h in hits])
 
     def cli_json(self) -> dict:
-        """What `lookalike search --json` prints for this query: its name and each hit without the id."""
-        return self.model_dump(include={"query": True, "results": {"__all__": set(CLI_HIT_FIELDS)}})
+        """What `lookalike search --json` prints for this query: its name and each hit without the id (with its
+        inliers when the search verified it)."""
+        fields = set(CLI_HIT_FIELDS) | ({"inliers"} if any(h.inliers is not None for h in self.results) else set())
+        return self.model_dump(include={"query": True, "results": {"__all__": fields}})

@@ -102,6 +102,7 @@ class SearchService:
     """
 
     expansion = None  # `query.Expansion` of every search (`lookalike serve --qe/--dba`), None: plain
+    verifier = None  # `verify.Verifier` of every search (`lookalike serve --verify`), None: no re-ranking
 
     def __init__(self, index_path: str | os.PathLike, device: str = "cpu", embedder: Any = None,
                  check_interval: float = 1.0, load_embedder: Callable[[Any], Any] | None = None) -> None:
@@ -232,7 +233,8 @@ class SearchService:
 
         view = self.view()
         return run_queries(view.index, [Query(name=name, image=image)], _clamp_k(k, view.count),
-                           embedder=lambda: self._embedder_of(view), expansion=self.expansion)[0]
+                           embedder=lambda: self._embedder_of(view), expansion=self.expansion,
+                           verifier=self.verifier)[0]
 
     def search_id(self, image_id: int, k: int, include_self: bool = False) -> "SearchResponse":
         """Search from an indexed image; KeyError if the id is unknown."""
@@ -242,7 +244,7 @@ class SearchService:
         name = printable(view.path_of(image_id))
         return run_queries(view.index, [Query(name=name, image_id=image_id)], _clamp_k(k, view.count),
                            embedder=lambda: self._embedder_of(view), include_self=include_self,
-                           expansion=self.expansion)[0]
+                           expansion=self.expansion, verifier=self.verifier)[0]
 
     def compare(self, items: list[tuple[str | None, int | None, Any]]) -> dict:
         """`items`: (name, id or None, PIL image or None); indexed ids reuse their stored vector and, when their

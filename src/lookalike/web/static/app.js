@@ -92,7 +92,11 @@ function resultCard(r) {
     el("div", { class: "meta" },
       el("span", { class: "rank", text: `#${r.rank}` }),
       el("span", { class: "dist", title: "distance (smaller is closer)", text: fmt(r.distance) }),
-      el("span", { class: "sim", title: "cosine similarity", text: `cos ${fmt(r.similarity, 2)}` })),
+      el("span", { class: "sim", title: "cosine similarity", text: `cos ${fmt(r.similarity, 2)}` }),
+      // Spatial verification (`serve --verify`): local features of the query seen again in the same arrangement.
+      ...(r.inliers == null ? [] : [el("span", { class: "inliers",
+        title: "local features that agree on one transform with the query's (spatial verification)",
+        text: `${r.inliers} matches` })])),
     el("div", { class: "bar", "aria-hidden": "true" }, el("span", { style: { width: `${width.toFixed(0)}%` } })),
     el("div", { class: "name", title: r.path, text: baseName(r.path) }),
     el("label", { class: "pick" }, checkbox, "compare"));

@@ -1,0 +1,152 @@
+"""Spatial verification: re-rank the first results of a search by how much of the query each one shows again,
+in the same geometric arrangement.
+
+A global descriptor ranks by overall look; two photos of the same scene also share many small patterns that map
+onto each other through one change of viewpoint. For the query and each shortlisted result: SIFT keypoints with
+RootSIFT descriptors (Arandjelovic & Zisserman 2012), Lowe's ratio test, then RANSAC fitting one affine
+transform; its inliers count the matches that agree. A result with at least MIN_INLIERS gains up to 1 over its
+cosine similarity (the full gain at FULL_INLIERS), so verified results move up in proportion to the evidence and
+the rest keep their order. SIFT is rotation invariant, so a sideways copy of a scene verifies too.
+
+The images are read again at search time (local features are not stored: a thousand per image would outweigh
+the index), at most LONG_SIDE pixels long, so the cost is a shortlist's decoding and matching per query.
+Figures: benchmarks/results/eval_search.md.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+LONG_SIDE = 640  # local features of an image at most this long (never enlarged): bounds time and memory
+MAX_KEYPOINTS = 1000  # the strongest SIFT keypoints kept per image
+RATIO = 0.8  # Lowe's ratio test: best match clearly closer than the second best
+RANSAC_TOLERANCE = 0.025  # reprojection error allowed, as a share of the image's longer side
+MIN_INLIERS = 8  # fewer agreeing matches than this is what unrelated photos reach by chance
+FULL_INLIERS = 50  # inliers that earn the whole gain
+DEFAULT_SHORTLIST = 20  # results a search verifies unless told otherwise
+MAX_SHORTLIST = 200  # each verified result costs a decode and a match
+CACHE_IMAGES = 512  # images whose local features are kept between queries (float16: ~250 kB each)
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints of one image: positions (n, 2) in its decoded pixels, RootSIFT descriptors (n, 128) float16,
+    and the decoded image's longer side (the RANSAC tolerance scales with it)."""
+
+    points: np.ndarray
+    descriptors: np.ndarray
+    long_side: int
+
+
+def _cv2():
+    from ..errors import LookalikeError
+
+    try:
+        import cv2
+    except ImportError as exc:  # a broken or missing wheel: say what to install, nothing else
+        raise LookalikeError(f"spatial verification needs OpenCV ({exc}); pip install opencv-python-headless") from exc
+    return cv2
+
+
+def local_features(image: Any) -> LocalFeatures:
+    """SIFT keypoints and RootSIFT descriptors of a PIL image, shrunk to at most LONG_SIDE pixels first."""
+    from PIL import Image
+
+    cv2 = _cv2()
+    gray = image.convert("L")
+    if max(gray.size) > LONG_SIDE:
+        gray = gray.copy()
+        gray.thumbnail((LONG_SIDE, LONG_SIDE), Image.Resampling.LANCZOS)
+    pixels = np.asarray(gray)
+    keypoints, desc = cv2.SIFT_create(nfeatures=MAX_KEYPOINTS).detectAndCompute(pixels, None)
+    if desc is None or not keypoints:
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float16), max(gray.size))
+    desc = desc.astype(np.float32)
+    desc = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-7))  # RootSIFT: Hellinger kernel
+    points = np.asarray([k.pt for k in keypoints], np.float32)
+    return LocalFeatures(points, desc.astype(np.float16), max(gray.size))
+
+
+def count_inliers(query: LocalFeatures, result: LocalFeatures) -> int:
+    """Matches between two images that one affine transform (RANSAC) carries from the query onto the result."""
+    cv2 = _cv2()
+    if len(query.descriptors) < 3 or len(result.descriptors) < 3:
+        return 0
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    pairs = matcher.knnMatch(query.descriptors.astype(np.float32), result.descriptors.astype(np.float32), k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < max(3, MIN_INLIERS):
+        return 0
+    src = query.points[[m.queryIdx for m in good]]
+    dst = result.points[[m.trainIdx for m in good]]
+    _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
+                                   ransacReprojThreshold=RANSAC_TOLERANCE * result.long_side, maxIters=1000,
+                                   confidence=0.99)
+    return 0 if mask is None else int(mask.sum())
+
+
+def verification_gain(inliers: int) -> float:
+    """What a result's inliers add to its cosine similarity: 0 below MIN_INLIERS, then up to 1 at FULL_INLIERS."""
+    return 0.0 if inliers < MIN_INLIERS else min(inliers, FULL_INLIERS) / FULL_INLIERS
+
+
+class Verifier:
+    """Re-ranks the first `shortlist` results of a search (`rerank`). Local features of image files are decoded
+    on first use and kept for the last `cache_images` files (results recur across queries); a file that cannot
+    be read has none, and its result keeps its score. Safe to share between threads (the web service)."""
+
+    def __init__(self, shortlist: int = DEFAULT_SHORTLIST, cache_images: int = CACHE_IMAGES) -> None:
+        from ..errors import LookalikeError
+
+        if not 0 < shortlist <= MAX_SHORTLIST:
+            raise LookalikeError(f"--verify takes 0 (off) to {MAX_SHORTLIST} results, not {shortlist}")
+        _cv2()  # a missing OpenCV fails here, before any search runs
+        self.shortlist = int(shortlist)
+        self._cache: OrderedDict[str, Optional[LocalFeatures]] = OrderedDict()
+        self._size = max(1, int(cache_images))
+        self._lock = threading.Lock()
+
+    def features_of(self, path) -> Optional[LocalFeatures]:
+        from ..images import load_image
+
+        key = str(path)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        try:
+            feats = local_features(load_image(Path(path), min_size=LONG_SIDE))
+        except Exception:  # an unreadable or vanished file is not verified; the search itself goes on
+            feats = None
+        with self._lock:
+            self._cache[key] = feats
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return feats
+
+    def inliers(self, query: LocalFeatures, paths: Sequence) -> list[Optional[int]]:
+        """Inliers of each file against the query (None: the file could not be read)."""
+        out: list[Optional[int]] = []
+        for path in paths:
+            feats = self.features_of(path)
+            out.append(None if feats is None else count_inliers(query, feats))
+        return out
+
+    def gains(self, query: LocalFeatures, paths: Sequence) -> np.ndarray:
+        """`verification_gain` of each file against the query (0 for an unreadable one)."""
+        return np.asarray([verification_gain(n or 0) for n in self.inliers(query, paths)], np.float32)
+
+    def rerank(self, hits: list[dict], query: LocalFeatures) -> list[dict]:
+        """The first `shortlist` hits re-ordered by similarity + `verification_gain`, each given its "inliers"
+        (None when its file could not be read); later hits follow unchanged; ranks renumbered from 1."""
+        head, tail = hits[:self.shortlist], hits[self.shortlist:]
+        counts = self.inliers(query, [h["path"] for h in head])
+        scored = sorted(((h["similarity"] + verification_gain(n or 0), -pos, {**h, "inliers": n})
+                         for pos, (h, n) in enumerate(zip(head, counts))), key=lambda t: t[:2], reverse=True)
+        return [{**h, "rank": r + 1} for r, h in enumerate([t[2] for t in scored] + list(tail))]
