@@ -9,7 +9,8 @@ cosine similarity (the full gain at FULL_INLIERS), so verified results move up i
 the rest keep their order. SIFT is rotation invariant, so a sideways copy of a scene verifies too.
 
 The images are read again at search time (local features are not stored: a thousand per image would outweigh
-the index), at most LONG_SIDE pixels long, so the cost is a shortlist's decoding and matching per query.
+the index), at most LONG_SIDE pixels long, so the cost is a shortlist's decoding and matching per query
+(benchmarks/results/verify_cost.md).
 Figures: benchmarks/results/eval_search.md.
 """
 
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-LONG_SIDE = 640  # local features of an image at most this long (never enlarged): bounds time and memory
+LONG_SIDE = 512  # local features of an image at most this long (never enlarged): bounds time and memory
+# JPEGs are draft-decoded at the smallest scale keeping both sides >= this (a 12 MP photo: 500 x 375, 8x faster).
+DRAFT_SIDE = LONG_SIDE // 2
 MAX_KEYPOINTS = 1000  # the strongest SIFT keypoints kept per image
 RATIO = 0.8  # Lowe's ratio test: best match clearly closer than the second best
 RANSAC_TOLERANCE = 0.025  # reprojection error allowed, as a share of the image's longer side
@@ -32,6 +36,7 @@ FULL_INLIERS = 50  # inliers that earn the whole gain
 DEFAULT_SHORTLIST = 20  # results a search verifies unless told otherwise
 MAX_SHORTLIST = 200  # each verified result costs a decode and a match
 CACHE_IMAGES = 512  # images whose local features are kept between queries (float16: ~250 kB each)
+MAX_THREADS = 4  # threads decoding and matching one query's shortlist
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ def _cv2():
         import cv2
     except ImportError as exc:  # a broken or missing wheel: say what to install, nothing else
         raise LookalikeError(f"spatial verification needs OpenCV ({exc}); pip install opencv-python-headless") from exc
+    cv2.setNumThreads(1)  # the shortlist is spread over one thread per core: inner threads would oversubscribe
     return cv2
 
 
@@ -121,7 +127,7 @@ class Verifier:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         try:
-            feats = local_features(load_image(Path(path), min_size=LONG_SIDE))
+            feats = local_features(load_image(Path(path), min_size=DRAFT_SIDE))
         except Exception:  # an unreadable or vanished file is not verified; the search itself goes on
             feats = None
         with self._lock:
@@ -131,12 +137,19 @@ class Verifier:
         return feats
 
     def inliers(self, query: LocalFeatures, paths: Sequence) -> list[Optional[int]]:
-        """Inliers of each file against the query (None: the file could not be read)."""
-        out: list[Optional[int]] = []
-        for path in paths:
+        """Inliers of each file against the query (None: the file could not be read). Files are decoded and
+        matched in threads, one per free core (Pillow's decoders and OpenCV release the GIL)."""
+        from ..device import free_cores
+
+        def one(path) -> Optional[int]:
             feats = self.features_of(path)
-            out.append(None if feats is None else count_inliers(query, feats))
-        return out
+            return None if feats is None else count_inliers(query, feats)
+
+        workers = min(len(paths), free_cores(), MAX_THREADS)
+        if workers <= 1:
+            return [one(p) for p in paths]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, paths))
 
     def gains(self, query: LocalFeatures, paths: Sequence) -> np.ndarray:
         """`verification_gain` of each file against the query (0 for an unreadable one)."""
