@@ -54,7 +54,9 @@ def eval_search_command(
     images are taken out of the ranking, AP is Holidays' trapezoid rule over the precision at each positive;
     prints mAP, P@1, P@5 and recall@1/5/10. With class folders (BENCH/<class>/*): every image queries all the
     others and the positives are its class; prints MAP@R and R-precision (Musgrave et al. 2020), P@1, P@10, and
-    mAP and P@5 over the whole ranking. Queries with no positives are left out and counted.
+    mAP and P@5 over the whole ranking. Queries with no positives are left out and counted. As `lookalike
+    search` does, a ground-truth benchmark's first 20 results per query are re-ranked by spatial verification
+    (--verify; class folders never are).
     """
     from ..errors import LookalikeError
     from ..search.evaluate import run_eval

@@ -8,7 +8,8 @@
 - `ann`: search backends (exact, HNSW, IVF, IVF-PQ) behind one interface; `compact`: PCA and float16;
 - `query`: search (`run_queries`, the one query path of the CLI and the web service), compare and
   near-duplicate groups (`dupes_graph`: the kNN graph through a backend); `results`: the shape of a search
-  answer, shared by `lookalike search --json` and the web API;
+  answer, shared by `lookalike search --json` and the web API; `verify`: spatial verification, the shortlist
+  re-ranked by local features that agree on one transform;
 - `export`: vectors out to parquet / .npy and back in;
 - `demo` and `report`: the no-download demo benchmark and its self-contained HTML report; `sample_photos`: its
   gallery (scikit-image's bundled photos and edited copies), which the tests and benchmarks use too.

@@ -25,6 +25,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..device import free_cores
+
 LONG_SIDE = 512  # local features of an image at most this long (never enlarged): bounds time and memory
 # JPEGs are draft-decoded at the smallest scale keeping both sides >= this (a 12 MP photo: 500 x 375, 8x faster).
 DRAFT_SIDE = LONG_SIDE // 2
@@ -117,6 +119,9 @@ class Verifier:
         self._cache: OrderedDict[str, Optional[LocalFeatures]] = OrderedDict()
         self._size = max(1, int(cache_images))
         self._lock = threading.Lock()
+        # Decodes at once across every search sharing this verifier (the web service's requests): bounds the
+        # memory of images being decoded however many searches run.
+        self._decodes = threading.BoundedSemaphore(max(1, min(free_cores(), MAX_THREADS)))
 
     def features_of(self, path) -> Optional[LocalFeatures]:
         from ..images import load_image
@@ -127,7 +132,8 @@ class Verifier:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         try:
-            feats = local_features(load_image(Path(path), min_size=DRAFT_SIDE))
+            with self._decodes:
+                feats = local_features(load_image(Path(path), min_size=DRAFT_SIDE))
         except Exception:  # an unreadable or vanished file is not verified; the search itself goes on
             feats = None
         with self._lock:
@@ -139,8 +145,6 @@ class Verifier:
     def inliers(self, query: LocalFeatures, paths: Sequence) -> list[Optional[int]]:
         """Inliers of each file against the query (None: the file could not be read). Files are decoded and
         matched in threads, one per free core (Pillow's decoders and OpenCV release the GIL)."""
-        from ..device import free_cores
-
         def one(path) -> Optional[int]:
             feats = self.features_of(path)
             return None if feats is None else count_inliers(query, feats)
