@@ -108,7 +108,10 @@ def test_evaluate_groundtruth_ranks_with_the_rescore_of_the_shortlist(tmp_path):
 
     args = (bench, Descriptors(database, database[[0]][:, None, :]), np.array([0]), np.arange(4), [0])
     plain = evaluate_groundtruth(*args)["figures"]
-    lifted = evaluate_groundtruth(*args, rescore=rescore, shortlist=3)["figures"]
+    lifted_run = evaluate_groundtruth(*args, rescore=rescore, shortlist=3)
+    lifted = lifted_run["figures"]
+    top_pos, top_score = lifted_run["per_query"][0]["_top"][0]
+    assert top_pos == 3 and top_score == pytest.approx(float(database[3] @ database[0]))  # reported: the descriptor's
     assert plain["mAP"] == pytest.approx(holidays_ap([2], 1)) and plain["P@1"] == 0.0
     assert lifted["mAP"] == 1.0 and lifted["P@1"] == 1.0
     assert seen == [("q", [1, 2, 3])]  # the query itself is never shortlisted

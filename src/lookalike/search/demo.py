@@ -44,7 +44,9 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
             from .verify import Verifier
 
             verifier = Verifier(verify)
-            results = [verifier.rerank(hits, verifier.features_of(q["path"]))[:k] for q, hits in zip(queries, results)]
+            for n, (q, hits) in enumerate(zip(queries, results)):
+                feats = verifier.features_of(q["path"])
+                results[n] = (hits if feats is None else verifier.rerank(hits, feats))[:k]
         vectors, all_ids = ix.vectors(), ix.ids()
         all_paths = [ix.path_of(int(i)) for i in all_ids]
     p1, p5, rows = [], [], []

@@ -173,9 +173,11 @@ def evaluate_groundtruth(bench: Benchmark, desc: Descriptors, query_rows: np.nda
             if self_pos >= 0:
                 row[self_pos] = -np.inf
             row[db_rows < 0] = -np.inf  # not indexed: ranked nowhere
+            shown = row  # the descriptor's scores: what the report's distances come from
             if rescore is not None and shortlist > 0:
                 head = np.argsort(-row, kind="stable")[:shortlist]
                 head = head[np.isfinite(row[head])]
+                shown = row.copy()
                 row[head] += rescore(q["query"], head)
             order = np.argsort(-row, kind="stable")
             valid = np.ones(n_db, bool)
@@ -198,8 +200,8 @@ def evaluate_groundtruth(bench: Benchmark, desc: Descriptors, query_rows: np.nda
                      "P@5": precision_at_k(rel, 5), "positives": n_pos}
             for k in RECALL_KS:
                 entry[f"recall@{k}"] = recall_at_k(rel, k, n_pos)
-            entry["_top"] = [(int(d), float(row[d])) for d in order[:top]]
-            entry["_missed"] = [(int(order[r]), int(r) + 1, float(row[order[r]])) for r in ranks if r >= top][:top]
+            entry["_top"] = [(int(d), float(shown[d])) for d in order[:top]]
+            entry["_missed"] = [(int(order[r]), int(r) + 1, float(shown[order[r]])) for r in ranks if r >= top][:top]
             per_query.append(entry)
     figures = {"mAP": _mean(per_query, "AP"), "P@1": _mean(per_query, "P@1"), "P@5": _mean(per_query, "P@5")}
     for k in RECALL_KS:
@@ -330,8 +332,8 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
     axes kept and signed power applied first (`whitening.fit_whitening`; default: all axes and
     `whitening.power_for(pooling)`, as `lookalike index` fits it). `qe`, `dba`: neighbours of
     alpha-QE and DBA (0: off). `verify`: results per query re-ranked by spatial verification (`verify.py`; 0:
-    off; ground-truth benchmarks only: images of one class are not views of one scene). Returns {"benchmark", "kind", "figures", "worst": per-query rows, "skipped",
-    "index_path", "descriptor", "seconds"}.
+    off; ground-truth benchmarks only: images of one class are not views of one scene). Returns {"benchmark",
+    "kind", "figures", "worst": per-query rows, "skipped", "index_path", "descriptor", "seconds"}.
     """
     import time
 
