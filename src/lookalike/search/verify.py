@@ -9,9 +9,8 @@ cosine similarity (the full gain at FULL_INLIERS), so verified results move up i
 the rest keep their order. SIFT is rotation invariant, so a sideways copy of a scene verifies too.
 
 The images are read again at search time (local features are not stored: a thousand per image would outweigh
-the index), at most LONG_SIDE pixels long, so the cost is a shortlist's decoding and matching per query
-(benchmarks/results/verify_cost.md).
-Figures: benchmarks/results/eval_search.md.
+the index), at most LONG_SIDE pixels long, so the cost is a shortlist's decoding and matching per query.
+Figures: benchmarks/results/eval_search.md (quality), benchmarks/results/verify_cost.md (time).
 """
 
 from __future__ import annotations
