@@ -81,12 +81,16 @@ def test_user_errors_exit_2_with_one_line(gallery, monkeypatch, capsys, tmp_path
         (["index", tmp_path / "missing-folder"], "not a folder"),
         (["compare", originals[0], bad_query], "fewer than two"),
         (["compare", originals[0], originals[1], "--model", "nope"], "unknown model"),
+        (["search", originals[0], "--index", folder, "--verify", "-1"], "--verify"),
+        (["serve", "--index", folder, "--verify", "201"], "--verify"),
+        (["demo", "--out", tmp_path / "demo", "--verify", "-3"], "--verify"),
     ]
     for args, words in cases:
         code, out, err = run_cli(args, monkeypatch, capsys)
         assert code == 2, (args, err)
         assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
         assert "Traceback" not in err
+    assert not (tmp_path / "demo").exists()  # a bad --verify fails before the demo writes its gallery
     assert run_cli(["index", folder], monkeypatch, capsys)[0] == 0
     code, _, err = run_cli(["search", bad_query, "--index", folder], monkeypatch, capsys)
     assert code == 2 and "not an image" in err and err.count("\n") == 1

@@ -74,6 +74,9 @@ def test_rerank_moves_the_verified_view_up_and_keeps_the_rest(tmp_path):
     assert ranked[2]["inliers"] is None  # the vanished file: not verified, its place among the others kept
     assert "inliers" not in ranked[4]  # beyond the shortlist: untouched
     assert ranked[0]["similarity"] == 0.7  # the scores shown stay the descriptor's
+    # A query whose own image cannot be read verifies nothing: hits as they were, gains all zero.
+    assert verifier.rerank(hits, None) == hits
+    assert verifier.gains(None, [h["path"] for h in hits]).tolist() == [0.0] * len(hits)
 
 
 def test_feature_cache_is_bounded(tmp_path):

@@ -31,6 +31,11 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
     from .sync import index_folder
 
     start = time.perf_counter()
+    verifier = None
+    if verify:  # a bad number fails before the gallery is built
+        from .verify import Verifier
+
+        verifier = Verifier(verify)
     out_dir = Path(out_dir).expanduser().resolve()
     gallery = out_dir / "gallery"
     queries = build_gallery(gallery, photos)
@@ -40,13 +45,9 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
         ids = [ix.id_of(q["path"]) for q in queries]
         qvec = np.stack([ix.vector_of(i) for i in ids])
         results = search(ix, qvec, k=max(k, verify), exclude_ids=[[i] for i in ids])
-        if verify:
-            from .verify import Verifier
-
-            verifier = Verifier(verify)
-            for n, (q, hits) in enumerate(zip(queries, results)):
-                feats = verifier.features_of(q["path"])
-                results[n] = (hits if feats is None else verifier.rerank(hits, feats))[:k]
+        if verifier is not None:
+            results = [verifier.rerank(hits, verifier.features_of(q["path"]))[:k]
+                       for q, hits in zip(queries, results)]
         vectors, all_ids = ix.vectors(), ix.ids()
         all_paths = [ix.path_of(int(i)) for i in all_ids]
     p1, p5, rows = [], [], []

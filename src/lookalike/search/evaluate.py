@@ -435,10 +435,8 @@ def _verification(bench: Benchmark, shortlist: int) -> Callable[[str, np.ndarray
     verifier = Verifier(shortlist, cache_images=min(len(bench.database) + len(bench.queries), 4 * CACHE_IMAGES))
 
     def rescore(query: str, positions: np.ndarray) -> np.ndarray:
-        feats = verifier.features_of(bench.root / query)
-        if feats is None:
-            return np.zeros(len(positions), np.float32)
-        return verifier.gains(feats, [bench.root / bench.database[int(p)] for p in positions])
+        return verifier.gains(verifier.features_of(bench.root / query),
+                              [bench.root / bench.database[int(p)] for p in positions])
 
     return rescore
 

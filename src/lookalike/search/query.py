@@ -275,7 +275,7 @@ def _verified(index: "ImageIndex", query: Query, hits: list[dict], verifier: "Ve
         feats = local_features(query.image)
     else:
         feats = verifier.features_of(query.path if query.path is not None else index.path_of(query.image_id))
-    return hits if feats is None else verifier.rerank(hits, feats)
+    return verifier.rerank(hits, feats)
 
 
 def compare(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

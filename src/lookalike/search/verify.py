@@ -154,13 +154,19 @@ class Verifier:
         with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(one, paths))
 
-    def gains(self, query: LocalFeatures, paths: Sequence) -> np.ndarray:
-        """`verification_gain` of each file against the query (0 for an unreadable one)."""
+    def gains(self, query: Optional[LocalFeatures], paths: Sequence) -> np.ndarray:
+        """`verification_gain` of each file against the query (0 for an unreadable file, all 0 when the query's
+        own features are None: its image could not be read)."""
+        if query is None:
+            return np.zeros(len(paths), np.float32)
         return np.asarray([verification_gain(n or 0) for n in self.inliers(query, paths)], np.float32)
 
-    def rerank(self, hits: list[dict], query: LocalFeatures) -> list[dict]:
+    def rerank(self, hits: list[dict], query: Optional[LocalFeatures]) -> list[dict]:
         """The first `shortlist` hits re-ordered by similarity + `verification_gain`, each given its "inliers"
-        (None when its file could not be read); later hits follow unchanged; ranks renumbered from 1."""
+        (None when its file could not be read); later hits follow unchanged; ranks renumbered from 1. A query
+        without features (None: its image could not be read) leaves the hits as they are."""
+        if query is None:
+            return hits
         head, tail = hits[:self.shortlist], hits[self.shortlist:]
         counts = self.inliers(query, [h["path"] for h in head])
         scored = sorted(((h["similarity"] + verification_gain(n or 0), -pos, {**h, "inliers": n})
