@@ -46,7 +46,8 @@ def test_parquet_round_trip(tmp_path, monkeypatch, capsys):
     import pyarrow.parquet as pq
 
     table = pq.read_table(out)
-    assert table.column_names == ["path", "size", "mtime", "digest", "vector"]
+    assert table.column_names == ["path", "path_bytes", "size", "mtime", "digest", "vector"]
+    assert table.column("path_bytes").null_count == 250  # every name is UTF-8: `path` is exact
     assert table.schema.field("vector").type == pa.list_(pa.float32(), 16)
     meta, dim, rows = read_metadata(out)
     assert (meta["model"], dim, rows) == ("tiny_test_net", 16, 250)

@@ -37,20 +37,19 @@ def _bar(label: str):
 @app.command("export")
 def export_command(
     source: Path = typer.Argument(..., help="An index folder, or a folder indexed with `lookalike index`."),
-    fmt: str = typer.Option("parquet", "--format", help="parquet (path, size, mtime, digest, vector) or npy (vectors, with FILE.metadata.parquet beside them)."),
-    out_file: Path = typer.Option(..., "--out", help="File to write (a new file, written atomically)."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet (path, path_bytes, size, mtime, digest, vector) or npy (vectors, with FILE.metadata.parquet beside them)."),
+    out_file: Path = typer.Option(..., "--out", help="File to write (a new file, written atomically; never a folder, nor inside an index folder)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and, for npy, its metadata file) if it exists."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Export an index's vectors with their paths, sizes, mtimes and content digests, for autofaiss, LanceDB,
     Qdrant, DuckDB or pandas."""
     from ..errors import LookalikeError
-    from ..search.export import FORMATS, export_index, metadata_path
-    from ..search.index import ImageIndex
+    from ..search.export import export_index, export_targets
+    from ..search.index import ImageIndex, resolve_index_dir
 
-    if fmt not in FORMATS:
-        raise LookalikeError(f"unknown format {fmt!r}: use parquet or npy")
-    targets = [out_file, metadata_path(out_file)] if fmt == "npy" else [out_file]
+    # never a folder, nor a file of an index (this one's or another's), --overwrite or not
+    targets = export_targets(resolve_index_dir(source), out_file, fmt)
     taken = [t for t in targets if os.path.lexists(t)]
     if taken and not overwrite:  # never replace a file that nothing says is an export of ours
         raise LookalikeError(f"{printable(taken[0])} already exists: choose another --out")
@@ -72,7 +71,7 @@ def import_command(
     file: Path = typer.Argument(..., help="A parquet file with `path` and `vector` columns (as `lookalike export` writes)."),
     index: Path = typer.Option(..., "--index", help="Index folder to extend, created when missing."),
     model: Optional[str] = typer.Option(None, "--model", help="Backbone that made the vectors [default: the file's metadata]."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Root folder of a new index [default: the file's, if it exists here, else the current folder]."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Root folder of a new index [default: the root the file was exported from, if that folder exists here, else the current folder]."),
     ann: Optional[str] = typer.Option(None, "--ann", help="Search backend of the index: auto, exact, hnsw, ivf or ivfpq [default: the index's, else auto]."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:

@@ -1,6 +1,9 @@
-"""Vectors out and in: parquet (columns `path`, `size`, `mtime`, `digest`, `vector` as a fixed-size list of
-float32, with the backbone in the schema's metadata) and `.npy` (the vectors, with the other columns in a
-`<name>.metadata.parquet` beside it, the layout clip-retrieval and autofaiss read).
+"""Vectors out and in: parquet (columns `path`, `path_bytes`, `size`, `mtime`, `digest`, `vector` as a fixed-size
+list of float32, with the backbone and the index's root in the schema's metadata) and `.npy` (the vectors, with the
+other columns in a `<name>.metadata.parquet` beside it, the layout clip-retrieval and autofaiss read).
+
+`path` is text. A file name that is not valid UTF-8 (Linux names are bytes) has its undecodable bytes escaped
+there (`z\\xe9.jpg`) and its exact bytes in `path_bytes`, null for every other row; import prefers `path_bytes`.
 
 Both directions stream in batches: 1M rows never become 1M Python objects at once. Writes are atomic (a kill
 leaves no half-written file under the final name).
@@ -9,14 +12,16 @@ leaves no half-written file under the final name).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
 from ..errors import LookalikeError
+from ..paths import printable
 
 if TYPE_CHECKING:
     from .index import ImageIndex
@@ -26,6 +31,8 @@ METADATA_KEY = b"lookalike"  # schema metadata: JSON of the backbone description
 # "whitening": the record of an index's whitening, so that whitened vectors never join unwhitened ones.
 BACKBONE_FIELDS = ("model", "pooling", "dim", "preprocess", "weights", "whitening")
 EXPORT_BATCH = 8192  # rows per batch and per parquet row group (8192 x 1280 float32 = 40 MB)
+MAX_PATH_BYTES = 4096  # Linux's PATH_MAX: a longer path names no file and only costs memory
+F32_MAX = float(np.finfo(np.float32).max)
 
 Progress = Callable[[int, int], None]
 
@@ -63,11 +70,13 @@ class RowBatch:
 def _schema(dim: int, backbone: dict):
     import pyarrow as pa
 
-    fields = [pa.field("path", pa.string(), nullable=False), pa.field("size", pa.int64()),
-              pa.field("mtime", pa.timestamp("ns", tz="UTC")), pa.field("digest", pa.string()),
-              pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)]
+    fields = [pa.field("path", pa.string(), nullable=False), pa.field("path_bytes", pa.binary()),
+              pa.field("size", pa.int64()), pa.field("mtime", pa.timestamp("ns", tz="UTC")),
+              pa.field("digest", pa.string()), pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)]
     meta = {k: backbone.get(k) for k in BACKBONE_FIELDS}
     meta["dim"] = dim
+    if backbone.get("root") is not None:  # import's default root for a new index
+        meta["root"] = str(backbone["root"])
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
 
 
@@ -76,8 +85,17 @@ def _table(batch: RowBatch, schema):
 
     dim = batch.vectors.shape[1]
     flat = pa.array(np.ascontiguousarray(batch.vectors, np.float32).reshape(-1), type=pa.float32())
+    text, raw = [], []
+    for p in batch.paths:
+        try:
+            p.encode("utf-8")
+            text.append(p)
+            raw.append(None)
+        except UnicodeEncodeError:  # a name read through surrogateescape: escaped here, exact in path_bytes
+            text.append(printable(p))
+            raw.append(os.fsencode(p))
     return pa.Table.from_arrays(
-        [pa.array(batch.paths, pa.string()), pa.array(batch.sizes, pa.int64()),
+        [pa.array(text, pa.string()), pa.array(raw, pa.binary()), pa.array(batch.sizes, pa.int64()),
          pa.array(batch.mtimes_ns, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
          pa.array(batch.digests, pa.string()), pa.FixedSizeListArray.from_arrays(flat, dim)], schema=schema)
 
@@ -86,6 +104,8 @@ def index_batches(index: "ImageIndex", batch_size: int = EXPORT_BATCH) -> Iterat
     """The rows of an opened read-only index (`ImageIndex.open(...)`) with their vectors, batch by batch,
     absolute paths. The size, mtime and digest come from a read-only query of the index database, checked
     against the snapshot's ids (LookalikeError when the index changed in between: run again)."""
+    from .index import from_db_path
+
     ids = index.ids()
     vectors = index.row_vectors()  # read batch by batch, never copied whole
     if not len(ids):
@@ -106,7 +126,7 @@ def index_batches(index: "ImageIndex", batch_size: int = EXPORT_BATCH) -> Iterat
             want = ids[done:done + len(rows)]
             if not rows or not np.array_equal(got, want):
                 raise LookalikeError(f"index {index.path} changed during the export: run it again")
-            yield RowBatch(paths=[(root / r[1]).as_posix() for r in rows],
+            yield RowBatch(paths=[(root / from_db_path(r[1])).as_posix() for r in rows],
                            sizes=np.fromiter((r[2] for r in rows), np.int64, len(rows)),
                            mtimes_ns=np.fromiter((r[3] for r in rows), np.int64, len(rows)),
                            digests=[r[4] for r in rows],
@@ -171,11 +191,37 @@ def write_npy(batches, out, n: int, dim: int, backbone: dict, progress: Progress
     return done
 
 
-def export_index(index: "ImageIndex", out, fmt: str = "parquet", batch_size: int = EXPORT_BATCH,
-                 progress: Progress | None = None) -> dict:
-    """Export an opened read-only index. Returns {"rows", "out", "format", "dim", "model"}."""
+def _is_index_folder(folder: Path) -> bool:
+    from .index import DATABASE, MANIFEST
+
+    return folder.name == ".lookalike" or ((folder / MANIFEST).is_file() and (folder / DATABASE).exists())
+
+
+def export_targets(index_dir, out, fmt: str) -> list[Path]:
+    """The files an export to `out` writes (a .npy's metadata file too), checked: LookalikeError when one is a
+    folder, or lies inside the index folder `index_dir` or any other index folder (symlinks resolved), whose
+    files an export must never replace."""
     if fmt not in FORMATS:
         raise LookalikeError(f"unknown export format {fmt!r}: use parquet or npy")
+    out = Path(out).expanduser()
+    own = Path(os.path.realpath(Path(index_dir).expanduser()))
+    targets = [out, metadata_path(out)] if fmt == "npy" else [out]
+    for target in targets:
+        real = Path(os.path.realpath(target))
+        if real.is_dir():
+            raise LookalikeError(f"--out {printable(target)} is a folder: name a file to write")
+        for folder in real.parents:
+            if folder == own or _is_index_folder(folder):
+                raise LookalikeError(f"--out {printable(target)} lies inside the index folder {printable(folder)}: "
+                                     "write the export outside it")
+    return targets
+
+
+def export_index(index: "ImageIndex", out, fmt: str = "parquet", batch_size: int = EXPORT_BATCH,
+                 progress: Progress | None = None) -> dict:
+    """Export an opened read-only index (refused when `out` is unfit: `export_targets`). Returns {"rows", "out",
+    "format", "dim", "model"}."""
+    export_targets(index.path, out, fmt)
     out = Path(out).expanduser()
     if not out.parent.is_dir():
         raise LookalikeError(f"folder {out.parent} does not exist")
@@ -192,6 +238,22 @@ def export_index(index: "ImageIndex", out, fmt: str = "parquet", batch_size: int
 # --- reading -------------------------------------------------------------------------------------------------
 
 
+def _check_column_types(path, schema) -> None:
+    """LookalikeError naming the first column whose type import cannot use (an integer `path`, ...)."""
+    import pyarrow as pa
+
+    t = pa.types
+    wanted = {"path": ("text", lambda x: t.is_string(x) or t.is_large_string(x)),
+              "path_bytes": ("binary", lambda x: t.is_binary(x) or t.is_large_binary(x)),
+              "size": ("integers", t.is_integer),
+              "mtime": ("timestamps or integers", lambda x: t.is_timestamp(x) or t.is_integer(x)),
+              "digest": ("text", lambda x: t.is_string(x) or t.is_large_string(x))}
+    for name, (kind, fits) in wanted.items():
+        if schema.get_field_index(name) >= 0 and not fits(schema.field(name).type) \
+                and not t.is_null(schema.field(name).type):
+            raise LookalikeError(f"{path}: the `{name}` column holds {schema.field(name).type}, not {kind}")
+
+
 def read_metadata(path) -> tuple[dict | None, int, int]:
     """(backbone description from the file's metadata or None, vector dimension, row count) of a parquet file;
     LookalikeError when it is unreadable or has no usable `vector` column."""
@@ -206,6 +268,7 @@ def read_metadata(path) -> tuple[dict | None, int, int]:
     for col in ("path", "vector"):
         if schema.get_field_index(col) < 0:
             raise LookalikeError(f"{path} has no `{col}` column")
+    _check_column_types(path, schema)
     vtype = schema.field("vector").type
     if pa.types.is_fixed_size_list(vtype):
         dim = vtype.list_size
@@ -222,18 +285,97 @@ def read_metadata(path) -> tuple[dict | None, int, int]:
             meta = json.loads(raw)
         except ValueError:
             meta = None
+        if not isinstance(meta, dict):
+            meta = None
     if dim < 0:
         first = next(pf.iter_batches(batch_size=1, columns=["vector"]), None)
         dim = len(first.column(0)[0]) if first is not None and first.num_rows else 0
     return meta, int(dim), int(pf.metadata.num_rows)
 
 
-def iter_parquet(path, batch_size: int = EXPORT_BATCH, dim: int | None = None) -> Iterator[tuple[RowBatch, list[dict]]]:
-    """Read a parquet file in batches: (RowBatch of the usable rows, [{"path", "reason"}] of the skipped ones:
-    no path, no vector, a vector of another length, or values that are not finite). Missing `size`, `mtime`
-    or `digest` columns read as 0, 0 and ""."""
+def _path_problem(p: str | None) -> str | None:
+    if p is None:
+        return "no path"
+    if not p:
+        return "empty path"
+    if "\0" in p:  # no file name holds one, and every later use of the path (a thumbnail, a search) would fail
+        return "path holds a NUL byte"
+    if len(p) > MAX_PATH_BYTES // 4 and len(os.fsencode(p)) > MAX_PATH_BYTES:
+        return f"path longer than {MAX_PATH_BYTES} bytes"
+    return None
+
+
+def _row_paths(rb) -> list[str | None]:
+    """Each row's path: from `path_bytes` (exact, through surrogateescape) where a row has them, else `path`."""
+    paths = rb.column("path").to_pylist()
+    if "path_bytes" in rb.schema.names:
+        for i, raw in enumerate(rb.column("path_bytes").to_pylist()):
+            if raw is not None:
+                paths[i] = os.fsdecode(raw)
+    return paths
+
+
+def _vector_problems(vectors: np.ndarray) -> list[str | None]:
+    """Per row of a float64 matrix: why it cannot be stored as float32 (values that are not finite, or beyond
+    float32's range, which the cast would turn into infinities), else None."""
+    finite = np.isfinite(vectors).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        fits = (np.abs(vectors) <= F32_MAX).all(axis=1)
+    return [None if ok else ("vector has values that are not finite" if not f else "vector has values beyond float32")
+            for ok, f in zip(finite & fits, finite)]
+
+
+def _row_columns(rb, names: set, m: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(sizes, mtimes in ns, digests) of a record batch; missing columns read as 0, 0 and ""."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    sizes = (pc.fill_null(rb.column("size"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+             if "size" in names else np.zeros(m, np.int64))
+    if "mtime" in names:
+        mt = rb.column("mtime")
+        if pa.types.is_timestamp(mt.type):
+            mt = mt.cast(pa.timestamp("ns", tz=mt.type.tz)).cast(pa.int64())
+        mtimes = pc.fill_null(mt.cast(pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        mtimes = np.zeros(m, np.int64)
+    digests = [d or "" for d in rb.column("digest").to_pylist()] if "digest" in names else [""] * m
+    return sizes, mtimes, digests
+
+
+def _read_batch(rb, names: set, dim: int, first: int) -> tuple[RowBatch, list[dict]]:
+    """One record batch (its first row is row `first` of the file) -> (RowBatch of its usable rows, skipped)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    paths = _row_paths(rb)
+    lengths = pc.fill_null(pc.list_value_length(rb.column("vector")), -1).to_numpy(zero_copy_only=False)
+    problems = [_path_problem(p) or (None if n == dim else "no vector" if n < 0 else f"vector of length {n}, not {dim}")
+                for p, n in zip(paths, lengths)]
+    shaped = np.array([i for i, why in enumerate(problems) if why is None], np.int64)
+    if len(shaped) < rb.num_rows:
+        rb = rb.take(pa.array(shaped))
+    flat = rb.column("vector").flatten() if len(shaped) else pa.array([], pa.float64())
+    # float64 first: a float64 value beyond float32 is caught here, not cast to an infinity
+    vectors = np.asarray(flat.to_numpy(zero_copy_only=False), np.float64).reshape(len(shaped), dim)
+    for i, why in zip(shaped, _vector_problems(vectors)):
+        problems[int(i)] = why
+    sizes, mtimes, digests = _row_columns(rb, names, len(shaped))
+    good = np.array([j for j, i in enumerate(shaped) if problems[int(i)] is None], np.int64)
+    skipped = [{"path": printable(p).replace("\0", "\\x00") if p else f"row {first + i}",
+                "reason": why if p is None or "\0" not in p else f"{why} (row {first + i})"}
+               for i, (p, why) in enumerate(zip(paths, problems)) if why is not None]
+    batch = RowBatch([paths[int(shaped[j])] for j in good], sizes[good], mtimes[good], [digests[j] for j in good],
+                     vectors[good].astype(np.float32))
+    return batch, skipped
+
+
+def iter_parquet(path, batch_size: int = EXPORT_BATCH, dim: int | None = None) -> Iterator[tuple[RowBatch, list[dict]]]:
+    """Read a parquet file in batches: (RowBatch of the usable rows, [{"path", "reason"}] of the skipped ones:
+    no path, an empty one, one with a NUL byte or longer than MAX_PATH_BYTES, no vector, a vector of another
+    length, or values that are not finite or beyond float32). Missing `size`, `mtime` or `digest` columns read
+    as 0, 0 and ""; a `path_bytes` value (a name that is not UTF-8, as export writes it) stands for `path`."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     _, file_dim, _ = read_metadata(path)
@@ -242,49 +384,12 @@ def iter_parquet(path, batch_size: int = EXPORT_BATCH, dim: int | None = None) -
     # file (5 GB for 1M rows of 1280-d); without, one row group at a time.
     pf = pq.ParquetFile(str(path), pre_buffer=False)
     names = set(pf.schema_arrow.names)
-    cols = [c for c in ("path", "size", "mtime", "digest", "vector") if c in names]
+    cols = [c for c in ("path", "path_bytes", "size", "mtime", "digest", "vector") if c in names]
+    first = 0
     try:
         for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
-            n = rb.num_rows
-            paths_col = rb.column("path")
-            vec = rb.column("vector")
-            lengths = pc.fill_null(pc.list_value_length(vec), -1).to_numpy(zero_copy_only=False)
-            ok = (lengths == dim) & paths_col.is_valid().to_numpy(zero_copy_only=False)
-            skipped = []
-            if not ok.all():
-                for i in np.nonzero(~ok)[0]:
-                    p = paths_col[int(i)].as_py()
-                    reason = "no path" if p is None else ("no vector" if lengths[i] < 0 else
-                                                         f"vector of length {lengths[i]}, not {dim}")
-                    skipped.append({"path": p or f"row {int(i)}", "reason": reason})
-            keep = np.nonzero(ok)[0]
-            if len(keep) < n:
-                rb = rb.take(pa.array(keep))
-                vec = rb.column("vector")
-            flat = vec.flatten() if len(keep) else pa.array([], pa.float32())
-            vectors = np.asarray(flat.to_numpy(zero_copy_only=False), np.float32).reshape(len(keep), dim)
-            finite = np.isfinite(vectors).all(axis=1)
-            paths = rb.column("path").to_pylist()
-            if not finite.all():
-                for i in np.nonzero(~finite)[0]:
-                    skipped.append({"path": paths[int(i)], "reason": "vector has values that are not finite"})
-            m = len(keep)
-            sizes = (pc.fill_null(rb.column("size"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-                     if "size" in names else np.zeros(m, np.int64))
-            if "mtime" in names:
-                mt = rb.column("mtime")
-                if pa.types.is_timestamp(mt.type):
-                    mt = mt.cast(pa.timestamp("ns", tz=mt.type.tz)).cast(pa.int64())
-                mtimes = pc.fill_null(mt.cast(pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-            else:
-                mtimes = np.zeros(m, np.int64)
-            digests = ([d or "" for d in rb.column("digest").to_pylist()] if "digest" in names else [""] * m)
-            if not finite.all():
-                sel = np.nonzero(finite)[0]
-                vectors, sizes, mtimes = vectors[sel], sizes[sel], mtimes[sel]
-                paths = [paths[i] for i in sel]
-                digests = [digests[i] for i in sel]
-            yield RowBatch(paths, sizes, mtimes, digests, vectors), skipped
+            yield _read_batch(rb, names, dim, first)
+            first += rb.num_rows
     except pa.ArrowException as exc:
         raise LookalikeError(f"cannot read {path} ({str(exc).splitlines()[0][:160]})") from None
 
@@ -292,113 +397,8 @@ def iter_parquet(path, batch_size: int = EXPORT_BATCH, dim: int | None = None) -
 # --- importing into an index ---------------------------------------------------------------------------------
 
 
-def _describe_model(model: str) -> dict:
-    from .features import load_embedder
+def import_parquet(path, index_path, **options: Any) -> dict:
+    """Bring the vectors of a parquet file into an index: `importer.import_parquet`, where it lives."""
+    from .importer import import_parquet as run
 
-    return load_embedder(model).describe()
-
-
-def import_parquet(path, index_path, *, model: str | None = None, root=None, batch_size: int = EXPORT_BATCH,
-                   progress: Progress | None = None, ann: str | None = None) -> dict:
-    """Bring the vectors of a parquet file (computed elsewhere) into the index at `index_path`, created when
-    missing with the backbone named by `model` or by the file's metadata. Refused (LookalikeError) when the
-    dimension or the backbone does not match. Rows are keyed by path: paths under the index's root are stored
-    relative to it, others as they are; a row whose file does not exist here is kept all the same. A row whose
-    path, size, mtime and digest the index already holds is left alone, so an interrupted import can be run
-    again. Each batch is one committed transaction; rows are looked up batch by batch (no dict of every row).
-    Imported rows are marked as such: a later `lookalike index` of the root keeps them while their file is
-    missing, and treats them as its own once their file turns up and changes. The ANN file is brought in step
-    at the end; `ann` sets the backend of the index (`lookalike index --ann`).
-
-    Returns {"rows", "added", "updated", "unchanged", "skipped": [{"path", "reason"}], "index_path", "created",
-    "ann"}.
-    """
-    from .index import MANIFEST, ImageIndex, describe_backbone, same_backbone
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise LookalikeError(f"{path} is not a file")
-    meta, dim, total = read_metadata(path)
-    backbone = meta if meta and meta.get("model") else None
-    if model:
-        named = _describe_model(model)
-        if backbone is not None and not same_backbone(backbone, named):
-            raise LookalikeError(f"{path} holds vectors from {describe_backbone(backbone, with_dim=True)}, "
-                                 f"not {describe_backbone(named, with_dim=True)}")
-        backbone = named
-    if backbone is not None and int(backbone.get("dim") or -1) != dim:
-        raise LookalikeError(f"{path} holds {dim}-d vectors, but {describe_backbone(backbone, with_dim=True)} "
-                             f"makes {backbone.get('dim')}-d ones")
-    if backbone is None:
-        raise LookalikeError(f"{path} does not name the backbone of its vectors: pass --model")
-    if ann is not None:
-        from .ann import CHOICES
-
-        if ann not in CHOICES:
-            raise LookalikeError(f"unknown search backend {ann!r}: use one of {', '.join(CHOICES)}")
-    index_path = Path(index_path).expanduser().resolve()
-    created = not (index_path / MANIFEST).is_file()
-    if created and backbone.get("whitening") is not None:
-        raise LookalikeError(f"{path} holds whitened vectors: import them into an index with the same whitening "
-                             "(the one they were exported from)")
-    if created:
-        if root is None:
-            saved = Path(str(meta.get("root") or "")) if meta else None
-            root = saved if saved is not None and str(saved) and saved.is_dir() else Path.cwd()
-        index = ImageIndex.create(index_path, root=root, backbone={k: backbone.get(k) for k in BACKBONE_FIELDS},
-                                  ann=ann)
-    else:
-        index = ImageIndex.open(index_path, readonly=False)
-        if index.dim != dim or not same_backbone(index.manifest, backbone):
-            have = describe_backbone(index.manifest, with_dim=True)
-            index.close()
-            raise LookalikeError(f"index {index_path} holds vectors from {have}, "
-                                 f"not {describe_backbone(backbone, with_dim=True)}")
-    summary = {"rows": 0, "added": 0, "updated": 0, "unchanged": 0, "skipped": [], "index_path": str(index_path),
-               "created": created}
-    with index, index.walk_table() as mark_seen:  # the paths met so far, in a temporary table
-        done = 0
-        for batch, skipped in iter_parquet(path, batch_size, dim):
-            summary["skipped"] += skipped
-            done += len(batch) + len(skipped)
-            norms = np.linalg.norm(batch.vectors, axis=1)
-            keys = [index.stored_path(row.path) if Path(row.path).is_absolute() else Path(row.path).as_posix()
-                    for row in batch.rows()]
-            known = index.lookup_paths(keys)
-            earlier = index.seen_paths(keys)
-            keep_vec, pending, fresh = [], [], set()  # pending[j]: (old entry or None, key, row) of keep_vec[j]
-            for i, (key, row) in enumerate(zip(keys, batch.rows())):
-                if key in earlier or key in fresh:
-                    summary["skipped"].append({"path": row.path, "reason": "the same path appears earlier in the file"})
-                    continue
-                if norms[i] <= 0:
-                    summary["skipped"].append({"path": row.path, "reason": "zero vector"})
-                    continue
-                fresh.add(key)
-                old = known.get(key)
-                if old is not None and row.digest and (old.size, old.mtime_ns, old.digest) == (
-                        row.size, row.mtime_ns, row.digest):
-                    summary["unchanged"] += 1
-                    continue
-                keep_vec.append(i)
-                pending.append((old, key, row))
-            mark_seen(sorted(fresh))
-            if keep_vec:
-                vecs = batch.vectors[keep_vec] / norms[keep_vec, None]
-                rows = index.append_vectors(vecs.astype(np.float32))
-                inserts, updates = [], []
-                for (old, key, row), r in zip(pending, rows):
-                    if old is None:
-                        inserts.append((key, row.size, row.mtime_ns, row.digest, r))
-                    else:
-                        updates.append((old.id, key, row.size, row.mtime_ns, row.digest, r))
-                index.commit(inserts=inserts, updates=updates, imported=True)
-                summary["added"] += len(inserts)
-                summary["updated"] += len(updates)
-            if progress:
-                progress(done, total)
-        summary["ann"] = index.update_ann(ann)
-        summary["rows"] = len(index)
-        index.touch_manifest(count=summary["rows"])
-        summary["notes"] = list(index.notes)
-    return summary
+    return run(path, index_path, **options)
