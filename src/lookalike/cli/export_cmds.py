@@ -70,9 +70,9 @@ def export_command(
 def import_command(
     file: Path = typer.Argument(..., help="A parquet file with `path` and `vector` columns (as `lookalike export` writes)."),
     index: Path = typer.Option(..., "--index", help="Index folder to extend, created when missing."),
-    model: Optional[str] = typer.Option(None, "--model", help="Backbone that made the vectors [default: the file's metadata]."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Root folder of a new index [default: the root the file was exported from, if that folder exists here, else the current folder]."),
-    ann: Optional[str] = typer.Option(None, "--ann", help="Search backend of the index: auto, exact, hnsw, ivf or ivfpq [default: the index's, else auto]."),
+    model: Optional[str] = typer.Option(None, "--model", help="Backbone that made the vectors \\[default: the file's metadata]."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Root folder of a new index \\[default: the root the file was exported from, if that folder exists here, else the current folder]."),
+    ann: Optional[str] = typer.Option(None, "--ann", help="Search backend of the index: auto, exact, hnsw, ivf or ivfpq \\[default: the index's, else auto]."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Bring vectors computed elsewhere into an index (rows keyed by path; files missing here stay searchable)."""
