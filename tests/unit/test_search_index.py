@@ -189,7 +189,7 @@ def test_failures_are_recorded_replaced_and_cleared(tmp_path):
     assert ix.failures() == {"bad.jpg": (11, 21, "empty file")}
     assert len(ix) == 5  # images untouched
     ix.close()
-    ix = ImageIndex.create(tmp_path / "ix", root=tmp_path / "photos", backbone=BACKBONE)  # what --rebuild does
+    ix = ImageIndex.create(tmp_path / "ix", root=tmp_path / "photos", backbone=BACKBONE, replace=True)  # --rebuild
     assert ix.failures() == {}
     ix.close()
 
@@ -240,7 +240,7 @@ def test_change_stamp_moves_with_every_committed_change(tmp_path):
     assert len({first, second, third, fourth, fifth}) == 5
     ix.close()
     assert change_stamp(path) == fifth  # closing the writer is no change
-    ImageIndex.create(path, root=root, backbone=BACKBONE).close()  # a rebuild, empty so far
+    ImageIndex.create(path, root=root, backbone=BACKBONE, replace=True).close()  # a rebuild, empty so far
     assert change_stamp(path) not in {first, second, third, fourth, fifth, None}
     assert change_stamp(tmp_path / "nowhere") is None
 
@@ -286,7 +286,7 @@ def test_create_refuses_folders_it_cannot_prove_its_own(tmp_path):
     (plain / "manifest.json").write_text(json.dumps({"name": "a web app", "icons": []}))
     before["manifest.json"] = (plain / "manifest.json").read_bytes()
     with pytest.raises(LookalikeError, match="does not hold a Lookalike index that can be replaced"):
-        ImageIndex.create(plain, root=root, backbone=BACKBONE)  # what --rebuild does
+        ImageIndex.create(plain, root=root, backbone=BACKBONE, replace=True)  # what --rebuild does
     assert {f.name: f.read_bytes() for f in plain.iterdir() if f.name != "write.lock"} == before
 
     # New, empty, or holding only what a kill during creation leaves: taken.
@@ -308,7 +308,7 @@ def test_rebuild_deletes_only_the_files_the_old_index_names(tmp_path):
     folder = tmp_path / "ix"
     (folder / "vectors-7.f32").write_bytes(b"\3" * 32)  # not named by the database: not the index's to delete
     (folder / "README.txt").write_text("a user's note")
-    ix = ImageIndex.create(folder, root=root, backbone=BACKBONE)
+    ix = ImageIndex.create(folder, root=root, backbone=BACKBONE, replace=True)  # --rebuild
     assert not old_vectors.exists() and len(ix) == 0
     assert (folder / "vectors-7.f32").read_bytes() == b"\3" * 32 and (folder / "README.txt").exists()
     assert ix._vector_file().name == "vectors-8.f32"  # never appends to a file it cannot account for

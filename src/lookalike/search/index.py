@@ -266,6 +266,11 @@ def _add_imported_column(path: Path) -> None:
 MIGRATIONS[2] = _add_imported_column
 
 
+def _newer_format(path: Path, version: int) -> LookalikeError:
+    return LookalikeError(f"index {path} has format {version}, newer than this Lookalike reads ({FORMAT_VERSION}): "
+                          "upgrade lookalike")
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -480,70 +485,45 @@ class ImageIndex:
     @classmethod
     def open(cls, path, readonly: bool = True) -> "ImageIndex":
         """Open an existing index (its folder, or an image folder holding `.lookalike/`): an `IndexSnapshot`
-        when `readonly`, else an `IndexWriter` holding the write lock.
+        when `readonly`, else an `IndexWriter` holding the write lock (waiting a bounded time for another
+        writer to finish, `locking.acquire`).
 
         LookalikeError when it is missing, unreadable, damaged, or made by a newer Lookalike.
         """
         path = resolve_index_dir(path)
+        if not readonly:
+            writer = IndexWriter.take(path)
+            if not writer.reopen():
+                writer.close()
+                cls._read_manifest(path)  # raises: no index there
+            return writer
         manifest = cls._read_manifest(path)
         version = manifest.get("format_version", 0)
         if version > FORMAT_VERSION:
-            raise LookalikeError(f"index {path} has format {version}, newer than this Lookalike reads "
-                                 f"({FORMAT_VERSION}): upgrade lookalike")
-        if readonly and version < OLDEST_READABLE:
+            raise _newer_format(path, version)
+        if version < OLDEST_READABLE:
             raise LookalikeError(f"index {path} has the older format {version}: run `lookalike index` on "
                                  "its folder once to upgrade it")
-        index = (IndexSnapshot if readonly else IndexWriter)(path, manifest)
+        index = IndexSnapshot(path, manifest)
         try:
-            if readonly:
-                index._load_snapshot()
-            else:
-                index._acquire_lock()  # before any write, the upgrade's included
-                if version < FORMAT_VERSION:
-                    index._upgrade(version)
-                index._open_writer()
+            index._load_snapshot()
         except BaseException:
             index.close()
             raise
         return index
 
     @classmethod
-    def create(cls, path, *, root, backbone: dict, ann: str | None = None) -> "IndexWriter":
+    def create(cls, path, *, root, backbone: dict, ann: str | None = None, replace: bool = False) -> "IndexWriter":
         """Start a new, empty index at `path` for images under `root`, recording the backbone description
-        (`Embedder.describe()`) and the search backend asked for (`ann`, default auto). `path` must be new,
-        empty, or hold an index (whose files are then replaced); anything else is refused, so that a mistyped
-        `--index` never deletes a user's files."""
-        path = Path(path).expanduser().resolve()
+        (`Embedder.describe()`) and the search backend asked for (`ann`, default auto). `path` must be new or
+        empty; an index already there is replaced only with `replace` (what `--rebuild` asks for), else
+        refused. Anything else is refused, so that a mistyped `--index` never deletes a user's files."""
+        writer = IndexWriter.take(path)
         try:
-            path.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise LookalikeError(f"index path {path} is a file, not a folder") from None
-        except OSError as exc:
-            raise storage_error(exc, path, writing=True) from None
-        index = IndexWriter(path, {})
-        index._acquire_lock()
-        try:
-            old_files = index._claim_folder()
-            with index._writing():
-                # The old manifest stays until the old files are gone: a kill in between leaves a folder that
-                # is still provably an index, which the next run reopens or rebuilds.
-                for name in old_files:
-                    (path / name).unlink(missing_ok=True)
-                stamp = now_iso()
-                manifest = {**backbone, "format_version": FORMAT_VERSION, "root": str(Path(root).resolve()),
-                            "created_at": stamp, "updated_at": stamp, "count": 0, "ann": ann or "auto"}
-                write_json_atomic(path / MANIFEST, manifest)
-                index.manifest = manifest
-            index._open_writer(lock=False, new=True)
-            unknown = sorted(f.name for f in path.iterdir() if _VECTOR_NAME.fullmatch(f.name)
-                             and f.name != index._vector_file().name)
-            if unknown:
-                index.notes.append(f"left {', '.join(unknown)} in {path}: the old index's database could not "
-                                   "show that it is the index's own; delete it yourself to reclaim the space")
+            return writer.start(root=root, backbone=backbone, ann=ann, replace=replace)
         except BaseException:
-            index.close()
+            writer.close()
             raise
-        return index
 
     @staticmethod
     def _read_manifest(path: Path) -> dict:
@@ -608,6 +588,11 @@ class ImageIndex:
             self._conn.close()
             self._conn = None
         if self._lock_fh is not None:
+            if getattr(self, "_made_folder", False) and not (self.path / MANIFEST).exists():
+                # Taken for a new index and given up before it was started: remove what this run made.
+                with contextlib.suppress(OSError):
+                    (self.path / LOCKFILE).unlink()
+                    self.path.rmdir()  # only when empty
             self._lock_fh.close()  # releases the flock
             self._lock_fh = None
 
@@ -845,6 +830,62 @@ class IndexWriter(ImageIndex):
         super().__init__(path, manifest)
         self._rows_needed = 0  # the vector file must hold at least this many rows
 
+    @classmethod
+    def take(cls, path) -> "IndexWriter":
+        """The folder `path` (made when missing) with its write lock held, nothing read yet: then `reopen()`
+        the index there, or `start()` a new one. Deciding between the two under the lock is what keeps two
+        writers (two `index` runs, an `index` and an `import`) from both starting an index in one folder."""
+        path = Path(path).expanduser().resolve()
+        made = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise LookalikeError(f"index path {path} is a file, not a folder") from None
+        except OSError as exc:
+            raise storage_error(exc, path, writing=True) from None
+        writer = cls(path, {})
+        writer._acquire_lock()
+        writer._made_folder = made
+        return writer
+
+    def reopen(self) -> bool:
+        """Open the index in the taken folder for writing (upgrading an older format in place): True, or
+        False when the folder holds no manifest. LookalikeError when it holds one that cannot be used."""
+        if not (self.path / MANIFEST).exists():
+            return False
+        self.manifest = self._read_manifest(self.path)
+        version = self.manifest.get("format_version", 0)
+        if version > FORMAT_VERSION:
+            raise _newer_format(self.path, version)
+        if version < FORMAT_VERSION:
+            self._upgrade(version)
+        self._open_writer()
+        return True
+
+    def start(self, *, root, backbone: dict, ann: str | None = None, replace: bool = False) -> "IndexWriter":
+        """Start a new, empty index in the taken folder (see `ImageIndex.create`); returns self."""
+        path = self.path
+        if not replace and (path / MANIFEST).exists():
+            raise LookalikeError(f"{path} already holds an index: pass --rebuild to start it over")
+        old_files = self._claim_folder()
+        with self._writing():
+            # The old manifest stays until the old files are gone: a kill in between leaves a folder that
+            # is still provably an index, which the next run reopens or rebuilds.
+            for name in old_files:
+                (path / name).unlink(missing_ok=True)
+            stamp = now_iso()
+            manifest = {**backbone, "format_version": FORMAT_VERSION, "root": str(Path(root).resolve()),
+                        "created_at": stamp, "updated_at": stamp, "count": 0, "ann": ann or "auto"}
+            write_json_atomic(path / MANIFEST, manifest)
+            self.manifest = manifest
+        self._open_writer(new=True)
+        unknown = sorted(f.name for f in path.iterdir() if _VECTOR_NAME.fullmatch(f.name)
+                         and f.name != self._vector_file().name)
+        if unknown:
+            self.notes.append(f"left {', '.join(unknown)} in {path}: the old index's database could not "
+                              "show that it is the index's own; delete it yourself to reclaim the space")
+        return self
+
     def _upgrade(self, version: int) -> None:
         with self._writing():
             for v in range(version, FORMAT_VERSION):
@@ -914,24 +955,17 @@ class IndexWriter(ImageIndex):
         return conn
 
     def _acquire_lock(self) -> None:
+        from ..locking import LockBusy, acquire
+
         try:
-            self._lock_fh = open(self.path / LOCKFILE, "a+")
+            self._lock_fh = acquire(self.path / LOCKFILE)
+        except LockBusy as busy:
+            raise LookalikeError(f"another Lookalike process{busy.by()} is writing the index at {self.path}: "
+                                 "wait for it to finish, then run this again") from None
         except OSError as exc:
             raise storage_error(exc, self.path, writing=True) from None
-        try:
-            import fcntl
 
-            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # Windows: no advisory lock; SQLite still serialises the writes
-            pass
-        except OSError:
-            self._lock_fh.close()
-            self._lock_fh = None
-            raise LookalikeError(f"another `lookalike index` is updating {self.path}: wait for it to finish")
-
-    def _open_writer(self, lock: bool = True, new: bool = False) -> None:
-        if lock:
-            self._acquire_lock()
+    def _open_writer(self, new: bool = False) -> None:
         with self._writing():
             missing = not (self.path / DATABASE).is_file()
             self._conn = self._connect_writer()

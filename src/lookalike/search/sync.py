@@ -116,59 +116,59 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
         raise LookalikeError(f"{folder} is not a folder")
     root = root.resolve()
     index_path = Path(index_path).expanduser().resolve() if index_path else default_index_path(root)
-    existing = None
-    if not rebuild and (index_path / MANIFEST).exists():
-        existing = ImageIndex.open(index_path, readonly=False)
-        if Path(existing.manifest["root"]) != root:
-            old_root = existing.manifest["root"]
-            existing.close()
-            raise LookalikeError(f"index {index_path} belongs to {old_root}, not {root}: "
-                                 "choose another --index, or pass --rebuild")
+    # The lock first: whether to open or start the index is decided under it, so a writer that started one in
+    # this folder meanwhile (another `index`, an `import`) is reopened, never replaced. Only --rebuild replaces.
+    writer = IndexWriter.take(index_path)
     try:
+        existing = writer if not rebuild and writer.reopen() else None
+        if existing is not None and Path(existing.manifest["root"]) != root:
+            raise LookalikeError(f"index {index_path} belongs to {existing.manifest['root']}, not {root}: "
+                                 "choose another --index, or pass --rebuild")
         request = whiten_request(whiten) if whiten is not None else None  # a missing folder fails first
         if existing is not None:
             _reconcile_whitening(existing)
-        if existing is not None and embedder is None:
-            # before the seconds a model load takes
-            _check_request(existing, index_path, model, pooling, weights, inputs, whiten)
-        if embedder is None:
-            if existing is not None:
-                m = existing.manifest
-                embedder = load_embedder(model or m["model"], device=device, pooling=pooling or m["pooling"],
-                                         weights=weights if model else (weights or m.get("weights")),
-                                         runtime=runtime, inputs={**inputs_of(m.get("preprocess")), **(inputs or {})})
-            else:
-                embedder = load_embedder(model or DEFAULT_MODEL, device=device, pooling=pooling or "avg",
-                                         weights=weights, runtime=runtime, inputs=inputs)
+            if embedder is None:  # before the seconds a model load takes
+                _check_request(existing, index_path, model, pooling, weights, inputs, whiten)
+        embedder = embedder or _embedder_for(existing, model, pooling, weights, device, runtime, inputs)
         if existing is not None and existing.whitening is not None and embedder.whitening is None:
             from .whitening import load_for_index
 
             embedder.with_whitening(load_for_index(existing.path, existing.whitening), existing.whitening)
         backbone = embedder.describe()
         if existing is not None and not same_backbone(existing.manifest, backbone):
-            old = describe_backbone(existing.manifest)
-            existing.close()
-            raise LookalikeError(f"index {index_path} holds vectors from {old}, not {describe_backbone(backbone)}: "
-                                 "pass --rebuild to start over with the new backbone")
-        # `is None`, not truthiness: an index with no images is still an index (and holds the write lock).
-        index = existing if existing is not None else ImageIndex.create(index_path, root=root, backbone=backbone,
-                                                                                 ann=ann)
-        existing = None
-        if whiten is not None and index.manifest.get("whiten") != request:
-            index.touch_manifest(whiten=request)
-        with index:
-            try:
-                summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress, stream)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-                    raise
-                # A full disk met outside the index's own writes (which name it themselves).
-                raise storage_error(exc, index.path, writing=True) from None
-            summary["notes"] = list(index.notes)
-            return summary
-    finally:
-        if existing is not None:
-            existing.close()
+            raise LookalikeError(f"index {index_path} holds vectors from {describe_backbone(existing.manifest)}, "
+                                 f"not {describe_backbone(backbone)}: pass --rebuild to start over with the new "
+                                 "backbone")
+        if existing is None:
+            writer.start(root=root, backbone=backbone, ann=ann, replace=rebuild)
+    except BaseException:
+        writer.close()
+        raise
+    index = writer
+    if whiten is not None and index.manifest.get("whiten") != request:
+        index.touch_manifest(whiten=request)
+    with index:
+        try:
+            summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress, stream)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                raise
+            # A full disk met outside the index's own writes (which name it themselves).
+            raise storage_error(exc, index.path, writing=True) from None
+        summary["notes"] = list(index.notes)
+        return summary
+
+
+def _embedder_for(existing: IndexWriter | None, model: str | None, pooling: str | None, weights: str | None,
+                  device: str, runtime: str, inputs: dict | None) -> Embedder:
+    """The embedder a run asks for: the index's own descriptor where the run leaves it open, else the defaults."""
+    if existing is None:
+        return load_embedder(model or DEFAULT_MODEL, device=device, pooling=pooling or "avg", weights=weights,
+                             runtime=runtime, inputs=inputs)
+    m = existing.manifest
+    return load_embedder(model or m["model"], device=device, pooling=pooling or m["pooling"],
+                         weights=weights if model else (weights or m.get("weights")), runtime=runtime,
+                         inputs={**inputs_of(m.get("preprocess")), **(inputs or {})})
 
 
 WALK_BATCH = 2000  # walked files looked up in the database per batch
