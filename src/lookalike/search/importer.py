@@ -64,25 +64,27 @@ def _saved_root(meta: dict | None) -> Path | None:
 def _open_index(path: Path, index_path: Path, backbone: dict, meta: dict | None, dim: int, root,
                 ann: str | None) -> tuple["ImageIndex", bool]:
     """(the index at `index_path` opened for writing, whether it was created here)."""
-    from .index import MANIFEST, ImageIndex, describe_backbone, same_backbone
+    from .index import IndexWriter, describe_backbone, same_backbone
 
-    created = not (index_path / MANIFEST).is_file()
-    if created and backbone.get("whitening") is not None:
-        raise LookalikeError(f"{path} holds whitened vectors: import them into an index with the same whitening "
-                             "(the one they were exported from)")
-    if created:
-        if root is None:
-            root = _saved_root(meta) or Path.cwd()
-        index = ImageIndex.create(index_path, root=root, backbone={k: backbone.get(k) for k in BACKBONE_FIELDS},
-                                  ann=ann)
-        return index, True
-    index = ImageIndex.open(index_path, readonly=False)
-    if index.dim != dim or not same_backbone(index.manifest, backbone):
-        have = describe_backbone(index.manifest, with_dim=True)
+    # The lock first: an index another writer started here meanwhile is reopened, never replaced.
+    index = IndexWriter.take(index_path)
+    try:
+        if not index.reopen():
+            if backbone.get("whitening") is not None:
+                raise LookalikeError(f"{path} holds whitened vectors: import them into an index with the same "
+                                     "whitening (the one they were exported from)")
+            if root is None:
+                root = _saved_root(meta) or Path.cwd()
+            index.start(root=root, backbone={k: backbone.get(k) for k in BACKBONE_FIELDS}, ann=ann)
+            return index, True
+        if index.dim != dim or not same_backbone(index.manifest, backbone):
+            raise LookalikeError(f"index {index_path} holds vectors from "
+                                 f"{describe_backbone(index.manifest, with_dim=True)}, "
+                                 f"not {describe_backbone(backbone, with_dim=True)}")
+        return index, False
+    except BaseException:
         index.close()
-        raise LookalikeError(f"index {index_path} holds vectors from {have}, "
-                             f"not {describe_backbone(backbone, with_dim=True)}")
-    return index, False
+        raise
 
 
 def _import_batch(index: "ImageIndex", batch: RowBatch, mark_seen: Callable[[list[str]], None],

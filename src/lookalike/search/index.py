@@ -541,9 +541,9 @@ class ImageIndex:
             problem = f"{exc.__class__.__name__}: {exc}"
         if problem:
             # Lookalike writes its manifest whole (atomic replace), so a bad one was written by something else.
-            raise LookalikeError(f"index manifest {mpath} is damaged or not Lookalike's ({problem}): if {path} is "
-                                 "a Lookalike index, delete that folder and run `lookalike index` again (the images "
-                                 "themselves are untouched)")
+            raise LookalikeError(f"index manifest {mpath} is damaged or not Lookalike's ({problem}): restore it "
+                                 f"from a backup, or index the images into a new folder with --index (this one "
+                                 "keeps its vectors)")
         return manifest
 
     # --- common facts ------------------------------------------------------------------------------------
