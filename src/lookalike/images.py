@@ -4,11 +4,12 @@ Every failure becomes a `BadImageError` with a short reason, so that long runs c
 What one file can cost is bounded before it is decoded: only regular files are read (a FIFO, a device or a
 link to one is refused without blocking), at most `MAX_FILE_BYTES` of them, and at most `MAX_PIXELS` pixels
 are decoded; an optional `PixelBudget` bounds the pixels that several decodes (one web request) add up to.
+What decoding costs beyond its pixels is bounded by `image_checks`, and only the formats of `IMAGE_FORMATS`
+are decoded, first frame only.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Union
 
 from .errors import BadImageError
+from .image_checks import CountedBytes, check_structure
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -31,11 +33,19 @@ MAX_FILE_BYTES = 200_000_000
 # little, frees the big image at once and leaves the final resize close to an exact one.
 REDUCE_GAP = 2
 
+# The Pillow formats decoded (the families of IMAGE_EXTENSIONS, whatever a file is named): what
+# `image_checks` bounds (JPEG includes its multi-picture kind, MPO). Other decoders (PSD layers, EPS through Ghostscript, JPEG 2000, ...) are never run.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+
 ImageSource = Union[str, os.PathLike, bytes]
 
 # EXIF orientation -> the transpose that makes the image upright (as PIL.ImageOps.exif_transpose does).
 _ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
                 7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+class UnrecognisedImage(BadImageError):
+    """The bytes are in none of the formats decoded (`IMAGE_FORMATS`)."""
 
 
 class PixelBudgetExceeded(BadImageError):
@@ -152,6 +162,20 @@ def read_image_file(path: Union[str, os.PathLike], max_bytes: int = MAX_FILE_BYT
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def open_image(data: bytes, name: str):
+    """`PIL.Image.open` over `data` (the header read, nothing decoded yet) with the bounds of `image_checks`.
+
+    Raises `UnrecognisedImage` for bytes in no format of `IMAGE_FORMATS`, `DecodeTooCostly` (a `BadImageError`)
+    for a structure too costly to decode; Pillow's own errors for a broken header pass through."""
+    from PIL import Image, UnidentifiedImageError
+
+    check_structure(data, name)
+    try:
+        return Image.open(CountedBytes(data, name), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise UnrecognisedImage(f"{name}: not an image (unrecognised format)") from None
+
+
 def load_image(source: ImageSource, min_size: int | None = None, max_pixels: int = MAX_PIXELS,
                budget: PixelBudget | None = None, max_bytes: int = MAX_FILE_BYTES):
     """Decode `source` to an RGB `PIL.Image`, EXIF orientation applied.
@@ -163,9 +187,9 @@ def load_image(source: ImageSource, min_size: int | None = None, max_pixels: int
     `max_pixels` bounds one image (checked on its header); `budget`, when given, is charged with the pixels
     actually decoded (after draft) before decoding. Paths are read with `read_image_file(path, max_bytes)`.
     Palette, CMYK, 16-bit, grayscale and transparent images are converted to RGB (transparency over white);
-    animated images give their first frame.
+    animated and multi-page images give their first frame. Raises `BadImageError` with the reason.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if isinstance(source, (bytes, bytearray)):
         name = "<bytes>"
@@ -179,12 +203,10 @@ def load_image(source: ImageSource, min_size: int | None = None, max_pixels: int
         with warnings.catch_warnings():
             # Pillow warns from 89 MP; the explicit `max_pixels` check below is the limit that applies.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = open_image(data, name)  # at the first frame; asking whether there are more costs a walk
             width, height = img.size
             if width * height > max_pixels:
                 raise BadImageError(f"{name}: {width}x{height} pixels is over the {max_pixels:,} pixel limit")
-            if getattr(img, "is_animated", False):
-                img.seek(0)
             if min_size and img.format == "JPEG":
                 img.draft("RGB", (min_size, min_size))
             if budget is not None:
@@ -199,8 +221,6 @@ def load_image(source: ImageSource, min_size: int | None = None, max_pixels: int
         return to_rgb(img)
     except BadImageError:
         raise
-    except UnidentifiedImageError:
-        raise BadImageError(f"{name}: not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImageError(f"{name}: too many pixels (decompression bomb guard)") from None
     except MemoryError:

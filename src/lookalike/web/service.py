@@ -8,7 +8,6 @@ Request handlers in worker threads share them. Search answers are `search.result
 
 from __future__ import annotations
 
-import io
 import os
 import sqlite3
 import threading
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BadImageError, LookalikeError
 from ..paths import printable
-from ..images import PixelBudget, load_image
+from ..images import PixelBudget, UnrecognisedImage, load_image, open_image
 from .limits import DecodeSlots
 
 if TYPE_CHECKING:
@@ -45,11 +44,12 @@ def decode_upload(data: bytes, filename: str | None, min_size: int | None = None
                   budget: PixelBudget | None = None, slots: DecodeSlots | None = None):
     """Decode uploaded bytes (never touching the filesystem) to an RGB image, reduced towards `min_size`.
 
-    Raises `UnsupportedImage` when the bytes are no image format Pillow knows, `BadImageError` when they are
-    one but cannot be decoded (truncated, corrupt, too many pixels), `PixelBudgetExceeded` when decoding it
-    would pass the request's `budget`, `ServerBusy` when no decode slot of `slots` comes free in time.
+    Raises `UnsupportedImage` when the bytes are in no format decoded, `BadImageError` when they are in one but
+    cannot be decoded (truncated, corrupt, too many pixels, a structure too costly to decode: all refused
+    before a decode slot is taken), `PixelBudgetExceeded` when decoding it would pass the request's `budget`,
+    `ServerBusy` when no decode slot of `slots` comes free in time.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     name = display_name(filename)
     if not data:
@@ -57,10 +57,12 @@ def decode_upload(data: bytes, filename: str | None, min_size: int | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # load_image below refuses those
-            with Image.open(io.BytesIO(data)):  # reads the header only
+            with open_image(data, name):  # reads the header only
                 pass
-    except UnidentifiedImageError:
-        raise UnsupportedImage(f"{name}: not an image (unrecognised format)") from None
+    except UnrecognisedImage as exc:
+        raise UnsupportedImage(str(exc)) from None
+    except BadImageError:
+        raise
     except Exception:  # a known format with a broken header: decoding below gives the reason
         pass
     try:
