@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -50,9 +52,40 @@ def train_command(*, run_dir: Optional[Path], resume: Optional[Path], overwrite:
         _launch_train(nproc, run_dir, resume, settings.get("model") or "fast")
         return
     try:
-        _train(settings, run_dir, resume, overwrite, json_out)
+        with _sigterm_stops_the_run():
+            _train(settings, run_dir, resume, overwrite, json_out)
     except ConfigError as exc:  # the library names the setting; here it is the option that was given
         raise LookalikeError(f"{_FLAGS[exc.field]} {exc.problem}" if exc.field in _FLAGS else str(exc)) from None
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        raise typer.Exit(143) from None
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: the run stops as on Ctrl-C (finished epochs kept, the resume command named, the run folder
+    released), and the process ends with the usual 128 + 15."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_run() -> Iterator[None]:
+    import signal
+    import threading
+
+    from ..distributed import in_torchrun
+
+    if in_torchrun() or threading.current_thread() is not threading.main_thread():
+        yield  # a torchrun worker stops as its group decides (`distributed.join`)
+        return
+
+    def stop(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM is not held up by the unwinding of the first
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _launch_train(nproc: int, run_dir: Optional[Path], resume: Optional[Path], model: str) -> None:

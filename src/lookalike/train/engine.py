@@ -32,12 +32,32 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         started_at: Optional[float] = None, overwrite: bool = False, group=None) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`, writing config.json, metrics.csv, curves.png, confusion.png, last.pt and
     best.pt into `run_dir`. Returns the final summary (also written to result.json). A `run_dir` that holds a run
-    already is refused unless `resume` (continue it) or `overwrite` (replace that run's files).
+    already is refused unless `resume` (continue it) or `overwrite` (replace that run's files), and so is one
+    where another process trains (`runlock`), from the first check to the last write.
     `group` (`distributed.join()`): data-parallel training under torchrun (`train/distributed.py`); only rank 0
     writes files and emits events."""
-    import torch
+    import contextlib
 
     from ..distributed import Group
+    from .runlock import hold_run_dir
+
+    group = group or Group()
+    with contextlib.ExitStack() as held:
+        refused = None
+        if group.is_main:
+            try:
+                held.enter_context(hold_run_dir(Path(run_dir), new=not resume))
+            except LookalikeError as exc:
+                refused = exc
+        if group.same(str(refused) if refused else None):  # every rank stops when rank 0 cannot hold the folder
+            raise refused or LookalikeError(f"{run_dir}: the run folder cannot be used")
+        return _fit(cfg, Path(run_dir), resume, on_event, started_at, overwrite, group)
+
+
+def _fit(cfg: TrainConfig, run_dir: Path, resume: bool, on_event: Optional[Event], started_at: Optional[float],
+         overwrite: bool, group) -> dict[str, Any]:
+    import torch
+
     from . import distributed as ddp
 
     from ..device import resolve_device
@@ -49,10 +69,8 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
     from .state import RunState
 
     t0 = started_at if started_at is not None else time.time()  # the seconds column counts start-up too
-    group = group or Group()
     main = group.is_main
     emit: Event = (on_event if main else None) or (lambda kind, payload: None)
-    run_dir = Path(run_dir)
 
     saved, request = _open_run(cfg, run_dir, resume, overwrite)
     device = group.device(resolve_device(request.device))
