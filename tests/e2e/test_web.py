@@ -6,6 +6,7 @@ import io
 import math
 import re
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -162,6 +163,21 @@ def test_pixel_bombs_are_refused_before_decoding(client, side):
     r = client.post("/api/search", files=_files("bomb.png", _png_header_only(side, side), "image/png"))
     assert r.status_code == 422
     assert r.json()["detail"].startswith("bomb.png:") and "pixel" in r.json()["detail"]
+
+
+def test_uploads_too_costly_to_decode_are_refused_at_once(client):
+    from helpers.image_bombs import chatty_gif, repeated_scan_jpeg
+
+    for name, data, mime, reason in [
+        ("scans.jpg", repeated_scan_jpeg(2000, side=1024), "image/jpeg", "more than 100 JPEG scans"),
+        ("chatty.gif", chatty_gif(300_000), "image/gif", "more than 200,000 reads"),
+    ]:
+        start = time.monotonic()
+        r = client.post("/api/search", files=_files(name, data, mime))
+        assert time.monotonic() - start < 5
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"].startswith(f"{name}: ") and reason in r.json()["detail"]
+    assert client.post("/api/search", files=_files("q.jpg", jpeg_bytes(photo("coffee")))).status_code == 200
 
 
 def test_truncated_jpeg_is_unprocessable(client):
