@@ -69,12 +69,22 @@ def build_model(meta: dict[str, Any]):
 
 def model_from_checkpoint(path: Union[str, os.PathLike], device: Any = "cpu"):
     """(model in eval mode with its weights, meta). `meta` holds model, model_kwargs, classes, mean, std,
-    input_size, epoch and the run's config."""
+    input_size, epoch and the run's config; all are checked (`checkpoint_meta`) before the model is allocated."""
+    import torch
+
+    from .checkpoint_meta import check_meta, check_weights
+
     blob = load_checkpoint(path)
     meta = blob["meta"]
+    check_meta(meta, str(path))
     try:
+        with torch.device("meta"):  # shapes only: the weights are checked against it before any allocation
+            skeleton = build_model(meta)
+        check_weights(blob["model_state"], skeleton, str(path))
         model = build_model(meta)
     except LookalikeError as exc:
+        if str(exc).startswith(f"{path}:"):  # names the checkpoint already
+            raise
         raise LookalikeError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(blob["model_state"])
