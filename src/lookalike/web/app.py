@@ -1,6 +1,6 @@
 """The FastAPI app over one read-only index: `create_app` builds the one `WebService` the routes work with
 (`routes.py`), the error answers, and the middleware that guards every request (Host names, token, body size
-and time).
+and time, cross-site requests).
 
 The server never writes to the index; thumbnails go to the user cache. It follows `lookalike index` runs on the
 index without a restart (see `service.SearchService`).
@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import BadImageError, LookalikeError
 from ..images import PixelBudgetExceeded
 from ..paths import cache_dir
+from .crosssite import CrossSiteMiddleware
 from .limits import (DEFAULT_BODY_TIMEOUT, BodyTimeoutMiddleware, DecodeSlots, HostCheckMiddleware, ServerBusy,
                      UploadLimitMiddleware)
 from .routes import STATIC_DIR, WebService, api_router, page_router
@@ -122,7 +123,9 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(api_router)
 
-    # Added innermost first: the Host check runs first, then the token, then the body's time and size limits.
+    # Added innermost first: the Host check runs first, then the token, then the body's time and size limits,
+    # then the cross-site rule (inside the size limit, so that a refused upload's body is read and dropped).
+    app.add_middleware(CrossSiteMiddleware)
     app.add_middleware(UploadLimitMiddleware, max_bytes=max_upload_bytes)
     app.add_middleware(BodyTimeoutMiddleware, seconds=body_timeout)
     if token:

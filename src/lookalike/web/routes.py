@@ -19,8 +19,8 @@ from fastapi.responses import FileResponse, Response
 
 from .. import __version__
 from ..images import PixelBudget
-from .schemas import (DECODE_ERRORS, ERRORS, IMAGE_ERRORS, CompareResponse, DupesResponse, SearchResponse,
-                      StatsResponse)
+from .schemas import (CROSS_SITE, DECODE_ERRORS, DUPES_ERRORS, ERRORS, IMAGE_ERRORS, CompareResponse,
+                      DupesResponse, SearchResponse, StatsResponse)
 from .limits import DecodeSlots
 from .service import MAX_K, SearchService, decode_upload, display_name
 from .thumbnails import SIZES, ImageGone, ThumbnailCache
@@ -89,7 +89,7 @@ def favicon() -> Response:
 
 
 # -- the API ---------------------------------------------------------------------------------------------
-@api_router.get("/api/stats", response_model=StatsResponse, summary="Index facts")
+@api_router.get("/api/stats", response_model=StatsResponse, responses=CROSS_SITE, summary="Index facts")
 def stats(web: Web) -> dict:
     return web.stats()
 
@@ -150,7 +150,8 @@ def compare(
         raise not_found(exc.args[0]) from None
 
 
-@api_router.get("/api/dupes", response_model=DupesResponse, summary="Groups of near-duplicate images")
+@api_router.get("/api/dupes", response_model=DupesResponse, responses=DUPES_ERRORS,
+                summary="Groups of near-duplicate images (one computation at a time: 503 while another runs)")
 def dupes(
     web: Web,
     threshold: Optional[float] = Query(

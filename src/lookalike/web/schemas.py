@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from ..search.results import SearchResponse, SearchResult
 
 __all__ = ["SearchResult", "SearchResponse", "CompareResponse", "DupesResponse", "StatsResponse", "ErrorResponse",
-           "ERRORS", "DECODE_ERRORS", "IMAGE_ERRORS"]
+           "CROSS_SITE", "ERRORS", "DECODE_ERRORS", "DUPES_ERRORS", "IMAGE_ERRORS"]
 
 
 class CompareResponse(BaseModel):
@@ -49,13 +49,22 @@ class ErrorResponse(BaseModel):
 
 
 # The error answers each kind of route documents.
+CROSS_SITE: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "Sent by a browser from another site (Sec-Fetch-Site or Origin)"},
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
+    **CROSS_SITE,
     404: {"model": ErrorResponse, "description": "No image with this id, or its file is gone"},
     413: {"model": ErrorResponse, "description": "Upload over the size limit"},
     415: {"model": ErrorResponse, "description": "The upload is not an image"},
 }
 DECODE_ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "Too many images being decoded: retry after Retry-After seconds"},
+}
+DUPES_ERRORS: dict[int | str, dict[str, Any]] = {
+    **CROSS_SITE,
+    503: {"model": ErrorResponse,
+          "description": "Another request is finding duplicates: retry after Retry-After seconds"},
 }
 IMAGE_ERRORS = {**ERRORS, **DECODE_ERRORS, 413: {"model": ErrorResponse, "description":
                 "Upload over the size limit, or its images over the request's pixel budget"},

@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import BadImageError, LookalikeError
 from ..paths import printable
 from ..images import PixelBudget, UnrecognisedImage, load_image, open_image
-from .limits import DecodeSlots
+from .limits import DecodeSlots, ServerBusy
 
 if TYPE_CHECKING:
     from ..search.results import SearchResponse
 
 MAX_K = 100
+DUPES_CACHED = 16  # duplicate groups kept per snapshot, one per (threshold, k)
+DUPES_RETRY_AFTER = 5  # seconds a request for duplicates is told to wait while another computes them
 
 
 class UnsupportedImage(Exception):
@@ -128,6 +130,7 @@ class SearchService:
             self._next_check = time.monotonic() + self.check_interval
             self._reload_lock = threading.Lock()
             self._embed_lock = threading.Lock()
+            self.dupes_gate = threading.Lock()  # held by the one duplicates computation running
         except BaseException:
             index.close()
             raise
@@ -274,25 +277,50 @@ class SearchService:
         }
 
     def dupes(self, threshold: float | None = None, k: int = 10) -> dict:
-        from ..search.query import dupe_threshold, find_duplicates
+        """Groups of near-duplicates, kept per setting and snapshot (a reload starts an empty cache). At most one
+        is computed at a time, all settings together: a request for another setting meanwhile gets `ServerBusy`
+        at once, never a thread waiting for its turn."""
+        from ..search.query import dupe_threshold
 
         view = self.view()
         threshold = float(dupe_threshold(view.index.manifest) if threshold is None else threshold)
         key = (round(threshold, 6), int(k))
-        with view.dupes_lock:  # one computation per setting and snapshot: a reload starts an empty cache
-            groups = view.dupes.get(key)
-            if groups is None:
-                groups = [sorted(int(i) for i in g) for g in find_duplicates(view.index, threshold=threshold, k=k)]
-                view.dupes[key] = groups
-                while len(view.dupes) > 16:
-                    view.dupes.popitem(last=False)
-            else:
-                view.dupes.move_to_end(key)
+        groups = self._cached_dupes(view, key)
+        if groups is None:
+            if not self.dupes_gate.acquire(blocking=False):
+                raise ServerBusy(f"the server is already finding duplicates for another request: try again in "
+                                 f"{DUPES_RETRY_AFTER} seconds", DUPES_RETRY_AFTER)
+            try:
+                groups = self._cached_dupes(view, key)  # found by the computation that just ended
+                if groups is None:
+                    groups = self._find_dupes(view, key)
+            finally:
+                self.dupes_gate.release()
         return {
             "threshold": threshold,
             "groups": [[printable(view.index.path_of(i)) for i in g] for g in groups],
             "group_ids": groups,
         }
+
+
+    @staticmethod
+    def _cached_dupes(view: IndexView, key: tuple[float, int]) -> list[list[int]] | None:
+        with view.dupes_lock:
+            groups = view.dupes.get(key)
+            if groups is not None:
+                view.dupes.move_to_end(key)
+            return groups
+
+    @staticmethod
+    def _find_dupes(view: IndexView, key: tuple[float, int]) -> list[list[int]]:
+        from ..search.query import find_duplicates
+
+        groups = [sorted(int(i) for i in g) for g in find_duplicates(view.index, threshold=key[0], k=key[1])]
+        with view.dupes_lock:
+            view.dupes[key] = groups
+            while len(view.dupes) > DUPES_CACHED:
+                view.dupes.popitem(last=False)
+        return groups
 
 
 class _LockedEmbedder:
