@@ -47,7 +47,8 @@ STORAGES = ("float32", "float16", "sq8")  # of the vectors inside a structure; s
 _STORED_BYTES = {"float32": 4, "float16": 2, "sq8": 1}  # per stored dimension
 _SCALAR_QUANTIZERS = {"float16": "QT_fp16", "sq8": "QT_8bit"}  # FAISS's codes for the non-float32 storages
 CHOICES = ("auto",) + BACKENDS
-FILE_VERSION = 1
+FILE_VERSION = 2  # 2: the header carries a checksum of its own (`header_crc32`); 1 is read, and rebuilt by a writer
+_READABLE_VERSIONS = (1, 2)
 _MAGIC = b"LKANN01\n"
 _TRAILER = struct.Struct("<Q8s")  # header length, magic again: the header sits at the end of the file
 _CHUNK = 1 << 24  # bytes per read while checking the CRC
@@ -497,6 +498,7 @@ class Backend:
                       "rerank": self.rerank, "params": self._own_params(), "fingerprint": self.fingerprint,
                       "entries": int(len(self.labels)), "sections": table, "crc32": crc,
                       "payload_end": fh.tell()}
+            header["header_crc32"] = _header_crc(header)
             raw = json.dumps(header, sort_keys=True).encode()
             fh.write(raw)
             fh.write(_TRAILER.pack(len(raw), _MAGIC))
@@ -868,11 +870,20 @@ def _read_header(fh, path: Path) -> dict:
         header = json.loads(fh.read(hlen))
     except ValueError:
         raise AnnFileError(f"ANN file {path} has a damaged header") from None
-    if not isinstance(header, dict) or header.get("version") != FILE_VERSION:
+    if not isinstance(header, dict) or header.get("version") not in _READABLE_VERSIONS:
         raise AnnFileError(f"ANN file {path} has an unknown version")
+    if header["version"] >= 2 and header.get("header_crc32") != _header_crc(header):
+        raise AnnFileError(f"ANN file {path} has a damaged header (checksum mismatch)")
     if header.get("payload_end") != size - _TRAILER.size - hlen or header.get("kind") not in _KINDS:
         raise AnnFileError(f"ANN file {path} is damaged")
     return header
+
+
+def _header_crc(header: dict) -> int:
+    """CRC-32 of the header's fields other than this one: entry counts, sections and the fingerprint are
+    checked like the payload, so an edited header is damage, not a different structure."""
+    rest = {k: v for k, v in header.items() if k != "header_crc32"}
+    return zlib.crc32(json.dumps(rest, sort_keys=True).encode())
 
 
 def _check_crc(fh, header: dict, path: Path) -> None:
@@ -890,12 +901,15 @@ def _check_crc(fh, header: dict, path: Path) -> None:
 
 
 def verify(path) -> dict:
-    """The header of a saved backend after checking its whole payload against its CRC (without parsing it);
-    AnnFileError when missing, truncated or damaged."""
+    """The header of a saved backend after checking it and its whole payload against their CRCs (without
+    parsing the payload); AnnFileError when missing, truncated, damaged, or of the older format whose header
+    had no checksum (a writer then rebuilds it)."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
             header = _read_header(fh, path)
+            if header["version"] < FILE_VERSION:
+                raise AnnFileError(f"ANN file {path} has the older format {header['version']}")
             _check_crc(fh, header, path)
             return header
     except OSError as exc:

@@ -410,6 +410,33 @@ def _meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str
     return row[0] if row else default
 
 
+def own_file(folder: Path, name: Any, pattern: "re.Pattern") -> Path | None:
+    """`folder/name` when `name` (read from the database or a manifest, so not trusted) is one of the index's own
+    file names (`pattern`) and is not a link: a crafted name never makes the index read, truncate or append to a
+    file elsewhere. None otherwise."""
+    if not isinstance(name, str) or not pattern.fullmatch(name):
+        return None
+    path = folder / name
+    return None if path.is_symlink() else path
+
+
+def _generation(conn: sqlite3.Connection) -> int:
+    """The `generation` counter; ValueError when the database holds something else there."""
+    value = _meta(conn, "generation", "0")
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        raise ValueError(f"generation is {value!r}")
+    return int(value)
+
+
+def _row_problem(ids: np.ndarray, rows: np.ndarray) -> str | None:
+    """What is wrong with the rows' vector numbers (negative, shared by two images), None if nothing."""
+    if len(rows) and int(rows.min()) < 0:
+        return f"image {int(ids[int(np.argmin(rows))])} has the row number {int(rows.min())}"
+    if len(np.unique(rows)) != len(rows):
+        return "two images share one vector row"
+    return None
+
+
 def ann_fingerprint(vector_file: str, generation: int, kind: str, params: dict) -> str:
     """What an ANN file was built from: the vector file and generation of the index, and the plan (kind and
     build parameters), as one string stored in the file and compared by readers and the writer."""
@@ -604,12 +631,20 @@ class ImageIndex:
 
     _meta = staticmethod(_meta)
 
+    def _damaged(self, problem: str) -> LookalikeError:
+        """A reader's one line for a database whose contents the index did not write."""
+        return LookalikeError(f"index database {self.path / DATABASE} is damaged ({problem}): run `lookalike "
+                              f"index {self.manifest.get('root', 'FOLDER')}` to repair it (searching refuses it "
+                              "until then)")
+
     # --- the vector file ---------------------------------------------------------------------------------
     def _open_vectors(self, name: str | None, need_rows: int, scattered: bool = False) -> np.ndarray:
         """The whole vector file `name`, memory-mapped read-only; LookalikeError when it holds fewer than
         `need_rows` rows (the database refers to rows it lost). `scattered`: the mapping serves reads of a few
         rows at random places (no read-ahead, see `advise_random`); scans want the default."""
-        vpath = self.path / (name or "vectors-0.f32")
+        vpath = own_file(self.path, name or "vectors-0.f32", _VECTOR_NAME)
+        if vpath is None:
+            raise self._damaged(f"it names the vector file {name!r}, which is not the index's own")
         row_bytes = self.dim * 4
         again = (f"run `lookalike index {self.manifest.get('root', 'FOLDER')}` to embed the images whose vectors "
                  "are lost again (the images themselves are untouched)")
@@ -684,22 +719,31 @@ class IndexSnapshot(ImageIndex):
                 if not chunk:
                     break
                 a, b, c = zip(*chunk)
-                ids.append(np.fromiter(a, np.int64, len(a)))
-                rows.append(np.fromiter(b, np.int64, len(b)))
+                ids.append(_int_column(a))
+                rows.append(_int_column(b))
                 paths.extend(c)
             self.vector_file = self._meta(conn, "vector_file") or "vectors-0.f32"
             self.ann_file = self._meta(conn, "ann_file")
-            self.generation = int(self._meta(conn, "generation", "0"))
+            self.generation = _generation(conn)
             self.whitening = _json_meta(self._meta(conn, "whitening"))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise storage_error(exc, self.path, writing=False, root=self.manifest.get("root")) from None
+        except (ValueError, TypeError) as exc:
+            raise self._damaged(str(exc)) from None
         finally:
             conn.close()
+        if own_file(self.path, self.vector_file, _VECTOR_NAME) is None:
+            raise self._damaged(f"it names the vector file {self.vector_file!r}, which is not the index's own")
         self._ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         self._rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         # Text as it is; only names that are not valid UTF-8 (stored as bytes) need decoding.
         self._paths = [p if isinstance(p, str) else from_db_path(p) for p in paths]
+        if any(not isinstance(p, str) for p in self._paths):
+            raise self._damaged("a path is not text")
+        problem = _row_problem(self._ids, self._rows)
+        if problem:
+            raise self._damaged(problem)
         need = int(self._rows.max()) + 1 if len(self._rows) else 0
         self._mm = self._open_vectors(self.vector_file, need)
         self._mm_rows = self._open_vectors(self.vector_file, need, scattered=True) if len(self._mm) else self._mm
@@ -793,7 +837,7 @@ class IndexSnapshot(ImageIndex):
         from . import ann
 
         name = self.ann_file
-        if name is None or not _ANN_NAME.fullmatch(name):
+        if own_file(self.path, name, _ANN_NAME) is None:
             kind, _ = ann.plan(self.ann_requested, len(self._ids), self.dim)
             if kind != "exact":
                 self.notes.append(f"index {self.path} has no ANN file for its {kind} backend yet: searching "
@@ -969,12 +1013,21 @@ class IndexWriter(ImageIndex):
         with self._writing():
             missing = not (self.path / DATABASE).is_file()
             self._conn = self._connect_writer()
-            if self._meta(self._conn, "vector_file") is None:
+            recorded = self._meta(self._conn, "vector_file")
+            if recorded is None:
                 # A new database starts a vector file of its own, after any file already there, so it never
                 # appends to rows it cannot account for. An existing one without the record was written by an
                 # older version, which used vectors-0.f32 until its first commit recorded it.
                 name = self._fresh_name(_VECTOR_NAME, "vectors-{}.f32") if missing else "vectors-0.f32"
                 self._conn.execute("INSERT INTO meta VALUES ('vector_file', ?)", (name,))
+            elif own_file(self.path, recorded, _VECTOR_NAME) is None:
+                # Not a name this index writes (or a link): never opened, truncated or appended to. The rows
+                # that referred to it are forgotten below (`_check_vector_file`) and embedded again.
+                name = self._fresh_name(_VECTOR_NAME, "vectors-{}.f32")
+                self._conn.execute("UPDATE meta SET value = ? WHERE key = 'vector_file'", (name,))
+                self.notes.append(f"{DATABASE} named the vector file {recorded!r}, which is not the index's own: "
+                                  f"started {name} instead")
+            self._repair_rows()
             lost_work = self.manifest.get("count", 0) or any(
                 _VECTOR_NAME.fullmatch(f.name) for f in self.path.iterdir())
             if missing and not new and lost_work:  # not merely created and killed before its database
@@ -982,6 +1035,29 @@ class IndexWriter(ImageIndex):
                                   "image is embedded again")
             self._check_vector_file()
             self._clean_orphan_files()
+
+    def _repair_rows(self) -> None:
+        """Forget rows the index cannot have written (a row number that is not a whole number >= 0, one vector
+        row shared by two images, a path that is neither text nor bytes), so this run embeds their files again,
+        and reset a `generation` that is not a number."""
+        conn = self._conn
+        with self._transaction():
+            bad = conn.execute(
+                "SELECT count(*) FROM images WHERE typeof(row) != 'integer' OR row < 0 "
+                "OR typeof(path) NOT IN ('text', 'blob') "
+                "OR row IN (SELECT row FROM images GROUP BY row HAVING count(*) > 1)").fetchone()[0]
+            if bad:
+                conn.execute("DELETE FROM images WHERE typeof(row) != 'integer' OR row < 0 "
+                             "OR typeof(path) NOT IN ('text', 'blob') "
+                             "OR row IN (SELECT row FROM images GROUP BY row HAVING count(*) > 1)")
+                self.notes.append(f"{DATABASE} held {bad} images with impossible vector rows: forgot them, so that "
+                                  "this run embeds them again")
+            try:
+                _generation(conn)
+            except ValueError:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('generation', '0')")
+            if bad:
+                self._bump_generation()
 
     def _check_vector_file(self) -> None:
         """Repair a vector file shorter than the database says (deleted, truncated, restored from an older
@@ -1020,7 +1096,7 @@ class IndexWriter(ImageIndex):
 
     @property
     def generation(self) -> int:
-        return int(self._meta(self._conn, "generation", "0"))
+        return _generation(self._conn)
 
     def ids(self) -> np.ndarray:
         """int64 image ids, ascending, aligned with `vectors()`."""
@@ -1161,8 +1237,11 @@ class IndexWriter(ImageIndex):
             raise
 
     def _vector_file(self) -> Path:
-        name = self._meta(self._conn, "vector_file") if self._conn is not None else None
-        return self.path / (name or "vectors-0.f32")
+        name = (self._meta(self._conn, "vector_file") if self._conn is not None else None) or "vectors-0.f32"
+        path = own_file(self.path, name, _VECTOR_NAME)
+        if path is None:  # repaired on open: only a change made while this writer runs gets here
+            raise self._damaged(f"it names the vector file {name!r}, which is not the index's own")
+        return path
 
     def read_rows(self, rows) -> np.ndarray:
         """Vectors at given rows of the current vector file."""
@@ -1322,10 +1401,10 @@ class IndexWriter(ImageIndex):
             return {"backend": "exact", "dim": self.dim, "count": n, "dead": 0, "storage": "float32",
                     "requested": requested}
         backend = None
-        if recorded is not None and _ANN_NAME.fullmatch(recorded):
-            path = self.path / recorded
+        path = own_file(self.path, recorded, _ANN_NAME)
+        if path is not None:
             try:
-                header = ann.verify(path)  # the whole file against its checksum: never trusted unread
+                header = ann.verify(path)  # the whole file, header included, against its checksums
                 fp = parse_ann_fingerprint(header.get("fingerprint"))
                 same_plan = fp is not None and fp.get("kind") == kind and fp.get("params") == _jsonable(params) \
                     and fp.get("vector_file") == self._vector_file().name and fp["generation"] <= self.generation
@@ -1403,6 +1482,14 @@ def _json_meta(value: str | None) -> dict | None:
     except ValueError:
         return None
     return out if isinstance(out, dict) else None
+
+
+def _int_column(values: tuple) -> np.ndarray:
+    """Integers read from the database as int64; ValueError naming the first value that is not one."""
+    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int)), None)
+    if bad is not None:
+        raise ValueError(f"an image's id or row is {bad!r}")
+    return np.fromiter(values, np.int64, len(values))
 
 
 def _column(cur) -> np.ndarray:
