@@ -35,8 +35,10 @@ def _holder(path: Path) -> str:
 def _open_locked(path: Path, run_dir: Path, what: str) -> int:
     """An open descriptor of `path` holding its exclusive lock. Retries when the file was removed (by a holder that
     just finished) between the open and the lock, so two processes never lock two different files."""
-    import fcntl
-
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory lock; the run proceeds unguarded, as before
+        fcntl = None
     for _ in range(100):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
@@ -44,7 +46,8 @@ def _open_locked(path: Path, run_dir: Path, what: str) -> int:
             raise LookalikeError(f"{what} {run_dir}: cannot write the lock file there "
                                  f"({exc.strerror or exc})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
