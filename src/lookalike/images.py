@@ -33,8 +33,9 @@ MAX_FILE_BYTES = 200_000_000
 # little, frees the big image at once and leaves the final resize close to an exact one.
 REDUCE_GAP = 2
 
-# The Pillow formats decoded (the families of IMAGE_EXTENSIONS, whatever a file is named): what
-# `image_checks` bounds (JPEG includes its multi-picture kind, MPO). Other decoders (PSD layers, EPS through Ghostscript, JPEG 2000, ...) are never run.
+# The Pillow formats decoded, whatever a file is named: the families of IMAGE_EXTENSIONS, whose costs
+# `image_checks` bounds (JPEG includes its multi-picture kind, MPO). Other decoders (PSD layers, EPS through
+# Ghostscript, JPEG 2000, ...) never run.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 
 ImageSource = Union[str, os.PathLike, bytes]
