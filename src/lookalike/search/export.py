@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 FORMATS = ("parquet", "npy")
 METADATA_KEY = b"lookalike"  # schema metadata: JSON of the backbone description (model, pooling, dim, ...)
 # "whitening": the record of an index's whitening, so that whitened vectors never join unwhitened ones.
-BACKBONE_FIELDS = ("model", "pooling", "dim", "preprocess", "weights", "whitening")
+BACKBONE_FIELDS = ("model", "pooling", "dim", "preprocess", "weights", "whitening", "model_digest")
 EXPORT_BATCH = 8192  # rows per batch and per parquet row group (8192 x 1280 float32 = 40 MB)
 MAX_PATH_BYTES = 4096  # Linux's PATH_MAX: a longer path names no file and only costs memory
 F32_MAX = float(np.finfo(np.float32).max)

@@ -285,6 +285,8 @@ def _pool_module(backbone, pooling: str, layers: list[str], parts: tuple[int, ..
 class Embedder:
     """A backbone with its preprocessing and pooling; call it with PIL images or file paths."""
 
+    model_digest: str | None = None  # sha256 of the checkpoint or weights file, set by `load_embedder`
+
     def __init__(self, net, *, model: str, pooling: str, preprocess: dict, dim: int, device: str = "cpu",
                  weights: str | None = None, runner: Callable[[np.ndarray], np.ndarray] | None = None,
                  runtime: str = "torch", batch_size: int = DEFAULT_BATCH,
@@ -354,6 +356,8 @@ class Embedder:
         """What an index records to refuse vectors from another backbone."""
         out = {"model": self.model, "pooling": self.pooling, "dim": self.dim,
                "preprocess": dict(self.preprocess), "weights": self.weights}
+        if self.model_digest is not None:
+            out["model_digest"] = self.model_digest
         if self.whitening_record is not None:
             out["whitening"] = dict(self.whitening_record)
         return out
@@ -523,6 +527,18 @@ def _graph_name(whole: bool, pooling: str, layers: list[str]) -> str:
 
 def load_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str = "avg", weights=None,
                   runtime: str = "auto", inputs: dict | None = None) -> Embedder:
+    """Build the embedder for a registered backbone name or a `lookalike train` checkpoint path (see
+    `_build_embedder`); it describes the content digest of a checkpoint or weights file (`model_digest.py`)."""
+    from .model_digest import digest_of
+
+    digest = digest_of(model, weights)
+    emb = _build_embedder(model, device, pooling, weights, runtime, inputs)
+    emb.model_digest = digest
+    return emb
+
+
+def _build_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: str = "avg", weights=None,
+                    runtime: str = "auto", inputs: dict | None = None) -> Embedder:
     """Build the embedder for a registered backbone name or a `lookalike train` checkpoint path.
 
     `runtime`: "torch", "onnx", or "auto" (ONNX Runtime on CPU for registered backbones when installed).
@@ -625,6 +641,10 @@ def embedder_for_index(index: "ImageIndex", device: str = "cpu", runtime: str = 
     if emb.dim != int(m["dim"]):
         raise LookalikeError(f"index {index.path} holds {m['dim']}-d vectors but {m['model']} gives {emb.dim}-d: "
                              "rebuild it with --rebuild")
+    from .model_digest import check_unchanged
+
+    check_unchanged(m, emb.model_digest, index.path, rebuild_hint=f"queries would be embedded by other weights; "
+                    f"run `lookalike index {m.get('root', 'FOLDER')} --rebuild` to index with the new ones")
     record = getattr(index, "whitening", None)
     if record is not None:
         from .whitening import load_for_index

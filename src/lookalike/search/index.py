@@ -200,6 +200,7 @@ _MANIFEST_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "model": ((str,), True), "pooling": ((str,), True), "dim": ((int,), True), "preprocess": ((dict,), True),
     "root": ((str,), True), "format_version": ((int,), False), "weights": ((str, _NONE), False),
     "count": ((int,), False), "created_at": ((str,), False), "updated_at": ((str,), False),
+    "model_digest": ((str, _NONE), False),
 }
 _PREPROCESS_FIELDS: dict[str, tuple[type, ...]] = {
     "input_size": (int,), "resize_size": (int,), "mean": (list,), "std": (list,), "interpolation": (str,),
@@ -304,7 +305,7 @@ def resolve_index_dir(path) -> Path:
 
 
 # "whitening": the record of the PCA-whitening applied to the stored vectors (`whitening.store_for_index`), if any.
-BACKBONE_KEYS = ("model", "pooling", "dim", "preprocess", "weights", "whitening")
+BACKBONE_KEYS = ("model", "pooling", "dim", "preprocess", "weights", "whitening", "model_digest")
 
 
 def describe_backbone(m: dict, with_dim: bool = False) -> str:
@@ -605,6 +606,19 @@ class ImageIndex:
         rel = self.relpath(path)
         return rel if rel is not None else Path(os.path.abspath(Path(path).expanduser())).as_posix()
 
+    def current_id(self, path) -> int | None:
+        """The id of the indexed image at `path` while the file is still what was indexed (same size and
+        mtime), else None: a file changed since (`cp b.jpg a.jpg`) must be embedded, not answered by the old
+        vector."""
+        image_id = self.id_of(path)
+        if image_id is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return image_id if self.stamp_of(image_id) == (st.st_size, st.st_mtime_ns) else None
+
     def stats(self) -> dict:
         m = self.manifest
         return {"count": len(self), "model": m["model"], "dim": int(m["dim"]), "pooling": m["pooling"],
@@ -712,16 +726,19 @@ class IndexSnapshot(ImageIndex):
             # One read transaction: rows, vector file, ANN file and generation from the same commit, even while
             # a writer commits or compacts (which switches the vector file).
             conn.execute("BEGIN")
-            cur = conn.execute("SELECT id, row, path FROM images ORDER BY id")
-            ids, rows, paths = [], [], []
+            cur = conn.execute("SELECT id, row, path, size, mtime_ns FROM images ORDER BY id")
+            ids, rows, paths, stamps = [], [], [], []
             while True:
                 chunk = cur.fetchmany(65536)
                 if not chunk:
                     break
-                a, b, c = zip(*chunk)
+                a, b, c, d, e = zip(*chunk)
                 ids.append(_int_column(a))
                 rows.append(_int_column(b))
                 paths.extend(c)
+                # What the file was when indexed; anything else than two integers matches no file.
+                stamps.append(np.array([(x, y) if type(x) is int and type(y) is int else (-1, -1)
+                                        for x, y in zip(d, e)], np.int64).reshape(-1, 2))
             self.vector_file = self._meta(conn, "vector_file") or "vectors-0.f32"
             self.ann_file = self._meta(conn, "ann_file")
             self.generation = _generation(conn)
@@ -735,6 +752,7 @@ class IndexSnapshot(ImageIndex):
             conn.close()
         if own_file(self.path, self.vector_file, _VECTOR_NAME) is None:
             raise self._damaged(f"it names the vector file {self.vector_file!r}, which is not the index's own")
+        self._stamps = np.concatenate(stamps) if stamps else np.zeros((0, 2), np.int64)
         self._ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         self._rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         # Text as it is; only names that are not valid UTF-8 (stored as bytes) need decoding.
@@ -812,6 +830,11 @@ class IndexSnapshot(ImageIndex):
     def vector_of(self, image_id: int) -> np.ndarray:
         """The stored vector of one image id (KeyError if unknown)."""
         return np.asarray(self._mm_rows[int(self._rows[self._position(image_id)])])
+
+    def stamp_of(self, image_id: int) -> tuple[int, int]:
+        """(size, mtime_ns) of an image's file when it was indexed (KeyError if unknown)."""
+        size, mtime = self._stamps[self._position(image_id)]
+        return int(size), int(mtime)
 
     # --- the search backend --------------------------------------------------------------------------------
     def backend(self):
@@ -1122,6 +1145,12 @@ class IndexWriter(ImageIndex):
         if row is None:
             raise KeyError(image_id)
         return self._gather(self._meta(self._conn, "vector_file"), np.asarray([row[0]]), scattered=True)[0]
+
+    def stamp_of(self, image_id: int) -> tuple[int, int]:
+        row = self._conn.execute("SELECT size, mtime_ns FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        if row is None:
+            raise KeyError(image_id)
+        return row[0], row[1]
 
     def entries(self) -> dict[str, IndexEntry]:
         """{stored path: IndexEntry} of every row (small indexes and tests; `sync` looks rows up in batches)."""

@@ -95,7 +95,7 @@ def backbone_problem(meta: Any) -> str | None:
     if whitening is not None and not isinstance(whitening, dict):
         return f"whitening is {type(whitening).__name__}, not an object"
     # The manifest that `ImageIndex.create` would write, through the check every reader applies to it.
-    fields = ("model", "pooling", "dim", "preprocess", "weights")
+    fields = ("model", "pooling", "dim", "preprocess", "weights", "model_digest")
     candidate = {**{k: meta[k] for k in fields if k in meta}, "root": "/", "format_version": FORMAT_VERSION}
     problem = _manifest_problem(candidate)
     if problem:

@@ -241,7 +241,7 @@ def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder:
         if image_id is None and q.path is not None:
             if not Path(q.path).is_file():
                 raise LookalikeError(f"query {q.path}: no such file")
-            image_id = index.id_of(q.path)
+            image_id = index.current_id(q.path)  # None once the file changed: embedded afresh
         if image_id is not None:
             vectors.append(np.asarray(index.vector_of(image_id), np.float32))  # KeyError when unknown
             excludes.append(None if include_self else [int(image_id)])

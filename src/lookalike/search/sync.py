@@ -59,6 +59,10 @@ def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooli
         wanted["preprocess"] = {**{k: v for k, v in have.items() if k not in INPUT_KEYS},
                                 **input_options(asked.get("long_side"), asked.get("scales"), asked["trim"],
                                                 asked.get("layers"))}
+    from .model_digest import check_unchanged, digest_of
+
+    check_unchanged(m, digest_of(wanted["model"], wanted.get("weights")), index_path,
+                    rebuild_hint="pass --rebuild to index every image with the new weights")
     if any(wanted.get(k) != m.get(k) for k in ("model", "pooling", "weights", "preprocess")):
         index.close()
         raise LookalikeError(f"index {index_path} holds vectors from {describe_backbone(m)}, not "
@@ -135,6 +139,8 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
 
             embedder.with_whitening(load_for_index(existing.path, existing.whitening), existing.whitening)
         backbone = embedder.describe()
+        if existing is not None and "model_digest" not in existing.manifest and backbone.get("model_digest"):
+            existing.touch_manifest(model_digest=backbone["model_digest"])  # an index made before digests
         if existing is not None and not same_backbone(existing.manifest, backbone):
             raise LookalikeError(f"index {index_path} holds vectors from {describe_backbone(existing.manifest)}, "
                                  f"not {describe_backbone(backbone)}: pass --rebuild to start over with the new "
