@@ -36,9 +36,10 @@ MAX_TIFF_STRIPS = 100_000
 # 8 KB chunks takes about 75,000.
 MAX_READS = 200_000
 
-# The next marker after `pos`: 0xFF (fill bytes allowed) then a byte that is neither a stuffed zero nor a
-# restart marker, which both belong to entropy-coded data. A decoder skips any other bytes before a marker too.
-_JPEG_MARKER = re.compile(rb"\xff+[^\x00\xff\xd0-\xd7]")
+# The next marker after `pos`: 0xFF then a byte that is neither fill (0xFF), a stuffed zero nor a restart
+# marker (both belong to entropy-coded data). A decoder skips any other bytes before a marker too. One 0xFF,
+# not a run of them: a run would make the search quadratic in a long run of fill bytes.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
 _JPEG_STANDALONE = frozenset({0x01, 0xD8})  # TEM and SOI carry no length
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start of frame; C4, C8, CC are tables
 _TIFF_OFFSETS = (273, 324)  # StripOffsets, TileOffsets
