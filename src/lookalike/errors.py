@@ -7,3 +7,8 @@ class LookalikeError(Exception):
 
 class BadImageError(LookalikeError):
     """One image could not be read; long runs skip it and name it at the end."""
+
+
+class TransientImageError(BadImageError):
+    """One image could not be decoded for a reason that may pass (not enough memory): skipped now, tried again on
+    the next run instead of being remembered as a bad file."""

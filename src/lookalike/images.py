@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator, Union
 
-from .errors import BadImageError
+from .errors import BadImageError, TransientImageError
 from .image_checks import CountedBytes, check_structure
 
 IMAGE_EXTENSIONS = frozenset(
@@ -225,7 +225,7 @@ def load_image(source: ImageSource, min_size: int | None = None, max_pixels: int
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImageError(f"{name}: too many pixels (decompression bomb guard)") from None
     except MemoryError:
-        raise BadImageError(f"{name}: not enough memory to decode it") from None
+        raise TransientImageError(f"{name}: not enough memory to decode it") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
         raise BadImageError(f"{name}: corrupt or truncated image ({exc})") from None
 

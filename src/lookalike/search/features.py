@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import BadImageError, LookalikeError
+from ..errors import BadImageError, LookalikeError, TransientImageError
 from ..images import load_image, read_image_file
 from .file_results import Decoded, DecodeResult, Embedded, Reused, StreamResult, Undecodable, Unread
 
@@ -426,8 +426,12 @@ class Embedder:
         try:
             img = load_image(data, min_size=self.min_decode_size)
             return Decoded(digest, self.prepare(img))
+        except TransientImageError as exc:  # not the file's fault: tried again next run
+            return Unread(str(exc).split(": ", 1)[-1])
         except BadImageError as exc:
             return Undecodable(digest, str(exc).split(": ", 1)[-1])
+        except MemoryError:
+            return Unread("not enough memory to prepare it")
         except Exception as exc:  # a decoder bug on one odd file must not stop a long run
             return Undecodable(digest, f"cannot decode ({exc.__class__.__name__}: {exc})")
 
@@ -456,6 +460,7 @@ class Embedder:
                     return
                 pending.append((item, pool.submit(self.decode_file, path_of(item) if path_of else item, reuse)))
 
+        watch = ModelWatch()
         try:
             fill()
             while pending:
@@ -464,19 +469,63 @@ class Embedder:
                     item, fut = pending.popleft()
                     batch.append((item, fut.result()))
                     fill()
-                embedded = self._embed_decoded(batch)
+                embedded = self._embed_decoded(batch, watch)
                 batch.clear()  # the decoded pixels go now, not while the caller works on this batch
                 yield embedded
+            watch.check(finished=True)
         finally:
             # Ctrl-C or an early stop: drop the queued decodes instead of finishing them.
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _embed_decoded(self, batch: list[tuple[Any, DecodeResult]]) -> list[tuple[Any, StreamResult]]:
-        """One forward pass for the batch's `Decoded` images; every other result passes through."""
+    def _embed_decoded(self, batch: list[tuple[Any, DecodeResult]],
+                       watch: "ModelWatch | None" = None) -> list[tuple[Any, StreamResult]]:
+        """One forward pass for the batch's `Decoded` images; every other result passes through. A forward pass
+        that fails, or a vector that is not finite, leaves those images `Unread` (tried again next run, never
+        stored); `watch` stops the run when the model fails on every image."""
         arrays = [res.array for _, res in batch if isinstance(res, Decoded)]
-        vectors = iter(self.embed_prepared(arrays) if arrays else ())
-        return [(item, Embedded(res.digest, next(vectors)) if isinstance(res, Decoded) else res)
-                for item, res in batch]
+        if not arrays:
+            return list(batch)
+        try:
+            vectors = self.embed_prepared(arrays)
+            finite = np.isfinite(vectors).all(axis=1) & (np.abs(vectors).sum(axis=1) > 0)
+            why = "the model gave no usable vector for it (not finite)"
+        except Exception as exc:  # the model's or its runtime's, whatever their class: the run goes on
+            vectors, finite = None, np.zeros(len(arrays), bool)
+            why = f"the model failed on it ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        if watch is not None:
+            watch.saw(int(finite.sum()), len(arrays) - int(finite.sum()), why)
+        out, n = [], 0
+        for item, res in batch:
+            if isinstance(res, Decoded):
+                out.append((item, Embedded(res.digest, vectors[n]) if finite[n] else Unread(why)))
+                n += 1
+            else:
+                out.append((item, res))
+        return out
+
+
+class ModelWatch:
+    """Counts the images a model embedded and those it failed on during one run: a model that fails on every
+    image (weights that give NaN, a runtime error on any input) stops the run with one line instead of skipping
+    a whole library one file at a time."""
+
+    FAILURES_BEFORE_STOP = 64  # images failed with none embedded: the model, not the files
+
+    def __init__(self) -> None:
+        self.ok = self.failed = 0
+        self.reason = ""
+
+    def saw(self, ok: int, failed: int, reason: str) -> None:
+        self.ok += ok
+        self.failed += failed
+        if failed:
+            self.reason = reason
+        self.check()
+
+    def check(self, finished: bool = False) -> None:
+        if self.ok == 0 and self.failed and (finished or self.failed >= self.FAILURES_BEFORE_STOP):
+            raise LookalikeError(f"{self.reason.replace(' on it', '').replace(' for it', '')} on every image it was "
+                                 f"given ({self.failed}): nothing was stored from it; check the --model")
 
 
 # --- construction ----------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 `Embedder.stream`, so callers match on the type rather than on which keys a dict holds.
 
 `digest` is the file's content hash (`features.file_digest`) wherever the bytes were read. An `Unread` file has
-none: its reason (missing, unreadable, not a regular file, over the size limit) may pass, so the index tries it
-again next run, while an `Undecodable` one is remembered until it changes.
+none: its reason (missing, unreadable, not a regular file, over the size limit, out of memory, a model error) may
+pass, so the index tries it again next run, while an `Undecodable` one (the file itself) is remembered until it
+changes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 
 
 class Unread(NamedTuple):
-    """Not read: missing, unreadable, not a regular file or over the file size limit."""
+    """Not embedded for a reason that may pass, so the index tries it again next run: missing, unreadable, not a
+    regular file, over the file size limit; or read, but out of memory, or the model failed on it."""
 
     reason: str
 

@@ -1281,6 +1281,8 @@ class IndexWriter(ImageIndex):
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected (n, {self.dim}) vectors, got {vectors.shape}")
+        if not np.isfinite(vectors).all():  # callers drop such rows first; nothing non-finite is ever stored
+            raise ValueError("refusing to store a vector that is not finite")
         vpath = self._vector_file()
         row_bytes = self.dim * 4
         with self._writing(), open(vpath, "ab") as fh:
