@@ -133,9 +133,14 @@ def index_command(
         warn(f"skipped {item['path']}: {item['reason']}")
     if known:
         warn(_known_failures_line(known))
+    unsupported = summary.get("unsupported", [])
+    for ext, count in _count_by_extension(unsupported).items():
+        reason = next(item["reason"] for item in unsupported if item["path"].lower().endswith(ext))
+        warn(f"skipped {count} {ext} file{'s' if count != 1 else ''}: {reason}; --json lists them")
     out.print(f"{summary['indexed']} images indexed in {printable(summary['index_path'])}: {summary['added']} added, "
               f"{summary['updated']} updated, {summary['renamed']} renamed, {summary['removed']} removed, "
-              f"{summary['unchanged']} unchanged, {len(skipped)} skipped", highlight=False, soft_wrap=True)
+              f"{summary['unchanged']} unchanged, {len(skipped) + len(unsupported)} skipped", highlight=False,
+              soft_wrap=True)
     if summary.get("ann"):
         out.print(f"search backend: {_describe_backend(summary['ann'])}", highlight=False, soft_wrap=True)
 
@@ -187,6 +192,14 @@ def _describe_backend(params: dict) -> str:
     text = params.get("backend", "?") + (f" ({knobs})" if knobs else "")
     requested = params.get("requested")
     return text + (f", chosen by {requested}" if requested == "auto" else "")
+
+
+def _count_by_extension(items: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        ext = Path(item["path"]).suffix.lower()
+        counts[ext] = counts.get(ext, 0) + 1
+    return counts
 
 
 def _known_failures_line(known: list[dict], shown: int = 3) -> str:

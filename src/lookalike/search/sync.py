@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import LookalikeError
+from ..file_kinds import WalkReport, walk_images
 from ..images import decoder_version, iter_image_files
 from .features import DEFAULT_MODEL, INPUT_KEYS, Embedder, input_options, inputs_of, load_embedder
 from .file_results import Reused, Skipped, Undecodable
@@ -180,12 +181,12 @@ def _embedder_for(existing: IndexWriter | None, model: str | None, pooling: str 
 WALK_BATCH = 2000  # walked files looked up in the database per batch
 
 
-def _walk(root: Path, skipped: list[dict]) -> Iterator[list[tuple[Path, str, int, int]]]:
+def _walk(root: Path, skipped: list[dict], report: WalkReport) -> Iterator[list[tuple[Path, str, int, int]]]:
     """Batches of (absolute path, root-relative '/'-separated path, size, mtime_ns) of the image files under
-    `root`; files that cannot be stat'ed go to `skipped`."""
+    `root`; files that cannot be stat'ed go to `skipped`, photos it cannot decode and other files to `report`."""
     prefix = len(str(root).rstrip(os.sep)) + 1
     batch: list[tuple[Path, str, int, int]] = []
-    for path in iter_image_files(root):
+    for path in walk_images(root, report):
         text = str(path)
         rel = text[prefix:] if os.sep == "/" else text[prefix:].replace(os.sep, "/")
         try:
@@ -255,8 +256,9 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
     known_bad: list[dict] = []
     failures_seen: set[str] = set()
     todo: list[tuple[Path, str, int, int, IndexEntry | None]] = []  # (absolute path, rel, size, mtime_ns, old)
+    report = WalkReport()
     with index.walk_table() as mark_seen:
-        for batch in _walk(root, summary["skipped"]):
+        for batch in _walk(root, summary["skipped"], report):
             known = index.lookup_paths([rel for _, rel, _, _ in batch])
             mark_seen([rel for _, rel, _, _ in batch])
             for path, rel, size, mtime in batch:
@@ -348,6 +350,8 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
         summary["removed"] += len(forget)
     summary["skipped"] += known_bad
     summary["skipped_known"] = len(known_bad)
+    summary["unsupported"] = report.unsupported  # photos in formats this install cannot decode
+    summary["other_files"] = dict(sorted(report.other.items()))  # counted only
     request = index.manifest.get("whiten")
     if request is not None and index.whitening is None:
         _apply_whitening(index, embedder, request)  # compacts on the way

@@ -1,0 +1,60 @@
+"""What a walk of a photo folder finds besides the images it indexes: photos in formats this install cannot
+decode (camera RAW files, HEIC/HEIF without a HEIF decoder), reported as skipped with a reason so that a user
+never wonders where half a library went, and other files (videos, sidecars), only counted."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, Union
+
+from .images import is_image_path
+
+# Camera RAW formats: decoding them needs a RAW developer (libraw), which Lookalike does not ship.
+RAW_EXTENSIONS = frozenset({
+    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf", ".rw2", ".raf", ".pef",
+    ".srw", ".x3f", ".3fr", ".erf", ".kdc", ".mrw", ".rwl", ".iiq", ".mos", ".raw",
+})
+# Other photo formats that phones and cameras write, decodable only where a plug-in is installed.
+OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif", ".jxl", ".jp2", ".psd"})
+
+
+def photo_reason(ext: str) -> str | None:
+    """Why a photo with this (lower-case) extension is not indexed, or None when it is not a photo format."""
+    if ext in RAW_EXTENSIONS:
+        return "a camera RAW photo, which this install cannot decode (index a JPEG export of it)"
+    if ext in OTHER_PHOTO_EXTENSIONS:
+        return f"a {ext[1:].upper()} photo, which this install has no decoder for"
+    return None
+
+
+class WalkReport:
+    """What `walk_images` passed over: `unsupported` [{"path", "reason"}] photos it cannot decode, and
+    `other` {extension: count} of the remaining files."""
+
+    def __init__(self) -> None:
+        self.unsupported: list[dict] = []
+        self.other: Counter = Counter()
+
+
+def walk_images(root: Union[str, os.PathLike], report: WalkReport, recursive: bool = True) -> Iterator[Path]:
+    """The image files under `root` in sorted order (hidden files and folders skipped, as
+    `images.iter_image_files`), noting in `report` every other file it passes."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = Path(dirpath)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            if is_image_path(name):
+                yield folder / name
+                continue
+            ext = os.path.splitext(name)[1].lower()
+            reason = photo_reason(ext)
+            if reason is not None:
+                report.unsupported.append({"path": str(folder / name), "reason": reason})
+            else:
+                report.other[ext or "(none)"] += 1
+        if not recursive:
+            break
