@@ -264,12 +264,12 @@ def _folder_bundle(root: Path, image_size: Optional[int], progress, need_train: 
 def _header_sizes(files: Sequence[Path], sample: int = 200) -> list[tuple[int, int]]:
     """(width, height) from the headers of up to `sample` files spread over `files`; unreadable ones are left
     out (the decode step names them)."""
-    from PIL import Image
+    from .images import open_header
 
     sizes = []
     for f in files[::max(1, len(files) // sample)]:
         try:
-            with Image.open(f) as im:
+            with open_header(f) as im:
                 sizes.append(im.size)
         except Exception:
             continue

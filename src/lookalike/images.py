@@ -163,6 +163,33 @@ def read_image_file(path: Union[str, os.PathLike], max_bytes: int = MAX_FILE_BYT
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+_PLUGINS_LOCK = threading.Lock()
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Load Pillow's format plug-ins once, before threads race for them: Pillow loads them lazily on the
+    first open, and two decoding threads doing that at once can find a half-filled registry (KeyError 'MPO')."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        from PIL import Image
+
+        with _PLUGINS_LOCK:
+            Image.init()
+            _plugins_loaded = True
+
+
+def open_header(path: Union[str, os.PathLike], head_bytes: int = 1 << 20):
+    """`PIL.Image.open` over the first `head_bytes` of a file: its size and format from the header, parsing
+    bounded by `image_checks`' read count (a training set's size probe, which never decodes pixels)."""
+    from PIL import Image
+
+    with open(path, "rb") as fh:
+        head = fh.read(head_bytes)
+    _load_plugins()
+    return Image.open(CountedBytes(head, str(path)), formats=IMAGE_FORMATS)
+
+
 def open_image(data: bytes, name: str):
     """`PIL.Image.open` over `data` (the header read, nothing decoded yet) with the bounds of `image_checks`.
 
@@ -171,6 +198,7 @@ def open_image(data: bytes, name: str):
     from PIL import Image, UnidentifiedImageError
 
     check_structure(data, name)
+    _load_plugins()
     try:
         return Image.open(CountedBytes(data, name), formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
