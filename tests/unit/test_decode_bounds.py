@@ -125,3 +125,14 @@ def test_thumbnails_and_verification_refuse_the_bomb_too(tmp_path):
     start = time.monotonic()
     assert verifier.features_of(path) is None  # unreadable: its result keeps its place, unverified
     assert time.monotonic() - start < FAST
+
+
+def test_training_size_probe_reads_headers_through_the_bounds(tmp_path):
+    """The from-scratch model choice reads a sample of headers: a crafted file costs it a bounded parse."""
+    from lookalike.datasets import _header_sizes
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 30)).save(good)
+    bomb = tmp_path / "bomb.gif"
+    bomb.write_bytes(chatty_gif(400_000))
+    assert _header_sizes([good, bomb]) == [(40, 30)]  # the bomb is left out; the decode step names it
