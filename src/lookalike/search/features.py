@@ -641,7 +641,7 @@ def _build_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: st
 
     dev = resolve_device(device)
     if checkpoint:
-        from ..train.checkpoint import model_from_checkpoint
+        from ..models.from_checkpoint import model_from_checkpoint
 
         path = Path(model).expanduser().resolve()
         if not path.is_file():

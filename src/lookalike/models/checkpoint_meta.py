@@ -59,7 +59,7 @@ def check_meta(meta: Any, where: str) -> None:
     if not isinstance(meta, dict):
         raise LookalikeError(f"{where}: its 'meta' is a {type(meta).__name__}, not a dict (damaged or not written "
                              "by `lookalike train`)")
-    from ..models import list_models
+    from . import list_models
 
     if meta.get("model") not in list_models():
         raise bad("model", f"one of {', '.join(list_models())}", meta.get("model"))
