@@ -8,10 +8,12 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.core import TyperCommand
 
 from .. import __version__
 from ..errors import LookalikeError
 from ..paths import printable
+from ._help import Command, Group
 
 app = typer.Typer(
     name="lookalike",
@@ -20,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=Group,
 )
 
 
@@ -38,6 +41,33 @@ def _root(
 
 # Each module adds its commands to `app`.
 from . import eval_cmd, export_cmds, models_cmd, search_cmds, serve_cmd, train_cmds  # noqa: E402,F401
+
+# The commands in the order a user meets them, each with its line in `lookalike --help`.
+COMMANDS = {
+    "demo": "Try search on a gallery of shipped photos and edited copies; writes report.html.",
+    "index": "Index the images under a folder (only new or changed files are read again).",
+    "search": "Find the indexed images that look most like each query image.",
+    "compare": "Print the pairwise distances of two or more images.",
+    "dupes": "Group the near-duplicate images of an index.",
+    "serve": "Serve the search page and REST API over an index.",
+    "train": "Train a classifier on CIFAR-10 or on your own class folders.",
+    "evaluate": "Test accuracy, per-class accuracy and confusion matrix of a checkpoint.",
+    "export": "Export an index's vectors with their paths to parquet or .npy.",
+    "import": "Bring vectors computed elsewhere into an index.",
+    "models": "List the registered models with their parameter counts.",
+    "eval-search": "Measure retrieval quality on a benchmark folder (mAP, precision).",
+}
+
+
+def _command_name(info: typer.models.CommandInfo) -> str:
+    return info.name or info.callback.__name__.replace("_", "-")
+
+
+for _info in app.registered_commands:
+    _info.cls = Command if _info.cls in (None, TyperCommand) else _info.cls
+    _info.short_help = _info.short_help or COMMANDS.get(_command_name(_info))
+app.registered_commands.sort(key=lambda info: list(COMMANDS).index(_command_name(info))
+                             if _command_name(info) in COMMANDS else len(COMMANDS))
 
 
 def main() -> None:
