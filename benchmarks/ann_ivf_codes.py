@@ -1,5 +1,5 @@
 """IVF on a 256-d PCA at 1M vectors: what the stored codes (float32, float16, SQ8) and the number of lists cost
-and give, side by side in one run, through `lookalike.search.ann` as `lookalike index` builds it.
+and give, side by side in one run, through `lookalike.search.store.ann` as `lookalike index` builds it.
 
 For each variant: build time, file size, then one query at a time (1,000 held-out queries, the exact rerank of
 rerank x k candidates read from the vector file) at several nprobe: p50 and recall@10 against the exact top-10;
@@ -31,8 +31,8 @@ GRAPH_ROWS = 20_000
 
 
 def measure(variant: str, n: int, cache: Path) -> list[str]:
-    from lookalike.search import ann
-    from lookalike.search.index import advise_random
+    from lookalike.search.store import ann
+    from lookalike.search.store.index import advise_random
 
     nlist, storage = variant.split(":")
     db = np.load(cache / "db.npy", mmap_mode="r")[:n]

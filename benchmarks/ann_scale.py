@@ -77,7 +77,7 @@ def real_vectors(cache: Path, cifar: str | None, per_train: int, per_test: int) 
     if out.is_file():
         with np.load(out, allow_pickle=False) as z:
             return z["train"], z["test"]
-    from lookalike.search.features import load_embedder
+    from lookalike.search.describe.features import load_embedder
 
     folder = cifar_folder(cache, cifar)
     emb = load_embedder()
@@ -105,7 +105,7 @@ BLOCK = 10_000  # near-copies point to rows of their own block, so every prefix 
 def fit_mixture(train: np.ndarray, clusters: int, rank: int, seed: int = 0) -> dict:
     """k-means, then per cluster: weight, centroid, top `rank` residual directions with their standard
     deviations, and the standard deviation of what they leave (isotropic)."""
-    from lookalike.search.ann import faiss_module
+    from lookalike.search.store.ann import faiss_module
 
     faiss = faiss_module()  # threads = free cores, waiting passively
     d = train.shape[1]
@@ -211,7 +211,7 @@ def rss() -> dict:
 
 
 def child_build(cache: Path, n: int, name: str) -> dict:
-    from lookalike.search import ann
+    from lookalike.search.store import ann
 
     db = np.load(cache / "db.npy", mmap_mode="r")[:n]
     kind, params = CONFIGS[name]
@@ -229,10 +229,10 @@ def child_build(cache: Path, n: int, name: str) -> dict:
 
 
 def child_serve(cache: Path, n: int, name: str, n_dupe_rows: int, full_dupes: bool = False) -> dict:
-    from lookalike.search import ann
-    from lookalike.search.dupes_graph import knn_edges
-    from lookalike.search.index import advise_random
-    from lookalike.search.query import distance_to_similarity
+    from lookalike.search.store import ann
+    from lookalike.search.retrieve.dupes_graph import knn_edges
+    from lookalike.search.store.index import advise_random
+    from lookalike.search.retrieve.query import distance_to_similarity
 
     db = np.load(cache / "db.npy", mmap_mode="r")[:n]
     # The rerank reads scattered rows through a second mapping without read-ahead, as IndexSnapshot.lookup does.
@@ -398,8 +398,8 @@ def holidays_ap(ranked: list[str], positives: set[str]) -> float:
 def quality(cache: Path, args) -> None:
     """holidays-dev mAP of exact search on float32, float16, and PCA-256 vectors (fitted on the 405 images
     themselves, as an index fits its own, and on the CIFAR-10 vectors), with and without exact reranking."""
-    from lookalike.search import ann
-    from lookalike.search.compact import Pca
+    from lookalike.search.store import ann
+    from lookalike.search.store.compact import Pca
 
     folder = Path(args.holidays)
     gt = json.loads((folder / "groundtruth.json").read_text())
@@ -408,7 +408,7 @@ def quality(cache: Path, args) -> None:
     if vpath.is_file():
         vecs = np.load(vpath)
     else:
-        from lookalike.search.features import load_embedder
+        from lookalike.search.describe.features import load_embedder
 
         vecs, skipped = load_embedder().embed_paths([folder / n for n in names])
         assert not skipped, skipped
@@ -458,9 +458,9 @@ def graph_recall(cache: Path, args) -> None:
     """Share of the exact near-duplicate edges (the ground truth's 1,000 judged rows) that the kNN-graph pass of
     `dupes` finds through a saved `auto` backend, per graph setting (nprobe, rerank); recall only, no timing
     (CPU seconds are shown for a rough comparison between settings)."""
-    from lookalike.search import ann
-    from lookalike.search.dupes_graph import knn_edges
-    from lookalike.search.query import distance_to_similarity
+    from lookalike.search.store import ann
+    from lookalike.search.retrieve.dupes_graph import knn_edges
+    from lookalike.search.retrieve.query import distance_to_similarity
 
     n = args.sizes[0]
     db = np.load(cache / "db.npy", mmap_mode="r")[:n]
@@ -597,7 +597,7 @@ def git_commit() -> str:
 
 def write_report(args, results: list[dict]) -> None:
     sys.path.insert(0, str(REPO / "src"))
-    from lookalike.search.ann import choose
+    from lookalike.search.store.ann import choose
 
     commit = ", ".join(sorted({r.get("commit", "?") for r in results})) or git_commit()
     commands = list(dict.fromkeys(r.get("command", "?") for r in results))
@@ -670,7 +670,7 @@ def write_report(args, results: list[dict]) -> None:
               "pass (older rows: when the row finished); other people's jobs shared them, so timings taken at "
               "load > 2 are slower than the machine alone would give, and single-query latencies vary between "
               "neighbouring rows.", "",
-              "`auto` (`lookalike.search.ann.choose`, 3 GB budget): " + ", ".join(
+              "`auto` (`lookalike.search.store.ann.choose`, 3 GB budget): " + ", ".join(
                   f"N={n:,} -> {choose(n, 1280)[0]} {choose(n, 1280)[1]}" for n in
                   (10_000, 50_000, 100_000, 500_000, 1_000_000, 3_000_000, 10_000_000, 100_000_000))]
     extra = Path(args.out).with_name("ann_scale.notes.md")

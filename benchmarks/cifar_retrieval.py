@@ -55,7 +55,7 @@ def main() -> None:
 
     import results_file
 
-    from lookalike.search.evaluate import run_eval
+    from lookalike.search.evaluation.evaluate import run_eval
 
     bench = args.data / "test"
     if args.limit:

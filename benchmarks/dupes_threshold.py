@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def _pairs(vectors: np.ndarray, groups: list[str], thresholds: list[float]) -> dict:
-    from lookalike.search.query import compare, group_vectors
+    from lookalike.search.retrieve.query import compare, group_vectors
 
     dist, _ = compare(vectors)
     g = np.asarray(groups)
@@ -59,13 +59,13 @@ def main() -> None:
     thresholds = [float(x) for x in args.thresholds.split(",")]
 
     from lookalike.search.sample_photos import build_gallery, photo_of
-    from lookalike.search.evaluate import load_benchmark
-    from lookalike.search.features import load_embedder
-    from lookalike.search.index import ImageIndex
-    from lookalike.search.query import dupe_threshold
-    from lookalike.search.sync import index_folder
+    from lookalike.search.evaluation.evaluate import load_benchmark
+    from lookalike.search.describe.features import load_embedder
+    from lookalike.search.store.index import ImageIndex
+    from lookalike.search.retrieve.query import dupe_threshold
+    from lookalike.search.indexing.sync import index_folder
 
-    from lookalike.search.index import describe_backbone
+    from lookalike.search.store.index import describe_backbone
 
     # The default descriptor, and the head alone (the default before the two-layer one), side by side.
     embedders = [load_embedder(), load_embedder(inputs={"layers": "head"})]

@@ -77,7 +77,7 @@ DEFAULT_VARIANT = next(iter(VARIANTS))
 
 
 def _embedder(opts: dict):
-    from lookalike.search.features import input_options, load_embedder
+    from lookalike.search.describe.features import input_options, load_embedder
 
     inputs = {**input_options(opts.get("size"), opts.get("scales")), "trim": opts.get("trim", True),
               "layers": opts.get("layers", "head")}  # the rows before the two-layer default pooled the head
@@ -89,16 +89,16 @@ def _demo_whitened(dopts: dict, verify: int = 0) -> float:
     gallery, applied to the stored vectors): every edited copy searches by id, its own vector left out, the
     first `verify` results re-ranked by spatial verification."""
     from lookalike.search.demo import build_gallery, photo_of
-    from lookalike.search.index import ImageIndex
-    from lookalike.search.query import Query, run_queries
-    from lookalike.search.sync import index_folder
+    from lookalike.search.store.index import ImageIndex
+    from lookalike.search.retrieve.query import Query, run_queries
+    from lookalike.search.indexing.sync import index_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         gallery = Path(tmp) / "gallery"
         queries = build_gallery(gallery)
         index_folder(gallery, Path(tmp) / "index", embedder=_embedder(dopts), whiten=True)
         with ImageIndex.open(Path(tmp) / "index") as ix:
-            from lookalike.search.verify import Verifier
+            from lookalike.search.retrieve.verify import Verifier
 
             results = run_queries(ix, [Query(name=str(q["path"]), image_id=ix.id_of(q["path"])) for q in queries],
                                   1, embedder=lambda: None, verifier=Verifier(verify) if verify else None)
@@ -107,7 +107,7 @@ def _demo_whitened(dopts: dict, verify: int = 0) -> float:
 
 
 def _time_indexing(embedder, folder: Path) -> float:
-    from lookalike.search.sync import index_folder
+    from lookalike.search.indexing.sync import index_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -124,7 +124,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from lookalike.search.demo import run_demo
-    from lookalike.search.evaluate import run_eval
+    from lookalike.search.evaluation.evaluate import run_eval
 
     variants = dict(VARIANTS)
     if args.whiten_on:
@@ -176,7 +176,7 @@ def main() -> None:
              "`lookalike demo`'s precision@1 with that descriptor, its gallery indexed with `--whiten` where the "
              "variant whitens (the demo searches without QE or DBA, and verifies as the variant does). QE and "
              "DBA: alpha = 3, a query left out of its own expansion. \"Verified\": the first N results re-ranked "
-             "by spatial verification (`search/verify.py`); ms / query is each query's share of the ranking stage, "
+             "by spatial verification (`search/retrieve/verify.py`); ms / query is each query's share of the ranking stage, "
              "local features decoded afresh in every row.", "",
              "| Variant | mAP | P@1 | P@5 | demo P@1 | ms / image | x default | load | ms / query |",
              "|---|---|---|---|---|---|---|---|---|"]

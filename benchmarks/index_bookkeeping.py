@@ -64,8 +64,8 @@ def make_files(folder: Path, n: int) -> None:
 
 def make_rows(folder: Path, ix: Path, dim_from: dict) -> int:
     """Rows for every file under `folder`, through the writer API (`IndexWriter.append_vectors` + `commit`)."""
-    from lookalike.search.features import file_digest
-    from lookalike.search.index import ImageIndex
+    from lookalike.search.describe.features import file_digest
+    from lookalike.search.store.index import ImageIndex
     from lookalike.images import iter_image_files
 
     rng = np.random.default_rng(0)
@@ -121,8 +121,8 @@ def lookalike(*args: str, env: dict | None = None) -> tuple[float, subprocess.Co
 OPEN_CHILD = r"""
 import json, sys, time, numpy as np
 t0 = time.perf_counter()
-from lookalike.search.index import ImageIndex
-from lookalike.search.query import search
+from lookalike.search.store.index import ImageIndex
+from lookalike.search.retrieve.query import search
 t1 = time.perf_counter()
 ix = ImageIndex.open(sys.argv[1])
 t2 = time.perf_counter()
@@ -179,8 +179,8 @@ def write_parquet(out: Path, n: int, backbone: dict) -> None:
 
 def relabel_ann(ix: Path, ann_file: Path) -> str:
     """Give the index a backend saved by ann_scale.py from the same vectors, relabelled with the index's ids."""
-    from lookalike.search import ann
-    from lookalike.search.index import ImageIndex, ann_fingerprint
+    from lookalike.search.store import ann
+    from lookalike.search.store.index import ImageIndex, ann_fingerprint
 
     backend = ann.load(ann_file)
     with ImageIndex.open(ix, readonly=False) as w:
@@ -206,7 +206,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    from lookalike.search.features import load_embedder
+    from lookalike.search.describe.features import load_embedder
 
     backbone = load_embedder().describe()
     lines = ["# Index bookkeeping at scale", "",

@@ -87,7 +87,7 @@ def lab_rate(paths: list[Path], model: str) -> float:
 
 def forward_rates(model: str, batch: int = 32, reps: int = 4) -> dict:
     """Images/s of the embedding net alone on ready uint8 crops (normalisation included), as `index` runs it."""
-    from lookalike.search.features import load_embedder
+    from lookalike.search.describe.features import load_embedder
 
     out = {}
     for runtime in ("onnx", "torch"):
@@ -111,8 +111,8 @@ def forward_rates(model: str, batch: int = 32, reps: int = 4) -> dict:
 def decode_ms(paths: list[Path], model: str) -> float:
     """CPU cost of one image's read + hash + draft decode + resize/crop, single thread, in ms."""
     from lookalike.models.pretrained import PREPROCESS
-    from lookalike.search.features import Embedder
-    from lookalike.search.file_results import Decoded
+    from lookalike.search.describe.features import Embedder
+    from lookalike.search.describe.file_results import Decoded
 
     emb = Embedder(None, model=model, pooling="avg", preprocess=PREPROCESS[model], dim=1)
     start = time.perf_counter()
@@ -122,7 +122,7 @@ def decode_ms(paths: list[Path], model: str) -> float:
 
 
 def steady_rate(folder: Path, home: Path, model: str, runtime: str) -> float:
-    from lookalike.search.sync import index_folder
+    from lookalike.search.indexing.sync import index_folder
 
     os.environ["LOOKALIKE_HOME"] = str(home)
     stamps: list[tuple[float, int]] = []

@@ -35,9 +35,9 @@ def main() -> None:
 
     import results_file
     from lookalike.images import load_image
-    from lookalike.search.evaluate import Descriptors, evaluate_groundtruth, load_benchmark
-    from lookalike.search.features import load_embedder
-    from lookalike.search.whitening import fit_whitening, power_for
+    from lookalike.search.evaluation.evaluate import Descriptors, evaluate_groundtruth, load_benchmark
+    from lookalike.search.describe.features import load_embedder
+    from lookalike.search.describe.whitening import fit_whitening, power_for
 
     bench = load_benchmark(args.bench)
     if bench.kind != "groundtruth":

@@ -1,4 +1,4 @@
-"""What spatial verification (`search/verify.py`, on by default) costs at search time, side by side in one run.
+"""What spatial verification (`search/retrieve/verify.py`, on by default) costs at search time, side by side in one run.
 
     python benchmarks/verify_cost.py [--n 60] [--queries 10]
 
@@ -37,10 +37,10 @@ def _demo(shortlist: int) -> dict:
 
 
 def _query_ms(folder: Path, index_dir: Path, queries: list[Path], shortlist: int, warm: bool) -> float:
-    from lookalike.search.features import embedder_for_index
-    from lookalike.search.index import ImageIndex
-    from lookalike.search.query import Query, run_queries
-    from lookalike.search.verify import Verifier
+    from lookalike.search.describe.features import embedder_for_index
+    from lookalike.search.store.index import ImageIndex
+    from lookalike.search.retrieve.query import Query, run_queries
+    from lookalike.search.retrieve.verify import Verifier
 
     with ImageIndex.open(index_dir) as ix:
         embedder = embedder_for_index(ix)
@@ -67,7 +67,7 @@ def main() -> None:
     import results_file
     from index_speed import make_photos
 
-    from lookalike.search.sync import index_folder
+    from lookalike.search.indexing.sync import index_folder
 
     load = [os.getloadavg()[0]]
     demo = {0: _demo(0), args.shortlist: _demo(args.shortlist)}

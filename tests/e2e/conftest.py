@@ -28,7 +28,7 @@ def home(shared_home, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def embedder(shared_home):
     """The default embedder (EfficientNet-Lite0, avg pooling), as `lookalike index` picks it, built once."""
-    from lookalike.search.features import load_embedder
+    from lookalike.search.describe.features import load_embedder
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LOOKALIKE_HOME", str(shared_home))
@@ -39,7 +39,7 @@ def embedder(shared_home):
 def gallery(tmp_path_factory, embedder, shared_home) -> dict:
     """Sample photos and edited copies, indexed with the default embedder: {"folder", "index", "files",
     "summary", "embedder", "home"}."""
-    from lookalike.search.sync import index_folder
+    from lookalike.search.indexing.sync import index_folder
 
     base = tmp_path_factory.mktemp("web_gallery")
     files = make_gallery(base / "photos")
@@ -51,7 +51,7 @@ def gallery(tmp_path_factory, embedder, shared_home) -> dict:
 @pytest.fixture(scope="session")
 def backbone(tmp_path_factory):
     """A tiny random `fast` checkpoint and its embedder: (checkpoint path, embedder)."""
-    from lookalike.search.features import load_embedder
+    from lookalike.search.describe.features import load_embedder
 
     path = tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pt")
     return path, load_embedder(str(path))

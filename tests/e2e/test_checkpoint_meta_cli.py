@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from helpers.cli import run_cli
+from helpers.cli import assert_one_line_error, run_cli
 from helpers.datasets import make_folder_dataset
 from helpers.search import pattern_image, tiny_checkpoint
 from lookalike.train.checkpoint import load_checkpoint, save_checkpoint
@@ -21,12 +21,6 @@ def _crafted(tmp_path, field, value):
     return path
 
 
-def _one_line(code, err, *fragments):
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("error: ") and all(f in lines[0] for f in fragments), err
-
-
 @pytest.mark.parametrize("field, value", [("input_size", 10**6), ("std", [0.25, 0.0, 0.25]),
                                           ("mean", [math.nan, 0.5, 0.5])])
 def test_index_refuses_a_crafted_checkpoint(tmp_path, monkeypatch, capsys, field, value):
@@ -36,7 +30,7 @@ def test_index_refuses_a_crafted_checkpoint(tmp_path, monkeypatch, capsys, field
         (photos / f"{i}.png").write_bytes(pattern_image(i))
     bad = _crafted(tmp_path, field, value)
     code, out, err = run_cli(["index", photos, "--index", tmp_path / "ix", "--model", bad], monkeypatch, capsys)
-    _one_line(code, err, str(bad), field)
+    assert_one_line_error(code, err, str(bad), field)
     assert out == "" and not (tmp_path / "ix").exists()
 
 
@@ -44,4 +38,4 @@ def test_evaluate_refuses_a_crafted_checkpoint(tmp_path, monkeypatch, capsys):
     data = make_folder_dataset(tmp_path / "data", n_train=1, n_test=1)
     bad = _crafted(tmp_path, "model_kwargs", {"widths": [10**9, 8, 8]})
     code, _, err = run_cli(["evaluate", bad, "--data", data, "--device", "cpu"], monkeypatch, capsys)
-    _one_line(code, err, str(bad), "model_kwargs widths")
+    assert_one_line_error(code, err, str(bad), "model_kwargs widths")

@@ -4,17 +4,10 @@ import json
 
 import pytest
 
-from helpers.cli import run_cli
+from helpers.cli import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
 SMALL = ["--widths", "8,16,16", "--batch-size", "12", "--device", "cpu"]
-
-
-def assert_user_error(code, err, fragment):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert lines[-1].startswith("error: ") and fragment in lines[-1], err
-    assert "Traceback" not in err
 
 
 def test_train_json_then_evaluate(capsys, monkeypatch, tiny_folder_dataset, tmp_path):
@@ -83,19 +76,19 @@ def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, setup, 
 
     data = [] if setup == "nodata" else ["--data", broken_folder_dataset(tmp_path, setup)]
     code, out, err = run_cli(["train", *data, *SMALL, *args, "--out", tmp_path / "r"], monkeypatch, capsys)
-    assert_user_error(code, err, fragment)
+    assert_one_line_error(code, err, fragment, after_warnings=True)
     assert out == ""
 
 
 def test_evaluate_bad_inputs(capsys, monkeypatch, tiny_folder_dataset, tmp_path):
     code, _, err = run_cli(["evaluate", tmp_path / "none.pt", "--data", tiny_folder_dataset], monkeypatch, capsys)
-    assert_user_error(code, err, "does not exist")
+    assert_one_line_error(code, err, "does not exist", after_warnings=True)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     code, _, err = run_cli(["evaluate", junk, "--data", tiny_folder_dataset], monkeypatch, capsys)
-    assert_user_error(code, err, "not a readable checkpoint")
+    assert_one_line_error(code, err, "not a readable checkpoint", after_warnings=True)
     code, _, err = run_cli(["train", "--resume", tmp_path / "no-run"], monkeypatch, capsys)
-    assert_user_error(code, err, "no such run folder")
+    assert_one_line_error(code, err, "no such run folder", after_warnings=True)
 
 
 def test_evaluate_refuses_other_classes(capsys, monkeypatch, tiny_folder_dataset, tmp_path):
@@ -106,4 +99,4 @@ def test_evaluate_refuses_other_classes(capsys, monkeypatch, tiny_folder_dataset
                     "--out", run], monkeypatch, capsys)[0] == 0
     other = make_folder_dataset(tmp_path / "other", classes=("cat", "dog"), n_train=1, n_test=2)
     code, _, err = run_cli(["evaluate", run / "best.pt", "--data", other], monkeypatch, capsys)
-    assert_user_error(code, err, "classes")
+    assert_one_line_error(code, err, "classes", after_warnings=True)

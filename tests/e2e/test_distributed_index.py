@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.search.index import ImageIndex
-from lookalike.search.sync import index_folder
+from lookalike.search.store.index import ImageIndex
+from lookalike.search.indexing.sync import index_folder
 
 from helpers.search import photo, write_originals
 from lookalike.search.sample_photos import jpeg_bytes
@@ -78,7 +78,7 @@ def test_two_processes_index_like_one(home, embedder, tmp_path):
 # has batches 1, 3 and 5): rank 0 has committed the batches of the first two rounds, 0 to 3.
 KILL_RANK_1 = textwrap.dedent("""
     import os, signal, sys
-    import lookalike.search.sharded as S
+    import lookalike.search.indexing.sharded as S
     from lookalike.cli import main
     real_gather, sent = S._gather, []
     def gather(group, results, dim):
@@ -117,7 +117,7 @@ def test_killed_worker_then_resume(home, embedder, tmp_path):
 
 def test_two_processes_whiten_like_one(home, tmp_path, monkeypatch):
     """A whitened index: the images the second process embeds are whitened by the writer, as one process would."""
-    from lookalike.search.features import load_embedder
+    from lookalike.search.describe.features import load_embedder
 
     monkeypatch.setenv("LOOKALIKE_HOME", str(home))
     embedder = load_embedder()  # its own: the index's whitening is attached to it

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.cli import run_cli
+from helpers.cli import assert_one_line_error, run_cli
 from helpers.search import PHOTOS, write_copies, write_originals
 
-from lookalike.search.metrics import holidays_ap
+from lookalike.search.evaluation.metrics import holidays_ap
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_groundtruth_benchmark_end_to_end(bench, home, monkeypatch, capsys, tmp_
     # The index is the evaluation's own, never inside the benchmark folder.
     assert not (bench / ".lookalike").exists() and Path(doc["index_path"]).is_relative_to(home)
 
-    from lookalike.search.index import ImageIndex
+    from lookalike.search.store.index import ImageIndex
 
     with ImageIndex.open(doc["index_path"]) as ix:
         vectors = {f"images/{Path(ix.path_of(int(i))).name}": v for i, v in zip(ix.ids(), ix.vectors())}
@@ -69,7 +69,7 @@ def test_groundtruth_benchmark_end_to_end(bench, home, monkeypatch, capsys, tmp_
     assert code == 0 and out.startswith("mAP ") and "P@1 1.0000" in out, err
     code, out, err = run_cli(["eval-search", bench, "--json"], monkeypatch, capsys)
     verified = json.loads(out)
-    from lookalike.search.verify import DEFAULT_SHORTLIST
+    from lookalike.search.retrieve.verify import DEFAULT_SHORTLIST
 
     assert verified["descriptor"]["verify"] == DEFAULT_SHORTLIST == 20  # the preset's literal follows verify.py
     assert verified["P@1"] == 1.0 and verified["mAP"] >= doc["mAP"] - 0.05
@@ -108,8 +108,8 @@ def test_whole_photo_descriptor_with_whitening_qe_and_dba(bench, home, monkeypat
     assert doc["descriptor"]["preprocess"]["long_side"] == 160 and doc["descriptor"]["pooling"] == "rmac"
     assert doc["P@1"] >= 0.75
 
-    from lookalike.search.index import ImageIndex
-    from lookalike.search.whitening import load_whitening, whitening_info
+    from lookalike.search.store.index import ImageIndex
+    from lookalike.search.describe.whitening import load_whitening, whitening_info
 
     index_dir = Path(doc["index_path"])
     info = whitening_info(index_dir)
@@ -127,7 +127,7 @@ def test_whole_photo_descriptor_with_whitening_qe_and_dba(bench, home, monkeypat
 
 
 def test_whitening_round_trip_applies_the_same_transform(tmp_path):
-    from lookalike.search.whitening import fit_whitening, load_whitening, save_whitening
+    from lookalike.search.describe.whitening import fit_whitening, load_whitening, save_whitening
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((50, 16)).astype(np.float32) * np.linspace(5, 0.1, 16)
@@ -147,7 +147,7 @@ def test_whiten_on_another_folder(bench, tmp_path, home, monkeypatch, capsys):
     write_originals(other, names=PHOTOS[4:])
     code, out, err = run_cli(["eval-search", bench, "--whiten-on", other, "--json"], monkeypatch, capsys)
     assert code == 0, err
-    from lookalike.search.whitening import whitening_info
+    from lookalike.search.describe.whitening import whitening_info
 
     info = whitening_info(json.loads(out)["index_path"])
     assert info["fitted_on"] == str(other) and info["vectors"] == len(PHOTOS) - 4
@@ -173,7 +173,7 @@ def test_whiten_on_another_folder(bench, tmp_path, home, monkeypatch, capsys):
 ])
 def test_bad_values_give_one_line_and_exit_2(bench, home, monkeypatch, capsys, args, message):
     code, out, err = run_cli(["eval-search", bench, *args], monkeypatch, capsys)
-    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert_one_line_error(code, err, message)
 
 
 def test_bad_benchmarks_give_one_line(tmp_path, home, monkeypatch, capsys):
@@ -186,4 +186,4 @@ def test_bad_benchmarks_give_one_line(tmp_path, home, monkeypatch, capsys):
             if text:
                 (root / "groundtruth.json").write_text(text)
         code, out, err = run_cli(["eval-search", root], monkeypatch, capsys)
-        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (name, err)
+        assert_one_line_error(code, err)

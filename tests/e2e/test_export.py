@@ -1,4 +1,4 @@
-"""Export to parquet / npy and import back (`search/export.py`, `lookalike export`, `lookalike import`)."""
+"""Export to parquet / npy and import back (`search/store/export.py`, `lookalike export`, `lookalike import`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from helpers.cli import run_cli
 from lookalike.errors import LookalikeError
-from lookalike.search.export import import_parquet, iter_parquet, metadata_path, read_metadata
-from lookalike.search.index import ImageIndex
+from lookalike.search.store.export import import_parquet, iter_parquet, metadata_path, read_metadata
+from lookalike.search.store.index import ImageIndex
 
 BACKBONE = {"model": "tiny_test_net", "pooling": "avg", "dim": 16,
             "preprocess": {"input_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, "weights": None}
@@ -126,7 +126,7 @@ def test_import_refuses_another_dimension_or_backbone(tmp_path, monkeypatch, cap
     out = tmp_path / "v.parquet"
     make_index(tmp_path / "other", tmp_path / "p2", 20, backbone={**BACKBONE, "model": "other_net", "dim": 8})
     with ImageIndex.open(tmp_path / "other") as ix:
-        from lookalike.search.export import export_index
+        from lookalike.search.store.export import export_index
 
         export_index(ix, out)
     code, _, err = run_cli(["import", out, "--index", tmp_path / "ix"], monkeypatch, capsys)
@@ -147,7 +147,7 @@ def test_import_refuses_another_dimension_or_backbone(tmp_path, monkeypatch, cap
 def test_export_never_writes_into_an_index_folder_or_onto_a_folder(tmp_path, monkeypatch, capsys):
     import os
 
-    from lookalike.search.export import export_index
+    from lookalike.search.store.export import export_index
 
     ix = tmp_path / "photos" / ".lookalike"
     make_index(ix, tmp_path / "photos", 20)

@@ -9,8 +9,8 @@ import os
 import numpy as np
 
 from lookalike.images import MAX_FILE_BYTES
-from lookalike.search.index import ImageIndex
-from lookalike.search.sync import index_folder
+from lookalike.search.store.index import ImageIndex
+from lookalike.search.indexing.sync import index_folder
 
 from helpers.search import photo, write_originals
 from lookalike.search.sample_photos import jpeg_bytes
@@ -47,7 +47,7 @@ def test_a_failure_that_becomes_unreadable_is_forgotten_and_tried_again(home, em
 
 
 def test_decode_file_outcomes(home, embedder, tmp_path):
-    from lookalike.search.file_results import Decoded, Reused, Undecodable, Unread
+    from lookalike.search.describe.file_results import Decoded, Reused, Undecodable, Unread
 
     emb = embedder
     good = write_originals(tmp_path, ["coins"])[0]
@@ -71,7 +71,7 @@ def test_decode_file_outcomes(home, embedder, tmp_path):
 
 
 def test_stream_keeps_input_order_and_embeds_what_decoded(home, embedder, tmp_path):
-    from lookalike.search.file_results import Embedded, Undecodable, Unread
+    from lookalike.search.describe.file_results import Embedded, Undecodable, Unread
 
     emb = embedder
     good = write_originals(tmp_path, ["coffee", "camera", "rocket"])

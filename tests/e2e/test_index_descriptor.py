@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.cli import run_cli
+from helpers.cli import assert_one_line_error, run_cli
 from helpers.search import PHOTOS, photo, write_copies, write_originals
 from lookalike.search.sample_photos import colour, jpeg_bytes
 
-from lookalike.search.index import ImageIndex
+from lookalike.search.store.index import ImageIndex
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def _stored(index_dir: Path) -> dict[str, np.ndarray]:
 
 def test_whitening_is_fitted_stored_and_applied_to_index_and_queries(photos, tmp_path, home, embedder, monkeypatch,
                                                                     capsys):
-    from lookalike.search.whitening import fit_whitening, load_for_index, power_for
+    from lookalike.search.describe.whitening import fit_whitening, load_for_index, power_for
 
     ix_dir = tmp_path / "ix"
     _index([photos, "--index", ix_dir, "--whiten"], monkeypatch, capsys)
@@ -138,7 +138,7 @@ def test_whole_photo_descriptor_is_stored_and_used_for_queries(photos, tmp_path,
 def test_qe_and_dba_search_match_their_definition(photos, tmp_path, home, monkeypatch, capsys):
     """With a shortlist that holds the whole index, search-time DBA ranks exactly as the DBA of every stored
     vector would; QE adds the query's nearest neighbours (itself left out)."""
-    from lookalike.search.query import Expansion, expanded_search
+    from lookalike.search.retrieve.query import Expansion, expanded_search
 
     ix_dir = tmp_path / "ix"
     _index([photos, "--index", ix_dir], monkeypatch, capsys)
@@ -174,8 +174,8 @@ def test_qe_and_dba_search_match_their_definition(photos, tmp_path, home, monkey
 
 def test_default_crop_descriptor_pools_head_and_blocks_and_old_indexes_keep_the_head(photos, tmp_path, home,
                                                                                       monkeypatch, capsys):
-    from lookalike.search.features import load_embedder
-    from lookalike.search.query import DEFAULT_DUPE_THRESHOLD, TWO_LAYER_DUPE_THRESHOLD, dupe_threshold
+    from lookalike.search.describe.features import load_embedder
+    from lookalike.search.retrieve.query import DEFAULT_DUPE_THRESHOLD, TWO_LAYER_DUPE_THRESHOLD, dupe_threshold
 
     ix_dir = tmp_path / "ix"
     _index([photos, "--index", ix_dir], monkeypatch, capsys)
@@ -220,7 +220,7 @@ def test_default_crop_descriptor_pools_head_and_blocks_and_old_indexes_keep_the_
 ])
 def test_bad_index_options_give_one_line_and_exit_2(photos, tmp_path, home, monkeypatch, capsys, args, message):
     code, out, err = run_cli(["index", photos, "--index", tmp_path / "ix", *args], monkeypatch, capsys)
-    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert_one_line_error(code, err, message)
     assert not (tmp_path / "ix" / "manifest.json").exists()
 
 
@@ -237,14 +237,14 @@ def test_bad_index_options_give_one_line_and_exit_2(photos, tmp_path, home, monk
 def test_bad_search_options_give_one_line_and_exit_2(tmp_path, home, monkeypatch, capsys, command, args, message):
     target = [tmp_path / "q.jpg"] if command == "search" else []
     code, out, err = run_cli([command, *target, "--index", tmp_path / "nothing", *args], monkeypatch, capsys)
-    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert_one_line_error(code, err, message)
 
 
 def test_web_service_searches_with_the_index_whitening_and_the_serve_expansion(photos, tmp_path, home, monkeypatch,
                                                                                 capsys):
     from PIL import Image
 
-    from lookalike.search.query import Expansion, expanded_search
+    from lookalike.search.retrieve.query import Expansion, expanded_search
     from lookalike.web.service import SearchService
 
     ix_dir = tmp_path / "ix"

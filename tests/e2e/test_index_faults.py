@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from lookalike.errors import LookalikeError
-from lookalike.search.index import ImageIndex
-from lookalike.search.query import search
+from lookalike.search.store.index import ImageIndex
+from lookalike.search.retrieve.query import search
 
 from helpers.cli import run_cli_subprocess
 from helpers.search import pattern_image
@@ -33,8 +33,8 @@ from helpers.search import pattern_image
 # clean-up, manifest write, ANN save and switch, and every few MB written into the ANN file.
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    import lookalike.search.index as I
-    import lookalike.search.sync as S
+    import lookalike.search.store.index as I
+    import lookalike.search.indexing.sync as S
 
     S.COMPACT_MIN_DEAD = 0  # compact as soon as dead rows outnumber live ones, so kills land in compactions too
     # TARGET "N": the N-th fault point of the run; "ann:N": the N-th one inside the ANN file's save.
@@ -72,7 +72,7 @@ CHILD = textwrap.dedent("""
                  "touch_manifest", "_record_ann"):
         hook(I.IndexWriter, name)
     hook(I.IndexWriter, "_save_ann", ann=True)
-    import lookalike.search.ann as A
+    import lookalike.search.store.ann as A
     real_section = A.Backend._blob_sections
 
     def sections(self):  # a kill between the id map and the FAISS structure of the ANN file

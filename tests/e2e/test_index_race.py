@@ -19,7 +19,7 @@ from helpers.search import pattern_image, tiny_checkpoint
 HOLDER = textwrap.dedent("""
     import json, sys, time
     import numpy as np
-    from lookalike.search.index import IndexWriter
+    from lookalike.search.store.index import IndexWriter
     ix, root, backbone, hold = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
     w = IndexWriter.take(ix)
     print("locked", flush=True)
@@ -63,7 +63,7 @@ def test_second_writer_waits_then_reopens_the_index_the_first_made(tmp_path):
     summary = json.loads(second.stdout)
     assert summary["added"] == 4 and summary["indexed"] == 7  # the first writer's 3 imported rows are kept
 
-    from lookalike.search.index import ImageIndex
+    from lookalike.search.store.index import ImageIndex
 
     with ImageIndex.open(ix) as snap:
         assert len(snap) == 7
@@ -82,7 +82,7 @@ def test_second_writer_of_another_folder_is_refused_by_the_root_check(tmp_path):
     assert holder.wait(timeout=60) == 0
     assert second.returncode == 2
     assert "belongs to" in second.stderr and len(second.stderr.strip().splitlines()) == 1
-    from lookalike.search.index import ImageIndex
+    from lookalike.search.store.index import ImageIndex
 
     with ImageIndex.open(ix) as snap:  # the first writer's index, untouched
         assert len(snap) == 3

@@ -9,9 +9,9 @@ from PIL import ImageFile
 
 from helpers.search import pattern_image, tiny_checkpoint
 from lookalike.errors import LookalikeError
-from lookalike.search.features import load_embedder
-from lookalike.search.index import ImageIndex
-from lookalike.search.sync import index_folder
+from lookalike.search.describe.features import load_embedder
+from lookalike.search.store.index import ImageIndex
+from lookalike.search.indexing.sync import index_folder
 
 
 @pytest.fixture

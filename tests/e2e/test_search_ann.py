@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike.search import ann
-from lookalike.search.index import ImageIndex, IndexWriter
-from lookalike.search.query import Query, find_duplicates, group_vectors, run_queries, search
-from lookalike.search.sync import index_folder
+from lookalike.search.store import ann
+from lookalike.search.store.index import ImageIndex, IndexWriter
+from lookalike.search.retrieve.query import Query, find_duplicates, group_vectors, run_queries, search
+from lookalike.search.indexing.sync import index_folder
 
 from helpers.cli import run_cli
 from helpers.search import pattern_image
@@ -167,7 +167,7 @@ def test_import_keeps_rows_outside_the_root_across_index_runs(backbone, home, tm
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lookalike.search.export import import_parquet
+    from lookalike.search.store.export import import_parquet
 
     _, emb = backbone
     folder = tmp_path / "photos"

@@ -15,20 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.cli import run_cli, run_cli_subprocess
+from helpers.cli import assert_one_line_error, run_cli, run_cli_subprocess
 from helpers.search import photo, write_originals
 from lookalike.images import MAX_FILE_BYTES
-from lookalike.search.index import ImageIndex
+from lookalike.search.store.index import ImageIndex
 from lookalike.search.sample_photos import jpeg_bytes
-
-
-def one_line_error(code: int, err: str, *words: str) -> str:
-    assert code == 2 and "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for word in words:
-        assert word in lines[0], err
-    return lines[0]
 
 
 def test_index_refuses_an_ordinary_folder_and_deletes_nothing(home, tmp_path, monkeypatch, capsys):
@@ -42,12 +33,12 @@ def test_index_refuses_an_ordinary_folder_and_deletes_nothing(home, tmp_path, mo
     before = {f.name: f.read_bytes() for f in plain.iterdir()}
     for extra in ([], ["--rebuild"]):
         code, _, err = run_cli(["index", folder, "--index", plain, *extra], monkeypatch, capsys)
-        line = one_line_error(code, err, str(plain))
+        line = assert_one_line_error(code, err, str(plain))
         assert "--rebuild" not in line
         assert {f.name: f.read_bytes() for f in plain.iterdir() if f.name != "write.lock"} == before
     (plain / "manifest.json").unlink()
     code, _, err = run_cli(["index", folder, "--index", plain, "--rebuild"], monkeypatch, capsys)
-    one_line_error(code, err, "not empty and holds no Lookalike index")
+    assert_one_line_error(code, err, "not empty and holds no Lookalike index")
     assert (plain / "model.f32").exists() and (plain / "vectors-0.f32").exists()
 
 
@@ -83,7 +74,7 @@ def test_damaged_index_files_are_refused_by_search_and_repaired_by_index(home, e
             (ix_path / name).unlink(missing_ok=True)
     for args in (["search", originals[0], "--index", ix_path], ["dupes", "--index", ix_path]):
         code, out, err = run_cli(args, monkeypatch, capsys)
-        line = one_line_error(code, err, "run `lookalike index")
+        line = assert_one_line_error(code, err, "run `lookalike index")
         assert "--rebuild" not in line and out == ""
     # New photos arrive too: none of them may land on a row the database still points at.
     (folder / "chelsea.jpg").write_bytes(jpeg_bytes(photo("chelsea")))
@@ -115,12 +106,12 @@ def test_repair_note_is_shown_by_the_cli(home, tmp_path, monkeypatch, capsys):
 
 KILL_BEFORE_FIRST_BATCH = textwrap.dedent("""
     import os, signal, sys
-    import lookalike.search.index as I
+    import lookalike.search.store.index as I
     real = I.IndexWriter.commit
     def commit(self, *args, **kwargs):  # the index exists, no batch has committed: die
         os.kill(os.getpid(), signal.SIGKILL)
     I.IndexWriter.commit = commit
-    from lookalike.search.sync import index_folder
+    from lookalike.search.indexing.sync import index_folder
     index_folder(sys.argv[1], sys.argv[2])
 """)
 
@@ -149,7 +140,7 @@ def test_an_empty_index_can_always_be_updated(home, tmp_path, monkeypatch, capsy
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run_cli(["index", empty], monkeypatch, capsys)[0] == 0
-    from lookalike.search.index import default_index_path
+    from lookalike.search.store.index import default_index_path
 
     (default_index_path(empty) / "index.db").unlink()
     write_originals(empty, ["chelsea"])
@@ -274,6 +265,6 @@ def test_a_reader_without_write_access_can_search_and_gets_no_rebuild_advice(hom
     assert hits[0]["path"] == str(originals[0].resolve()) and hits[0]["distance"] < 5e-3
     assert dcode == 0 and "groups" in json.loads(dout), derr
     for code, out, err in runs[2:]:
-        line = one_line_error(code, err, "cannot write the index at")
+        line = assert_one_line_error(code, err, "cannot write the index at")
         assert "rebuild" not in line and "delete" not in line
     assert sorted(f.name for f in ix_path.iterdir()) == ["index.db", "manifest.json", "vectors-0.f32", "write.lock"]

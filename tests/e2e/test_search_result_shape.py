@@ -7,14 +7,14 @@ import json
 
 from fastapi.testclient import TestClient
 
-from lookalike.search.index import ImageIndex
+from lookalike.search.store.index import ImageIndex
 
 from helpers.cli import run_cli
 from helpers.web import make_app
 
 
 def test_cli_json_and_web_search_give_the_same_rows(gallery, tmp_path, monkeypatch, capsys):
-    from lookalike.search.verify import DEFAULT_SHORTLIST, Verifier
+    from lookalike.search.retrieve.verify import DEFAULT_SHORTLIST, Verifier
 
     monkeypatch.setenv("LOOKALIKE_HOME", str(gallery["home"]))
     with ImageIndex.open(gallery["index"]) as ix:

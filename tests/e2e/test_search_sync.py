@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from lookalike.errors import LookalikeError
-from lookalike.search.features import load_embedder, prepare_image
-from lookalike.search.index import ImageIndex
+from lookalike.search.describe.features import load_embedder, prepare_image
+from lookalike.search.store.index import ImageIndex
 from lookalike.search.sample_photos import jpeg_bytes
-from lookalike.search.sync import index_folder
+from lookalike.search.indexing.sync import index_folder
 
 from helpers.cli import INTERRUPTIBLE
 from helpers.search import photo, write_originals
@@ -236,7 +236,7 @@ def test_failed_files_are_remembered_until_changed_or_deleted(home, tmp_path, em
 
 
 def test_failed_files_are_tried_again_by_an_upgraded_decoder(home, tmp_path, monkeypatch, embedder):
-    import lookalike.search.sync as sync
+    import lookalike.search.indexing.sync as sync
 
     folder = tmp_path / "mixed"
     write_originals(folder, ["coffee"])
@@ -270,7 +270,7 @@ def test_refuses_to_mix_backbones(home, tmp_path, embedder):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from lookalike.search.sync import index_folder
+    from lookalike.search.indexing.sync import index_folder
     batches = []
     def progress(done, total):
         batches.append(done)
@@ -315,7 +315,7 @@ def test_kill_9_then_resume(home, tmp_path, embedder):
 
 CTRL_C = textwrap.dedent("""
     import os, signal, sys
-    import lookalike.search.sync as S
+    import lookalike.search.indexing.sync as S
     from lookalike.cli import main
     real_sync = S._sync
     def sync(index, root, embedder, batch_size, progress, *rest):

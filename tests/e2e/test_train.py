@@ -6,7 +6,7 @@ import torch
 
 from lookalike.train.augment import augment
 from lookalike.train.checkpoint import load_checkpoint, model_from_checkpoint
-from lookalike.train.config import TrainConfig, muon_lr, parse_duration, resolve
+from lookalike.train.config import TrainConfig, muon_lr, parse_duration, resolve, with_planned_length
 from lookalike.train.engine import fit
 from lookalike.train.schedules import lr_factor
 
@@ -95,6 +95,12 @@ def test_muon_lr_follows_the_run_length():
     assert muon_lr(0.25) == muon_lr(1)  # a fraction of an epoch takes no wilder step than one epoch
     assert resolve(TrainConfig(model="fast"), "cpu", epochs=4).lr == muon_lr(4)  # the planned length
     assert resolve(TrainConfig(model="fast", lr=0.01), "cpu", epochs=4).lr == 0.01
+
+
+def test_a_planned_length_sets_muons_lr_as_resolving_for_it_would():
+    for request in (TrainConfig(model="fast"), TrainConfig(model="fast", lr=0.01), TrainConfig(model="lab")):
+        assert with_planned_length(resolve(request, "cpu"), request, 4) == resolve(request, "cpu", epochs=4)
+    assert with_planned_length(resolve(TrainConfig(model="fast"), "cpu"), TrainConfig(model="fast"), 4).lr == muon_lr(4)
 
 
 def test_resolved_settings_are_all_set_and_small_crops_follow_the_image_side():

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers.cli import LOOKALIKE, run_cli
+from helpers.cli import LOOKALIKE, assert_one_line_error, run_cli
 from helpers.files import snapshot
 from lookalike.train.checkpoint import load_checkpoint
 from lookalike.train.runlock import LOCK_NAME
@@ -33,12 +33,6 @@ PAUSED_RUN = textwrap.dedent("""
 """)
 
 
-def _one_line_refusal(code, err, *fragments):
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("error: ") and all(f in lines[0] for f in fragments), err
-
-
 def test_a_second_training_or_resume_is_refused_while_the_first_runs(tiny_folder_dataset, tmp_path, monkeypatch,
                                                                       capsys):
     run = tmp_path / "run"
@@ -52,10 +46,10 @@ def test_a_second_training_or_resume_is_refused_while_the_first_runs(tiny_folder
         args = ["train", "--data", tiny_folder_dataset, "--epochs", "1", "--widths", "8,8,8", "--device", "cpu"]
         for extra in (["--out", run], ["--out", run, "--overwrite"]):
             code, out, err = run_cli([*args, *extra], monkeypatch, capsys)
-            _one_line_refusal(code, err, f"--out {run}", f"process {first.pid}")
+            assert_one_line_error(code, err, f"--out {run}", f"process {first.pid}")
             assert out == ""
         code, _, err = run_cli(["train", "--resume", run], monkeypatch, capsys)
-        _one_line_refusal(code, err, f"--resume {run}", f"process {first.pid}")
+        assert_one_line_error(code, err, f"--resume {run}", f"process {first.pid}")
         assert snapshot(run) == before  # the first run's files are as it wrote them
     finally:
         _, err = first.communicate("", timeout=300)

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from helpers.cli import LOOKALIKE
+from helpers.cli import LOOKALIKE, assert_one_line_error
 from helpers.files import snapshot
 from helpers.web import make_app, photo
 from lookalike.errors import LookalikeError
@@ -437,9 +437,7 @@ def _cli(*args, cwd=None):
 
 def test_serve_reports_user_errors_in_one_line(tmp_path):
     r = _cli("serve", "--index", str(tmp_path / "nowhere"), "--port", "0")
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
+    assert_one_line_error(r.returncode, r.stderr)
 
 
 def test_serve_refuses_a_busy_port(gallery):
@@ -450,15 +448,15 @@ def test_serve_refuses_a_busy_port(gallery):
         busy.listen(1)
         port = busy.getsockname()[1]
         r = _cli("serve", "--index", str(gallery["index"]), "--port", str(port))
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    line = assert_one_line_error(r.returncode, r.stderr)
+    assert line == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 def test_empty_index_and_vanished_files(gallery, tmp_path):
     """An index of nothing answers with empty lists; a file deleted after indexing gives 404, not a crash."""
     import shutil
 
-    from lookalike.search.sync import index_folder
+    from lookalike.search.indexing.sync import index_folder
 
     (tmp_path / "empty").mkdir()
     index_folder(tmp_path / "empty", tmp_path / "empty-index", embedder=gallery["embedder"])
@@ -545,7 +543,7 @@ def test_a_running_app_follows_reindexing(gallery, tmp_path):
     `index_folder`, with the same app."""
     import shutil
 
-    from lookalike.search.sync import index_folder
+    from lookalike.search.indexing.sync import index_folder
 
     folder = _small_folder(gallery, tmp_path / "live")
     index_path = tmp_path / "live-index"
@@ -594,8 +592,8 @@ def test_a_running_app_follows_reindexing(gallery, tmp_path):
 def test_the_service_looks_at_most_once_per_interval_and_pins_a_snapshot(gallery, tmp_path):
     import shutil
 
-    from lookalike.search.query import search
-    from lookalike.search.sync import index_folder
+    from lookalike.search.retrieve.query import search
+    from lookalike.search.indexing.sync import index_folder
     from lookalike.web.service import SearchService
 
     folder = _small_folder(gallery, tmp_path / "live")
@@ -623,8 +621,8 @@ def test_an_index_rebuilt_with_another_backbone_brings_its_backbone(gallery, tmp
     from PIL import Image
 
     from lookalike.errors import LookalikeError
-    from lookalike.search.features import embedder_for_index
-    from lookalike.search.sync import index_folder
+    from lookalike.search.describe.features import embedder_for_index
+    from lookalike.search.indexing.sync import index_folder
     from lookalike.web.service import SearchService
 
     folder = _small_folder(gallery, tmp_path / "live")
@@ -664,7 +662,7 @@ def test_requests_during_reindexing_see_whole_snapshots(gallery, tmp_path):
     import shutil
     import threading
 
-    from lookalike.search.sync import index_folder
+    from lookalike.search.indexing.sync import index_folder
 
     folder = _small_folder(gallery, tmp_path / "live", ("coins.png", "coffee.png", "rocket.png", "astronaut.png"))
     index_path = tmp_path / "live-index"
@@ -904,7 +902,7 @@ def test_names_that_are_not_utf8_are_shown_escaped(gallery, tmp_path):
     import os
     import shutil
 
-    from lookalike.search.sync import index_folder
+    from lookalike.search.indexing.sync import index_folder
 
     folder = tmp_path / "odd"
     folder.mkdir()

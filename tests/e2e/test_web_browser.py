@@ -31,7 +31,7 @@ THUMBS_LOADED = """sel => {
 def live(gallery, tmp_path_factory):
     from lookalike.web.hosts import LOOPBACK_NAMES
 
-    from lookalike.search.verify import Verifier
+    from lookalike.search.retrieve.verify import Verifier
 
     app = make_app(gallery, tmp_path_factory.mktemp("web_browser"), allowed_hosts=LOOPBACK_NAMES)  # as `serve` does
     app.state.service.verifier = Verifier()  # as `serve` does: the first 20 results verified

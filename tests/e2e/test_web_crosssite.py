@@ -95,7 +95,7 @@ def test_same_origin_compares_host_and_port(origin, host, same):
 
 def _slow_duplicates(monkeypatch, seconds: float) -> list[int]:
     """Make each duplicates computation take `seconds` more; returns [most computations seen at once]."""
-    import lookalike.search.query as query
+    import lookalike.search.retrieve.query as query
 
     real, lock, running, most = query.find_duplicates, threading.Lock(), [0], [0]
 

@@ -42,6 +42,21 @@ def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
+def assert_one_line_error(code: int, err: str, *fragments: str, after_warnings: bool = False) -> str:
+    """Check a user error as the CLI reports it: exit code 2, no traceback, and on stderr one line `error: ...`
+    holding every fragment and nothing else (`after_warnings`: warning or progress lines may come first, the error
+    line last). Returns that line."""
+    assert code == 2, f"exit code {code}: {err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    assert after_warnings or len(lines) == 1, err
+    assert lines[-1].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, err)
+    return lines[-1]
+
+
 def run_cli_subprocess(args: list, env_home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `lookalike ARGS` in a fresh process, with `env_home` as its LOOKALIKE_HOME and an empty TORCH_HOME."""
     env = {**os.environ, "LOOKALIKE_HOME": str(env_home), "TORCH_HOME": str(env_home / "torch-empty")}

@@ -1,4 +1,4 @@
-"""Search backends (`search/ann.py`): recall against exact, incremental add / change / delete, the saved file
+"""Search backends (`search/store/ann.py`): recall against exact, incremental add / change / delete, the saved file
 (damaged, stale, killed while written), and the automatic choice by size."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from lookalike.errors import LookalikeError
-from lookalike.search import ann
-from lookalike.search.compact import Pca, as_float16
+from lookalike.search.store import ann
+from lookalike.search.store.compact import Pca, as_float16
 
 
 def clustered(n: int, dim: int = 64, clusters: int = 200, spread: float = 0.35, seed: int = 0) -> np.ndarray:
@@ -199,7 +199,7 @@ def test_damaged_truncated_and_stale_files_are_refused(tmp_path, data):
 
 _WRITER = """
 import sys, numpy as np
-from lookalike.search import ann
+from lookalike.search.store import ann
 rng = np.random.default_rng(1)
 x = rng.normal(size=(60000, 64)).astype(np.float32)
 x /= np.linalg.norm(x, axis=1, keepdims=True)

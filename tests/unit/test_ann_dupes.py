@@ -1,13 +1,13 @@
-"""`dupes` through a search backend (`search/dupes_graph.py`): the same groups as `query.group_vectors`."""
+"""`dupes` through a search backend (`search/retrieve/dupes_graph.py`): the same groups as `query.group_vectors`."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lookalike.search import ann
-from lookalike.search.dupes_graph import components, find_duplicates, knn_edges
-from lookalike.search.query import distance_to_similarity, group_vectors
+from lookalike.search.store import ann
+from lookalike.search.retrieve.dupes_graph import components, find_duplicates, knn_edges
+from lookalike.search.retrieve.query import distance_to_similarity, group_vectors
 
 
 def with_near_copies(n: int = 1500, dim: int = 48, copies: int = 300, seed: int = 3) -> np.ndarray:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.search import ann
-from lookalike.search.dupes_graph import find_duplicates
-from lookalike.search.query import group_vectors
+from lookalike.search.store import ann
+from lookalike.search.retrieve.dupes_graph import find_duplicates
+from lookalike.search.retrieve.query import group_vectors
 
 
 def decaying(n: int, dim: int = 96, seed: int = 0, spread: float = 0.5) -> np.ndarray:

@@ -110,3 +110,11 @@ def test_cifar10_offline_names_data_dir(monkeypatch):
     monkeypatch.setattr(datasets, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     with pytest.raises(LookalikeError, match="--data DIR"):
         load_data("cifar10")
+
+
+def test_auto_model_takes_the_fast_net_up_to_the_small_side_and_photo_above(tmp_path):
+    assert [datasets.model_for_side(side) for side in (32, datasets.SMALL_MAX_SIDE, datasets.SMALL_MAX_SIDE + 1)] == [
+        "fast", "fast", "photo"]
+    make_folder_dataset(tmp_path / "big", n_train=2, n_test=1, size=96)
+    assert datasets.auto_model(str(tmp_path / "big")) == "photo"
+    assert datasets.auto_model(str(tmp_path / "big"), image_size=48) == "fast"  # the training side decides

@@ -119,7 +119,7 @@ def test_thumbnails_and_verification_refuse_the_bomb_too(tmp_path):
         thumbs.get(path, 256)
     assert time.monotonic() - start < FAST
     pytest.importorskip("cv2")
-    from lookalike.search.verify import Verifier
+    from lookalike.search.retrieve.verify import Verifier
 
     verifier = Verifier()
     start = time.monotonic()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from lookalike.errors import LookalikeError
-from lookalike.search.features import input_options, inputs_of, parse_layers, pool_maps
-from lookalike.search.query import DEFAULT_DUPE_THRESHOLD, TWO_LAYER_DUPE_THRESHOLD, dupe_threshold
+from lookalike.search.describe.features import input_options, inputs_of, parse_layers, pool_maps
+from lookalike.search.retrieve.query import DEFAULT_DUPE_THRESHOLD, TWO_LAYER_DUPE_THRESHOLD, dupe_threshold
 
 
 @pytest.mark.parametrize("text, names", [(None, ["head"]), ("head", ["head"]), ("blocks", ["blocks"]),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lookalike.models.pretrained import PREPROCESS
-from lookalike.search.features import input_options
-from lookalike.search.manifest_check import backbone_problem
+from lookalike.search.describe.features import input_options
+from lookalike.search.store.manifest_check import backbone_problem
 
 LITE0 = {"model": "efficientnet_lite0", "pooling": "avg", "dim": 1600, "weights": None,
          "preprocess": {**PREPROCESS["efficientnet_lite0"], **input_options(trim=True, layers=["head", "blocks"])}}

@@ -12,8 +12,8 @@ import pytest
 
 from helpers.vectors import BACKBONE, DIM, unit
 from lookalike.errors import LookalikeError
-from lookalike.search import ann
-from lookalike.search.index import ImageIndex
+from lookalike.search.store import ann
+from lookalike.search.store.index import ImageIndex
 
 
 def make(tmp_path, n: int = 6, backend: str | None = None):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.search.evaluate import _trapezoid_ap_rows
-from lookalike.search.metrics import (holidays_ap, map_at_r, positive_ranks, precision_at_k, r_precision,
+from lookalike.search.evaluation.evaluate import _trapezoid_ap_rows
+from lookalike.search.evaluation.metrics import (holidays_ap, map_at_r, positive_ranks, precision_at_k, r_precision,
                                       recall_at_k, relevance)
 
 

@@ -10,7 +10,7 @@ import torch
 from lookalike.errors import LookalikeError
 from lookalike.models import create_model, get_model_entry, list_models
 from lookalike.models import pretrained as P
-from lookalike.search.features import prepare_image
+from lookalike.search.describe.features import prepare_image
 
 from helpers.search import photo
 

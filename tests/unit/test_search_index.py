@@ -13,8 +13,8 @@ import pytest
 
 from lookalike.errors import LookalikeError
 from helpers.vectors import BACKBONE, DIM, unit
-from lookalike.search import index as I
-from lookalike.search.index import FORMAT_VERSION, ImageIndex, change_stamp, default_index_path
+from lookalike.search.store import index as I
+from lookalike.search.store.index import FORMAT_VERSION, ImageIndex, change_stamp, default_index_path
 
 
 def make(tmp_path, n: int = 5):
@@ -246,7 +246,7 @@ def test_change_stamp_moves_with_every_committed_change(tmp_path):
 
 
 def test_readonly_index_shared_between_threads(tmp_path):
-    from lookalike.search.query import search
+    from lookalike.search.retrieve.query import search
 
     ix, _, vecs = make(tmp_path, n=50)
     ix.close()
@@ -475,7 +475,7 @@ def test_enospc_writing_vectors_is_one_line(tmp_path, monkeypatch):
     def full(fd):  # what a full disk answers when the appended rows are flushed
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("lookalike.search.index.os.fsync", full)
+    monkeypatch.setattr("lookalike.search.store.index.os.fsync", full)
     with pytest.raises(LookalikeError, match="^disk full: cannot write the index at .*No space left"):
         ix.append_vectors(unit(2, seed=1))
     ix.close()
@@ -486,7 +486,7 @@ def test_storage_error_messages():
     import sqlite3
     from pathlib import Path
 
-    from lookalike.search.index import storage_error
+    from lookalike.search.store.index import storage_error
 
     where = Path("/srv/photos/.lookalike")
     denied = [PermissionError(errno.EACCES, "Permission denied"), OSError(errno.EROFS, "Read-only file system"),

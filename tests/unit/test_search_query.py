@@ -7,8 +7,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from lookalike.search.index import ImageIndex
-from lookalike.search.query import (DEFAULT_DUPE_THRESHOLD, compare, find_duplicates, group_vectors, knn_graph,
+from lookalike.search.store.index import ImageIndex
+from lookalike.search.retrieve.query import (DEFAULT_DUPE_THRESHOLD, compare, find_duplicates, group_vectors, knn_graph,
                                     search)
 
 DIM = 16

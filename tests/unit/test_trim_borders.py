@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from lookalike.errors import LookalikeError
-from lookalike.search.features import border_box, input_options, inputs_of, trim_borders
+from lookalike.search.describe.features import border_box, input_options, inputs_of, trim_borders
 
 
 def photo(w: int, h: int, seed: int = 0) -> Image.Image:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers.vectors import BACKBONE, DIM, unit
-from lookalike.search.index import ImageIndex, advise_random
+from lookalike.search.store.index import ImageIndex, advise_random
 
 
 def scattered_index(tmp_path: Path):

@@ -1,4 +1,4 @@
-"""Spatial verification (`search/verify.py`) on real photos: SIFT inliers of a scene against an edited view of
+"""Spatial verification (`search/retrieve/verify.py`) on real photos: SIFT inliers of a scene against an edited view of
 it and against other photos, the gain rule, the re-ranking of a shortlist, the bounded feature cache, and the
 ranking hook of `evaluate_groundtruth`."""
 
@@ -11,9 +11,9 @@ from PIL import Image
 from helpers.search import photo
 
 from lookalike.errors import LookalikeError
-from lookalike.search import verify
-from lookalike.search.evaluate import Benchmark, Descriptors, evaluate_groundtruth
-from lookalike.search.metrics import holidays_ap
+from lookalike.search.retrieve import verify
+from lookalike.search.evaluation.evaluate import Benchmark, Descriptors, evaluate_groundtruth
+from lookalike.search.evaluation.metrics import holidays_ap
 
 
 def _view(img: Image.Image) -> Image.Image:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lookalike.search.whitening import fit_whitening, power_for, power_normalise
+from lookalike.search.describe.whitening import fit_whitening, power_for, power_normalise
 
 
 @pytest.mark.parametrize("pooling, power", [("avg", 0.5), ("rmac", 0.5), ("RMAC", 0.5), (None, 0.5),

@@ -61,6 +61,11 @@ def _plain(text: str) -> str:
     return escape(text)
 
 
+def _paragraphs(text: str) -> str:
+    """A docstring's paragraphs, each on one line, for the help to wrap to the terminal's width."""
+    return "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+
+
 class _TidyHelp:
     """Tidies every parameter as the command lists them: for its help, its usage line and its errors."""
 
@@ -76,7 +81,7 @@ class Command(_TidyHelp, TyperCommand):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.help = _plain(self.help) if self.help else self.help
+        self.help = _plain(_paragraphs(self.help)) if self.help else self.help
         self.short_help = _plain(self.short_help) if self.short_help else self.short_help
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:

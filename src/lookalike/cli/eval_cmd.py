@@ -8,39 +8,27 @@ from typing import Optional
 import typer
 
 from . import app
-from ._common import LAYERS_HELP, TRIM_HELP, console, out, print_json, warn
-
-# Descriptor presets (figures in benchmarks/results/eval_search.md). Explicit options override them.
-QUALITY_PRESETS = {
-    # The first 20 results of a ground-truth benchmark re-ranked by spatial verification, as `lookalike search`
-    # does (verify.DEFAULT_SHORTLIST; a literal here so that `lookalike --help` imports nothing heavy).
-    "default": {"verify": 20},
-    # Whole photo on a 416-pixel long side and at 1.25x, R-MAC, PCA-whitening fitted on the indexed vectors,
-    # then one neighbour of query expansion and of database-side augmentation at search time, and the first 30
-    # results of a ground-truth benchmark re-ranked by spatial verification.
-    "high": {"size": 416, "scales": "1,1.25", "pooling": "rmac", "layers": "head", "whiten": True, "qe": 1,
-             "dba": 1, "verify": 30},
-}
-
+from ..models import DEFAULT_MODEL
+from ._common import LAYERS_HELP, TRIM_HELP, console, out, preset_default, print_json, quality_help, warn
 
 @app.command("eval-search")
 def eval_search_command(
     bench: Path = typer.Argument(..., help="Benchmark folder: holds groundtruth.json, or one sub-folder per class."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Index folder to use (default: the evaluation's own, under $LOOKALIKE_HOME/eval or ~/.cache/lookalike/eval)."),
-    model: str = typer.Option("efficientnet_lite0", "--model", help="Backbone: a registered name or a `lookalike train` checkpoint."),
-    pooling: Optional[str] = typer.Option(None, "--pooling", help="avg, gem, gem:P (e.g. gem:2, whole photos only) or rmac (whole photos only); default avg."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder to use. [default: the evaluation's own, under $LOOKALIKE_HOME/eval or ~/.cache/lookalike/eval]"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Backbone: a registered name or a `lookalike train` checkpoint."),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="avg, gem, gem:P (e.g. gem:2, whole photos only) or rmac (whole photos only). " + preset_default("pooling")),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file for the backbone."),
-    size: Optional[int] = typer.Option(None, "--size", help="Whole photo, aspect kept, this many pixels on its longer side (instead of the backbone's centre crop; 0: the crop)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Whole photo, aspect kept, this many pixels on its longer side (instead of the backbone's centre crop; 0: the crop). " + preset_default("size")),
     scales: Optional[str] = typer.Option(None, "--scales", help="Multi-scale: factors of --size whose descriptors are summed, e.g. 1,1.25."),
     whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed vectors (no labels used), stored beside the index."),
     whiten_on: Optional[Path] = typer.Option(None, "--whiten-on", help="Fit the PCA-whitening on this folder of images instead."),
-    trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + " [default: on]"),
-    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + " [default: head,blocks for the centre crop of EfficientNet-Lite, head otherwise]."),
-    qe: Optional[int] = typer.Option(None, "--qe", help="alpha-query expansion with this many neighbours (0: off) [default: 0; 1 with --quality high]."),
-    dba: Optional[int] = typer.Option(None, "--dba", help="Database-side augmentation with this many neighbours (0: off) [default: 0; 1 with --quality high]."),
+    trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + ". [default: on]"),
+    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + ". [default: head,blocks for the centre crop of EfficientNet-Lite, head otherwise]"),
+    qe: Optional[int] = typer.Option(None, "--qe", help="alpha-query expansion with this many neighbours (0: off). " + preset_default("qe")),
+    dba: Optional[int] = typer.Option(None, "--dba", help="Database-side augmentation with this many neighbours (0: off). " + preset_default("dba")),
     alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of --qe and --dba neighbours."),
-    verify: Optional[int] = typer.Option(None, "--verify", help="Re-rank each query's first N results by spatial verification (SIFT matches agreeing on one affine transform; ground-truth benchmarks only) [default: 20; 30 with --quality high; 0: off]."),
-    quality: str = typer.Option("default", "--quality", help="Preset: default, or high (slower: whole photo at 416 and 520 px, R-MAC, whitening, --qe 1 --dba 1, --verify 30)."),
+    verify: Optional[int] = typer.Option(None, "--verify", help="Re-rank each query's first N results by spatial verification (SIFT matches agreeing on one affine transform; ground-truth benchmarks only; 0: off). " + preset_default("verify")),
+    quality: str = typer.Option("default", "--quality", help=quality_help("size", "scales", "pooling", "layers", "whiten", "qe", "dba", "verify")),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML page of the worst queries with their top results."),
@@ -59,56 +47,64 @@ def eval_search_command(
     (--verify; class folders never are).
     """
     from ..errors import LookalikeError
-    from ..search.evaluate import run_eval
-    from .search_cmds import descriptor_inputs
+    from ..search.evaluation.evaluate import GROUNDTRUTH, run_eval
+    from ..search.presets import pick, preset
+    from .search_cmds import descriptor_inputs, descriptor_preset
 
-    if quality not in QUALITY_PRESETS:
-        raise LookalikeError(f"unknown --quality {quality!r}: use {' or '.join(QUALITY_PRESETS)}")
+    chosen = preset(quality)
     if worst < 0:
         raise LookalikeError("--worst must be >= 0")
-    preset = QUALITY_PRESETS[quality]
-    inputs = descriptor_inputs(preset.get("size") if size is None else size,
-                               preset.get("scales") if scales is None else scales, trim,
-                               preset.get("layers") if layers is None else layers)
-    whiten_mode = None
-    if whiten_on is not None:
-        whiten_mode = str(whiten_on)
-    elif whiten if whiten is not None else preset.get("whiten", False):
-        whiten_mode = "index"
+    size, scales, pooling, layers, whiten = descriptor_preset(quality, size, scales, pooling, layers, whiten)
+    inputs = descriptor_inputs(size or None, scales, trim, layers)  # the crop as when no option is given
+    whiten_mode = str(whiten_on) if whiten_on is not None else ("index" if whiten else None)
     if verify is None:  # the preset verifies where geometry means something: views of one scene, not classes
-        from ..search.evaluate import GROUNDTRUTH
-
-        verify = preset.get("verify", 0) if (bench / GROUNDTRUTH).is_file() else 0
-    if report is not None and report.suffix.lower() not in (".html", ".htm"):
-        raise LookalikeError(f"--report {report}: give an .html file name")
-    if report is not None:
-        from ..search.report import is_own_report
-
-        if not is_own_report(report):
-            raise LookalikeError(f"--report {report}: that file exists and is not a Lookalike report; choose another name")
+        verify = chosen.verify if (bench / GROUNDTRUTH).is_file() else 0
+    _check_report_name(report)
     with console.status("indexing and ranking..."):
-        result = run_eval(bench, index_path=index, model=model, pooling=pooling or preset.get("pooling", "avg"),
+        result = run_eval(bench, index_path=index, model=model, pooling=pooling,
                           weights=str(weights) if weights else None, inputs=inputs, device=device,
-                          runtime=runtime, whiten=whiten_mode, qe=preset.get("qe", 0) if qe is None else qe,
-                          dba=preset.get("dba", 0) if dba is None else dba, verify=verify, alpha=alpha, worst=worst)
+                          runtime=runtime, whiten=whiten_mode, qe=pick(qe, chosen.qe), dba=pick(dba, chosen.dba),
+                          verify=verify, alpha=alpha, worst=worst)
     if report is not None:
-        from ..search.report import write_report
-
-        f = result["figures"]
-        rows = [{"query": str(Path(result["benchmark"]) / r["query"]), "caption": f"AP {r['AP']:.3f}",
-                 "results": [{**h, "path": str(Path(result["benchmark"]) / h["path"])} for h in r["results"]],
-                 "missed": [{**h, "path": str(Path(result["benchmark"]) / h["path"])} for h in r["missed"]]}
-                for r in result["worst"]]
-        figures = {**{k: v for k, v in f.items()}, "model": result["descriptor"]["model"]}
-        write_report(report, rows, None, [], Path(result["benchmark"]), figures,
-                     keys=("model", "mAP", "mAP@R", "R-precision", "P@1", "P@5", "P@10", "queries"),
-                     title="Lookalike retrieval evaluation",
-                     intro="The worst queries by AP: the query (left, blue), its top results (green: a positive, "
-                           "red: not), then positives ranked further down (grey) with their rank.")
+        _write_worst_report(report, result)
         result["report"] = str(report)
     if json_out:
         print_json({**result["figures"], **result})
         return
+    _print_figures(result)
+
+
+def _check_report_name(report: Optional[Path]) -> None:
+    """`--report`: an .html name, and never a file that is not a report of ours (it would be replaced)."""
+    from ..errors import LookalikeError
+
+    if report is None:
+        return
+    if report.suffix.lower() not in (".html", ".htm"):
+        raise LookalikeError(f"--report {report}: give an .html file name")
+    from ..search.retrieve.report import is_own_report
+
+    if not is_own_report(report):
+        raise LookalikeError(f"--report {report}: that file exists and is not a Lookalike report; choose another name")
+
+
+def _write_worst_report(report: Path, result: dict) -> None:
+    from ..search.retrieve.report import write_report
+
+    root = Path(result["benchmark"])
+    rows = [{"query": str(root / r["query"]), "caption": f"AP {r['AP']:.3f}",
+             "results": [{**h, "path": str(root / h["path"])} for h in r["results"]],
+             "missed": [{**h, "path": str(root / h["path"])} for h in r["missed"]]}
+            for r in result["worst"]]
+    figures = {**result["figures"], "model": result["descriptor"]["model"]}
+    write_report(report, rows, None, [], root, figures,
+                 keys=("model", "mAP", "mAP@R", "R-precision", "P@1", "P@5", "P@10", "queries"),
+                 title="Lookalike retrieval evaluation",
+                 intro="The worst queries by AP: the query (left, blue), its top results (green: a positive, "
+                       "red: not), then positives ranked further down (grey) with their rank.")
+
+
+def _print_figures(result: dict) -> None:
     for item in result["skipped"]:
         warn(f"skipped {item['path']}: {item['reason']}")
     f = result["figures"]

@@ -45,8 +45,8 @@ def export_command(
     """Export an index's vectors with their paths, sizes, mtimes and content digests, for autofaiss, LanceDB,
     Qdrant, DuckDB or pandas."""
     from ..errors import LookalikeError
-    from ..search.export import export_index, export_targets
-    from ..search.index import ImageIndex, resolve_index_dir
+    from ..search.store.export import export_index, export_targets
+    from ..search.store.index import ImageIndex, resolve_index_dir
 
     # never a folder, nor a file of an index (this one's or another's), --overwrite or not
     targets = export_targets(resolve_index_dir(source), out_file, fmt)
@@ -70,13 +70,13 @@ def export_command(
 def import_command(
     file: Path = typer.Argument(..., help="A parquet file with `path` and `vector` columns (as `lookalike export` writes)."),
     index: Path = typer.Option(..., "--index", help="Index folder to extend, created when missing."),
-    model: Optional[str] = typer.Option(None, "--model", help="Backbone that made the vectors \\[default: the file's metadata]."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Root folder of a new index \\[default: the root the file was exported from, if that folder exists here, else the current folder]."),
-    ann: Optional[str] = typer.Option(None, "--ann", help="Search backend of the index: auto, exact, hnsw, ivf or ivfpq \\[default: the index's, else auto]."),
+    model: Optional[str] = typer.Option(None, "--model", help="Backbone that made the vectors. [default: the file's metadata]"),
+    root: Optional[Path] = typer.Option(None, "--root", help="Root folder of a new index. [default: the root the file was exported from, if that folder exists here, else the current folder]"),
+    ann: Optional[str] = typer.Option(None, "--ann", help="Search backend of the index: auto, exact, hnsw, ivf or ivfpq. [default: the index's, else auto]"),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Bring vectors computed elsewhere into an index (rows keyed by path; files missing here stay searchable)."""
-    from ..search.export import import_parquet
+    from ..search.store.export import import_parquet
 
     progress, stop = _bar("importing")
     try:

@@ -8,6 +8,11 @@ from . import app
 from ._common import out, print_json
 
 
+# What each registry kind means to a user: "cifar" entries are the nets `lookalike train` trains from scratch,
+# on CIFAR-10 or on photos.
+KIND_SHOWN = {"cifar": "to train", "pretrained": "pretrained"}
+
+
 @app.command("models")
 def models_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON list on stdout."),
@@ -22,7 +27,7 @@ def models_command(
         entry = get_model_entry(name)
         # Pretrained backbones are built without weights here: only their shape matters for the count.
         model = create_model(name, pretrained=False) if entry.kind == "pretrained" else create_model(name)
-        rows.append({"name": name, "kind": entry.kind, "parameters": count_parameters(model),
+        rows.append({"name": name, "kind": KIND_SHOWN.get(entry.kind, entry.kind), "parameters": count_parameters(model),
                      "description": entry.description})
     if json_out:
         print_json(rows)

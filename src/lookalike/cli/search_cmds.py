@@ -10,7 +10,10 @@ import typer
 
 from . import app
 from ..paths import printable
-from ._common import LAYERS_HELP, TRIM_HELP, VERIFY_HELP, console, out, print_json, verifier_for, warn
+from ..models import DEFAULT_MODEL
+from ..search.presets import PRESETS
+from ._common import (LAYERS_HELP, TRIM_HELP, VERIFY_HELP, console, out, preset_default, print_json, quality_help,
+                      ranking, warn)
 
 MODEL_HELP = "Backbone: a registered name (see `lookalike models`) or a checkpoint file from `lookalike train`."
 QE_HELP = "alpha-query expansion: add this many nearest indexed images to each query, weighted by similarity^alpha (0: off)."
@@ -20,7 +23,7 @@ ALPHA_HELP = "Weight exponent of the --qe and --dba neighbours (0 to 16)."
 
 def _open_index(index: Optional[Path]):
     from ..errors import LookalikeError
-    from ..search.index import ImageIndex
+    from ..search.store.index import ImageIndex
 
     try:
         return ImageIndex.open(index or Path.cwd(), readonly=True)
@@ -38,33 +41,32 @@ def _fmt_dist(x: float) -> str:
 @app.command("index")
 def index_command(
     folder: Path = typer.Argument(..., help="Folder of images, walked recursively."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Index folder [default: FOLDER/.lookalike, or under $LOOKALIKE_HOME]."),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: the index's, else efficientnet_lite0]"),
-    pooling: Optional[str] = typer.Option(None, "--pooling", help="Global pooling of the feature map: avg, gem, gem:P (e.g. gem:2, with --size) or rmac (with --size) [default: the index's, else avg]."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder. [default: FOLDER/.lookalike, or under $LOOKALIKE_HOME]"),
+    quality: Optional[str] = typer.Option(None, "--quality", help=quality_help("size", "scales", "pooling", "layers", "whiten") + " [default: the index's descriptor, else default]"),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + f" [default: the index's, else {DEFAULT_MODEL}]"),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="Global pooling of the feature map: avg, gem, gem:P (e.g. gem:2, with --size) or rmac (with --size). [default: the index's, else avg]"),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file for the backbone (offline use of resnet50 etc.)."),
-    size: Optional[int] = typer.Option(None, "--size", help="Whole photo, aspect kept, this many pixels on its longer side, instead of the backbone's centre crop (0: the crop) [default: the index's, else the crop]."),
+    size: Optional[int] = typer.Option(None, "--size", help="Whole photo, aspect kept, this many pixels on its longer side, instead of the backbone's centre crop (0: the crop). [default: the index's, else the crop]"),
     scales: Optional[str] = typer.Option(None, "--scales", help="Multi-scale (with --size): factors of --size whose descriptors are summed, e.g. 1,1.25."),
-    whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed images (no labels), stored in the index and applied to its vectors and every query; turning it off later needs --rebuild [default: the index's, else off]."),
+    whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="PCA-whitening fitted on the indexed images (no labels), stored in the index and applied to its vectors and every query; turning it off later needs --rebuild. [default: the index's, else off]"),
     whiten_on: Optional[Path] = typer.Option(None, "--whiten-on", help="Fit the PCA-whitening on this folder of images instead."),
-    trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + " [default: the index's, else on]"),
-    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + " [default: the index's, else head,blocks for the centre crop of EfficientNet-Lite, head otherwise]."),
+    trim: Optional[bool] = typer.Option(None, "--trim/--no-trim", help=TRIM_HELP + ". [default: the index's, else on]"),
+    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + ". [default: the index's, else head,blocks for the centre crop of EfficientNet-Lite, head otherwise]"),
     rebuild: bool = typer.Option(False, "--rebuild", help="Start the index over (another backbone, or a damaged index)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     runtime: str = typer.Option("auto", "--runtime", help="Inference runtime: auto (ONNX Runtime on CPU when installed), torch or onnx."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per pipeline batch, the unit committed to the index."),
-    ann: Optional[str] = typer.Option(None, "--ann", help="Search backend: auto (by size, switching as the index grows), exact, hnsw, ivf or ivfpq; stored in the index [default: the index's, else auto]."),
+    ann: Optional[str] = typer.Option(None, "--ann", help="Search backend: auto (by size, switching as the index grows), exact, hnsw, ivf or ivfpq; stored in the index. [default: the index's, else auto]"),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Embed with N processes on this machine (torchrun; one per GPU with --device cuda); one writes the index."),
 ) -> None:
     """Index the images under FOLDER (only new or changed files are read again; safe to interrupt and rerun)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from ..distributed import in_torchrun, join
+    from ..distributed import in_torchrun
     from ..errors import LookalikeError
-    from ..search.sync import index_folder
 
     if whiten_on is not None and whiten is False:
         raise LookalikeError("--whiten-on and --no-whiten contradict each other")
+    size, scales, pooling, layers, whiten = descriptor_preset(quality, size, scales, pooling, layers, whiten)
     inputs = descriptor_inputs(size, scales, trim, layers)
     if nproc is not None and nproc > 1 and not in_torchrun():  # the same command as torchrun workers
         from ..distributed import argv_without_nproc, launch
@@ -74,57 +76,96 @@ def index_command(
         if code:
             raise typer.Exit(code)
         return
-    group = join(device)  # under torchrun: each process embeds a share, rank 0 writes (`search/sharded.py`)
-    run_index = index_folder
-    if group.size > 1:
-        from functools import partial
-
-        from ..search.sharded import index_sharded
-
-        run_index = partial(index_sharded, group=group)
-
-    state: dict = {}
-
-    def progress(done: int, total: int) -> None:
-        # The bar starts with the first batch, so errors found before it (bad options, a mixed-up index)
-        # print as one clean line.
-        if total == 0:
-            return
-        if "bar" not in state:
-            bar = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                           TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
-            bar.start()
-            state["bar"], state["task"] = bar, bar.add_task("index", total=total, rate="")
-        bar, task = state["bar"], state["task"]
-        elapsed = bar.tasks[0].elapsed or 0.0
-        bar.update(task, completed=done, total=total, rate=f"{done / elapsed:.1f} img/s" if done and elapsed else "")
-
-    def ann_progress(done: int, total: int) -> None:
-        if "bar" in state and "ann" not in state:
-            state["bar"].stop()
-            del state["bar"]
-        if "ann" not in state:
-            bar = Progress(TextColumn("search structure"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           console=console, transient=True)
-            bar.start()
-            state["ann"], state["ann_task"] = bar, bar.add_task("ann", total=total)
-        state["ann"].update(state["ann_task"], completed=done, total=total)
-
-    try:
-        summary = run_index(folder, index, model=model, pooling=pooling, weights=str(weights) if weights else None,
-                               rebuild=rebuild, device=device, runtime=runtime, batch_size=batch_size,
-                               progress=progress, ann=ann, ann_progress=ann_progress, inputs=inputs,
-                               whiten=str(whiten_on) if whiten_on is not None else whiten)
-    finally:
-        for key in ("bar", "ann"):
-            if key in state:
-                state[key].stop()
-        group.close()
+    summary = _run_index(folder, index, device, model=model, pooling=pooling,
+                         weights=str(weights) if weights else None, rebuild=rebuild, runtime=runtime,
+                         batch_size=batch_size, ann=ann, inputs=inputs,
+                         whiten=str(whiten_on) if whiten_on is not None else whiten)
     if summary is None:  # a process of a torchrun group other than rank 0: rank 0 reports
         return
     if json_out:
         print_json(summary)
         return
+    _print_index_summary(summary)
+
+
+def descriptor_preset(quality: Optional[str], size: Optional[int], scales: Optional[str], pooling: Optional[str],
+                      layers: Optional[str], whiten: Optional[bool]) -> tuple:
+    """(size, scales, pooling, layers, whiten): `--quality`'s descriptor with the options given over it; the
+    options as given without `--quality` (None: the index's own)."""
+    if quality is None:
+        return size, scales, pooling, layers, whiten
+    from ..search.presets import pick, preset
+
+    chosen = preset(quality)
+    size = pick(size, chosen.size)
+    scales = pick(scales, chosen.scales if size else None)  # the preset's scales are factors of a whole photo
+    return size, scales, pick(pooling, chosen.pooling), pick(layers, chosen.layers), pick(whiten, chosen.whiten)
+
+
+def _run_index(folder: Path, index: Optional[Path], device: str, **options) -> Optional[dict]:
+    """`sync.index_folder` with progress bars on stderr; under torchrun each process embeds a share and rank 0
+    writes (`search/sharded.py`), the others get None."""
+    from ..distributed import join
+    from ..search.indexing.sync import index_folder
+
+    group = join(device)
+    run_index = index_folder
+    if group.size > 1:
+        from functools import partial
+
+        from ..search.indexing.sharded import index_sharded
+
+        run_index = partial(index_sharded, group=group)
+    bars = _IndexBars()
+    try:
+        return run_index(folder, index, device=device, progress=bars.indexing, ann_progress=bars.ann, **options)
+    finally:
+        bars.stop()
+        group.close()
+
+
+class _IndexBars:
+    """The progress bars of `lookalike index`: images embedded, then the search structure built."""
+
+    def __init__(self) -> None:
+        self.bars: dict = {}
+
+    def indexing(self, done: int, total: int) -> None:
+        # The bar starts with the first batch, so errors found before it (bad options, a mixed-up index)
+        # print as one clean line.
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        if total == 0 or "ann" in self.bars:
+            return
+        if "index" not in self.bars:
+            bar = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                           TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+            bar.start()
+            self.bars["index"] = (bar, bar.add_task("index", total=total, rate=""))
+        bar, task = self.bars["index"]
+        elapsed = bar.tasks[0].elapsed or 0.0
+        bar.update(task, completed=done, total=total, rate=f"{done / elapsed:.1f} img/s" if done and elapsed else "")
+
+    def ann(self, done: int, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if "ann" not in self.bars:
+            if "index" in self.bars:
+                self.bars.pop("index")[0].stop()
+            bar = Progress(TextColumn("search structure"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=console, transient=True)
+            bar.start()
+            self.bars["ann"] = (bar, bar.add_task("ann", total=total))
+        bar, task = self.bars["ann"]
+        bar.update(task, completed=done, total=total)
+
+    def stop(self) -> None:
+        for bar, _task in self.bars.values():
+            bar.stop()
+
+
+def _print_index_summary(summary: dict) -> None:
     for note in summary.get("notes", []):
         warn(note)
     skipped, n_known = summary["skipped"], summary.get("skipped_known", 0)
@@ -167,7 +208,7 @@ def descriptor_inputs(size: Optional[int], scales: Optional[str], trim: Optional
     """`--size`, `--scales`, `--trim/--no-trim` and `--layers` as `features.input_options` takes them: None when
     none is given (an index keeps its own); only the keys given otherwise (`long_side` 0: the centre crop)."""
     from ..errors import LookalikeError
-    from ..search.features import input_options, parse_layers
+    from ..search.describe.features import input_options, parse_layers
 
     factors = parse_scales(scales)
     extra = {"trim": trim} if trim is not None else {}
@@ -213,25 +254,25 @@ def _known_failures_line(known: list[dict], shown: int = 3) -> str:
 
 @app.command("search")
 def search_command(
-    queries: List[Path] = typer.Argument(..., help="Query images (inside the index or not)."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Index folder, or a folder indexed with `lookalike index` [default: the current folder]."),
+    queries: List[Path] = typer.Argument(..., metavar="QUERY", help="Query images (inside the index or not)."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder, or a folder indexed with `lookalike index`. [default: the current folder]"),
     k: int = typer.Option(5, "-k", "--top", min=1, help="Results per query."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep an indexed query among its own results."),
-    qe: int = typer.Option(0, "--qe", help=QE_HELP),
-    dba: int = typer.Option(0, "--dba", help=DBA_HELP),
+    quality: str = typer.Option("default", "--quality", help=quality_help("qe", "dba", "verify")),
+    qe: Optional[int] = typer.Option(None, "--qe", help=QE_HELP + " " + preset_default("qe")),
+    dba: Optional[int] = typer.Option(None, "--dba", help=DBA_HELP + " " + preset_default("dba")),
     alpha: float = typer.Option(3.0, "--alpha", help=ALPHA_HELP),
-    verify: int = typer.Option(20, "--verify", help=VERIFY_HELP),
+    verify: Optional[int] = typer.Option(None, "--verify", help=VERIFY_HELP + " " + preset_default("verify")),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
     """Rank the indexed images by distance to each QUERY (Euclidean distance of L2-normalised features; the
     index's descriptor: its size, scales, pooling and whitening apply to the queries), then re-rank the first
     --verify results by spatial verification (the inliers column: local features that agree on one transform)."""
-    from ..search.features import embedder_for_index
-    from ..search.query import Expansion, Query, run_queries
+    from ..search.describe.features import embedder_for_index
+    from ..search.retrieve.query import Query, run_queries
 
-    expansion = Expansion(qe=qe, dba=dba, alpha=alpha)  # checked before the index opens
-    verifier = verifier_for(verify)
+    expansion, verifier = ranking(quality, qe, dba, alpha, verify)  # checked before the index opens
     with _open_index(index) as ix:
         results = run_queries(ix, [Query(name=str(q), path=q) for q in queries], k,
                               embedder=lambda: embedder_for_index(ix, device=device), include_self=include_self,
@@ -244,8 +285,9 @@ def search_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from ..search.results import CLI_HIT_FIELDS
+    from ..search.retrieve.results import CLI_HIT_FIELDS
 
+    whole = not out.is_terminal  # piped or redirected: whole paths, never cut to the terminal's width
     for answer in results:
         verified = any(h.inliers is not None for h in answer.results)
         table = Table(*CLI_HIT_FIELDS, *(("inliers",) if verified else ()), title=escape(answer.query),
@@ -253,13 +295,26 @@ def search_command(
         for h in answer.results:
             inliers = (("-" if h.inliers is None else str(h.inliers)),) if verified else ()
             table.add_row(str(h.rank), escape(h.path), _fmt_dist(h.distance), f"{h.similarity:.4f}", *inliers)
-        out.print(table)
+        if whole:
+            table.columns[1].no_wrap = True
+            table.min_width = len(answer.query)  # the title, on one line too
+            _print_unwrapped(table)
+        else:
+            out.print(table)
+
+
+def _print_unwrapped(table) -> None:
+    """Print `table` as wide as its content needs: a pipe or a file takes whole lines, however long."""
+    from rich.console import Console
+
+    width = max(out.width, out.measure(table, options=out.options.update_width(1 << 16)).maximum)
+    Console(file=out.file, width=width).print(table)
 
 
 @app.command("compare")
 def compare_command(
-    images: List[Path] = typer.Argument(..., help="Two or more images."),
-    model: str = typer.Option("efficientnet_lite0", "--model", help=MODEL_HELP),
+    images: List[Path] = typer.Argument(..., metavar="IMAGE", help="Two or more images."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP),
     pooling: str = typer.Option("avg", "--pooling", help="avg or gem."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file for the backbone."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
@@ -267,8 +322,8 @@ def compare_command(
 ) -> None:
     """Print the pairwise distance table of the images (Euclidean distance of L2-normalised features)."""
     from ..errors import LookalikeError
-    from ..search.features import load_embedder
-    from ..search.query import compare
+    from ..search.describe.features import load_embedder
+    from ..search.retrieve.query import compare
 
     if len(images) < 2:
         raise LookalikeError("compare needs at least two images")
@@ -310,15 +365,15 @@ def _json_list(items: list) -> str:
 
 @app.command("dupes")
 def dupes_command(
-    index: Optional[Path] = typer.Option(None, "--index", help="Index folder, or a folder indexed with `lookalike index` [default: the current folder]."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=2.0, help="Largest distance between near-duplicates [default: 0.55 for the two-layer default descriptor, 0.6 for others]."),
-    k: int = typer.Option(10, "-k", min=1, help="Neighbours per image in the kNN graph."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder, or a folder indexed with `lookalike index`. [default: the current folder]"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=2.0, help="Largest distance between near-duplicates. [default: 0.55 for the two-layer default descriptor, 0.6 for others]"),
+    k: int = typer.Option(10, "--neighbours", "-k", min=1, help="Neighbours per image in the kNN graph."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
     """Group near-duplicate images (k-nearest-neighbour graph + connected components, never an N x N matrix)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..search.query import dupe_threshold, find_duplicates
+    from ..search.retrieve.query import dupe_threshold, find_duplicates
 
     with _open_index(index) as ix:
         ix.backend()  # loaded before the bar: its notes print as lines
@@ -349,8 +404,8 @@ def dupes_command(
 @app.command("demo")
 def demo_command(
     out_dir: Path = typer.Option(Path("lookalike-demo"), "--out", help="Folder for the gallery, its index and report.html."),
-    model: str = typer.Option("efficientnet_lite0", "--model", help=MODEL_HELP),
-    verify: int = typer.Option(20, "--verify", help=VERIFY_HELP),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP),
+    verify: int = typer.Option(PRESETS["default"].verify, "--verify", help=VERIFY_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
 ) -> None:
     """Build a gallery of real photos (shipped with scikit-image) and edited copies, index it, search with every

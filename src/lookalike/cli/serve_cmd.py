@@ -11,7 +11,7 @@ import typer
 from ..errors import LookalikeError
 from ..web.hosts import is_loopback
 from . import app
-from ._common import VERIFY_HELP, console, verifier_for, warn
+from ._common import VERIFY_HELP, console, preset_default, quality_help, ranking, warn
 
 _is_loopback = is_loopback  # the name the tests and older callers use
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~-]+")  # goes into a URL and a cookie unescaped
@@ -28,7 +28,7 @@ def _check_token(token: str) -> None:
 @app.command()
 def serve(
     index: Optional[Path] = typer.Option(
-        None, "--index", "-i", help="Index folder, or the image folder it was built for. Default: the current folder."
+        None, "--index", "-i", help="Index folder, or the image folder it was built for. [default: the current folder]"
     ),
     host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback exposes your images."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on; 0 picks a free one (printed)."),
@@ -44,19 +44,18 @@ def serve(
              "(sets a cookie). Use it whenever others can reach the server."),
     limit_concurrency: int = typer.Option(
         64, min=1, help="Connections or requests at once; more get 503 until some finish."),
-    qe: int = typer.Option(0, "--qe", help="Searches: alpha-query expansion with this many neighbours (0: off)."),
-    dba: int = typer.Option(0, "--dba", help="Searches: database-side augmentation with this many neighbours (0: off)."),
+    quality: str = typer.Option("default", "--quality", help="Searches: " + quality_help("qe", "dba", "verify")),
+    qe: Optional[int] = typer.Option(None, "--qe", help="Searches: alpha-query expansion with this many neighbours (0: off). " + preset_default("qe")),
+    dba: Optional[int] = typer.Option(None, "--dba", help="Searches: database-side augmentation with this many neighbours (0: off). " + preset_default("dba")),
     alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of the --qe and --dba neighbours (0 to 16)."),
-    verify: int = typer.Option(20, "--verify", help="Searches: " + VERIFY_HELP),
+    verify: Optional[int] = typer.Option(None, "--verify", help="Searches: " + VERIFY_HELP + " " + preset_default("verify")),
 ) -> None:
     """Serve the search page and REST API (OpenAPI schema at /openapi.json) over an index."""
-    from ..search.query import Expansion
     from ..web import server
     from ..web.app import create_app
     from ..web.hosts import as_host, machine_hosts
 
-    expansion = Expansion(qe=qe, dba=dba, alpha=alpha)
-    verifier = verifier_for(verify)
+    expansion, verifier = ranking(quality, qe, dba, alpha, verify)
     index_path = index.expanduser() if index is not None else Path.cwd()  # the index accepts its image folder too
     if token is not None:
         _check_token(token)
@@ -80,6 +79,8 @@ def serve(
                 max_upload_bytes=int(max_upload_mb * 1_000_000),
                 allowed_hosts=allowed,
                 token=token or None,
+                expansion=expansion,
+                verifier=verifier,
             )
         except LookalikeError:
             for sock in sockets:
@@ -91,8 +92,6 @@ def serve(
                 ) from None
             raise
     port = server.bound_port(sockets)  # --port 0: the one the system picked
-    web_app.state.service.expansion = expansion
-    web_app.state.service.verifier = verifier
     facts = web_app.state.service.stats()
     for note in facts.get("notes", []):
         warn(note)

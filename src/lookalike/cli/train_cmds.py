@@ -28,7 +28,7 @@ def _train_options() -> list[inspect.Parameter]:
 
     return [*(option(o.field, o.kind, o.default, *o.flags, help=o.help) for o in command_line_options()),
             option("run_dir", Path, None, "--out", "--run-dir", "-o",
-                   help="Run folder (default runs/<model>-<YYYYmmdd-HHMMSS>)."),
+                   help="Run folder. [default: runs/<model>-<YYYYmmdd-HHMMSS>]"),
             option("resume", Path, None, "--resume", help="Continue the run in this folder from its last.pt."),
             option("overwrite", bool, False, "--overwrite",
                    help="Replace the run already in --out (its checkpoints, metrics, plots and config; nothing else "
@@ -130,9 +130,10 @@ def _train(settings: dict, run_dir: Optional[Path], resume: Optional[Path], over
         from ..train.rundir import new_run_dir
 
         from ..datasets import auto_model
+        from ..models import DEFAULT_MODEL
 
         name = cfg.model if cfg.model != "auto" else (
-            "efficientnet_lite0" if cfg.pretrained else auto_model(cfg.data or "", cfg.image_size))
+            DEFAULT_MODEL if cfg.pretrained else auto_model(cfg.data or "", cfg.image_size))
         folder = made = new_run_dir("runs", name, now=_STARTED)
     folder = Path(group.same(str(folder) if group.is_main else None))  # rank 0 names the run for all
     try:
@@ -247,7 +248,7 @@ def _per_class_table(per_class: dict) -> None:
 def evaluate_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `lookalike train` (best.pt or last.pt)."),
     data: str = typer.Option(..., "--data", help="'cifar10', a cifar-10-batches-py folder, or DIR with test/<class>/ images."),
-    tta: Optional[int] = typer.Option(None, "--tta", help="Test-time augmentation: 0 none, 1 mirror, 2 mirror + shifts (default: the run's)."),
+    tta: Optional[int] = typer.Option(None, "--tta", help="Test-time augmentation: 0 none, 1 mirror, 2 mirror + shifts. [default: the run's]"),
     batch_size: int = typer.Option(500, "--batch-size", "-b", help="Evaluation batch size."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),

@@ -26,14 +26,14 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
     default one (e.g. `load_embedder(inputs=...)`); `verify`: the first results re-ranked by spatial
     verification, as `lookalike search` does (0: the descriptor alone)."""
     photos = tuple(photos or PHOTOS)
-    from .index import ImageIndex
-    from .query import compare, search
-    from .sync import index_folder
+    from .store.index import ImageIndex
+    from .retrieve.query import compare, search
+    from .indexing.sync import index_folder
 
     start = time.perf_counter()
     verifier = None
     if verify:  # a bad number fails before the gallery is built
-        from .verify import Verifier
+        from .retrieve.verify import Verifier
 
         verifier = Verifier(verify)
     out_dir = Path(out_dir).expanduser().resolve()
@@ -84,7 +84,7 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
     }
     result["seconds"] = time.perf_counter() - start
     if write_report:
-        from .report import write_report as _write
+        from .retrieve.report import write_report as _write
 
         # Heat map rows grouped by photo (original, then its copies), so each photo is one bright block.
         order = sorted(range(len(all_paths)), key=lambda i: (families[i], all_paths[i].parent.name == "edited",

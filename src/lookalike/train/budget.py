@@ -17,6 +17,15 @@ from .config import RunConfig
 from .evaluation import TTA_PASSES
 from .optimizers import build_optimizer
 
+# Seconds of a budget left unplanned for what no measurement foresees (a slow write, another process's load): one
+# margin for the first plan and every re-fit, a share of the whole budget plus a fixed part.
+MARGIN_SHARE, MARGIN_S = 0.015, 2.0
+
+
+def safety_margin(budget: float) -> float:
+    """Seconds of a run's `budget` that its step count leaves free."""
+    return MARGIN_SHARE * budget + MARGIN_S
+
 
 class EpochTiming(NamedTuple):
     """How one epoch spent its time, what `refit_steps` fits the rest of a run by."""
@@ -110,9 +119,8 @@ def refit_steps(timings: list[EpochTiming], seconds_left: float, budget: float, 
     files_s = sum(t.files_s for t in recent) / len(recent)
     # The last epoch's evaluation grows into the TTA one (its plain pass is the first), plus the confusion plot.
     final_s = eval_s * (TTA_PASSES[tta] - 1) + 1.0
-    margin = 0.015 * budget + 2.0
-    total = steps_that_fit(seconds_left - final_s - margin, step_s, eval_s + files_s, steps_per_epoch, done=done,
-                           small_step_s=step_s * small_ratio, small_fraction=small_fraction)
+    total = steps_that_fit(seconds_left - final_s - safety_margin(budget), step_s, eval_s + files_s, steps_per_epoch,
+                           done=done, small_step_s=step_s * small_ratio, small_fraction=small_fraction)
     return max(done + 1, total), step_s
 
 
@@ -142,7 +150,7 @@ def plan_steps(cfg: RunConfig, model, batches, test, budget_left: float, device,
     passes = TTA_PASSES[cfg.tta]
     per_epoch = n_test * eval_img_s + 1.5  # plain evaluation, checkpoint and curves
     final = n_test * eval_img_s * (passes - 1) + 1.5  # the last evaluation's TTA passes, confusion plot
-    steps = steps_that_fit(budget_left - final - (0.04 * budget_left + 2.0), step_s, per_epoch, spe,
+    steps = steps_that_fit(budget_left - final - safety_margin(cfg.time_budget or budget_left), step_s, per_epoch, spe,
                            small_step_s=small_step_s, small_fraction=small_fraction)
     if steps < 1:
         raise LookalikeError(

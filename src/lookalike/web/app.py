@@ -82,6 +82,8 @@ def create_app(
     decode_slots: int = DEFAULT_DECODE_SLOTS,
     decode_wait: float = DEFAULT_DECODE_WAIT,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    expansion: Any = None,
+    verifier: Any = None,
 ) -> FastAPI:
     """Build the app over the index at `index_path`, loading the index and the model now (once).
 
@@ -93,8 +95,10 @@ def create_app(
     What one request may cost: `max_upload_bytes` of body, received within `body_timeout` seconds;
     `max_request_pixels` decoded pixels in all (413 beyond); and each decode waits at most `decode_wait` seconds
     for one of `decode_slots` (503 with Retry-After beyond), so memory stays bounded however many requests come.
+    `expansion` (a `query.Expansion`) and `verifier` (a `verify.Verifier`) apply to every search; None: off.
     """
-    service = SearchService(index_path, device=device, embedder=embedder, check_interval=check_interval)
+    service = SearchService(index_path, device=device, embedder=embedder, check_interval=check_interval,
+                            expansion=expansion, verifier=verifier)
     slots = DecodeSlots(decode_slots, wait=decode_wait)
     thumbs = ThumbnailCache(Path(thumbnail_cache_dir) if thumbnail_cache_dir else cache_dir("thumbnails"),
                             max_disk_bytes=thumbnail_cache_bytes, decode_gate=slots.hold)

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from pydantic import BaseModel, Field
 
-from ..search.results import SearchResponse, SearchResult
+from ..search.retrieve.results import SearchResponse, SearchResult
 
 __all__ = ["SearchResult", "SearchResponse", "CompareResponse", "DupesResponse", "StatsResponse", "ErrorResponse",
            "CROSS_SITE", "ERRORS", "DECODE_ERRORS", "DUPES_ERRORS", "IMAGE_ERRORS"]

@@ -24,7 +24,7 @@ from ..images import PixelBudget, UnrecognisedImage, load_image, open_image
 from .limits import DecodeSlots, ServerBusy
 
 if TYPE_CHECKING:
-    from ..search.results import SearchResponse
+    from ..search.retrieve.results import SearchResponse
 
 MAX_K = 100
 DUPES_CACHED = 16  # duplicate groups kept per snapshot, one per (threshold, k)
@@ -105,15 +105,13 @@ class SearchService:
     backbone brings that backbone in with its snapshot (`load_embedder(index)`, by default the index's own).
     """
 
-    expansion = None  # `query.Expansion` of every search (`lookalike serve --qe/--dba`), None: plain
-    verifier = None  # `verify.Verifier` of every search (`lookalike serve --verify`), None: no re-ranking
-
     def __init__(self, index_path: str | os.PathLike, device: str = "cpu", embedder: Any = None,
-                 check_interval: float = 1.0, load_embedder: Callable[[Any], Any] | None = None) -> None:
-        from ..search.index import ImageIndex, change_stamp, resolve_index_dir
+                 check_interval: float = 1.0, load_embedder: Callable[[Any], Any] | None = None,
+                 expansion: Any = None, verifier: Any = None) -> None:
+        from ..search.store.index import ImageIndex, change_stamp, resolve_index_dir
 
         if load_embedder is None:
-            from ..search.features import embedder_for_index
+            from ..search.describe.features import embedder_for_index
 
             def load_embedder(index):
                 return embedder_for_index(index, device=device)
@@ -124,6 +122,8 @@ class SearchService:
             embedder = embedder if embedder is not None else load_embedder(index)
             _check_dim(index, embedder)
             self._load_embedder = load_embedder
+            self.expansion = expansion  # `query.Expansion` of every search (`serve --qe/--dba`), None: plain
+            self.verifier = verifier  # `verify.Verifier` of every search (`serve --verify`), None: no re-ranking
             self.index_path = Path(index_path)
             self.check_interval = float(check_interval)
             self._view = IndexView(index, stamp, embedder)
@@ -175,7 +175,7 @@ class SearchService:
             return self._view is not before
 
     def _reload_if_changed(self) -> None:
-        from ..search.index import ImageIndex, change_stamp, same_backbone
+        from ..search.store.index import ImageIndex, change_stamp, same_backbone
 
         current = self._view
         stamp = change_stamp(current.index.path)
@@ -205,7 +205,7 @@ class SearchService:
 
     # -- facts -----------------------------------------------------------------------------------------
     def stats(self) -> dict:
-        from ..search.query import dupe_threshold
+        from ..search.retrieve.query import dupe_threshold
 
         view = self.view()
         facts = dict(view.index.stats())
@@ -234,7 +234,7 @@ class SearchService:
         return _LockedEmbedder(view.embedder, self._embed_lock, view.min_size)
 
     def search_image(self, image, name: str, k: int) -> "SearchResponse":
-        from ..search.query import Query, run_queries
+        from ..search.retrieve.query import Query, run_queries
 
         view = self.view()
         return run_queries(view.index, [Query(name=name, image=image)], _clamp_k(k, view.count),
@@ -243,7 +243,7 @@ class SearchService:
 
     def search_id(self, image_id: int, k: int, include_self: bool = False) -> "SearchResponse":
         """Search from an indexed image; KeyError if the id is unknown."""
-        from ..search.query import Query, run_queries
+        from ..search.retrieve.query import Query, run_queries
 
         view = self.view()
         name = printable(view.path_of(image_id))
@@ -256,7 +256,7 @@ class SearchService:
         name is None, are named by their path. KeyError (with the id) if an id is unknown."""
         import numpy as np
 
-        from ..search.query import compare
+        from ..search.retrieve.query import compare
 
         view = self.view()
         names = [printable(view.path_of(image_id)) if name is None else name for name, image_id, _ in items]
@@ -280,7 +280,7 @@ class SearchService:
         """Groups of near-duplicates, kept per setting and snapshot (a reload starts an empty cache). At most one
         is computed at a time, all settings together: a request for another setting meanwhile gets `ServerBusy`
         at once, never a thread waiting for its turn."""
-        from ..search.query import dupe_threshold
+        from ..search.retrieve.query import dupe_threshold
 
         view = self.view()
         threshold = float(dupe_threshold(view.index.manifest) if threshold is None else threshold)
@@ -313,7 +313,7 @@ class SearchService:
 
     @staticmethod
     def _find_dupes(view: IndexView, key: tuple[float, int]) -> list[list[int]]:
-        from ..search.query import find_duplicates
+        from ..search.retrieve.query import find_duplicates
 
         groups = [sorted(int(i) for i in g) for g in find_duplicates(view.index, threshold=key[0], k=key[1])]
         with view.dupes_lock:

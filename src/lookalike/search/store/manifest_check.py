@@ -17,8 +17,8 @@ def _number(x: Any) -> bool:
 
 
 def _pooling_problem(pooling: str, preprocess: dict) -> str | None:
-    from ..errors import LookalikeError
-    from .features import parse_pooling
+    from ...errors import LookalikeError
+    from ..describe.features import parse_pooling
 
     try:
         kind, _ = parse_pooling(pooling)
@@ -33,8 +33,8 @@ def _pooling_problem(pooling: str, preprocess: dict) -> str | None:
 
 def _inputs_problem(pre: dict) -> str | None:
     """The keys of a descriptor's inputs (`features.input_options`): fit, long_side, scales, trim, layers."""
-    from ..errors import LookalikeError
-    from .features import input_options, parse_layers
+    from ...errors import LookalikeError
+    from ..describe.features import input_options, parse_layers
 
     fit = pre.get("fit")
     if fit not in (None, "whole"):

@@ -37,7 +37,7 @@ class SearchResponse(BaseModel):
     @classmethod
     def of(cls, query: str, query_id: Optional[int], hits: list[dict]) -> "SearchResponse":
         """The answer from `query.search`'s hits, names made printable (`paths.printable`)."""
-        from ..paths import printable
+        from ...paths import printable
 
         return cls(query=printable(query), query_id=query_id,
                    results=[SearchResult(**{**h, "path": printable(h["path"])}) for h in hits])

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from .index import ImageIndex
+    from ..store.index import ImageIndex
     from .results import SearchResponse
     from .verify import Verifier
 
@@ -66,7 +66,7 @@ def _backend_of(index) -> tuple[Any, Any]:
     or an exact one over the vectors of a writer."""
     if hasattr(index, "backend"):
         return index.backend(), index.lookup
-    from . import ann
+    from ..store import ann
 
     return ann.build("exact", index.ids(), index.vectors()), None
 
@@ -118,7 +118,7 @@ class Expansion:
     alpha: float = DEFAULT_ALPHA
 
     def __post_init__(self) -> None:
-        from ..errors import LookalikeError
+        from ...errors import LookalikeError
 
         for name in ("qe", "dba"):
             value = getattr(self, name)
@@ -229,8 +229,8 @@ def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder:
     applies its whitening, and stored vectors are already whitened. `expansion`: alpha-QE and DBA
     (`expanded_search`). `verifier`: the first `verifier.shortlist` results re-ranked by spatial verification
     (`verify.py`), each hit then carrying its "inliers"."""
-    from ..errors import LookalikeError
-    from ..images import load_image
+    from ...errors import LookalikeError
+    from ...images import load_image
     from .results import SearchResponse
 
     vectors: list[Optional[np.ndarray]] = []
@@ -305,7 +305,7 @@ def knn_graph(vectors: np.ndarray, k: int = 10, block: int | None = None) -> Ite
 def group_vectors(vectors: np.ndarray, threshold: float = DEFAULT_DUPE_THRESHOLD, k: int = 10) -> list[list[int]]:
     """Connected components (size >= 2) of the exact kNN graph whose edges are within `threshold` distance;
     groups hold row positions, sorted, largest group first (`dupes_graph` over an exact backend)."""
-    from . import ann
+    from ..store import ann
     from .dupes_graph import find_duplicates as graph_groups
 
     if len(vectors) < 2:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from ..errors import LookalikeError
-from ..paths import printable
+from ...errors import LookalikeError
+from ...paths import printable
 
 if TYPE_CHECKING:
     from .index import ImageIndex
@@ -143,7 +143,7 @@ def write_parquet(batches, out, dim: int, backbone: dict, progress: Progress | N
     """Write RowBatches to `out` (atomic). Returns the number of rows."""
     import pyarrow.parquet as pq
 
-    from ..atomic import atomic_path
+    from ...atomic import atomic_path
 
     schema = _schema(dim, backbone)
     n = 0
@@ -167,7 +167,7 @@ def write_npy(batches, out, n: int, dim: int, backbone: dict, progress: Progress
     `metadata_path(out)`, both atomic."""
     import pyarrow.parquet as pq
 
-    from ..atomic import atomic_path
+    from ...atomic import atomic_path
 
     schema = _schema(dim, backbone)
     meta_schema = schema.remove(schema.get_field_index("vector"))

@@ -12,12 +12,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..errors import LookalikeError
-from ..file_kinds import WalkReport, walk_images
-from ..images import decoder_version, iter_image_files
-from .features import DEFAULT_MODEL, INPUT_KEYS, Embedder, input_options, inputs_of, load_embedder
-from .file_results import Reused, Skipped, Undecodable
-from .index import (MANIFEST, ImageIndex, IndexEntry, IndexWriter, default_index_path, describe_backbone,
+from ...errors import LookalikeError
+from ...file_kinds import WalkReport, walk_images
+from ...images import decoder_version, iter_image_files
+from ..describe.features import DEFAULT_MODEL, INPUT_KEYS, Embedder, input_options, inputs_of, load_embedder
+from ..describe.file_results import Reused, Skipped, Undecodable
+from ..store.index import (MANIFEST, ImageIndex, IndexEntry, IndexWriter, default_index_path, describe_backbone,
                     same_backbone, storage_error)
 
 # Compact the vector file once dead rows outnumber live ones (and are worth the rewrite).
@@ -26,7 +26,7 @@ COMPACT_MIN_DEAD = 1024
 
 def whiten_request(whiten) -> str | None:
     """`index_folder`'s `whiten` as the manifest records it: "index", an absolute folder, or None (False)."""
-    from .whitening import folder_key
+    from ..describe.whitening import folder_key
 
     if whiten in (None, False):
         return None
@@ -40,7 +40,7 @@ def whiten_request(whiten) -> str | None:
 
 def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooling: str | None,
                    weights: str | None, inputs: dict | None = None, whiten=None) -> None:
-    from .features import is_checkpoint_ref
+    from ..describe.features import is_checkpoint_ref
 
     m = index.manifest
     wanted = dict(m)
@@ -60,7 +60,7 @@ def _check_request(index: ImageIndex, index_path: Path, model: str | None, pooli
         wanted["preprocess"] = {**{k: v for k, v in have.items() if k not in INPUT_KEYS},
                                 **input_options(asked.get("long_side"), asked.get("scales"), asked["trim"],
                                                 asked.get("layers"))}
-    from .model_digest import check_unchanged, digest_of
+    from ..describe.model_digest import check_unchanged, digest_of
 
     check_unchanged(m, digest_of(wanted["model"], wanted.get("weights")), index_path,
                     rebuild_hint="pass --rebuild to index every image with the new weights")
@@ -112,7 +112,7 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
     structure is built (vectors added). `stream(embedder)` gives what replaces `embedder.stream` (same arguments,
     same batches): `sharded.ShardedStream` embeds across the processes of a torchrun group.
     """
-    from .ann import CHOICES
+    from ..store.ann import CHOICES
 
     if ann is not None and ann not in CHOICES:
         raise LookalikeError(f"unknown search backend {ann!r}: use one of {', '.join(CHOICES)}")
@@ -136,7 +136,7 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
                 _check_request(existing, index_path, model, pooling, weights, inputs, whiten)
         embedder = embedder or _embedder_for(existing, model, pooling, weights, device, runtime, inputs)
         if existing is not None and existing.whitening is not None and embedder.whitening is None:
-            from .whitening import load_for_index
+            from ..describe.whitening import load_for_index
 
             embedder.with_whitening(load_for_index(existing.path, existing.whitening), existing.whitening)
         backbone = embedder.describe()
@@ -217,7 +217,7 @@ def _apply_whitening(index: IndexWriter, embedder: Embedder, request: str) -> No
     records it) and make `embedder` apply it to the vectors still to come."""
     import json
 
-    from .whitening import fit_whitening, power_for, store_for_index
+    from ..describe.whitening import fit_whitening, power_for, store_for_index
 
     rng = np.random.default_rng(0)
     if request == "index":

@@ -56,9 +56,9 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from ..atomic import atomic_write, fsync_dir
-from ..errors import LookalikeError
-from ..paths import home
+from ...atomic import atomic_write, fsync_dir
+from ...errors import LookalikeError
+from ...paths import home
 
 FORMAT_VERSION = 3  # 2: the `failures` table; 3: `images.imported`
 OLDEST_READABLE = 1  # readers never touch the `failures` table, so format 1 is searchable as it is
@@ -305,7 +305,7 @@ def resolve_index_dir(path) -> Path:
 
 
 # "whitening": the record of the PCA-whitening applied to the stored vectors (`whitening.store_for_index`), if any.
-BACKBONE_KEYS = ("model", "pooling", "dim", "preprocess", "weights", "whitening", "model_digest")
+BACKBONE_KEYS = ("model", "pooling", "dim", "preprocess", "weights", "whitening")
 
 
 def describe_backbone(m: dict, with_dim: bool = False) -> str:
@@ -328,7 +328,9 @@ def describe_backbone(m: dict, with_dim: bool = False) -> str:
 
 def same_backbone(a: dict, b: dict) -> bool:
     """Whether two manifests (or a manifest and a backbone description) give comparable vectors."""
-    return all(a.get(k) == b.get(k) for k in BACKBONE_KEYS)
+    # The weights file's digest, where both sides know it (indexes and exports made before digests do not).
+    digests = a.get("model_digest"), b.get("model_digest")
+    return all(a.get(k) == b.get(k) for k in BACKBONE_KEYS) and (None in digests or digests[0] == digests[1])
 
 
 def _connect_reader(path: Path, root: Any = None) -> sqlite3.Connection:
@@ -1022,7 +1024,7 @@ class IndexWriter(ImageIndex):
         return conn
 
     def _acquire_lock(self) -> None:
-        from ..locking import LockBusy, acquire
+        from ...locking import LockBusy, acquire
 
         try:
             self._lock_fh = acquire(self.path / LOCKFILE)

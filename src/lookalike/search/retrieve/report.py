@@ -10,13 +10,13 @@ import io
 from pathlib import Path
 
 import numpy as np
-from ..atomic import atomic_write
+from ...atomic import atomic_write
 
 THUMB = 112  # thumbnail side, pixels
 
 
 def thumbnail_data_uri(path, size: int = THUMB) -> str:
-    from ..images import load_image
+    from ...images import load_image
 
     try:
         img = load_image(path, min_size=size)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..errors import LookalikeError
+from ...errors import LookalikeError
 
 MANIFEST_KEY = "model_digest"
 

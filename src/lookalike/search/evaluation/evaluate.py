@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..errors import LookalikeError
-from ..images import is_image_path, list_image_files
+from ...errors import LookalikeError
+from ...images import is_image_path, list_image_files
 from .metrics import holidays_ap, map_at_r, precision_at_k, r_precision, recall_at_k
 
 if TYPE_CHECKING:
-    from .index import ImageIndex
+    from ..store.index import ImageIndex
 
 GROUNDTRUTH = "groundtruth.json"
 RECALL_KS = (1, 5, 10)
@@ -265,7 +265,7 @@ def _weighted_neighbours(vectors: np.ndarray, database: np.ndarray, k: int, alph
     """Each row replaced by the sum of its k nearest database vectors weighted by similarity^alpha (alpha-QE of
     Radenovic et al., TPAMI 2019; `query.weighted_sum`, the search path's formula); `include_first`: the row
     itself joins with weight 1; `exclude[i]`: a database position row i may not take (itself; -1: none)."""
-    from .query import weighted_sum
+    from ..retrieve.query import weighted_sum
 
     out = np.array(vectors, np.float32, copy=True)
     block = max(1, _BLOCK_BYTES // max(1, len(database) * 8))
@@ -307,14 +307,14 @@ def eval_index_path(root: Path, backbone: dict) -> Path:
     per folder and descriptor, so that benchmarks stay read-only and each descriptor keeps its incremental index."""
     import hashlib
 
-    from ..paths import home
+    from ...paths import home
 
     key = json.dumps({"root": str(root), "backbone": backbone}, sort_keys=True)
     return home() / "eval" / f"{root.name or 'root'}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
 def _index(folder: Path, index_path, embedder, progress) -> dict:
-    from .sync import index_folder
+    from ..indexing.sync import index_folder
 
     path = Path(index_path) if index_path else eval_index_path(folder, embedder.describe())
     return index_folder(folder, path, embedder=embedder, progress=progress)
@@ -337,9 +337,9 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
     """
     import time
 
-    from .features import load_embedder
-    from .index import ImageIndex
-    from .whitening import fit_whitening, folder_key, power_for, save_whitening
+    from ..describe.features import load_embedder
+    from ..store.index import ImageIndex
+    from ..describe.whitening import fit_whitening, folder_key, power_for, save_whitening
 
     if qe < 0 or dba < 0:
         raise LookalikeError("--qe and --dba take a number of neighbours >= 0")
@@ -430,7 +430,7 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
 def _verification(bench: Benchmark, shortlist: int) -> Callable[[str, np.ndarray], np.ndarray]:
     """`evaluate_groundtruth`'s rescore: the spatial-verification gains of a query's shortlisted database images
     (the local features of every image kept, since each is verified against many queries)."""
-    from .verify import CACHE_IMAGES, Verifier
+    from ..retrieve.verify import CACHE_IMAGES, Verifier
 
     verifier = Verifier(shortlist, cache_images=min(len(bench.database) + len(bench.queries), 4 * CACHE_IMAGES))
 

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..device import free_cores
+from ...device import free_cores
 
 LONG_SIDE = 512  # local features of an image at most this long (never enlarged): bounds time and memory
 # JPEGs are draft-decoded at the smallest scale keeping both sides >= this (a 12 MP photo: 500 x 375, 8x faster).
@@ -51,7 +51,7 @@ class LocalFeatures:
 
 
 def _cv2():
-    from ..errors import LookalikeError
+    from ...errors import LookalikeError
 
     try:
         import cv2
@@ -109,7 +109,7 @@ class Verifier:
     be read has none, and its result keeps its score. Safe to share between threads (the web service)."""
 
     def __init__(self, shortlist: int = DEFAULT_SHORTLIST, cache_images: int = CACHE_IMAGES) -> None:
-        from ..errors import LookalikeError
+        from ...errors import LookalikeError
 
         if not 0 < shortlist <= MAX_SHORTLIST:
             raise LookalikeError(f"--verify takes 0 (off) to {MAX_SHORTLIST} results, not {shortlist}")
@@ -123,7 +123,7 @@ class Verifier:
         self._decodes = threading.BoundedSemaphore(max(1, min(free_cores(), MAX_THREADS)))
 
     def features_of(self, path) -> Optional[LocalFeatures]:
-        from ..images import load_image
+        from ...images import load_image
 
         key = str(path)
         with self._lock:

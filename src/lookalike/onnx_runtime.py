@@ -17,9 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import atomic_path
-from .. import __version__
-from ..paths import cache_dir
+from .atomic import atomic_path
+from . import __version__
+from .paths import cache_dir
 
 # Largest output difference from PyTorch accepted for the exported graph (unit vectors, fp32).
 TOLERANCE = 1e-3
@@ -35,7 +35,7 @@ def _cache_key(model: str, pooling: str, weights: str | None, preprocess: dict) 
     ident = {"model": model, "pooling": pooling, "preprocess": preprocess, "torch": torch_version,
              "lookalike": __version__}
     if weights is None and model.startswith("efficientnet_lite"):
-        from ..models.pretrained import lite_weights_path
+        from .models.pretrained import lite_weights_path
 
         weights_file = str(lite_weights_path(model))  # the pip package's file: an upgrade re-exports
     else:
@@ -65,7 +65,7 @@ def open_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """An ONNX Runtime CPU session on the cached graph, as a batch -> vectors function (with `.dim`)."""
     import onnxruntime as ort
 
-    from ..device import free_cores
+    from .device import free_cores
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = free_cores()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
-from ..errors import LookalikeError
+from ...atomic import atomic_write
+from ...errors import LookalikeError
 
 WHITENING_FILE = "whitening.npz"
 WHITENING_INFO = "whitening.json"

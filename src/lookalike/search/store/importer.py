@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..errors import LookalikeError
-from ..paths import printable
+from ...errors import LookalikeError
+from ...paths import printable
 from .export import BACKBONE_FIELDS, EXPORT_BATCH, RowBatch, iter_parquet, read_metadata
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ Progress = Callable[[int, int], None]
 
 
 def _describe_model(model: str) -> dict:
-    from .features import load_embedder
+    from ..describe.features import load_embedder
 
     return load_embedder(model).describe()
 

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import BadImageError, LookalikeError, TransientImageError
-from ..images import load_image, read_image_file
+from ...errors import BadImageError, LookalikeError, TransientImageError
+from ...images import load_image, read_image_file
 from .file_results import Decoded, DecodeResult, Embedded, Reused, StreamResult, Undecodable, Unread
 
 if TYPE_CHECKING:
-    from .index import ImageIndex
+    from ..store.index import ImageIndex
 
 POOLINGS = ("avg", "gem", "rmac")
 GEM_P = 3.0  # the usual GeM exponent for retrieval (Radenovic et al.)
@@ -443,7 +443,7 @@ class Embedder:
         Each result is `decode_file`'s, with a `Decoded` image turned `Embedded`. Decoding of the next
         images runs in worker threads while the current batch goes through the network.
         """
-        from ..device import free_cores
+        from ...device import free_cores
 
         batch_size = batch_size or self.batch_size
         workers = workers or max(2, free_cores())
@@ -620,8 +620,8 @@ def _build_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: st
 
     if not checkpoint and device == "cpu" and runtime != "torch":
         # Fast start: a cached ONNX export needs neither torch nor timm, which take seconds to import.
-        from ..models.pretrained import PREPROCESS
-        from . import onnx_runtime
+        from ...models.pretrained import PREPROCESS
+        from ... import onnx_runtime
 
         graph = _graph_name(whole, pooling, layers)
         if model in PREPROCESS and onnx_runtime.available():
@@ -636,12 +636,12 @@ def _build_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: st
                                     dim=run.dim, device="cpu", weights=weights, runner=run, runtime="onnx",
                                     parts=layer_parts(model, layers, run.dim))
 
-    from ..device import resolve_device
-    from ..models import create_model, get_model_entry
+    from ...device import resolve_device
+    from ...models import create_model, get_model_entry
 
     dev = resolve_device(device)
     if checkpoint:
-        from ..models.from_checkpoint import model_from_checkpoint
+        from ...models.from_checkpoint import model_from_checkpoint
 
         path = Path(model).expanduser().resolve()
         if not path.is_file():
@@ -670,7 +670,7 @@ def _build_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: st
         net = net.to(memory_format=torch.channels_last)
     runner, used = None, "torch"
     if dev.type == "cpu" and (runtime == "onnx" or (runtime == "auto" and not checkpoint)):
-        from .onnx_runtime import onnx_runner
+        from ...onnx_runtime import onnx_runner
 
         runner = onnx_runner(net, model=model_id, pooling=_graph_name(whole, pooling, layers), weights=weights,
                              preprocess=preprocess, spatial_dynamic=whole)

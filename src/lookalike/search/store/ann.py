@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import LookalikeError
+from ...errors import LookalikeError
 from .compact import Pca, as_float16, sample_rows
 
 BACKENDS = ("exact", "hnsw", "ivf", "ivfpq")
@@ -221,7 +221,7 @@ def faiss_module():
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import faiss
 
-    from ..device import free_cores
+    from ...device import free_cores
 
     if not getattr(faiss_module, "_threads_set", False):
         faiss.omp_set_num_threads(free_cores())
@@ -460,7 +460,7 @@ class Backend:
         pending before writing and switches to it afterwards, so that a kill leaves no temporary name behind."""
         import contextlib
 
-        from ..atomic import atomic_path
+        from ...atomic import atomic_path
 
         if fingerprint is not None:
             self.fingerprint = fingerprint

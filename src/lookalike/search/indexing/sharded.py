@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..distributed import Group, _collective
-from ..errors import LookalikeError
-from .file_results import Embedded, Reused, StreamResult, Undecodable, Unread
+from ...distributed import Group, _collective
+from ...errors import LookalikeError
+from ..describe.file_results import Embedded, Reused, StreamResult, Undecodable, Unread
 
 
 def index_sharded(folder, index_path=None, *, group: Group, device: str = "cpu", runtime: str = "auto",
@@ -114,7 +114,7 @@ def _outcome(res: StreamResult, reuse, embedder) -> StreamResult:
 
 
 def _backbone(embedder) -> dict:
-    from .features import inputs_of
+    from ..describe.features import inputs_of
 
     return {"model": embedder.model, "pooling": embedder.pooling, "weights": embedder.weights,
             "inputs": inputs_of(embedder.preprocess),
@@ -123,7 +123,7 @@ def _backbone(embedder) -> dict:
 
 def _work(group: Group, device: str, runtime: str) -> None:
     """A rank other than 0: embed the batches rank 0 hands out, send each back."""
-    from .features import load_embedder
+    from ..describe.features import load_embedder
 
     job = group.same(None)
     if job.get("stop"):

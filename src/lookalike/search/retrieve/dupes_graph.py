@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .ann import Backend, Lookup
+from ..store.ann import Backend, Lookup
 from .query import DEFAULT_DUPE_THRESHOLD, distance_to_similarity
 
 # Query rows per backend call: (block x (k + 1)) results, small, and a progress step every few seconds at 1M.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import LookalikeError
+from ...errors import LookalikeError
 
 # Rows used to fit a PCA: the covariance of 100k rows is already stable to a few 1e-3 in its top directions.
 PCA_FIT_ROWS = 100_000
@@ -107,7 +107,7 @@ class Pca:
 
     def save(self, path) -> None:
         """Atomically write an `.npz` of plain arrays (no pickled objects)."""
-        from ..atomic import atomic_write
+        from ...atomic import atomic_write
 
         with atomic_write(Path(path), "wb") as fh:
             np.savez(fh, mean=self.mean, components=self.components)

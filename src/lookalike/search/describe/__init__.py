@@ -1,0 +1,1 @@
+"""Descriptors: the backbone and its preprocessing, pooling, whitening, decode outcomes."""

@@ -1,0 +1,1 @@
+"""Retrieval benchmarks' own protocols (mAP, mAP@R), measured through the search path."""

@@ -1,0 +1,1 @@
+"""Bringing an index up to date with its folder, on one process or many."""

@@ -1,0 +1,1 @@
+"""Answering queries: search, expansion, spatial verification, near-duplicates, reports."""

@@ -1,0 +1,1 @@
+"""The index store: database, manifest, vector file, ANN structures, export and import."""
