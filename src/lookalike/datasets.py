@@ -27,7 +27,7 @@ from .images import list_image_files, load_image
 from .paths import cache_dir
 from .unpickle import load_cifar_pickle, torch_load
 
-SMALL_MAX_SIDE = 64  # images up to this side are cached as one uint8 tensor
+SMALL_MAX_SIDE = 64  # images up to this side are cached as one uint8 tensor and train the `fast` net
 CACHE_VERSION = 1
 CIFAR10_URL = os.environ.get("LOOKALIKE_CIFAR10_URL", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -125,15 +125,20 @@ def _sample_files(data: str) -> list[Path]:
         return []
 
 
+def model_for_side(side: int) -> str:
+    """The from-scratch model `--model auto` takes for images of `side` px: "fast" up to SMALL_MAX_SIDE (CIFAR-like
+    images), "photo" above."""
+    return "fast" if side <= SMALL_MAX_SIDE else "photo"
+
+
 def auto_model(data: str, image_size: Optional[int] = None) -> str:
-    """The from-scratch model `--model auto` takes for `data`: "fast" for images up to 64 px, "photo" above (the
-    training side decides when given). Reads a sample of image headers; anything unreadable answers "fast" and
-    leaves the error to `load_data`."""
+    """`model_for_side` of `data` before it loads (the training side decides when given). Reads a sample of image
+    headers; anything unreadable answers "fast" and leaves the error to `load_data`."""
     if image_size is not None:
-        return "fast" if image_size <= SMALL_MAX_SIDE else "photo"
+        return model_for_side(image_size)
     files = _sample_files(data)
     size, _ = _probe_size(files, None) if files else (32, True)
-    return "fast" if size <= SMALL_MAX_SIDE else "photo"
+    return model_for_side(size)
 
 
 # ---------------------------------------------------------------- class folders

@@ -3,7 +3,7 @@
 The table below registers them by name; their code (and torch) is imported only when one is built.
 """
 
-from .registry import count_parameters, create_model, get_model_entry, list_models, register_model
+from .registry import DEFAULT_MODEL, count_parameters, create_model, get_model_entry, list_models, register_model
 
 _CIFAR = "lookalike.models.cifar"
 _PRETRAINED = "lookalike.models.pretrained"
@@ -24,4 +24,4 @@ register_model("resnet50", f"{_PRETRAINED}:resnet50", "pretrained",
 register_model("mobilenet_v3_large", f"{_PRETRAINED}:mobilenet_v3_large", "pretrained",
                "MobileNetV3-Large, torchvision ImageNet V2 weights (downloaded once)")
 
-__all__ = ["count_parameters", "create_model", "get_model_entry", "list_models", "register_model"]
+__all__ = ["DEFAULT_MODEL", "count_parameters", "create_model", "get_model_entry", "list_models", "register_model"]

@@ -18,6 +18,8 @@ from typing import Any, Callable
 from ..errors import LookalikeError
 
 KINDS = ("cifar", "pretrained")  # "cifar": trained by `lookalike train`; "pretrained": an ImageNet backbone
+# The default search backbone, and the backbone `lookalike train --pretrained` takes when none is named.
+DEFAULT_MODEL = "efficientnet_lite0"
 
 
 @dataclass(frozen=True)

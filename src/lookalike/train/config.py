@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass, replace
 from typing import Any, NamedTuple, Optional, get_type_hints
 
 from ..errors import LookalikeError
@@ -221,6 +221,14 @@ def resolve(cfg: TrainConfig, device_type: str, input_size: int = 32, epochs: Op
     if "lr" not in given and settings["optimizer"] == "muon":  # another optimizer's lr means nothing to Muon
         settings["lr"] = muon_lr(settings["epochs"] if epochs is None else epochs)
     return RunConfig(**settings)
+
+
+def with_planned_length(cfg: RunConfig, request: TrainConfig, epochs: float) -> RunConfig:
+    """`cfg`, resolved from `request`, once the run's length is planned (`epochs`): Muon's lr, unless the request
+    gives one, follows that length, as `resolve(request, ..., epochs=epochs)` would set it."""
+    if request.lr is not None or cfg.optimizer != "muon":
+        return cfg
+    return replace(cfg, lr=muon_lr(epochs))
 
 
 def muon_lr(epochs: float) -> float:

@@ -96,7 +96,7 @@ def reducer(group: Group):
 
 
 def reduce_epoch(trained, group: Group):
-    """`engine.EpochTraining` summed over the ranks (loss, correct, seen); steps and lr are the same on all."""
+    """`epoch.EpochTraining` summed over the ranks (loss, correct, seen); steps and lr are the same on all."""
     if group.size <= 1:
         return trained
     import torch

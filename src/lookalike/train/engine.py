@@ -1,6 +1,6 @@
 """The training loop: `fit` composes data, model, optimizer, schedule, evaluation and checkpoints.
 
-Each epoch trains (`_train_epoch`), evaluates, and saves the run's state (`state.RunState`) atomically as
+Each epoch trains (`epoch.train_epoch`), evaluates, and saves the run's state (`state.RunState`) atomically as
 last.pt before metrics.csv and the plots, so a run killed at any moment and resumed from last.pt repeats the
 uninterrupted run exactly (same device and threads): batches come from generators seeded by (seed, epoch)
 (`batches.Batches`) and the schedule is a pure function of the step.
@@ -16,16 +16,14 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import LookalikeError
-from .config import ConfigError, RunConfig, TrainConfig, resolve, validate
+from .config import ConfigError, RunConfig, TrainConfig, resolve, validate, with_planned_length
+from .epoch import Event, EpochTraining, diverged, record_epoch, train_epoch
 
 if TYPE_CHECKING:
     from .budget import EpochTiming
-
-Event = Callable[[str, Any], None]
-DIVERGENCE_CHECK_EVERY = 32  # steps between checks that the loss is finite (each check waits for a GPU)
 
 
 def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: Optional[Event] = None,
@@ -54,99 +52,168 @@ def fit(cfg: TrainConfig, run_dir: os.PathLike, resume: bool = False, on_event: 
         return _fit(cfg, Path(run_dir), resume, on_event, started_at, overwrite, group)
 
 
+@dataclasses.dataclass
+class _Setup:
+    """What a run has decided and built before its first epoch (`_prepare`)."""
+
+    cfg: RunConfig  # resolved once; a time budget then sets Muon's lr for the planned length
+    run_dir: Path
+    group: Any
+    emit: Event
+    t0: float  # when the run started: the seconds column counts start-up too
+    device: Any
+    data: Any
+    batches: Any
+    model: Any
+    meta: dict[str, Any]
+    probed: Any  # a pretrained backbone's linear probe: the run's "epoch 0" (every rank fits the same one), or None
+
+
 def _fit(cfg: TrainConfig, run_dir: Path, resume: bool, on_event: Optional[Event], started_at: Optional[float],
          overwrite: bool, group) -> dict[str, Any]:
-    import torch
+    """`fit` in the run folder it holds: prepare, start or resume the run, train the epochs left, finish."""
+    from .rundir import write_metrics
 
+    emit: Event = (on_event if group.is_main else None) or (lambda kind, payload: None)
+    t0 = started_at if started_at is not None else time.time()
+    saved, request = _open_run(cfg, run_dir, resume, overwrite)
+    setup = _prepare(request, run_dir, overwrite, group, emit, t0, new_run=saved is None and not resume,
+                     initialise=saved is None)
+    run = _resume_run(setup, saved) if saved is not None else _start_run(setup, request)
+    if saved is None and group.is_main:
+        _write_config(setup, run)
+    if setup.probed is not None:
+        _record_probe(setup, run)
+    if group.is_main:
+        write_metrics(run.history, run_dir / "metrics.csv")  # drops rows after the checkpoint's epoch
+    evaluate_test = _test_evaluator(setup)
+    final = _train_epochs(setup, run, evaluate_test)
+    return _finish(setup, run, final, evaluate_test)
+
+
+def _prepare(request: TrainConfig, run_dir: Path, overwrite: bool, group, emit: Event, t0: float, new_run: bool,
+             initialise: bool) -> _Setup:
+    """Device, data, the run's settings (resolved once, from the request and the data), the run folder and the
+    model. `new_run`: not a resume; `initialise`: the model starts from scratch (no checkpoint to resume)."""
     from . import distributed as ddp
 
     from ..device import resolve_device
-    from . import plots
     from .batches import Batches
-    from .budget import EpochTiming, plan_steps
-    from .evaluation import evaluate
-    from .rundir import prepare_new_run, write_json, write_metrics
-    from .state import RunState
+    from .rundir import prepare_new_run
 
-    t0 = started_at if started_at is not None else time.time()  # the seconds column counts start-up too
-    main = group.is_main
-    emit: Event = (on_event if main else None) or (lambda kind, payload: None)
-
-    saved, request = _open_run(cfg, run_dir, resume, overwrite)
     device = group.device(resolve_device(request.device))
     with group.main_first():  # rank 0 fills the tensor cache, the others read it
         data = _load_data(request, emit)
-    request = _fit_request_to_data(request, data)
-    cfg = resolve(request, device.type, data.input_size)
-    if main:
-        if saved is None and not resume:
+    cfg = resolve(_fit_request_to_data(request, data), device.type, data.input_size)
+    if group.is_main:
+        if new_run:
             prepare_new_run(run_dir, overwrite)  # with --overwrite, the earlier run's files go only now
         run_dir.mkdir(parents=True, exist_ok=True)
-
     batches = Batches(data.train, cfg, min(cfg.batch_size, len(data.train)), data.mean, data.std, device)
     batches = ddp.shard_batches(batches, group)
-    probed = None  # a pretrained backbone's linear probe: the run's "epoch 0" (every rank fits the same one)
+    probed = None
     if cfg.pretrained:
         from .probe import build_pretrained
 
-        model, meta, probed = build_pretrained(cfg, data, batches, initialise=saved is None, emit=emit)
+        model, meta, probed = build_pretrained(cfg, data, batches, initialise=initialise, emit=emit)
     else:
-        model, meta = _build_model(cfg, data, batches, initialise=saved is None)
-    spe = batches.steps_per_epoch
-    if saved is not None:
-        run = RunState.resume(saved, cfg, meta, model, spe, run_dir)
-        emit("info", f"resuming {run_dir} after epoch {run.epoch} (step {run.step} of {run.total_steps})")
-    else:
-        plan = {}
-        if cfg.time_budget and not (cfg.pretrained and not cfg.finetune):
-            plots.load_pyplot()  # a one-off second or two: paid before the pace is measured, not inside an epoch
-            plan = plan_steps(cfg, model, batches, data.test, cfg.time_budget - (time.time() - t0), device,
-                              wrap=lambda m: ddp.wrap(m, group, device), eval_share=1 / group.size)
-            plan = group.same(plan)  # rank 0's pace: its probe steps waited for the whole group
-            emit("plan", plan)
-        total_steps = plan["total_steps"] if plan else max(1, math.ceil(cfg.epochs * spe))
-        if cfg.pretrained and not cfg.finetune:
-            total_steps = 0  # the linear probe is the whole run
-        # Muon's lr follows the planned length. Re-plans after each epoch move the schedule's end, not this angle.
-        cfg = resolve(request, device.type, data.input_size, epochs=total_steps / spe)
-        run = RunState.start(cfg, meta, model, spe, total_steps, plan)
-    if saved is None and main:
-        write_json({"config": cfg.to_dict(), "classes": data.classes, "mean": list(data.mean),
-                    "std": list(data.std), "input_size": data.input_size, "total_steps": run.total_steps,
-                    "steps_per_epoch": spe, "batch_size": batches.batch_size, "train_images": len(data.train),
-                    "test_images": len(data.test), "plan": run.plan, "data_source": data.source,
-                    "world_size": group.size, "layout": data.layout}, run_dir / "config.json")
-    if probed is not None:  # saved at once: a fine-tune interrupted later resumes after the probe
-        run.history.append({**probed.row, "seconds": round(time.time() - t0, 2)})
-        run.plan["probe_weight_decay"] = probed.weight_decay
-        if main:
-            run.save(run_dir, probed.evaluation["acc"], time.time() - t0)
-            write_metrics(run.history, run_dir / "metrics.csv")
-            plots.plot_curves(run.history, run_dir / "curves.png")
-        emit("epoch", run.history[-1])
-    if main:
-        write_metrics(run.history, run_dir / "metrics.csv")  # drops rows after the checkpoint's epoch
+        model, meta = _build_model(cfg, data, batches, initialise=initialise)
+    return _Setup(cfg, run_dir, group, emit, t0, device, data, batches, model, meta, probed)
 
-    test = ddp.shard_split(data.test, group)
-    test_images = test.images.to(device) if (test.in_memory and device.type == "cuda") else None
-    evaluate_test = functools.partial(evaluate, model, test, batches.mean, batches.std, device,
-                                      batch_size=cfg.eval_batch_size, num_classes=len(data.classes),
-                                      images_on_device=test_images, reduce=ddp.reducer(group))
-    train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+
+def _resume_run(s: _Setup, saved: dict[str, Any]):
+    from .state import RunState
+
+    run = RunState.resume(saved, s.cfg, s.meta, s.model, s.batches.steps_per_epoch, s.run_dir)
+    s.emit("info", f"resuming {s.run_dir} after epoch {run.epoch} (step {run.step} of {run.total_steps})")
+    return run
+
+
+def _start_run(s: _Setup, request: TrainConfig):
+    """A new run's state: its length, planned to the time budget when there is one."""
+    from . import distributed as ddp
+    from . import plots
+    from .budget import plan_steps
+    from .state import RunState
+
+    cfg, spe = s.cfg, s.batches.steps_per_epoch
+    plan = {}
+    if cfg.time_budget and not (cfg.pretrained and not cfg.finetune):
+        plots.load_pyplot()  # a one-off cost: paid before the pace is measured, not inside an epoch
+        plan = plan_steps(cfg, s.model, s.batches, s.data.test, cfg.time_budget - (time.time() - s.t0), s.device,
+                          wrap=lambda m: ddp.wrap(m, s.group, s.device), eval_share=1 / s.group.size)
+        plan = s.group.same(plan)  # rank 0's pace: its probe steps waited for the whole group
+        s.emit("plan", plan)
+    total_steps = plan["total_steps"] if plan else max(1, math.ceil(cfg.epochs * spe))
+    if cfg.pretrained and not cfg.finetune:
+        total_steps = 0  # the linear probe is the whole run
+    # Muon's lr follows the planned length. Re-plans after each epoch move the schedule's end, not this angle.
+    s.cfg = with_planned_length(cfg, request, total_steps / spe)
+    return RunState.start(s.cfg, s.meta, s.model, spe, total_steps, plan)
+
+
+def _write_config(s: _Setup, run) -> None:
+    from .rundir import write_json
+
+    data = s.data
+    write_json({"config": s.cfg.to_dict(), "classes": data.classes, "mean": list(data.mean),
+                "std": list(data.std), "input_size": data.input_size, "total_steps": run.total_steps,
+                "steps_per_epoch": s.batches.steps_per_epoch, "batch_size": s.batches.batch_size,
+                "train_images": len(data.train), "test_images": len(data.test), "plan": run.plan,
+                "data_source": data.source, "world_size": s.group.size, "layout": data.layout},
+               s.run_dir / "config.json")
+
+
+def _record_probe(s: _Setup, run) -> None:
+    """The linear probe's row, saved at once: a fine-tune interrupted later resumes after the probe."""
+    from . import plots
+    from .rundir import write_metrics
+
+    run.history.append({**s.probed.row, "seconds": round(time.time() - s.t0, 2)})
+    run.plan["probe_weight_decay"] = s.probed.weight_decay
+    if s.group.is_main:
+        run.save(s.run_dir, s.probed.evaluation["acc"], time.time() - s.t0)
+        write_metrics(run.history, s.run_dir / "metrics.csv")
+        plots.plot_curves(run.history, s.run_dir / "curves.png")
+    s.emit("epoch", run.history[-1])
+
+
+def _test_evaluator(s: _Setup) -> Callable[..., dict[str, Any]]:
+    """`evaluate` on this rank's share of the test split, called with `tta`."""
+    from . import distributed as ddp
+    from .evaluation import evaluate
+
+    test = ddp.shard_split(s.data.test, s.group)
+    test_images = test.images.to(s.device) if (test.in_memory and s.device.type == "cuda") else None
+    return functools.partial(evaluate, s.model, test, s.batches.mean, s.batches.std, s.device,
+                             batch_size=s.cfg.eval_batch_size, num_classes=len(s.data.classes),
+                             images_on_device=test_images, reduce=ddp.reducer(s.group))
+
+
+def _train_epochs(s: _Setup, run, evaluate_test: Callable[..., dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The epochs left to train, each evaluated and saved; the final (test-time-augmented) evaluation when the
+    last epoch ran here, else None."""
+    import torch
+
+    from . import distributed as ddp
+    from .budget import EpochTiming
+
+    cfg, group, device = s.cfg, s.group, s.device
+    train_model = torch.compile(s.model) if cfg.compile and device.type == "cuda" else s.model
     train_model = ddp.wrap(train_model, group, device)  # data-parallel: DDP, BatchNorm synchronised
-    model.train()
-    emit("start", {"epochs": run.n_epochs, "total_steps": run.total_steps, "steps_per_epoch": spe,
-                   "start_epoch": run.epoch, "step": run.step, "device": str(device), "config": cfg.to_dict()})
-
+    s.model.train()
+    s.emit("start", {"epochs": run.n_epochs, "total_steps": run.total_steps,
+                     "steps_per_epoch": s.batches.steps_per_epoch, "start_epoch": run.epoch, "step": run.step,
+                     "device": str(device), "config": cfg.to_dict()})
     refit = bool(cfg.time_budget) and run.plan.get("total_steps") is not None
     timings: list[EpochTiming] = []  # per epoch, see `budget.refit_steps`
     final = None
     while run.epoch < run.n_epochs:
         if refit and timings:  # every rank fits to rank 0's clock, so all agree on the steps left
             _refit_to_budget(run, timings,
-                             group.same(cfg.time_budget - run.elapsed_before - (time.time() - t0)), emit)
+                             group.same(cfg.time_budget - run.elapsed_before - (time.time() - s.t0)), s.emit)
         t_epoch = time.perf_counter()
-        trained = ddp.reduce_epoch(_train_epoch(run, batches, train_model, emit), group)
+        trained = ddp.reduce_epoch(train_epoch(run, s.batches, train_model, s.emit), group)
         t_trained = time.perf_counter()
         run.train_seconds += t_trained - t_epoch
         # The last epoch's plain evaluation is the first pass of the final, test-time-augmented one.
@@ -157,37 +224,53 @@ def _fit(cfg: TrainConfig, run_dir: Path, resume: bool, on_event: Optional[Event
             tested = evaluate_test(tta=0)
         for value in (trained.loss_sum, tested["loss"], final["loss"] if final else 0.0):
             if not math.isfinite(value):  # before any file: best.pt and last.pt keep the last finite epoch
-                raise _diverged(value, run)
+                raise diverged(value, run)
         t_evaluated = time.perf_counter()
-        seconds = run.elapsed_before + (time.time() - t0)
-        row = _record_epoch(run, trained, tested, seconds)
-        if main:
-            run.save(run_dir, tested["acc"], seconds)
-            # After the checkpoint: metrics.csv never runs ahead of what a resume can restore.
-            write_metrics(run.history, run_dir / "metrics.csv")
-            plots.plot_curves(run.history, run_dir / "curves.png")
-        else:
-            run.best_acc = max(run.best_acc, tested["acc"])
-        emit("epoch", row)
+        _end_epoch(s, run, trained, tested)
         # Every rank re-plans from rank 0's timings, so all agree on the steps left.
         small, full, train_s, eval_s, files_s = group.same([
             trained.small_steps, max(1, trained.steps) - trained.small_steps,
             t_trained - t_epoch, t_evaluated - t_trained, time.perf_counter() - t_evaluated])
         timings.append(EpochTiming(small_steps=int(small), full_steps=int(full), train_s=train_s, eval_s=eval_s,
                                    files_s=files_s))
+    return final
 
-    if final is None and probed is not None and run.total_steps == 0:
-        final = probed.evaluation  # the probe scored the held-out features already
+
+def _end_epoch(s: _Setup, run, trained: EpochTraining, tested: dict[str, Any]) -> None:
+    """The epoch's row in the history; rank 0 saves the run, then metrics.csv and the curves."""
+    from . import plots
+    from .rundir import write_metrics
+
+    seconds = run.elapsed_before + (time.time() - s.t0)
+    row = record_epoch(run, trained, tested, seconds)
+    if s.group.is_main:
+        run.save(s.run_dir, tested["acc"], seconds)
+        # After the checkpoint: metrics.csv never runs ahead of what a resume can restore.
+        write_metrics(run.history, s.run_dir / "metrics.csv")
+        plots.plot_curves(run.history, s.run_dir / "curves.png")
+    else:
+        run.best_acc = max(run.best_acc, tested["acc"])
+    s.emit("epoch", row)
+
+
+def _finish(s: _Setup, run, final: Optional[dict[str, Any]],
+            evaluate_test: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """The final evaluation (unless the last epoch made it here), the confusion plot and result.json."""
+    from . import plots
+    from .rundir import write_json
+
+    if final is None and s.probed is not None and run.total_steps == 0:
+        final = s.probed.evaluation  # the probe scored the held-out features already
     if final is None:  # resumed after the last epoch's checkpoint
-        final = evaluate_test(tta=cfg.tta)
-    if main:
-        plots.plot_confusion(final["confusion"], data.classes, run_dir / "confusion.png",
+        final = evaluate_test(tta=s.cfg.tta)
+    if s.group.is_main:
+        plots.plot_confusion(final["confusion"], s.data.classes, s.run_dir / "confusion.png",
                              title=f"Confusion matrix (test, accuracy {100 * final['acc']:.2f}%)")
-    result = _summary(run, final, data, device, run_dir, seconds=run.elapsed_before + (time.time() - t0),
-                      wall_seconds=time.time() - t0)
-    result["world_size"] = group.size
-    if main:
-        write_json(result, run_dir / "result.json")
+    result = _summary(run, final, s.data, s.device, s.run_dir, seconds=run.elapsed_before + (time.time() - s.t0),
+                      wall_seconds=time.time() - s.t0)
+    result["world_size"] = s.group.size
+    if s.group.is_main:
+        write_json(result, s.run_dir / "result.json")
     return result
 
 
@@ -217,7 +300,7 @@ def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool):
     else:
         prepare_new_run(run_dir, overwrite, check_only=True)  # refuse before the data loads
     validate(cfg)
-    from ..models import get_model_entry
+    from ..models import DEFAULT_MODEL, get_model_entry
     from .probe import check_pretrained_request
 
     if cfg.model != "auto":
@@ -225,7 +308,7 @@ def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool):
         if problem:
             raise LookalikeError(problem)
     elif cfg.pretrained:
-        cfg = dataclasses.replace(cfg, model="efficientnet_lite0")
+        cfg = dataclasses.replace(cfg, model=DEFAULT_MODEL)
     if cfg.pretrained and not resume:  # before any photo is decoded: offline, a missing download stops at once
         from .probe import ensure_weights
 
@@ -243,7 +326,9 @@ def _fit_request_to_data(request: TrainConfig, data) -> TrainConfig:
     made of a single folder is recorded; a pretrained backbone normalises as its weights were trained."""
     changes: dict[str, Any] = {}
     if request.model == "auto":
-        changes["model"] = "fast" if data.input_size <= 64 else "photo"
+        from ..datasets import model_for_side
+
+        changes["model"] = model_for_side(data.input_size)
     if data.layout.get("val_fraction"):
         changes["val_fraction"] = data.layout["val_fraction"]
     if request.pretrained:
@@ -343,87 +428,6 @@ def _refit_to_budget(run, timings: list[EpochTiming], seconds_left: float, emit:
     run.n_epochs = run.epoch + epochs_between(run.step, total, spe)
     run.plan.setdefault("replans", []).append({"after_epoch": run.epoch, "total_steps": total})
     emit("replan", {"after_epoch": run.epoch, "total_steps": total, "epochs": total / spe, "step_seconds": step_s})
-
-
-class EpochTraining(NamedTuple):
-    loss_sum: float  # plain cross-entropy summed over the images seen
-    correct: int
-    seen: int
-    lr: float  # the lr of the epoch's last step
-    steps: int
-    small_steps: int  # steps trained on small crops
-
-
-def _train_epoch(run, batches, train_model, emit: Event) -> EpochTraining:
-    """One epoch of training steps (a whole epoch, or the rest of the run when a short tail joins it)."""
-    import torch
-    import torch.nn.functional as F
-
-    from .budget import epoch_steps
-    from .schedules import lr_factor
-
-    cfg, spe, bs, device = run.cfg, run.steps_per_epoch, batches.batch_size, batches.device
-    steps = epoch_steps(run.step, run.total_steps, spe)
-    order, generator = batches.shuffle(run.epoch, steps)
-    emit("epoch_start", {"epoch": run.epoch + 1, "steps": steps})
-    sum_loss = cfg.optimizer in ("sgd-sum", "muon")  # both calibrated for a loss summed over the batch
-    whiten_bias = getattr(getattr(run.model, "whiten", None), "bias", None)
-    freeze_step = int(cfg.whiten_bias_fraction * run.total_steps)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen, lr, small_steps = 0, 0.0, 0
-    for b in range(steps):
-        if whiten_bias is not None:
-            whiten_bias.requires_grad_(run.step < freeze_step)
-        small = run.step < run.crop_steps
-        small_steps += small
-        x, y = batches.take(order[b * bs : (b + 1) * bs], generator, run.epoch + (b >= spe),
-                            cfg.crop_size if small else None)
-        if y.shape[0] == 0:
-            continue
-        factor = lr_factor(run.step, run.total_steps, spe, cfg.schedule, cfg.milestones or (), cfg.gamma)
-        for g in run.optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * factor
-        lr = cfg.lr * factor
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = train_model(x).float()
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum" if sum_loss else "mean")
-        if hasattr(batches, "scale_loss"):  # data-parallel: this rank's share of the global batch's loss
-            loss = batches.scale_loss(loss, y, sum_loss)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        run.step += 1
-        with torch.no_grad():
-            loss_sum += F.cross_entropy(logits.detach(), y, reduction="sum").double()
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.shape[0]
-        if b % DIVERGENCE_CHECK_EVERY == DIVERGENCE_CHECK_EVERY - 1 and not math.isfinite(float(loss_sum)):
-            raise _diverged(float(loss_sum), run)
-        if run.lookahead is not None:
-            run.lookahead.step(run.model, run.step, run.total_steps)
-        emit("step", {"epoch": run.epoch + 1, "batch": b + 1, "steps": steps})
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return EpochTraining(float(loss_sum), int(correct), seen, lr, steps, small_steps)
-
-
-def _diverged(value: float, run) -> LookalikeError:
-    epoch = run.epoch
-    kept = (f"last.pt and best.pt are as they were after epoch {epoch}" if epoch else "no checkpoint was written")
-    return LookalikeError(f"training diverged: the loss became {value} in epoch {epoch + 1} (step {run.step}); "
-                          f"{kept}. train again into a new run folder with a lower lr than {run.cfg.lr:.4g}")
-
-
-def _record_epoch(run, trained: EpochTraining, tested: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """The epoch's metrics row, added to the run's history; the run counts the epoch as finished."""
-    seen = max(1, trained.seen)
-    row = {"epoch": run.epoch + 1, "step": run.step, "lr": trained.lr, "train_loss": trained.loss_sum / seen,
-           "train_acc": trained.correct / seen, "test_loss": tested["loss"], "test_acc": tested["acc"],
-           "seconds": round(seconds, 2)}
-    run.history.append(row)
-    run.epoch += 1
-    return row
 
 
 def _summary(run, final: dict[str, Any], data, device, run_dir: Path, seconds: float,
