@@ -5,6 +5,7 @@ mixing vectors of two networks in one index."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from ...errors import LookalikeError
@@ -12,10 +13,13 @@ from ...errors import LookalikeError
 MANIFEST_KEY = "model_digest"
 
 
+def is_checkpoint_ref(model: str) -> bool:
+    """A `--model` value naming a file (a `lookalike train` checkpoint) rather than a registered backbone."""
+    return model.endswith((".pt", ".pth", ".ckpt")) or os.sep in model or Path(model).is_file()
+
+
 def weights_file(model: str, weights: str | None) -> Path | None:
     """The file whose bytes decide the network's weights: the checkpoint `model` names, else `weights`."""
-    from .features import is_checkpoint_ref
-
     for ref in ((model if is_checkpoint_ref(model) else None), weights):
         if ref and Path(ref).expanduser().is_file():
             return Path(ref).expanduser().resolve()
