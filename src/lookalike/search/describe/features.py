@@ -22,6 +22,7 @@ import numpy as np
 
 from ...errors import BadImageError, LookalikeError, TransientImageError
 from ...images import load_image, read_image_file
+from .model_digest import is_checkpoint_ref  # noqa: F401 (re-exported: callers import it from here)
 from .file_results import Decoded, DecodeResult, Embedded, Reused, StreamResult, Undecodable, Unread
 
 if TYPE_CHECKING:
@@ -59,11 +60,6 @@ DEFAULT_BATCH = 32  # images per pipeline batch (and per index commit)
 # EfficientNet-Lite0: 8 -> 0.33 GB, 16 -> 0.55 GB, 32 -> 0.99 GB) while throughput gains ~15 % from 16 to 32;
 # 16 keeps `compare` of 2,000 images under 1 GB.
 FORWARD_BATCH = 16
-
-
-def is_checkpoint_ref(model: str) -> bool:
-    """A `--model` value naming a file (a `lookalike train` checkpoint) rather than a registered backbone."""
-    return model.endswith((".pt", ".pth", ".ckpt")) or os.sep in model or Path(model).is_file()
 
 
 def file_digest(data: bytes) -> str:
