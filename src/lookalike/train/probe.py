@@ -31,10 +31,12 @@ def pretrained_preprocess(name: str) -> dict[str, Any]:
 def pretrained_input_side(name: str, photo_side: Optional[int]) -> int:
     """The training side of a pretrained backbone: the side its weights were trained at, or the photos' own
     shorter side (a multiple of 32) when they are smaller but not tiny. Upsampling a 160-px photo to 224 adds
-    no detail and costs ~2x the compute; images of 64 px or less (CIFAR) are upsampled, as transfer learning
-    does, since their own size is far below what the weights saw."""
+    no detail and (224/160)^2 times the compute; small images (CIFAR-like, `SMALL_MAX_SIDE`) are upsampled, as
+    transfer learning does, since their own size is far below what the weights saw."""
+    from ..datasets import SMALL_MAX_SIDE
+
     native = int(pretrained_preprocess(name)["input_size"])
-    if photo_side is None or photo_side <= 64 or photo_side >= native:
+    if photo_side is None or photo_side <= SMALL_MAX_SIDE or photo_side >= native:
         return native
     return max(96, photo_side // 32 * 32)
 
@@ -117,13 +119,13 @@ def freeze_norm_statistics(model) -> None:
 
 def prelogits_runner(model, name: str, input_size: int):
     """The pretrained backbone `name`'s features before its head (`penultimate`) through ONNX Runtime, as
-    `lookalike index` runs it on a CPU (about twice PyTorch's eager speed, benchmarks/results/index_speed.md):
+    `lookalike index` runs it on a CPU (faster than PyTorch's eager mode, benchmarks/results/index_speed.md):
     exported once into the cache and checked against PyTorch. None when ONNX Runtime is missing or the export
     fails or disagrees; the probe then embeds with PyTorch."""
     import torch
 
     from ..models.pretrained import PREPROCESS
-    from ..search.onnx_runtime import onnx_runner
+    from ..onnx_runtime import onnx_runner
 
     class PreLogits(torch.nn.Module):
         def __init__(self, net) -> None:
@@ -257,8 +259,9 @@ def scale_body_lr(groups: list[dict], model, scale: float) -> list[dict]:
 def check_pretrained_request(model: str, pretrained: bool, kind: str) -> Optional[str]:
     """A one-line problem with --model/--pretrained, or None."""
     if pretrained and kind != "pretrained":
-        return (f"--pretrained needs a pretrained backbone (efficientnet_lite0, efficientnet_lite2, resnet50, "
-                f"mobilenet_v3_large), not {model!r}")
+        from ..models import list_models
+
+        return f"--pretrained needs a pretrained backbone ({', '.join(list_models('pretrained'))}), not {model!r}"
     if not pretrained and kind == "pretrained":
         return (f"model {model!r} is a pretrained backbone: add --pretrained to fit a head for your classes "
                 "(and --finetune to train the whole net)")
