@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Optional
 
 from rich.console import Console
 
@@ -47,10 +47,42 @@ VERIFY_HELP = ("Re-rank the first N results by spatial verification: SIFT matche
                "result that agree on one affine transform move it up (0: off; up to 200).")
 
 
+def preset_default(option: str) -> str:
+    """`[default: 0; 1 with --quality high]`: an option's value in each preset, for its help."""
+    from ..search.presets import PRESETS
+
+    values = {name: getattr(p, option) for name, p in PRESETS.items()}
+    shown = [f"{values['default']}"] + [f"{v} with --quality {name}" for name, v in values.items()
+                                        if name != "default" and v != values["default"]]
+    return f"[default: {'; '.join(shown)}]"
+
+
+def quality_help(*fields: str) -> str:
+    """The help of `--quality` for a command that takes `fields` from the preset, spelled out as options."""
+    from ..search.presets import PRESETS
+
+    high = {field: getattr(PRESETS["high"], field) for field in fields}
+    spelled = " ".join(f"--{key}" if value is True else f"--{key} {value}" for key, value in high.items()
+                       if value not in (None, False))
+    return (f"Quality preset: {' or '.join(PRESETS)}; high is {spelled} (slower, more accurate). Options given "
+            "explicitly override it.")
+
+
+def ranking(quality: str, qe: Optional[int], dba: Optional[int], alpha: float, verify: Optional[int]):
+    """The `query.Expansion` and verifier of a search: `--quality`'s preset, explicit options over it (a bad
+    value fails with one line, before any index opens)."""
+    from ..search.presets import pick, preset
+    from ..search.retrieve.query import Expansion
+
+    chosen = preset(quality)
+    expansion = Expansion(qe=pick(qe, chosen.qe), dba=pick(dba, chosen.dba), alpha=alpha)
+    return expansion, verifier_for(pick(verify, chosen.verify))
+
+
 def verifier_for(shortlist: int):
     """A `verify.Verifier` of `shortlist` results, None for 0 (a bad number fails with one line)."""
     if shortlist == 0:
         return None
-    from ..search.verify import Verifier
+    from ..search.retrieve.verify import Verifier
 
     return Verifier(shortlist)
