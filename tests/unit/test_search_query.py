@@ -108,3 +108,30 @@ def test_groups_are_connected_components_of_close_pairs(tmp_path):
     assert find_duplicates(ix, threshold=0.0001) == []
     assert 0 < DEFAULT_DUPE_THRESHOLD < 1.4
     ix.close()
+
+
+def test_vector_math_distance_and_blocked_top_k():
+    from lookalike.search.vector_math import (blocked_top_k, distance_to_similarity, merge_top_k,
+                                              similarity_to_distance, top_k)
+
+    rng = np.random.default_rng(3)
+    a, b = unit(rng.normal(size=(2, DIM)))
+    sim = float(a @ b)
+    assert similarity_to_distance(sim) == pytest.approx(float(np.linalg.norm(a - b)), abs=1e-6)
+    assert distance_to_similarity(similarity_to_distance(sim)) == pytest.approx(sim, abs=1e-6)
+    assert similarity_to_distance(1.0000001) == 0.0  # rounding above 1 is no error
+    assert similarity_to_distance(np.array([1.0, -1.0])).dtype == np.float32
+
+    db = unit(rng.normal(size=(57, DIM)))
+    q = unit(rng.normal(size=(11, DIM)))
+    own = np.arange(11)  # query i may not take database row i
+    full = q @ db.T
+    full[own, own] = -np.inf
+    want = np.argsort(-full, axis=1, kind="stable")[:, :5]
+    got = np.concatenate([cols for _, _, cols in blocked_top_k(q, db, 5, exclude=own, block=3)])
+    assert np.array_equal(got, want)
+    # Column blocks merged one at a time give the same k best as the whole row.
+    best_s, best_c = np.zeros((11, 0), np.float32), np.zeros((11, 0), np.int64)
+    for start in range(0, 57, 10):
+        best_s, best_c = merge_top_k(best_s, best_c, full[:, start:start + 10], start, 5)
+    assert np.array_equal(best_c, want) and np.array_equal(top_k(full, 5), want)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ...errors import LookalikeError
 from ...images import is_image_path, list_image_files
+from ..vector_math import blocked_top_k, rows_per_block, similarity_to_distance
 from .metrics import holidays_ap, map_at_r, precision_at_k, r_precision, recall_at_k
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 GROUNDTRUTH = "groundtruth.json"
 RECALL_KS = (1, 5, 10)
-# Query rows per similarity block: block x N float32 scores and int64 orders stay under ~64 MB.
-_BLOCK_BYTES = 64 * 2**20
 MAX_GROUNDTRUTH_BYTES = 64 * 2**20  # a ground-truth file is read whole: bound it
 
 
@@ -162,7 +161,7 @@ def evaluate_groundtruth(bench: Benchmark, desc: Descriptors, query_rows: np.nda
     db_pos = {rel: n for n, rel in enumerate(bench.database)}
     n_db = len(bench.database)
     per_query, no_positives = [], []
-    block = max(1, _BLOCK_BYTES // max(1, n_db * 16))
+    block = rows_per_block(n_db, 16)  # float32 scores and int64 orders
     for start in range(0, len(keep), block):
         sl = slice(start, min(len(keep), start + block))
         scores = _scores(desc, sl)
@@ -218,7 +217,7 @@ def evaluate_classes(bench: Benchmark, desc: Descriptors, db_rows: np.ndarray, t
     lab = labels[indexed]
     counts = np.bincount(lab, minlength=labels.max() + 1)
     n = len(indexed)
-    block = max(1, _BLOCK_BYTES // max(1, n * 16))
+    block = rows_per_block(n, 16)  # float32 scores and int64 orders
     per_query = []
     for start in range(0, n, block):
         sl = slice(start, min(n, start + block))
@@ -268,17 +267,8 @@ def _weighted_neighbours(vectors: np.ndarray, database: np.ndarray, k: int, alph
     from ..retrieve.query import weighted_sum
 
     out = np.array(vectors, np.float32, copy=True)
-    block = max(1, _BLOCK_BYTES // max(1, len(database) * 8))
-    for start in range(0, len(vectors), block):
-        v = vectors[start:start + block]
-        sims = v @ database.T
-        if exclude is not None:
-            rows = np.flatnonzero(exclude[start:start + block] >= 0)
-            sims[rows, exclude[start:start + block][rows]] = -np.inf
-        kk = min(k, sims.shape[1])
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        out[start:start + block] = weighted_sum(v if include_first else None, np.take_along_axis(sims, top, axis=1),
-                                                database[top], alpha)
+    for rows, sims, top in blocked_top_k(vectors, database, k, exclude=exclude):
+        out[rows] = weighted_sum(vectors[rows] if include_first else None, sims, database[top], alpha)
     return out
 
 
@@ -442,7 +432,7 @@ def _verification(bench: Benchmark, shortlist: int) -> Callable[[str, np.ndarray
 
 
 def _distance(score: float) -> float:
-    return float(np.sqrt(max(0.0, 2.0 - 2.0 * min(1.0, float(score)))))
+    return similarity_to_distance(float(score))
 
 
 def _is_positive(bench: Benchmark, query: str, path: str) -> bool:

@@ -1,7 +1,7 @@
 """Near-duplicate groups at scale: the k-nearest-neighbour graph comes from a search backend (`ann.Backend`),
 block by block, and only its edges within the threshold are kept, so memory is O(N x k) at worst (O(edges) in
-practice), never N x N. Groups are the connected components of those edges, as in `query.group_vectors`,
-whose groups this reproduces exactly when the backend is `exact`.
+practice), never N x N. Groups are the connected components of those edges (`query.group_vectors` runs this
+over an exact backend).
 """
 
 from __future__ import annotations
@@ -11,7 +11,22 @@ from typing import Callable
 import numpy as np
 
 from ..store.ann import Backend, Lookup
-from .query import DEFAULT_DUPE_THRESHOLD, distance_to_similarity
+from ..vector_math import distance_to_similarity
+
+# Distance under which two images count as near-duplicates, with the head layer alone: it sits between the
+# demo gallery's edited copies and its closest two different photos, with a margin below the latter.
+DEFAULT_DUPE_THRESHOLD: float = 0.6
+# The two-layer descriptor (`features.DEFAULT_CROP_LAYERS`) packs different photos closer, so it takes a
+# tighter threshold for a better precision at little cost in recall. The measurements behind both values:
+# benchmarks/results/dupes_threshold.md and dupes_threshold.notes.md.
+TWO_LAYER_DUPE_THRESHOLD: float = 0.55
+
+
+def dupe_threshold(manifest: dict) -> float:
+    """The default near-duplicate distance for an index's descriptor (its manifest, or `Embedder.describe()`)."""
+    layers = (manifest.get("preprocess") or {}).get("layers") or []
+    return TWO_LAYER_DUPE_THRESHOLD if len(layers) > 1 else DEFAULT_DUPE_THRESHOLD
+
 
 # Query rows per backend call: (block x (k + 1)) results, small, and a progress step every few seconds at 1M.
 DUPES_BLOCK = 4096

@@ -15,39 +15,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ..vector_math import blocked_top_k, distance_to_similarity, similarity_to_distance
+from .dupes_graph import DEFAULT_DUPE_THRESHOLD, TWO_LAYER_DUPE_THRESHOLD, dupe_threshold
+from .dupes_graph import find_duplicates as graph_groups
+
 if TYPE_CHECKING:
     from ..store.index import ImageIndex
     from .results import SearchResponse
     from .verify import Verifier
-
-# Distance under which two images count as near-duplicates. Calibrated on the `lookalike demo` gallery with
-# EfficientNet-Lite0 + average pooling: the closest two different photos sit at 0.82, while the median edited
-# copy (crop, rotation, rescale, JPEG q15, colour shift) sits at 0.46 from its original; 0.6 keeps a margin
-# below the former and groups 92 of the 114 gallery images, with no group mixing two photos.
-DEFAULT_DUPE_THRESHOLD: float = 0.6
-# The two-layer descriptor (`features.DEFAULT_CROP_LAYERS`) packs different photos closer: on holidays-dev, 0.6
-# would group 178 pairs of different scenes (precision 0.576) against 45 with the head alone. At 0.55 its
-# precision is 0.878 (the head alone at 0.6: 0.816) for a little less recall (0.418 against 0.447), and the
-# demo's edited copies still never join another photo (benchmarks/results/dupes_threshold.md).
-TWO_LAYER_DUPE_THRESHOLD: float = 0.55
-
-
-def dupe_threshold(manifest: dict) -> float:
-    """The default near-duplicate distance for an index's descriptor (its manifest, or `Embedder.describe()`)."""
-    layers = (manifest.get("preprocess") or {}).get("layers") or []
-    return TWO_LAYER_DUPE_THRESHOLD if len(layers) > 1 else DEFAULT_DUPE_THRESHOLD
-
-# Rows per block in the kNN pass: block x N float32 similarities stay under ~64 MB.
-_BLOCK_BYTES = 64 * 2**20
-
-
-def similarity_to_distance(sim: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.clip(2.0 - 2.0 * sim, 0.0, None)).astype(np.float32)
-
-
-def distance_to_similarity(dist: float) -> float:
-    return 1.0 - dist * dist / 2.0
-
 
 def _exclusions(exclude_ids, n_queries: int) -> list[set]:
     if exclude_ids is None:
@@ -96,7 +71,7 @@ def search(index: "ImageIndex", queries: np.ndarray, k: int = 5, exclude_ids=Non
                 continue
             s = float(np.clip(s, -1.0, 1.0))
             hits.append({"rank": len(hits) + 1, "id": int(i), "path": str(index.path_of(int(i))),
-                         "distance": float(np.sqrt(max(0.0, 2.0 - 2.0 * s))), "similarity": s})
+                         "distance": similarity_to_distance(s), "similarity": s})
         results.append(hits)
     return results
 
@@ -197,7 +172,7 @@ def expanded_search(index: "ImageIndex", queries: np.ndarray, k: int, options: E
         scores = np.clip(augmented @ queries[q], -1.0, 1.0)
         order = np.argsort(-scores, kind="stable")[:k]
         results.append([{**hits[j], "rank": r + 1, "similarity": float(scores[j]),
-                         "distance": float(np.sqrt(max(0.0, 2.0 - 2.0 * float(scores[j]))))}
+                         "distance": similarity_to_distance(float(scores[j]))}
                         for r, j in enumerate(order)])
     return results
 
@@ -290,23 +265,16 @@ def compare(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def knn_graph(vectors: np.ndarray, k: int = 10, block: int | None = None) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (row indices, neighbour indices (b, k), similarities (b, k)) block by block, self excluded."""
-    v = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = len(v)
+    n = len(vectors)
     k = max(1, min(k, n - 1))
-    block = block or max(1, min(4096, _BLOCK_BYTES // max(1, n * 4)))
-    for start in range(0, n, block):
-        rows = np.arange(start, min(n, start + block))
-        sims = v[rows] @ v.T
-        sims[np.arange(len(rows)), rows] = -np.inf  # not its own neighbour
-        nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        yield rows, nn, np.take_along_axis(sims, nn, axis=1)
+    for rows, sims, nn in blocked_top_k(vectors, vectors, k, exclude=np.arange(n), block=block):
+        yield np.arange(rows.start, rows.stop), nn, sims
 
 
 def group_vectors(vectors: np.ndarray, threshold: float = DEFAULT_DUPE_THRESHOLD, k: int = 10) -> list[list[int]]:
     """Connected components (size >= 2) of the exact kNN graph whose edges are within `threshold` distance;
     groups hold row positions, sorted, largest group first (`dupes_graph` over an exact backend)."""
     from ..store import ann
-    from .dupes_graph import find_duplicates as graph_groups
 
     if len(vectors) < 2:
         return []
@@ -319,8 +287,6 @@ def find_duplicates(index: "ImageIndex", threshold: Optional[float] = None, k: i
     """Groups of near-duplicate image ids: the kNN graph through the index's search backend + connected
     components (memory O(N x k), never N x N); `threshold` None: `dupe_threshold` of the index's descriptor;
     `progress(done, total)` after each block of rows."""
-    from .dupes_graph import find_duplicates as graph_groups
-
     if threshold is None:
         threshold = dupe_threshold(index.manifest)
 
