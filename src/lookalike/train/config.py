@@ -192,8 +192,8 @@ OPTIMIZERS = tuple(FAST_OPTIMIZERS)
 GENERIC = dict(epochs=15, batch_size=128, optimizer="sgd", **PLAIN_SGD, label_smoothing=0.1, milestones=[],
                gamma=0.1, translate=4, pad_mode="reflect", flip=True, tta=1)
 # Pretrained backbones (--pretrained --finetune): plain SGD on a head the linear probe has fitted already, the body
-# ten times slower, its BatchNorm statistics kept; random-resized crops and flips; mirror TTA. lr 0.01 undid a
-# fitted probe within a few steps on the generated test photos; 0.001 kept and then improved it.
+# ten times slower, its BatchNorm statistics kept; random-resized crops and flips; mirror TTA. The lr is small so
+# that the first steps keep the fitted probe (benchmarks/results/training.notes.md).
 PRETRAINED = dict(epochs=2, batch_size=64, optimizer="sgd", lr=0.001, momentum=0.9, nesterov=True, weight_decay=5e-5,
                   label_smoothing=0.1, schedule="cosine", milestones=[], gamma=0.1, lookahead=False, translate=0,
                   pad_mode="reflect", flip=True, tta=1, crop_scale=0.35, body_lr_scale=0.1)

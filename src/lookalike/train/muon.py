@@ -2,7 +2,8 @@
 
 Muon (Keller Jordan et al., 2024) replaces a filter bank's update by the nearest semi-orthogonal matrix of its
 (Nesterov) momentum, reached with a few Newton-Schulz iterations, and keeps each bank's weight norm fixed so the
-learning rate is an angle. airbench94_muon reports 94% on CIFAR-10 in 8 epochs where SGD needs 9.9.
+learning rate is an angle. airbench94_muon reaches airbench94's CIFAR-10 accuracy in fewer epochs than its SGD
+(benchmarks/results/training.notes.md).
 
 Groups marked `orthogonal=True` take the Muon update; the others take PyTorch's SGD update (L2 weight decay
 added to the gradient, momentum, optional Nesterov). One optimizer object keeps the engine, its schedule and its
@@ -39,8 +40,8 @@ class Muon:
 
     The interface (`param_groups`, `state`, `step`, `zero_grad`, `state_dict`, `load_state_dict`) and the
     state-dict layout are torch.optim's, so checkpoints and the engine treat it like any optimizer. It does not
-    derive from `torch.optim.Optimizer`: the first call into that class imports TorchDynamo, which costs about
-    1.5 s of every run's start-up on a CPU and buys nothing here."""
+    derive from `torch.optim.Optimizer`: the first call into that class imports TorchDynamo, which adds seconds to
+    every run's start-up on a CPU and buys nothing here (benchmarks/results/training.notes.md)."""
 
     def __init__(self, groups: Iterable[dict], lr: float = 0.02, momentum: float = 0.9, nesterov: bool = True,
                  weight_decay: float = 0.0):
