@@ -1,7 +1,7 @@
 """`lookalike demo`: a search benchmark that needs no download.
 
-The gallery (`sample_photos`) is built from the real photos that scikit-image ships inside its wheel
-(`skimage.data`, CC0/public domain) plus edited copies of each (crop, rotation, rescale, JPEG re-compression,
+The gallery (`sample_photos`) is built from the real photos shipped with this package (scikit-image's sample
+data: public domain, CC0 or BSD-3-Clause) plus edited copies of each (crop, rotation, rescale, JPEG re-compression,
 colour shift) whose original is known. Every edited copy is used as a query against the index of all images; a
 hit is relevant when it comes from the same photo. The figures: precision@1 and precision@5, and how far apart
 same-photo and different-photo images sit (which is what the near-duplicate threshold is chosen from).
@@ -22,7 +22,7 @@ def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5
              embedder=None, verify: int = 0) -> dict:
     """Build the gallery under `out_dir/gallery`, index it, query with every edited copy, write the report.
 
-    `photos`: names of `skimage.data` photos [default: PHOTOS]; `embedder`: another descriptor than `model`'s
+    `photos`: names of sample photos [default: PHOTOS]; `embedder`: another descriptor than `model`'s
     default one (e.g. `load_embedder(inputs=...)`); `verify`: the first results re-ranked by spatial
     verification, as `lookalike search` does (0: the descriptor alone)."""
     photos = tuple(photos or PHOTOS)

@@ -1,7 +1,8 @@
 """Real photos, and edited copies of them whose original is known: the gallery `lookalike demo` searches, and
 the images the tests and benchmarks are made of.
 
-The photos ship inside scikit-image's wheel (`skimage.data`, CC0 / public domain), so nothing is downloaded. The
+The photos ship with this package (`photos/`, copies of scikit-image's sample data; each one's source and
+licence, public domain, CC0 or BSD-3-Clause, are in `photos/LICENSES.md`), so nothing is downloaded. The
 edits are what a search for the same photo should see through: a crop, a rotation, a rescale, heavy JPEG
 re-compression, a colour shift. Copies are named `NAME-EDIT.jpg`, so `photo_of` finds a copy's original.
 """
@@ -12,28 +13,33 @@ import io
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-# Photos bundled with scikit-image (no network): names of `skimage.data` functions.
+# The photos shipped in `photos/` (named as scikit-image's `skimage.data` functions that give the same pixels).
 PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass",
           "gravel", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "rocket", "text")
 
 
+PHOTO_DIR = Path(__file__).resolve().parent / "photos"
+
+
+def photo_path(name: str) -> Path:
+    """The shipped file of photo `name` (one of PHOTOS)."""
+    for ext in (".png", ".jpg"):
+        path = PHOTO_DIR / f"{name}{ext}"
+        if path.is_file():
+            return path
+    raise KeyError(f"no sample photo named {name!r}")
+
+
 def load_photo(name: str, side: Optional[int] = None) -> Any:
-    """`skimage.data.<name>()` as an RGB PIL image (grayscale, boolean and RGBA converted; of a stereo pair, the
-    left view), shrunk to fit `side` x `side` when `side` is given."""
-    import numpy as np
-    import skimage.data
+    """Photo `name` as an RGB PIL image (grayscale and RGBA converted), shrunk to fit `side` x `side` when `side`
+    is given."""
     from PIL import Image
 
     from ..images import to_rgb
 
-    arr = getattr(skimage.data, name)()
-    if isinstance(arr, tuple):  # stereo_motorcycle: (left, right, disparity)
-        arr = arr[0]
-    arr = np.asarray(arr)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    mode = "L" if arr.ndim == 2 else ("RGBA" if arr.shape[2] == 4 else "RGB")
-    img = to_rgb(Image.fromarray(arr, mode))
+    with Image.open(photo_path(name)) as src:
+        img = to_rgb(src)
+        img.load()
     if side is not None:
         img.thumbnail((side, side), Image.Resampling.LANCZOS)
     return img
