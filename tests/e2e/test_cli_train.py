@@ -76,19 +76,19 @@ def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, setup, 
 
     data = [] if setup == "nodata" else ["--data", broken_folder_dataset(tmp_path, setup)]
     code, out, err = run_cli(["train", *data, *SMALL, *args, "--out", tmp_path / "r"], monkeypatch, capsys)
-    assert_one_line_error(code, err, fragment, after_warnings=True)
+    assert_one_line_error(code, err, fragment)
     assert out == ""
 
 
 def test_evaluate_bad_inputs(capsys, monkeypatch, tiny_folder_dataset, tmp_path):
     code, _, err = run_cli(["evaluate", tmp_path / "none.pt", "--data", tiny_folder_dataset], monkeypatch, capsys)
-    assert_one_line_error(code, err, "does not exist", after_warnings=True)
+    assert_one_line_error(code, err, "does not exist")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     code, _, err = run_cli(["evaluate", junk, "--data", tiny_folder_dataset], monkeypatch, capsys)
-    assert_one_line_error(code, err, "not a readable checkpoint", after_warnings=True)
+    assert_one_line_error(code, err, "not a readable checkpoint")
     code, _, err = run_cli(["train", "--resume", tmp_path / "no-run"], monkeypatch, capsys)
-    assert_one_line_error(code, err, "no such run folder", after_warnings=True)
+    assert_one_line_error(code, err, "no such run folder")
 
 
 def test_evaluate_refuses_other_classes(capsys, monkeypatch, tiny_folder_dataset, tmp_path):
@@ -99,4 +99,4 @@ def test_evaluate_refuses_other_classes(capsys, monkeypatch, tiny_folder_dataset
                     "--out", run], monkeypatch, capsys)[0] == 0
     other = make_folder_dataset(tmp_path / "other", classes=("cat", "dog"), n_train=1, n_test=2)
     code, _, err = run_cli(["evaluate", run / "best.pt", "--data", other], monkeypatch, capsys)
-    assert_one_line_error(code, err, "classes", after_warnings=True)
+    assert_one_line_error(code, err, "classes", after_warnings=True)  # after the run's progress lines
