@@ -20,7 +20,7 @@ def test_default_rule_is_resolution_and_says_why():
 
 @pytest.mark.parametrize("rule, keeper, word", [
     ("size", 0, "largest file"), ("newest", 2, "newest"), ("oldest", 0, "oldest (2019-06-01"),
-    ("shortest-path", 1, "shortest path; most pixels"), ("resolution", 1, "most pixels")])
+    ("shortest-path", 1, "shortest path"), ("resolution", 1, "most pixels")])
 def test_each_rule(rule, keeper, word):
     pos, why = choose_keeper([SMALL_HEAVY, BIG, NEW], rule)
     assert pos == keeper and word in why, why
