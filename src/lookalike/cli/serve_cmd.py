@@ -44,7 +44,7 @@ def serve(
              "(sets a cookie). Use it whenever others can reach the server."),
     limit_concurrency: int = typer.Option(
         64, min=1, help="Connections or requests at once; more get 503 until some finish."),
-    quality: str = typer.Option("default", "--quality", help="Searches: " + quality_help("qe", "dba", "verify")),
+    quality: str = typer.Option("default", "--quality", help=quality_help("qe", "dba", "verify")),
     qe: Optional[int] = typer.Option(None, "--qe", help="Searches: alpha-query expansion with this many neighbours (0: off). " + preset_default("qe")),
     dba: Optional[int] = typer.Option(None, "--dba", help="Searches: database-side augmentation with this many neighbours (0: off). " + preset_default("dba")),
     alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of the --qe and --dba neighbours (0 to 16)."),
