@@ -67,12 +67,30 @@ def knn_edges(backend: Backend, ids: np.ndarray, vectors: np.ndarray, k: int = 1
     return np.concatenate(src), np.concatenate(dst)
 
 
+def component_labels(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One label per position 0..n-1, the same within each connected component of the undirected edges (a, b):
+    union-find in whole-array steps (each root hooked under the smallest root it touches, then every position
+    pointed at its root), so a graph of millions of edges takes no Python loop over them."""
+    label = np.arange(n, dtype=np.int64)
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    while True:
+        before = label.copy()
+        ra, rb = label[a], label[b]
+        low = np.minimum(ra, rb)
+        np.minimum.at(label, ra, low)  # a parent is never above its child: no cycles
+        np.minimum.at(label, rb, low)
+        while True:
+            root = label[label]
+            if np.array_equal(root, label):
+                break
+            label = root
+        if np.array_equal(label, before):
+            return label
+
+
 def components(ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[list[int]]:
     """Connected components (size >= 2) of the edges (a, b) over `ids`, each sorted, largest group first
     (ties: smallest first id), with the ids in place of positions."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     ids = np.asarray(ids, np.int64)
     n = len(ids)
     if n < 2 or len(a) == 0:
@@ -81,8 +99,7 @@ def components(ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[list[int]]
     sorted_ids = ids[order]
     pa = order[np.searchsorted(sorted_ids, a)]
     pb = order[np.searchsorted(sorted_ids, b)]
-    graph = coo_matrix((np.ones(len(pa), np.int8), (pa, pb)), shape=(n, n)).tocsr()
-    _, label = connected_components(graph, directed=True, connection="weak")
+    label = component_labels(n, pa, pb)
     sizes = np.bincount(label)
     members = np.nonzero(sizes[label] > 1)[0]
     groups: dict[int, list[int]] = {}
