@@ -13,7 +13,7 @@ from typing import Any
 from ..atomic import fsync_dir
 from ..errors import LookalikeError
 from ..paths import printable
-from .pathcodec import decode_path, encode_path
+from .pathcodec import decode_path
 
 FORMAT = "lookalike-cleanup-journal"
 VERSION = 1
@@ -95,5 +95,3 @@ def step_path(step: dict, key: str) -> Path | None:
     value: Any = step.get(key)
     return None if value is None else Path(decode_path(value, f"journal entry {step.get('seq')} {key}"))
 
-
-__all__ = ["Journal", "read_journal", "step_path", "encode_path", "FOLDER"]

@@ -89,9 +89,11 @@ def _existing_dev(path: Path) -> int:
 
 
 def _ensure(trash: Path) -> None:
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    trash.mkdir(mode=0o700, exist_ok=True)  # a trash is its owner's alone (the specification's mode)
     for sub in ("files", "info"):
         folder = trash / sub
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
         st = os.lstat(folder)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             raise TrashError(errno.EPERM, "the trash folder is not this user's own", str(folder))
