@@ -208,3 +208,13 @@ def test_cross_device_move_and_undo(lib):
         assert not [p for p in Path(out).rglob("*") if p.name.endswith(".lookalike-tmp")]
         assert undo(result.journal, ix).exit_code == 0 and (root / "sub/b.jpg").read_bytes() == SAME
         assert not moved.exists()
+
+
+def test_undo_never_overwrites_an_occupied_path(lib, tmp_path):
+    root, ix = lib
+    result = apply_plan(plan_actions(_groups(root)[:1], "move", index_dir=ix, to=tmp_path / "out"), ix)
+    (root / "sub/b.jpg").write_bytes(b"a new file in the old place")
+    back = undo(result.journal, ix)
+    assert back.exit_code == 0 and "occupied" in back.outcomes[0].reason
+    assert (root / "sub/b.jpg").read_bytes() == b"a new file in the old place"
+    assert (tmp_path / "out/sub/b.jpg").read_bytes() == SAME
