@@ -144,7 +144,7 @@ def test_a_file_behind_the_index_is_caught_up_by_readers(backbone, home, tmp_pat
 
 def test_auto_switches_at_its_threshold_through_index(backbone, home, tmp_path, monkeypatch):
     _, emb = backbone
-    monkeypatch.setattr(ann, "EXACT_MAX_ROWS", 6)
+    monkeypatch.setattr(ann.choice, "EXACT_MAX_ROWS", 6)  # where `choose` reads it
     folder = tmp_path / "photos"
     paths = gallery(folder, 6)
     ix_path = tmp_path / "ix"
