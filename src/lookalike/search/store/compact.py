@@ -37,11 +37,6 @@ def as_float16(vectors: np.ndarray) -> np.ndarray:
     return out
 
 
-def as_float32(vectors: np.ndarray) -> np.ndarray:
-    """float16 (or float32) rows -> contiguous float32."""
-    return np.ascontiguousarray(vectors, dtype=np.float32)
-
-
 def sample_rows(n: int, m: int, seed: int = 0) -> np.ndarray:
     """Up to m sorted row numbers out of n (sorted: a memory-mapped array is read in file order)."""
     if n <= m:
@@ -86,13 +81,6 @@ class Pca:
         evals, evecs = np.linalg.eigh(cov)  # ascending
         top = evecs[:, ::-1][:, :dim]
         return cls(mean, top)
-
-    def explained(self, vectors: np.ndarray) -> float:
-        """Share of the variance of `vectors` kept by the projection."""
-        x = np.asarray(vectors, np.float64) - self.mean
-        total = float((x * x).sum())
-        kept = float(((x @ self.components) ** 2).sum())
-        return kept / total if total > 0 else 1.0
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         """(N, in_dim) -> (N, dim) float32 unit rows, block by block."""
