@@ -32,7 +32,8 @@ with which parameters), `factory` (make, build), `fileformat` and `files` (the s
 
 from __future__ import annotations
 
-from .base import BACKENDS, CHOICES, STORAGES, Backend, Lookup, Progress, similarity_to_distance
+from ...vector_math import similarity_to_distance
+from .base import BACKENDS, CHOICES, STORAGES, Backend, Lookup, Progress
 from .factory import KINDS, build, make
 from .exact import ExactBackend, exact_view
 from .faiss_backends import (GRAPH_EF_SEARCH, GRAPH_NPROBE, GRAPH_RERANK, KMEANS_ITERATIONS, TRAIN_PER_LIST,

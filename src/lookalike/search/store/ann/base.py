@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ....errors import LookalikeError
+from ...vector_math import rows_per_block, similarity_to_distance, top_k
 from ..compact import Pca
 from .faiss_lib import faiss_module
 from .fileformat import write_file
@@ -23,25 +24,12 @@ Lookup = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]
 
 
-def similarity_to_distance(sim: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.clip(2.0 - 2.0 * sim, 0.0, None)).astype(np.float32)
-
-
 def as_rows(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
     """`vectors` as (n, dim) rows; LookalikeError naming `what` when they are of another shape."""
     vectors = np.atleast_2d(vectors)
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         raise LookalikeError(f"{what} have shape {vectors.shape}, expected (n, {dim})")
     return vectors
-
-
-def topk(sims: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest values of each row, best first."""
-    if k >= sims.shape[1]:
-        return np.argsort(-sims, axis=1, kind="stable")
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
 
 
 class Backend:
@@ -250,9 +238,9 @@ def _rerank(q: np.ndarray, cand: np.ndarray, lookup: Lookup, k: int) -> tuple[np
     if len(flat):
         vecs = lookup(flat)
         where = np.searchsorted(flat, np.where(valid, cand, flat[0]))
-        step = max(1, _RERANK_BLOCK_BYTES // max(1, 4 * cand.shape[1] * q.shape[1]))
+        step = rows_per_block(cand.shape[1] * q.shape[1], 4, _RERANK_BLOCK_BYTES)
         for s in range(0, len(q), step):  # (step x fetch x D) floats at a time
             part = np.einsum("qfd,qd->qf", vecs[where[s:s + step]], q[s:s + step])
             sims[s:s + step] = np.where(valid[s:s + step], part, -np.inf)
-    top = topk(sims, min(k, sims.shape[1]))
+    top = top_k(sims, min(k, sims.shape[1]))
     return np.take_along_axis(sims, top, axis=1), np.take_along_axis(cand, top, axis=1)

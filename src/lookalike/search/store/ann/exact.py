@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from ....errors import LookalikeError
+from ...vector_math import merge_top_k, rows_per_block
 from ..compact import as_float16
-from .base import ADD_BLOCK, Backend, as_rows, topk
+from .base import ADD_BLOCK, Backend, as_rows
 from .fileformat import AnnFileError
-
-_EXACT_BLOCK_BYTES = 64 * 2**20  # (queries x block) similarities per exact step
 
 
 class ExactBackend(Backend):
@@ -51,7 +50,7 @@ class ExactBackend(Backend):
         nq = len(x)
         best_s = np.full((nq, 0), -np.inf, np.float32)
         best_p = np.zeros((nq, 0), np.int64)
-        block = max(1024, _EXACT_BLOCK_BYTES // max(1, 4 * nq))
+        block = max(1024, rows_per_block(nq))  # stored rows per step: (queries x block) similarities
         offset = 0
         for chunk in self._chunks:
             for s in range(0, len(chunk), block):
@@ -60,13 +59,7 @@ class ExactBackend(Backend):
                 live = self.live[offset + s:offset + s + len(part)]
                 if not live.all():
                     sims[:, ~live] = -np.inf
-                kk = min(k, sims.shape[1])
-                top = topk(sims, kk)
-                cand_s = np.concatenate([best_s, np.take_along_axis(sims, top, axis=1)], axis=1)
-                cand_p = np.concatenate([best_p, top + offset + s], axis=1)
-                keep = topk(cand_s, min(k, cand_s.shape[1]))
-                best_s = np.take_along_axis(cand_s, keep, axis=1)
-                best_p = np.take_along_axis(cand_p, keep, axis=1)
+                best_s, best_p = merge_top_k(best_s, best_p, sims, offset + s, k)
             offset += len(chunk)
         best_p = np.where(np.isfinite(best_s), best_p, -1)
         return best_s, best_p
