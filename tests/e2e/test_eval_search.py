@@ -156,6 +156,7 @@ def test_whiten_on_another_folder(bench, tmp_path, home, monkeypatch, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--qe", "-1"], "--qe"),
     (["--dba", "-2"], "--qe and --dba"),
+    (["--qe", "51"], "--qe takes a number of neighbours from 0 to 50"),
     (["--alpha", "99"], "--alpha"),
     (["--quality", "best"], "--quality"),
     (["--pooling", "max"], "unknown pooling"),

@@ -135,3 +135,25 @@ def test_vector_math_distance_and_blocked_top_k():
     for start in range(0, 57, 10):
         best_s, best_c = merge_top_k(best_s, best_c, full[:, start:start + 10], start, 5)
     assert np.array_equal(best_c, want) and np.array_equal(top_k(full, 5), want)
+
+
+def test_eval_search_expansion_ranks_as_the_search_path(tmp_path):
+    from lookalike.search.evaluation.search_path import expanded
+    from lookalike.search.retrieve.query import Expansion, expanded_search
+
+    rng = np.random.default_rng(5)
+    centres = unit(rng.standard_normal((4, DIM)))
+    vecs = unit(centres[np.arange(32) % 4] + 0.4 * rng.standard_normal((32, DIM)))
+    ix = build(tmp_path, vecs)
+    options = Expansion(qe=2, dba=3)
+    queries = np.arange(6)
+    hits = expanded_search(ix, vecs[queries], k=31, options=options, exclude_ids=[[int(q) + 1] for q in queries])
+    ix.close()
+    database, qvec = expanded(vecs.copy(), np.arange(32), vecs[queries], queries, options)
+    assert not np.allclose(database, vecs) and not np.allclose(qvec, vecs[queries])  # both steps ran
+    scores = qvec @ database.T
+    scores[np.arange(6), queries] = -np.inf  # the query itself, as search leaves it out
+    for q, found in enumerate(hits):
+        order = np.argsort(-scores[q], kind="stable")[:10]
+        assert [h["id"] for h in found[:10]] == [int(i) + 1 for i in order]
+        assert [h["similarity"] for h in found[:10]] == pytest.approx(scores[q, order].tolist(), abs=1e-5)

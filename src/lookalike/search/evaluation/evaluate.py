@@ -24,7 +24,7 @@ import numpy as np
 
 from ...errors import LookalikeError
 from ...images import is_image_path, list_image_files
-from ..vector_math import blocked_top_k, rows_per_block, similarity_to_distance
+from ..vector_math import rows_per_block, similarity_to_distance
 from .metrics import holidays_ap, map_at_r, precision_at_k, r_precision, recall_at_k
 
 if TYPE_CHECKING:
@@ -256,39 +256,6 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows])) if rows else float("nan")
 
 
-# --- query expansion and database-side augmentation ----------------------------------------------------------
-
-
-def _weighted_neighbours(vectors: np.ndarray, database: np.ndarray, k: int, alpha: float,
-                         include_first: bool, exclude: np.ndarray | None = None) -> np.ndarray:
-    """Each row replaced by the sum of its k nearest database vectors weighted by similarity^alpha (alpha-QE of
-    Radenovic et al., TPAMI 2019; `query.weighted_sum`, the search path's formula); `include_first`: the row
-    itself joins with weight 1; `exclude[i]`: a database position row i may not take (itself; -1: none)."""
-    from ..retrieve.query import weighted_sum
-
-    out = np.array(vectors, np.float32, copy=True)
-    for rows, sims, top in blocked_top_k(vectors, database, k, exclude=exclude):
-        out[rows] = weighted_sum(vectors[rows] if include_first else None, sims, database[top], alpha)
-    return out
-
-
-def database_augmentation(database: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
-    """DBA: every database vector becomes the weighted mean of itself and its k nearest neighbours."""
-    if k <= 0:
-        return database
-    # The nearest database vector of a database vector is itself (weight 1): k + 1 neighbours.
-    return _weighted_neighbours(database, database, k + 1, alpha, include_first=False)
-
-
-def query_expansion(queries: np.ndarray, database: np.ndarray, k: int, alpha: float = 3.0,
-                    exclude: np.ndarray | None = None) -> np.ndarray:
-    """alpha-QE: each query plus its k best database matches weighted by similarity^alpha, re-normalised;
-    `exclude[i]`: the database position of query i itself, left out of its neighbours as search leaves it out."""
-    if k <= 0:
-        return queries
-    return _weighted_neighbours(queries, database, k, alpha, include_first=True, exclude=exclude)
-
-
 # --- the whole evaluation ----------------------------------------------------------------------------------------
 
 
@@ -320,21 +287,21 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
     `whiten`: None, "index" (PCA-whitening fitted on the benchmark's own indexed vectors, no labels used) or a
     folder to fit it on (indexed with the same descriptor); stored beside the index. `whiten_dims`, `whiten_power`:
     axes kept and signed power applied first (`whitening.fit_whitening`; default: all axes and
-    `whitening.power_for(pooling)`, as `lookalike index` fits it). `qe`, `dba`: neighbours of
-    alpha-QE and DBA (0: off). `verify`: results per query re-ranked by spatial verification (`verify.py`; 0:
-    off; ground-truth benchmarks only: images of one class are not views of one scene). Returns {"benchmark",
-    "kind", "figures", "worst": per-query rows, "skipped", "index_path", "descriptor", "seconds"}.
+    `whitening.power_for(pooling)`, as `lookalike index` fits it). `qe`, `dba`, `alpha`: alpha-QE and DBA as
+    `lookalike search` runs them (`search_path.py`; 0: off). `verify`: results per query re-ranked by spatial
+    verification (`verify.py`; 0: off; ground-truth benchmarks only: images of one class are not views of one
+    scene). Returns {"benchmark", "kind", "figures", "worst": per-query rows, "skipped", "index_path",
+    "descriptor", "seconds"}.
     """
     import time
 
     from ..describe.features import load_embedder
-    from ..store.index import ImageIndex
-    from ..describe.whitening import fit_whitening, folder_key, power_for, save_whitening
+    from ..describe.whitening import folder_key
+    from ..retrieve.query import Expansion
 
     if qe < 0 or dba < 0:
         raise LookalikeError("--qe and --dba take a number of neighbours >= 0")
-    if not 0.0 <= alpha <= 16.0:
-        raise LookalikeError("--alpha must be from 0 to 16")
+    options = Expansion(qe=qe, dba=dba, alpha=alpha)  # the bounds `lookalike search` sets
     bench = load_benchmark(folder)
     rescore = _verification(bench, verify) if verify else None  # checks the number first
     if verify and bench.kind != "groundtruth":
@@ -352,69 +319,99 @@ def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pool
     summary = _index(bench.root, index_path, embedder, progress)
     index_dir = Path(summary["index_path"])
     indexing_seconds = time.perf_counter() - started
-    with ImageIndex.open(index_dir) as ix:
-        db_rows = _positions(ix, bench.root, bench.database)
-        vectors = np.asarray(ix.vectors(), np.float32)
-        whitening = None
-        if whiten:
-            if whiten_dir is not None:
-                wsum = _index(whiten_dir.resolve(), None, embedder, None)
-                with ImageIndex.open(wsum["index_path"]) as wix:
-                    fit_on = np.asarray(wix.vectors(), np.float32)
-                source = folder_key(whiten_dir)
-            else:
-                fit_on = vectors[db_rows[db_rows >= 0]]
-                source = "index"
-            power = power_for(embedder.pooling) if whiten_power is None else whiten_power
-            whitening = fit_whitening(fit_on, whiten_dims, power=power)
-            save_whitening(index_dir, whitening, {"fitted_on": source, "vectors": int(len(fit_on)),
-                                                  "backbone": embedder.describe()})
-            vectors = whitening(vectors)
-        database = np.zeros((len(bench.database), vectors.shape[1]), np.float32)
-        database[db_rows >= 0] = vectors[db_rows[db_rows >= 0]]
-        database = database_augmentation(database, dba, alpha) if dba else database
-        database[db_rows < 0] = 0.0
-        skipped = [rel for rel, r in zip(bench.database, db_rows) if r < 0]
-        if bench.kind == "groundtruth":
-            pos = {rel: n for n, rel in enumerate(bench.database)}
-            q_rows = _positions(ix, bench.root, [q["query"] for q in bench.queries])
-            keep = [i for i, r in enumerate(q_rows) if r >= 0]
-            qvec = vectors[q_rows[keep]] if keep else np.zeros((0, database.shape[1]), np.float32)
-            if dba:  # a query that is in the database takes its augmented vector, as every database image does
-                for j, i in enumerate(keep):
-                    d = pos.get(bench.queries[i]["query"])
-                    if d is not None and db_rows[d] >= 0:
-                        qvec[j] = database[d]
-            self_pos = np.asarray([pos.get(bench.queries[i]["query"], -1) for i in keep], np.int64)
-            qvec = query_expansion(qvec, database, qe, alpha, exclude=self_pos)
-            result = evaluate_groundtruth(bench, Descriptors(database, qvec[:, None, :]), self_pos, db_rows, keep,
-                                          top=top, rescore=rescore, shortlist=verify)
-            missing_queries = [bench.queries[i]["query"] for i, r in enumerate(q_rows) if r < 0]
-        else:
-            indexed = np.flatnonzero(db_rows >= 0)
-            qvec = query_expansion(database[indexed], database[indexed], qe, alpha,
-                                   exclude=np.arange(len(indexed)))
-            sub = Benchmark(bench.root, "classes", [bench.database[i] for i in indexed],
-                            labels=[bench.labels[i] for i in indexed])
-            result = evaluate_classes(sub, Descriptors(database[indexed], qvec[:, None, :]),
-                                      np.arange(len(indexed)), top=top)
-            for e in result["per_query"]:  # positions in `sub` -> positions in the benchmark
-                e["_top"] = [(int(indexed[d]), s) for d, s in e["_top"]]
-            missing_queries = skipped
-    rows = sorted(result["per_query"], key=lambda e: (e["AP"], e["query"]))[:max(0, worst)]
-    worst_rows = [{"query": e["query"], "AP": e["AP"], "P@1": e["P@1"],
-                   "results": [{"rank": r + 1, "path": bench.database[d], "distance": _distance(s),
-                                "relevant": _is_positive(bench, e["query"], bench.database[d])}
-                               for r, (d, s) in enumerate(e["_top"])],
-                   "missed": [{"rank": rank, "path": bench.database[d], "distance": _distance(s)}
-                              for d, rank, s in e["_missed"]]} for e in rows]
+    vectors, db_rows, q_rows = _indexed_vectors(index_dir, bench)
+    if whiten:
+        vectors = _whitened(vectors, db_rows, index_dir, whiten_dir, embedder, whiten_dims, whiten_power)
+    database = np.zeros((len(bench.database), vectors.shape[1]), np.float32)
+    database[db_rows >= 0] = vectors[db_rows[db_rows >= 0]]
+    skipped = [rel for rel, r in zip(bench.database, db_rows) if r < 0]
+    if bench.kind == "groundtruth":
+        result = _measure_groundtruth(bench, vectors, database, db_rows, q_rows, options, top, rescore, verify)
+        missing_queries = [bench.queries[i]["query"] for i, r in enumerate(q_rows) if r < 0]
+    else:
+        result = _measure_classes(bench, database, db_rows, options, top)
+        missing_queries = skipped
     descriptor = embedder.describe()
     descriptor.update({"whiten": (whiten if whiten in (None, "index") else folder_key(whiten)),
                        "qe": qe, "dba": dba, "alpha": alpha, "verify": verify})
-    return {"benchmark": str(bench.root), "kind": bench.kind, "figures": result["figures"], "worst": worst_rows,
+    return {"benchmark": str(bench.root), "kind": bench.kind, "figures": result["figures"],
+            "worst": _worst_rows(bench, result["per_query"], worst),
             "skipped": summary["skipped"], "unindexed": skipped, "queries_left_out": missing_queries,
             "index_path": str(index_dir), "descriptor": descriptor, "indexed": summary["indexed"],
             "indexing_seconds": indexing_seconds, "seconds": time.perf_counter() - started}
+
+
+def _indexed_vectors(index_dir: Path, bench: Benchmark) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the index's vectors, row of each database image among them, row of each ground-truth query), -1 where
+    an image is not indexed."""
+    from ..store.index import ImageIndex
+
+    with ImageIndex.open(index_dir) as ix:
+        db_rows = _positions(ix, bench.root, bench.database)
+        q_rows = _positions(ix, bench.root, [q["query"] for q in bench.queries])
+        return np.asarray(ix.vectors(), np.float32), db_rows, q_rows
+
+
+def _whitened(vectors: np.ndarray, db_rows: np.ndarray, index_dir: Path, whiten_dir: Path | None, embedder,
+              dims: int | None, power: float | None) -> np.ndarray:
+    """`vectors` through a whitening fitted on the benchmark's indexed vectors (or on `whiten_dir`'s, indexed
+    with the same descriptor), saved beside the index as `lookalike index` saves its own."""
+    from ..describe.whitening import fit_whitening, folder_key, power_for, save_whitening
+    from ..store.index import ImageIndex
+
+    if whiten_dir is not None:
+        wsum = _index(whiten_dir.resolve(), None, embedder, None)
+        with ImageIndex.open(wsum["index_path"]) as wix:
+            fit_on = np.asarray(wix.vectors(), np.float32)
+        source = folder_key(whiten_dir)
+    else:
+        fit_on = vectors[db_rows[db_rows >= 0]]
+        source = "index"
+    whitening = fit_whitening(fit_on, dims, power=power_for(embedder.pooling) if power is None else power)
+    save_whitening(index_dir, whitening, {"fitted_on": source, "vectors": int(len(fit_on)),
+                                          "backbone": embedder.describe()})
+    return whitening(vectors)
+
+
+def _measure_groundtruth(bench: Benchmark, vectors: np.ndarray, database: np.ndarray, db_rows: np.ndarray,
+                         q_rows: np.ndarray, options, top: int, rescore, verify: int) -> dict:
+    """`evaluate_groundtruth` of the indexed queries (`vectors[q_rows]`), each ranking the database as the
+    query path ranks it."""
+    from .search_path import expanded
+
+    pos = {rel: n for n, rel in enumerate(bench.database)}
+    keep = [i for i, r in enumerate(q_rows) if r >= 0]
+    qvec = vectors[q_rows[keep]] if keep else np.zeros((0, database.shape[1]), np.float32)
+    self_pos = np.asarray([pos.get(bench.queries[i]["query"], -1) for i in keep], np.int64)
+    database, qvec = expanded(database, np.flatnonzero(db_rows >= 0), qvec, self_pos, options)
+    return evaluate_groundtruth(bench, Descriptors(database, qvec[:, None, :]), self_pos, db_rows, keep,
+                                top=top, rescore=rescore, shortlist=verify)
+
+
+def _measure_classes(bench: Benchmark, database: np.ndarray, db_rows: np.ndarray, options, top: int) -> dict:
+    """`evaluate_classes` over the indexed images, each querying all the others as the query path does."""
+    from .search_path import expanded
+
+    indexed = np.flatnonzero(db_rows >= 0)
+    database, qvec = expanded(database, indexed, database[indexed], indexed, options)
+    sub = Benchmark(bench.root, "classes", [bench.database[i] for i in indexed],
+                    labels=[bench.labels[i] for i in indexed])
+    result = evaluate_classes(sub, Descriptors(database[indexed], qvec[:, None, :]), np.arange(len(indexed)),
+                              top=top)
+    for e in result["per_query"]:  # positions in `sub` -> positions in the benchmark
+        e["_top"] = [(int(indexed[d]), s) for d, s in e["_top"]]
+    return result
+
+
+def _worst_rows(bench: Benchmark, per_query: list[dict], worst: int) -> list[dict]:
+    """The report's rows of the `worst` queries (lowest AP): their top results and the positives they missed."""
+    rows = sorted(per_query, key=lambda e: (e["AP"], e["query"]))[:max(0, worst)]
+    return [{"query": e["query"], "AP": e["AP"], "P@1": e["P@1"],
+             "results": [{"rank": r + 1, "path": bench.database[d], "distance": _distance(s),
+                          "relevant": _is_positive(bench, e["query"], bench.database[d])}
+                         for r, (d, s) in enumerate(e["_top"])],
+             "missed": [{"rank": rank, "path": bench.database[d], "distance": _distance(s)}
+                        for d, rank, s in e["_missed"]]} for e in rows]
 
 
 def _verification(bench: Benchmark, shortlist: int) -> Callable[[str, np.ndarray], np.ndarray]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..vector_math import blocked_top_k, distance_to_similarity, similarity_to_distance
+from ..vector_math import blocked_top_k, distance_to_similarity, rows_per_block, similarity_to_distance
 from .dupes_graph import DEFAULT_DUPE_THRESHOLD, TWO_LAYER_DUPE_THRESHOLD, dupe_threshold
 from .dupes_graph import find_duplicates as graph_groups
 
@@ -38,12 +38,8 @@ def _exclusions(exclude_ids, n_queries: int) -> list[set]:
 
 def _backend_of(index) -> tuple[Any, Any]:
     """(search backend, rerank lookup) of an opened index: a snapshot's own backend (its ANN file, or exact),
-    or an exact one over the vectors of a writer."""
-    if hasattr(index, "backend"):
-        return index.backend(), index.lookup
-    from ..store import ann
-
-    return ann.build("exact", index.ids(), index.vectors()), None
+    or a writer's exact one over its vectors."""
+    return index.backend(), index.lookup
 
 
 def search(index: "ImageIndex", queries: np.ndarray, k: int = 5, exclude_ids=None) -> list[list[dict]]:
@@ -143,19 +139,52 @@ def _neighbours(index, vectors: np.ndarray, k: int, exclude: list[set]) -> tuple
     return out_s, out_i
 
 
+def expand_queries(index: "ImageIndex", queries: np.ndarray, options: Expansion,
+                   exclude: list[set]) -> np.ndarray:
+    """The alpha-QE step of the query path: each query row plus its `options.qe` nearest stored vectors
+    (leaving out `exclude[i]`, the ids query i may not find), weighted by similarity^alpha and re-normalised.
+    The queries as they are when `qe` is 0. Rows go in blocks, so the gathered neighbours stay bounded."""
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if not options.qe or len(index) == 0:
+        return queries
+    out = np.empty_like(queries)
+    block = rows_per_block(options.qe * index.dim)
+    for start in range(0, len(queries), block):
+        rows = slice(start, start + block)
+        sims, ids = _neighbours(index, queries[rows], options.qe, exclude[rows])
+        out[rows] = weighted_sum(queries[rows], sims, _vectors_of(index, ids), options.alpha)
+    return out
+
+
+def augmented_vectors(index: "ImageIndex", ids: np.ndarray, options: Expansion) -> np.ndarray:
+    """The DBA vectors of stored images `ids`: each stored vector plus its `options.dba` nearest stored
+    neighbours, weighted by similarity^alpha and re-normalised (the stored vectors when `dba` is 0)."""
+    ids = np.asarray(ids, np.int64)
+    own = np.zeros((len(ids), index.dim), np.float32)
+    for n, i in enumerate(ids):
+        own[n] = index.vector_of(int(i))
+    if not options.dba:
+        return own
+    block = rows_per_block((options.dba + 1) * index.dim)
+    for start in range(0, len(ids), block):
+        rows = slice(start, start + block)
+        # A stored vector's nearest stored vector is itself: dba + 1 neighbours, weight 1 for itself.
+        sims, found = _neighbours(index, own[rows], options.dba + 1, [set()] * len(own[rows]))
+        own[rows] = weighted_sum(None, sims, _vectors_of(index, found), options.alpha)
+    return own
+
+
 def expanded_search(index: "ImageIndex", queries: np.ndarray, k: int, options: Expansion,
                     exclude_ids=None) -> list[list[dict]]:
     """`search` with alpha-QE and DBA: each query is first replaced by itself plus its `qe` nearest stored
-    vectors (excluded ids left out); then, with `dba`, its best candidates (`DBA_SHORTLIST`, or 4k) are
-    re-scored against their augmented vectors (each candidate plus its `dba` nearest neighbours), the DBA of
-    the whole database computed only where it changes the top of the ranking."""
+    vectors (`expand_queries`); then, with `dba`, its best candidates (`DBA_SHORTLIST`, or 4k) are re-scored
+    against their augmented vectors (`augmented_vectors`), the DBA of the whole database computed only where
+    it changes the top of the ranking."""
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     excluded = _exclusions(exclude_ids, len(queries))
     if len(index) == 0 or k <= 0:
         return [[] for _ in queries]
-    if options.qe:
-        sims, ids = _neighbours(index, queries, options.qe, excluded)
-        queries = weighted_sum(queries, sims, _vectors_of(index, ids), options.alpha)
+    queries = expand_queries(index, queries, options, excluded)
     if not options.dba:
         return search(index, queries, k=k, exclude_ids=excluded)
     shortlist = search(index, queries, k=max(DBA_SHORTLIST, 4 * k), exclude_ids=excluded)
@@ -164,11 +193,7 @@ def expanded_search(index: "ImageIndex", queries: np.ndarray, k: int, options: E
         if not hits:
             results.append([])
             continue
-        cand = np.asarray([h["id"] for h in hits], np.int64)
-        own = np.stack([np.asarray(index.vector_of(int(i)), np.float32) for i in cand])
-        # A candidate's nearest stored vector is itself: dba + 1 neighbours, weight 1 for itself.
-        sims, ids = _neighbours(index, own, options.dba + 1, [set() for _ in cand])
-        augmented = weighted_sum(None, sims, _vectors_of(index, ids), options.alpha)
+        augmented = augmented_vectors(index, np.asarray([h["id"] for h in hits], np.int64), options)
         scores = np.clip(augmented @ queries[q], -1.0, 1.0)
         order = np.argsort(-scores, kind="stable")[:k]
         results.append([{**hits[j], "rank": r + 1, "similarity": float(scores[j]),
