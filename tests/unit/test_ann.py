@@ -198,6 +198,33 @@ def test_damaged_truncated_and_stale_files_are_refused(tmp_path, data):
     assert issubclass(ann.AnnFileError, LookalikeError)
 
 
+def test_the_file_layout_is_pinned(tmp_path):
+    """Files already on disk must stay readable: magic, payload, JSON header, (header length, magic) trailer,
+    the payload's CRC-32 and the header's own, read here without the package's reader."""
+    import json
+    import struct
+    import zlib
+
+    path = tmp_path / "layout.ann"
+    vectors = clustered(5, dim=8)
+    ann.build("exact", np.arange(5), vectors).save(path, fingerprint="fp")
+    raw = path.read_bytes()
+    assert raw[:8] == b"LKANN01\n"
+    hlen, magic = struct.unpack("<Q8s", raw[-16:])
+    assert magic == b"LKANN01\n"
+    header = json.loads(raw[-16 - hlen:-16])
+    assert header["version"] == ann.FILE_VERSION == 2 and header["kind"] == "exact" and header["fingerprint"] == "fp"
+    assert header["payload_end"] == len(raw) - 16 - hlen
+    assert header["crc32"] == zlib.crc32(raw[8:header["payload_end"]])
+    rest = {k: v for k, v in header.items() if k != "header_crc32"}
+    assert header["header_crc32"] == zlib.crc32(json.dumps(rest, sort_keys=True).encode())
+    sections = {sec["name"]: sec for sec in header["sections"]}
+    assert list(sections) == ["labels", "keys", "live", "vectors"]
+    vec = sections["vectors"]
+    stored = np.frombuffer(raw[vec["offset"]:vec["offset"] + vec["nbytes"]], np.dtype(vec["dtype"]))
+    assert np.array_equal(stored.reshape(vec["shape"]), vectors)
+
+
 _WRITER = """
 import sys, numpy as np
 from lookalike.search.store import ann

@@ -14,7 +14,7 @@ import numpy as np
 
 from ...errors import LookalikeError
 
-# Rows used to fit a PCA: the covariance of 100k rows is already stable to a few 1e-3 in its top directions.
+# Rows used to fit a PCA: enough for a stable covariance in its top directions (benchmarks/results/ann_settings.md).
 PCA_FIT_ROWS = 100_000
 # Rows per block when converting or projecting a large (possibly memory-mapped) array.
 _BLOCK = 65_536
