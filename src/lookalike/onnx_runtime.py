@@ -1,13 +1,16 @@
 """Run the embedding net through ONNX Runtime on CPU, where it is several times faster than PyTorch eager
 for the EfficientNet-Lite backbones (measured by `benchmarks/index_speed.py`).
 
-The net (backbone + pooling + L2 normalisation) is exported once per backbone/weights/pooling/input size and
-cached under `lookalike.paths.cache_dir("onnx")`. When onnxruntime or onnx is not installed, or the export
-fails or disagrees with PyTorch, the caller falls back to PyTorch.
+The default descriptor's graph ships with the package (`lookalike/data/`, made from the published weights; see
+its PROVENANCE.md), so search needs no PyTorch. Any other net (backbone + pooling + L2 normalisation) is exported
+once per backbone/weights/pooling/input size and cached under `lookalike.paths.cache_dir("onnx")`. When
+onnxruntime or onnx is not installed, or the export fails or disagrees with PyTorch, the caller falls back to
+PyTorch.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,6 +26,33 @@ from .paths import cache_dir
 
 # Largest output difference from PyTorch accepted for the exported graph (unit vectors, fp32).
 TOLERANCE = 1e-3
+# The graphs shipped as package data, each described by a JSON file of the same stem (its identity).
+PACKAGED_DIR = Path(__file__).resolve().parent / "data"
+PACKAGED_GRAPHS = ("efficientnet_lite0-avg-head+blocks",)
+
+
+@functools.lru_cache(maxsize=None)
+def packaged_identity(stem: str) -> dict:
+    """What the shipped graph `stem` computes: model, graph (pooling and layers), preprocess, dim, hashes."""
+    return json.loads((PACKAGED_DIR / f"{stem}.json").read_text(encoding="utf-8"))
+
+
+def packaged_graph(model: str, pooling: str, weights: str | None, preprocess: dict) -> Path | None:
+    """The shipped graph of this descriptor (backbone, graph name of pooling and layers, preprocessing), or
+    None: only the package's own weights (no `weights` file) match."""
+    if weights is not None:
+        return None
+    for stem in PACKAGED_GRAPHS:
+        ident = packaged_identity(stem)
+        if (ident["model"], ident["graph"], ident["preprocess"]) == (model, pooling, dict(preprocess)):
+            path = PACKAGED_DIR / f"{stem}.onnx"
+            return path if path.is_file() else None
+    return None
+
+
+def is_packaged(path: Path) -> bool:
+    """Whether `path` is a shipped graph (never to be removed, unlike a cached export)."""
+    return Path(path).resolve().parent == PACKAGED_DIR
 
 
 def _cache_key(model: str, pooling: str, weights: str | None, preprocess: dict) -> str:
@@ -48,7 +78,11 @@ def _cache_key(model: str, pooling: str, weights: str | None, preprocess: dict) 
 
 
 def onnx_path(model: str, pooling: str, weights: str | None, preprocess: dict) -> Path:
-    """Where the export of this backbone/weights/pooling/preprocessing is cached."""
+    """The graph of this backbone/weights/pooling/preprocessing: the shipped one when there is one (read with
+    no torch, timm or weights package), else where its export is cached."""
+    shipped = packaged_graph(model, pooling, weights, preprocess)
+    if shipped is not None:
+        return shipped
     safe = model.replace(os.sep, "_")[-60:]
     return cache_dir("onnx") / f"{safe}-{pooling}-{_cache_key(model, pooling, weights, preprocess)}.onnx"
 
@@ -124,6 +158,7 @@ def onnx_runner(net, *, model: str, pooling: str, weights: str | None, preproces
                 path.unlink(missing_ok=True)
                 return None
     except Exception:  # any exporter/runtime gap: PyTorch still works
-        path.unlink(missing_ok=True)
+        if not is_packaged(path):
+            path.unlink(missing_ok=True)
         return None
     return run

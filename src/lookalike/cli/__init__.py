@@ -77,6 +77,13 @@ def main() -> None:
 
     try:
         app()
+    except ModuleNotFoundError as exc:  # a module of an extra this install lacks: name the install command
+        from ..extras import missing_message
+
+        if missing_message(exc.name) is None:
+            raise
+        print(f"error: {missing_message(exc.name)}", file=sys.stderr)
+        sys.exit(2)
     except LookalikeError as exc:
         if not reported_elsewhere(exc):  # under torchrun, rank 0 (or the launcher) speaks for the group
             print(f"error: {printable(str(exc))}", file=sys.stderr)  # a file name may not be valid UTF-8

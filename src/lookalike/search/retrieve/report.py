@@ -28,8 +28,31 @@ def thumbnail_data_uri(path, size: int = THUMB) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+# Viridis at five stops (reversed below, as the matplotlib map): the plain heat map's colours.
+_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)
+
+
+def plain_heatmap_data_uri(dist: np.ndarray, side: int = 600) -> str:
+    """The distance matrix as a PNG of coloured cells with Pillow alone (installs without matplotlib)."""
+    from PIL import Image
+
+    top = float(max(1.0, dist.max())) if dist.size else 1.0
+    t = 1.0 - np.clip(np.asarray(dist, np.float32) / top, 0.0, 1.0)  # near: yellow, far: purple
+    stops = np.linspace(0.0, 1.0, len(_VIRIDIS))
+    rgb = np.stack([np.interp(t, stops, _VIRIDIS[:, c]) for c in range(3)], axis=-1).astype(np.uint8)
+    img = Image.fromarray(rgb, "RGB")
+    cell = max(1, side // max(1, len(dist)))
+    img = img.resize((img.width * cell, img.height * cell), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def heatmap_data_uri(dist: np.ndarray, labels: list[str]) -> str:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # matplotlib comes with the train extra: cells without axes or labels
+        return plain_heatmap_data_uri(dist)
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
