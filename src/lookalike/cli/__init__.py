@@ -10,34 +10,10 @@ import sys
 import typer
 from typer.core import TyperCommand
 
-from .. import __version__
 from ..errors import LookalikeError
 from ..paths import printable
-from ._help import Command, Group
-
-app = typer.Typer(
-    name="lookalike",
-    help="Train CNN image classifiers fast, and search images by content with CNN features.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-    cls=Group,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f"lookalike {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
-) -> None:
-    """Train CNN image classifiers fast, and search images by content with CNN features."""
-
+from ._app import app
+from ._help import Command
 
 # Each module adds its commands to `app`.
 from . import eval_cmd, export_cmds, models_cmd, search_cmds, serve_cmd, train_cmds  # noqa: E402,F401
@@ -70,13 +46,37 @@ app.registered_commands.sort(key=lambda info: list(COMMANDS).index(_command_name
                              if _command_name(info) in COMMANDS else len(COMMANDS))
 
 
+def _click_exceptions():
+    """click's exception classes as this Typer raises them (recent Typer releases carry their own copy of click)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
     from ..distributed import GROUP_LOST_EXIT, GroupLost, launched, main_prints, reported_elsewhere
 
     says_interrupted = main_prints() and not launched()  # under `--nproc`, the launcher says it once
+    click_errors = _click_exceptions()
 
     try:
-        app()
+        # Not standalone: click's own usage errors come back here, to be said in one line like every other.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except click_errors.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else "")
+        sys.exit(0)
+    except click_errors.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "lookalike"
+        print(f"error: {exc.format_message()} (see `{command} --help`)", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        if says_interrupted:
+            print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except ModuleNotFoundError as exc:  # a module of an extra this install lacks: name the install command
         from ..extras import missing_message
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ..models import DEFAULT_MODEL
 from ._common import LAYERS_HELP, TRIM_HELP, console, out, preset_default, print_json, quality_help, warn
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ..paths import printable
 from ._common import console, out, print_json, warn
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ..paths import printable
 from ..models import DEFAULT_MODEL
 from ..search.presets import PRESETS

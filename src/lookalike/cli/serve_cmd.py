@@ -10,7 +10,7 @@ import typer
 
 from ..errors import LookalikeError
 from ..web.hosts import is_loopback
-from . import app
+from ._app import app
 from ._common import VERIFY_HELP, console, preset_default, quality_help, ranking, warn
 
 _is_loopback = is_loopback  # the name the tests and older callers use

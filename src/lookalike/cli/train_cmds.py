@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._common import console, out, print_json, warn
 
 _STARTED = time.time()  # the time budget counts from process start: imports and data loading are included
