@@ -10,6 +10,9 @@ a round of Pillow's Python parsing. So, before decoding:
   pixels, at most `MAX_JPEG_MARKERS` markers;
 - a TIFF's first directory may hold at most `MAX_TIFF_STRIPS` strip or tile offsets (only the first image of a
   multi-page file is ever decoded, so the others are not looked at);
+- a HEIC/HEIF or AVIF file (ISO base media boxes) may hold at most `MAX_BMFF_BOXES` boxes and declare at most
+  `MAX_HEIF_ITEMS` items (a photo cut into a grid of tiny tiles has one item per tile); libheif and libavif also
+  apply their own limits while decoding;
 - and `CountedBytes`, the stream every decode reads through, refuses more than `MAX_READS` reads: each round of
   Pillow's parsing (a PNG chunk, a GIF sub-block, a JPEG segment, a TIFF strip) reads at least once, while a
   whole image of any legitimate structure is read in large blocks.
@@ -32,6 +35,10 @@ MAX_JPEG_SCAN_PIXELS = 30 * 120_000_000
 MAX_JPEG_MARKERS = 10_000  # segments of a real JPEG: a few dozen
 # A TIFF written one row per strip has as many strips as rows; tiles of 256 x 256 cover 120 MP in 2,000.
 MAX_TIFF_STRIPS = 100_000
+# A phone's HEIC has a few dozen boxes, and one item per 512 x 512 grid tile (48 for 12 MP, about 460 for 120 MP)
+# plus a few for EXIF and thumbnails.
+MAX_BMFF_BOXES = 10_000
+MAX_HEIF_ITEMS = 2_000
 # Pillow reads a large image in 64 KB blocks, and each PNG chunk in three reads: a 200 MB PNG in libpng's
 # 8 KB chunks takes about 75,000.
 MAX_READS = 200_000
@@ -43,6 +50,8 @@ _JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
 _JPEG_STANDALONE = frozenset({0x01, 0xD8})  # TEM and SOI carry no length
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start of frame; C4, C8, CC are tables
 _TIFF_OFFSETS = (273, 324)  # StripOffsets, TileOffsets
+# Boxes whose body is more boxes (`meta` after its 4-byte version and flags).
+_BMFF_CONTAINERS = frozenset({b"meta", b"iprp", b"ipco", b"dinf", b"moov", b"trak", b"mdia", b"minf", b"stbl"})
 
 
 class DecodeTooCostly(BadImageError):
@@ -57,6 +66,8 @@ def check_structure(data: bytes, name: str) -> None:
         _check_jpeg(data, name)
     elif data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         _check_tiff(data, name)
+    elif data[4:8] == b"ftyp":
+        _check_bmff(data, name)
 
 
 def _check_jpeg(data: bytes, name: str) -> None:
@@ -113,6 +124,37 @@ def _check_tiff(data: bytes, name: str) -> None:
         if tag in _TIFF_OFFSETS and count > MAX_TIFF_STRIPS:
             raise DecodeTooCostly(f"{name}: its first TIFF image is cut into {count:,} strips or tiles (at most "
                                   f"{MAX_TIFF_STRIPS:,})")
+
+
+def _check_bmff(data: bytes, name: str) -> None:
+    """Walk the boxes of an ISO base media file (HEIC, HEIF, AVIF) without reading their payloads."""
+    boxes, spans = 0, [(0, len(data))]
+    while spans:
+        pos, end = spans.pop()
+        while pos + 8 <= end:
+            size, kind = struct.unpack_from(">I4s", data, pos)
+            head = 8
+            if size == 1 and pos + 16 <= end:  # a 64-bit size follows the type
+                size, head = struct.unpack_from(">Q", data, pos + 8)[0], 16
+            elif size == 0:  # the box runs to the end of its parent
+                size = end - pos
+            if size < head:  # broken: the decoder says so
+                return
+            boxes += 1
+            if boxes > MAX_BMFF_BOXES:
+                raise DecodeTooCostly(f"{name}: more than {MAX_BMFF_BOXES:,} HEIF/AVIF boxes (a real photo has a "
+                                      "few dozen)")
+            body, stop = pos + head, min(end, pos + size)
+            if kind in _BMFF_CONTAINERS:
+                spans.append((body + (4 if kind == b"meta" else 0), stop))
+            elif kind == b"iinf" and body + 6 <= stop:
+                version = data[body]
+                items = (struct.unpack_from(">H", data, body + 4)[0] if version == 0
+                         else struct.unpack_from(">I", data, body + 4)[0] if body + 8 <= stop else 0)
+                if items > MAX_HEIF_ITEMS:
+                    raise DecodeTooCostly(f"{name}: {items:,} items in its HEIF/AVIF file (at most "
+                                          f"{MAX_HEIF_ITEMS:,}; a photo's grid of tiles has a few hundred)")
+            pos += size
 
 
 class CountedBytes(io.BytesIO):

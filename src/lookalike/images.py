@@ -5,11 +5,13 @@ What one file can cost is bounded before it is decoded: only regular files are r
 link to one is refused without blocking), at most `MAX_FILE_BYTES` of them, and at most `MAX_PIXELS` pixels
 are decoded; an optional `PixelBudget` bounds the pixels that several decodes (one web request) add up to.
 What decoding costs beyond its pixels is bounded by `image_checks`, and only the formats of `IMAGE_FORMATS`
-are decoded, first frame only.
+are decoded, first frame only. HEIC/HEIF photos decode through pi-heif (a decode-only libheif build) where it is
+installed, AVIF through Pillow's own plug-in; both go through the same bounds.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat
 import threading
@@ -20,9 +22,12 @@ from typing import Iterator, Union
 from .errors import BadImageError, TransientImageError
 from .image_checks import CountedBytes, check_structure
 
+# HEIC/HEIF need pi-heif (a dependency, but a build without it still runs); AVIF is in Pillow's wheels.
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
+HAVE_HEIF = importlib.util.find_spec("pi_heif") is not None
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".ppm", ".pgm", ".pbm"}
+) | (HEIF_EXTENSIONS if HAVE_HEIF else frozenset())
 # Refuse anything larger before decoding: a 20k x 20k PNG can be a few KB on disk and 1.6 GB in memory.
 MAX_PIXELS = 120_000_000
 # Largest image file read: an uncompressed 8-bit RGB TIFF of 60 MP is 180 MB. A sparse or growing file
@@ -34,9 +39,9 @@ MAX_FILE_BYTES = 200_000_000
 REDUCE_GAP = 2
 
 # The Pillow formats decoded, whatever a file is named: the families of IMAGE_EXTENSIONS, whose costs
-# `image_checks` bounds (JPEG includes its multi-picture kind, MPO). Other decoders (PSD layers, EPS through
-# Ghostscript, JPEG 2000, ...) never run.
-IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+# `image_checks` bounds (JPEG includes its multi-picture kind, MPO; HEIF is pi-heif's plug-in). Other decoders
+# (PSD layers, EPS through Ghostscript, JPEG 2000, ...) never run.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "HEIF", "PPM")
 
 ImageSource = Union[str, os.PathLike, bytes]
 
@@ -94,10 +99,24 @@ def iter_image_files(root: Union[str, os.PathLike], recursive: bool = True) -> I
 def decoder_version() -> str:
     """What decides whether a file decodes: an index trusts its recorded failures only while this is unchanged."""
     import PIL
+    from PIL import features
 
     from . import __version__
 
-    return f"lookalike {__version__}, Pillow {PIL.__version__}"
+    text = f"lookalike {__version__}, Pillow {PIL.__version__}"
+    avif = features.version("avif") if features.check("avif") else None
+    text += f", libavif {avif}" if avif else ""
+    heif = _heif_versions()
+    return text + (f", {heif}" if heif else "")
+
+
+def _heif_versions() -> str | None:
+    """pi-heif's and libheif's versions, None where pi-heif is not installed."""
+    if not HAVE_HEIF:
+        return None
+    import pi_heif
+
+    return f"pi-heif {pi_heif.__version__}, libheif {pi_heif.libheif_version()}"
 
 
 def list_image_files(root: Union[str, os.PathLike], recursive: bool = True) -> list[Path]:
@@ -176,7 +195,19 @@ def _load_plugins() -> None:
 
         with _PLUGINS_LOCK:
             Image.init()
+            _register_heif()
             _plugins_loaded = True
+
+
+def _register_heif() -> None:
+    """pi-heif's HEIF opener, decoding the primary image alone: no thumbnails, depth or auxiliary images (each
+    one more decode), one thread each (the decode pool already runs one per core), and libheif's own security
+    limits on (its default)."""
+    if not HAVE_HEIF:
+        return
+    import pi_heif
+
+    pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False, decode_threads=1)
 
 
 def open_header(path: Union[str, os.PathLike], head_bytes: int = 1 << 20):
