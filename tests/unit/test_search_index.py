@@ -475,7 +475,7 @@ def test_enospc_writing_vectors_is_one_line(tmp_path, monkeypatch):
     def full(fd):  # what a full disk answers when the appended rows are flushed
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("lookalike.search.store.index.os.fsync", full)
+    monkeypatch.setattr("lookalike.search.store.writer.os.fsync", full)
     with pytest.raises(LookalikeError, match="^disk full: cannot write the index at .*No space left"):
         ix.append_vectors(unit(2, seed=1))
     ix.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
@@ -104,38 +103,30 @@ def index_batches(index: "ImageIndex", batch_size: int = EXPORT_BATCH) -> Iterat
     """The rows of an opened read-only index (`ImageIndex.open(...)`) with their vectors, batch by batch,
     absolute paths. The size, mtime and digest come from a read-only query of the index database, checked
     against the snapshot's ids (LookalikeError when the index changed in between: run again)."""
-    from .index import from_db_path
+    from .queries import export_rows
 
     ids = index.ids()
     vectors = index.row_vectors()  # read batch by batch, never copied whole
     if not len(ids):
         return
-    db = index.path / "index.db"
+    batches = export_rows(index.path, int(ids[-1]), batch_size)
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    except sqlite3.DatabaseError as exc:
-        raise LookalikeError(f"index database {db} is unreadable ({exc})") from None
-    try:
-        cur = conn.execute("SELECT id, path, size, mtime_ns, digest FROM images WHERE id <= ? ORDER BY id",
-                           (int(ids[-1]),))
         root = index.root
         done = 0
         while done < len(ids):
-            rows = cur.fetchmany(batch_size)
+            rows = next(batches, [])
             got = np.fromiter((r[0] for r in rows), np.int64, len(rows))
             want = ids[done:done + len(rows)]
             if not rows or not np.array_equal(got, want):
                 raise LookalikeError(f"index {index.path} changed during the export: run it again")
-            yield RowBatch(paths=[(root / from_db_path(r[1])).as_posix() for r in rows],
+            yield RowBatch(paths=[(root / r[1]).as_posix() for r in rows],
                            sizes=np.fromiter((r[2] for r in rows), np.int64, len(rows)),
                            mtimes_ns=np.fromiter((r[3] for r in rows), np.int64, len(rows)),
                            digests=[r[4] for r in rows],
                            vectors=np.asarray(vectors[done:done + len(rows)], np.float32))
             done += len(rows)
-    except sqlite3.DatabaseError as exc:
-        raise LookalikeError(f"index database {db} is unreadable ({exc})") from None
     finally:
-        conn.close()
+        batches.close()
 
 
 def write_parquet(batches, out, dim: int, backbone: dict, progress: Progress | None = None,
@@ -192,7 +183,7 @@ def write_npy(batches, out, n: int, dim: int, backbone: dict, progress: Progress
 
 
 def _is_index_folder(folder: Path) -> bool:
-    from .index import DATABASE, MANIFEST
+    from .layout import DATABASE, MANIFEST
 
     return folder.name == ".lookalike" or ((folder / MANIFEST).is_file() and (folder / DATABASE).exists())
 
