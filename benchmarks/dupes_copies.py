@@ -92,7 +92,7 @@ def build_library(folder: Path, holidays: Path, imagenette: Path, scenes: int, e
         if f.name[:4] != "1039":  # a byte-identical copy of scene 1031 in this set
             by_scene.setdefault(f.name[:4], []).append(f)
     chosen = sorted(by_scene)[:scenes]
-    nette = sorted(imagenette.glob("val/*/*.JPEG"))
+    nette = sorted(f for f in imagenette.glob("val/*/*") if f.suffix.lower() in (".jpg", ".jpeg"))
     rng.shuffle(nette)
     originals = [(by_scene[s][0], s) for s in chosen] + [(f, f.stem) for f in nette[:extra]]
     edit_cycle = 0

@@ -69,15 +69,17 @@ def test_exact_groups_by_digest():
 
 
 def test_groups_do_not_chain():
-    # 1-2 and 2-3 are close, 1-3 is not: a chain that connected components would merge into one group.
-    pos = {1: 0.0, 2: 0.4, 3: 0.8, 4: 5.0, 5: 5.3}
+    # A chain 1-2-3-4 (each 0.4 apart, threshold 0.5) that connected components would merge into one group,
+    # and a separate pair 5-6.
+    pos = {1: 0.0, 2: 0.4, 3: 0.8, 4: 1.2, 5: 5.0, 6: 5.3}
     judge = copies.PairJudge(0, 0.5, lambda a, b: abs(pos[a] - pos[b]), lambda a, b: None, lambda i: None)
     ids = np.array(sorted(pos))
-    groups = copies.keeper_groups(ids, [(1, 2), (2, 3), (4, 5)], judge, keep=lambda i: -i)
-    assert [g.ids for g in groups] == [[1, 2], [4, 5]]
+    edges = [(1, 2), (2, 3), (3, 4), (5, 6)]
+    groups = copies.keeper_groups(ids, edges, judge, keep=lambda i: -i)
+    assert [(g.keeper, sorted(g.ids)) for g in groups] == [(2, [1, 2, 3]), (5, [5, 6])]  # 4: no copy of 2
     assert all(judge.distance(g.keeper, m.id) <= 0.5 for g in groups for m in g.members)
-    groups = copies.keeper_groups(ids, [(1, 2), (2, 3)], judge, keep=lambda i: i == 2)
-    assert [g.ids for g in groups] == [[2, 1, 3]]
+    groups = copies.keeper_groups(ids, edges, judge, keep=lambda i: i == 3)  # the keep rule breaks the tie
+    assert (groups[0].keeper, sorted(groups[0].ids)) == (3, [2, 3, 4])
 
 
 class _Library:

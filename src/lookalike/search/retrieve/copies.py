@@ -181,15 +181,22 @@ def keeper_groups(ids: np.ndarray, edges: Iterable[tuple[int, int]], judge: Pair
                   keep: Callable[[int], Any]) -> list[CopyGroup]:
     """Groups in which every member is a copy of the keeper itself. Within each connected component of the
     accepted `edges`, the best remaining image by `keep` (largest key) becomes a keeper and takes every remaining
-    image the judge accepts against it (pairs not yet judged are judged now); repeat with what is left."""
+    image the judge accepts against it (pairs not yet judged are judged now); repeat with what is left. The
+    leader is the image with the most accepted edges, ties broken by `keep` (largest key), then smallest id."""
     edges = list(edges)
     if not edges:
         return []
     a = np.asarray([e[0] for e in edges], np.int64)
     b = np.asarray([e[1] for e in edges], np.int64)
     groups: list[CopyGroup] = []
+    degree: dict[int, int] = {}
+    for x, y in edges:
+        degree[x] = degree.get(x, 0) + 1
+        degree[y] = degree.get(y, 0) + 1
     for component in components(ids, a, b):
-        remaining = sorted(component, key=lambda i: (keep(i), -i), reverse=True)
+        # The image most others are copies of leads (an original, not a look-alike shot that passed for a copy
+        # of it alone), then the keep rule.
+        remaining = sorted(component, key=lambda i: (degree.get(i, 0), keep(i), -i), reverse=True)
         while len(remaining) > 1:
             keeper, rest = remaining[0], remaining[1:]
             members, left = [], []
