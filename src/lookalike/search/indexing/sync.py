@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -121,6 +122,25 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
         raise LookalikeError(f"{folder} is not a folder")
     root = root.resolve()
     index_path = Path(index_path).expanduser().resolve() if index_path else default_index_path(root)
+    index, embedder = _open_writer(index_path, root, rebuild, embedder, model, pooling, weights, device, runtime,
+                                   inputs, whiten, ann)
+    with index:
+        try:
+            summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress, stream)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                raise
+            # A full disk met outside the index's own writes (which name it themselves).
+            raise storage_error(exc, index.path, writing=True) from None
+        summary["notes"] = list(index.notes)
+        return summary
+
+
+def _open_writer(index_path: Path, root: Path, rebuild: bool, embedder: Embedder | None, model: str | None,
+                 pooling: str | None, weights: str | None, device: str, runtime: str, inputs: dict | None, whiten,
+                 ann: str | None) -> tuple[IndexWriter, Embedder]:
+    """The index's writer (reopened, or started with the run's descriptor) and the embedder of the run, checked
+    against the index's descriptor, with the index's whitening; the manifest records a new `whiten` request."""
     # The lock first: whether to open or start the index is decided under it, so a writer that started one in
     # this folder meanwhile (another `index`, an `import`) is reopened, never replaced. Only --rebuild replaces.
     writer = IndexWriter.take(index_path)
@@ -148,22 +168,12 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
                                  "backbone")
         if existing is None:
             writer.start(root=root, backbone=backbone, ann=ann, replace=rebuild)
+        if whiten is not None and writer.manifest.get("whiten") != request:
+            writer.touch_manifest(whiten=request)
     except BaseException:
         writer.close()
         raise
-    index = writer
-    if whiten is not None and index.manifest.get("whiten") != request:
-        index.touch_manifest(whiten=request)
-    with index:
-        try:
-            summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress, stream)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-                raise
-            # A full disk met outside the index's own writes (which name it themselves).
-            raise storage_error(exc, index.path, writing=True) from None
-        summary["notes"] = list(index.notes)
-        return summary
+    return writer, embedder
 
 
 def _embedder_for(existing: IndexWriter | None, model: str | None, pooling: str | None, weights: str | None,
@@ -242,6 +252,19 @@ def _apply_whitening(index: IndexWriter, embedder: Embedder, request: str) -> No
     embedder.with_whitening(whitening, record)
 
 
+@dataclass
+class _Walked:
+    """What the walk found: files to read, rows of the root it did not find, and failed files left alone."""
+
+    todo: list = field(default_factory=list)  # (absolute path, rel, size, mtime_ns, old entry or None)
+    gone: dict = field(default_factory=dict)  # id -> entry of a root row the walk did not find
+    known_bad: list = field(default_factory=list)  # skipped rows of files unchanged since they failed
+    failures_seen: set = field(default_factory=set)
+    failed_before: dict = field(default_factory=dict)  # rel path -> FailureEntry (files that failed: few)
+    decoder: str = ""
+    claimed: set = field(default_factory=set)  # ids of gone rows a renamed file took over
+
+
 def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | None,
           progress: Callable[[int, int], None] | None, ann: str | None = None,
           ann_progress: Callable[[int, int], None] | None = None, stream: Callable | None = None) -> dict:
@@ -250,106 +273,134 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
     files to read, never a dict of every row."""
     summary = {"indexed": 0, "added": 0, "updated": 0, "removed": 0, "renamed": 0, "unchanged": 0,
                "skipped": [], "skipped_known": 0, "index_path": str(index.path)}
-    failed_before = index.failures()  # rel path -> FailureEntry (files that failed: few)
-    decoder = decoder_version()
-    trust_failures = index.failures_decoder() == decoder  # an upgraded decoder may read what the old one could not
-    known_bad: list[dict] = []
-    failures_seen: set[str] = set()
-    todo: list[tuple[Path, str, int, int, IndexEntry | None]] = []  # (absolute path, rel, size, mtime_ns, old)
     report = WalkReport()
+    walked = _walk_index(index, root, summary, report)
+    # Content hash -> entry whose vector a new file may reuse: deleted ones first (a rename moves the row).
+    gone_by_digest = {e.digest: e for e in walked.gone.values() if e.digest}
+    has_digest = index.digest_checker() if walked.todo else None
+
+    def reusable(digest: str):
+        return True if digest in gone_by_digest or (has_digest is not None and has_digest(digest)) else None
+
+    done = 0
+    total = len(walked.todo)
+    if progress:
+        progress(0, total)
+    batches = stream(embedder) if stream else embedder.stream
+    for batch in batches(walked.todo, batch_size=batch_size, reuse=reusable, path_of=lambda t: t[0]):
+        _store_batch(index, batch, walked, gone_by_digest, summary)
+        done += len(batch)
+        if progress:
+            progress(done, total)
+    if has_digest is not None:
+        has_digest.close()
+    _finish(index, embedder, walked, summary, report)
+    summary["ann"] = index.update_ann(ann, progress=ann_progress)
+    summary["indexed"] = len(index)
+    index.touch_manifest(count=summary["indexed"])
+    return summary
+
+
+def _walk_index(index: IndexWriter, root: Path, summary: dict, report: WalkReport) -> _Walked:
+    """Walk `root`, sorting each file into unchanged (counted), failed and unchanged since (`known_bad`) or to
+    read (`todo`), and collect the root's rows the walk did not find."""
+    walked = _Walked(failed_before=index.failures(), decoder=decoder_version())
+    # An upgraded decoder may read what the old one could not.
+    trust_failures = index.failures_decoder() == walked.decoder
     with index.walk_table() as mark_seen:
         for batch in _walk(root, summary["skipped"], report):
             known = index.lookup_paths([rel for _, rel, _, _ in batch])
             mark_seen([rel for _, rel, _, _ in batch])
             for path, rel, size, mtime in batch:
                 entry = known.get(rel)
-                failure = failed_before.get(rel)
+                failure = walked.failed_before.get(rel)
                 if failure is not None:
-                    failures_seen.add(rel)
+                    walked.failures_seen.add(rel)
                 if entry is not None and entry.size == size and entry.mtime_ns == mtime:
                     summary["unchanged"] += 1
                 elif trust_failures and failure is not None and (failure.size, failure.mtime_ns) == (size, mtime):
-                    known_bad.append({"path": str(path), "reason": f"{failure.reason} (unchanged since it failed)"})
+                    walked.known_bad.append({"path": str(path),
+                                             "reason": f"{failure.reason} (unchanged since it failed)"})
                 else:
-                    todo.append((path, rel, size, mtime, entry))
+                    walked.todo.append((path, rel, size, mtime, entry))
         # Rows of the root that the walk did not find; rows brought in by `lookalike import` are kept.
-        gone = dict(index.unseen_entries())
-    # Content hash -> entry whose vector a new file may reuse: deleted ones first (a rename moves the row).
-    gone_by_digest = {e.digest: e for e in gone.values() if e.digest}
-    claimed: set[int] = set()
-    has_digest = index.digest_checker() if todo else None
+        walked.gone = dict(index.unseen_entries())
+    return walked
 
-    def reusable(digest: str):
-        return True if digest in gone_by_digest or (has_digest is not None and has_digest(digest)) else None
 
-    done = 0
-    total = len(todo)
-    if progress:
-        progress(0, total)
-    batches = stream(embedder) if stream else embedder.stream
-    for batch in batches(todo, batch_size=batch_size, reuse=reusable, path_of=lambda t: t[0]):
-        new_vectors, pending = [], []  # pending[i] is the row that will reference new_vectors[i]
-        updates, deletes, failed, cleared = [], [], [], []
-        for (path, rel, size, mtime, old), res in batch:
-            digest = res.digest
-            if rel in failed_before and not isinstance(res, Undecodable):
-                cleared.append(rel)  # fixed, or unreadable for now: either way the old failure no longer applies
-            if isinstance(res, Skipped):
-                summary["skipped"].append({"path": str(path), "reason": res.reason})
-                if isinstance(res, Undecodable):
-                    # Read but not decodable: that lasts until the file changes. A read error (permissions, a
-                    # file gone since the walk) may not, so those are tried again next time.
-                    failed.append((rel, size, mtime, res.reason))
-                if old is not None:  # changed into something unreadable: its old vector no longer applies
-                    deletes.append(old.id)
-                    summary["removed"] += 1
+def _store_batch(index: IndexWriter, batch: list, walked: _Walked, gone_by_digest: dict, summary: dict) -> None:
+    """Commit one embedded batch: new and changed files' vectors, renames (a gone row moves to its new path),
+    files that failed, and failures that no longer apply."""
+    new_vectors, pending = [], []  # pending[i] is the row that will reference new_vectors[i]
+    updates, deletes, failed, cleared = [], [], [], []
+    for (path, rel, size, mtime, old), res in batch:
+        digest = res.digest
+        if rel in walked.failed_before and not isinstance(res, Undecodable):
+            cleared.append(rel)  # fixed, or unreadable for now: either way the old failure no longer applies
+        if isinstance(res, Skipped):
+            summary["skipped"].append({"path": str(path), "reason": res.reason})
+            if isinstance(res, Undecodable):
+                # Read but not decodable: that lasts until the file changes. A read error (permissions, a
+                # file gone since the walk) may not, so those are tried again next time.
+                failed.append((rel, size, mtime, res.reason))
+            if old is not None:  # changed into something unreadable: its old vector no longer applies
+                deletes.append(old.id)
+                summary["removed"] += 1
+            continue
+        if old is not None and digest == old.digest:  # touched, same bytes
+            updates.append((old.id, rel, size, mtime, digest, old.row))
+            summary["unchanged"] += 1
+            continue
+        if isinstance(res, Reused):
+            donor = gone_by_digest.get(digest)
+            if donor is not None and donor.id not in walked.claimed and old is None:
+                walked.claimed.add(donor.id)  # a rename: the row keeps its id and vector, under the new path
+                updates.append((donor.id, rel, size, mtime, digest, donor.row))
+                summary["renamed"] += 1
                 continue
-            if old is not None and digest == old.digest:  # touched, same bytes
-                updates.append((old.id, rel, size, mtime, digest, old.row))
-                summary["unchanged"] += 1
+            vector = _donor_vector(index, donor, digest)
+            if vector is None:  # cannot happen while rows are only deleted at the end of a run
+                summary["skipped"].append({"path": str(path), "reason": "its vector could not be reused: "
+                                           "run `lookalike index` again"})
                 continue
-            if isinstance(res, Reused):
-                donor = gone_by_digest.get(digest)
-                if donor is not None and donor.id not in claimed and old is None:
-                    claimed.add(donor.id)  # a rename: the row keeps its id and vector, under the new path
-                    updates.append((donor.id, rel, size, mtime, digest, donor.row))
-                    summary["renamed"] += 1
-                    continue
-                if donor is None:
-                    found = index.entry_by_digest(digest)
-                    donor = found[1] if found is not None else None
-                if donor is None:  # cannot happen while rows are only deleted at the end of a run
-                    summary["skipped"].append({"path": str(path), "reason": "its vector could not be reused: "
-                                               "run `lookalike index` again"})
-                    continue
-                # Vector rows are append-only during a run, so the donor's row is still valid: copy it.
-                new_vectors.append(index.read_rows([donor.row])[0])
-            else:
-                new_vectors.append(res.vector)
-            pending.append((old, rel, size, mtime, digest))
-        rows = index.append_vectors(np.stack(new_vectors)) if new_vectors else []
-        inserts = []
-        for (old, rel, size, mtime, digest), row in zip(pending, rows):
-            if old is None:
-                inserts.append((rel, size, mtime, digest, row))
-                summary["added"] += 1
-            else:
-                updates.append((old.id, rel, size, mtime, digest, row))
-                summary["updated"] += 1
-        index.commit(inserts=inserts, updates=updates, deletes=deletes, failed=failed, cleared=cleared,
-                     decoder=decoder)
-        done += len(batch)
-        if progress:
-            progress(done, total)
-    if has_digest is not None:
-        has_digest.close()
-    forget = [e.id for e in gone.values() if e.id not in claimed]
-    vanished = [rel for rel in failed_before if rel not in failures_seen]
+            new_vectors.append(vector)
+        else:
+            new_vectors.append(res.vector)
+        pending.append((old, rel, size, mtime, digest))
+    rows = index.append_vectors(np.stack(new_vectors)) if new_vectors else []
+    inserts = []
+    for (old, rel, size, mtime, digest), row in zip(pending, rows):
+        if old is None:
+            inserts.append((rel, size, mtime, digest, row))
+            summary["added"] += 1
+        else:
+            updates.append((old.id, rel, size, mtime, digest, row))
+            summary["updated"] += 1
+    index.commit(inserts=inserts, updates=updates, deletes=deletes, failed=failed, cleared=cleared,
+                 decoder=walked.decoder)
+
+
+def _donor_vector(index: IndexWriter, donor, digest: str):
+    """The stored vector of a file of the same content (`donor`, else any row with `digest`), or None."""
+    if donor is None:
+        found = index.entry_by_digest(digest)
+        donor = found[1] if found is not None else None
+    if donor is None:
+        return None
+    # Vector rows are append-only during a run, so the donor's row is still valid: copy it.
+    return index.read_rows([donor.row])[0]
+
+
+def _finish(index: IndexWriter, embedder: Embedder, walked: _Walked, summary: dict, report: WalkReport) -> None:
+    """After the last batch: forget the gone rows no rename took and the failures of vanished files, complete
+    the summary, then whiten (a first fit) or compact when dead rows outnumber live ones."""
+    forget = [e.id for e in walked.gone.values() if e.id not in walked.claimed]
+    vanished = [rel for rel in walked.failed_before if rel not in walked.failures_seen]
     if forget or vanished:
         index.commit(deletes=forget, cleared=vanished)
         summary["removed"] += len(forget)
-    summary["skipped"] += known_bad
-    summary["skipped_known"] = len(known_bad)
+    summary["skipped"] += walked.known_bad
+    summary["skipped_known"] = len(walked.known_bad)
     summary["unsupported"] = report.unsupported  # photos in formats this install cannot decode
     summary["other_files"] = dict(sorted(report.other.items()))  # counted only
     request = index.manifest.get("whiten")
@@ -357,7 +408,3 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
         _apply_whitening(index, embedder, request)  # compacts on the way
     elif index.dead_rows() > max(COMPACT_MIN_DEAD, len(index)):
         index.compact()
-    summary["ann"] = index.update_ann(ann, progress=ann_progress)
-    summary["indexed"] = len(index)
-    index.touch_manifest(count=summary["indexed"])
-    return summary
