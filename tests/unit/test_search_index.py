@@ -49,6 +49,25 @@ def test_roundtrip_and_api(tmp_path):
     ro.close()
 
 
+def test_writer_and_snapshot_answer_the_same_reads(tmp_path):
+    from lookalike.search.retrieve.query import search
+
+    ix, _, vecs = make(tmp_path)
+    ix.commit(deletes=[2])  # a dead row in the vector file: positions and ids no longer coincide
+    ro = ImageIndex.open(tmp_path / "ix")
+    live = [1, 3, 4, 5]
+    nearest = sorted(live, key=lambda i: -float(vecs[i - 1] @ vecs[3]))
+    for index in (ix, ro):
+        assert np.allclose(index.lookup([5, 1]), vecs[[4, 0]])
+        with pytest.raises(KeyError):
+            index.lookup([2])
+        _, found = index.backend().search_similarities(vecs[[3]], 4, index.lookup)
+        assert list(found[0]) == nearest
+        assert [h["id"] for h in search(index, vecs[[3]], k=4)[0]] == nearest
+    ro.close()
+    ix.close()
+
+
 def test_open_accepts_image_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("LOOKALIKE_HOME", raising=False)
     root = tmp_path / "photos"
