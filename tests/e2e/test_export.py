@@ -9,7 +9,8 @@ import pytest
 
 from helpers.cli import run_cli
 from lookalike.errors import LookalikeError
-from lookalike.search.store.export import import_parquet, iter_parquet, metadata_path, read_metadata
+from lookalike.search.store.export import iter_parquet, metadata_path, read_metadata
+from lookalike.search.store.importer import import_parquet
 from lookalike.search.store.index import ImageIndex
 
 BACKBONE = {"model": "tiny_test_net", "pooling": "avg", "dim": 16,

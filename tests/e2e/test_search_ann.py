@@ -167,7 +167,7 @@ def test_import_keeps_rows_outside_the_root_across_index_runs(backbone, home, tm
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lookalike.search.store.export import import_parquet
+    from lookalike.search.store.importer import import_parquet
 
     _, emb = backbone
     folder = tmp_path / "photos"

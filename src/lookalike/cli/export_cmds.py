@@ -76,7 +76,7 @@ def import_command(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Bring vectors computed elsewhere into an index (rows keyed by path; files missing here stay searchable)."""
-    from ..search.store.export import import_parquet
+    from ..search.store.importer import import_parquet
 
     progress, stop = _bar("importing")
     try:

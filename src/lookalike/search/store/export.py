@@ -383,13 +383,3 @@ def iter_parquet(path, batch_size: int = EXPORT_BATCH, dim: int | None = None) -
             first += rb.num_rows
     except pa.ArrowException as exc:
         raise LookalikeError(f"cannot read {path} ({str(exc).splitlines()[0][:160]})") from None
-
-
-# --- importing into an index ---------------------------------------------------------------------------------
-
-
-def import_parquet(path, index_path, **options: Any) -> dict:
-    """Bring the vectors of a parquet file into an index: `importer.import_parquet`, where it lives."""
-    from .importer import import_parquet as run
-
-    return run(path, index_path, **options)
