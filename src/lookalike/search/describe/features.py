@@ -23,259 +23,30 @@ import numpy as np
 from ...errors import BadImageError, LookalikeError, TransientImageError
 from ...images import load_image, read_image_file
 from .model_digest import is_checkpoint_ref  # noqa: F401 (re-exported: callers import it from here)
+from .pooling import (  # noqa: F401 (re-exported: callers import them from here)
+    POOLINGS, GEM_P, LAYERS, HEAD_ONLY, DEFAULT_CROP_LAYERS, BLOCKS_CHANNELS, parse_pooling, parse_layers,
+    layer_parts, rmac_regions, pool_maps, _l2, _layer_maps, _features_module, _pool_module)
+from .prepare import (  # noqa: F401 (re-exported: callers import them from here)
+    SHAPE_STEP, MAX_LONG_SIDE, BORDER_TOLERANCE, BORDER_SHARE, BORDER_KEEP, _resample, border_box, trim_borders,
+    prepare_image, whole_image_shape, prepare_whole)
 from .file_results import Decoded, DecodeResult, Embedded, Reused, StreamResult, Undecodable, Unread
 
 if TYPE_CHECKING:
     from ..store.index import ImageIndex
 
-POOLINGS = ("avg", "gem", "rmac")
-GEM_P = 3.0  # the usual GeM exponent for retrieval (Radenovic et al.)
-# Whole-photo inputs ("fit": "whole"): the shorter side is rounded to this multiple, so that photos of similar
-# shape share a batch (an aspect change of at most a few per cent); the backbones' total stride is 32.
-SHAPE_STEP = 32
-MAX_LONG_SIDE = 1024  # bounds the pixels (and the time) any one photo can cost
-# Uniform borders (`border_box`): a line is border when BORDER_SHARE of its pixels are within BORDER_TOLERANCE
-# of white (every channel) or of black (JPEG ringing and scanner noise stay within it); trimming never keeps less
-# than BORDER_KEEP of a side.
-BORDER_TOLERANCE = 24
-BORDER_SHARE = 0.98
-BORDER_KEEP = 0.25
 # New descriptors of registered backbones trim borders (benchmarks/results/eval_search.md); indexes made without
 # it keep their vectors comparable (the manifest's preprocess has no "trim" key, so queries are not trimmed).
 DEFAULT_TRIM = True
-# Feature maps a descriptor can pool: `head`, the backbone's last map (after the 1x1 head convolution that
-# widens it for the ImageNet classifier), and `blocks`, the last block's output just before it. The two-layer
-# descriptor pools each, L2-normalises each and joins them: the narrower pre-head map is less tied to the
-# ImageNet classes (benchmarks/results/eval_search.md).
-LAYERS = ("head", "blocks")
-HEAD_ONLY = ["head"]  # what a descriptor without a "layers" key pools (indexes made before the option)
-# New centre-crop descriptors of the backbones that offer both pool both: more mAP at the same cost, demo
-# precision unchanged. Whole-photo R-MAC loses with the blocks' map, so whole photos keep the head alone.
-DEFAULT_CROP_LAYERS = ["head", "blocks"]
-# Channels of the `blocks` map of the backbones that offer it (timm's EfficientNet layout).
-BLOCKS_CHANNELS = {"efficientnet_lite0": 320, "efficientnet_lite2": 352}
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 32  # images per pipeline batch (and per index commit)
-# Images per forward pass. ONNX Runtime's activation memory grows with it (peak RSS measured with
-# EfficientNet-Lite0: 8 -> 0.33 GB, 16 -> 0.55 GB, 32 -> 0.99 GB) while throughput gains ~15 % from 16 to 32;
-# 16 keeps `compare` of 2,000 images under 1 GB.
+# Images per forward pass: ONNX Runtime's activation memory grows with it faster than its throughput, and 16
+# keeps `compare` of 2,000 images under 1 GB (benchmarks/results/index_speed.notes.md).
 FORWARD_BATCH = 16
 
 
 def file_digest(data: bytes) -> str:
     """Content hash that recognises renamed files (SHA-256, hardware-accelerated on most CPUs; 128 bits kept)."""
     return hashlib.sha256(data).hexdigest()[:32]
-
-
-def _resample(name: str) -> int:
-    from PIL import Image
-
-    return {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}.get(
-        name, Image.BILINEAR)
-
-
-def border_box(img) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of `img` without its uniform borders: edge rows and columns that are almost
-    all white or all black (a portrait photo padded to a landscape frame, letterboxing, a scan's margin). The
-    whole image when trimming would keep less than BORDER_KEEP of a side: a plain white or dark photo is not a
-    border. A few whole-image array operations (under 1 ms for a 325 x 243 photo), no per-line loop."""
-    a = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
-    h, w = a.shape[:2]
-    r, g, b = a[..., 0], a[..., 1], a[..., 2]  # channel by channel: numpy reduces a last axis of 3 slowly
-    white = np.minimum(np.minimum(r, g), b) >= 255 - BORDER_TOLERANCE
-    black = np.maximum(np.maximum(r, g), b) <= BORDER_TOLERANCE
-
-    def span(white_share: np.ndarray, black_share: np.ndarray) -> tuple[int, int]:
-        border = (white_share >= BORDER_SHARE) | (black_share >= BORDER_SHARE)
-        if border.all():
-            return 0, 0
-        return int(np.argmin(border)), len(border) - int(np.argmin(border[::-1]))
-
-    top, bottom = span(white.mean(axis=1), black.mean(axis=1))
-    if bottom - top < BORDER_KEEP * h:  # also a blank image, all border
-        return 0, 0, w, h
-    left, right = span(white[top:bottom].mean(axis=0), black[top:bottom].mean(axis=0))
-    if right - left < BORDER_KEEP * w:
-        return 0, 0, w, h
-    return left, top, right, bottom
-
-
-def trim_borders(img):
-    """`img` without its uniform borders (`border_box`); the image itself when it has none."""
-    box = border_box(img)
-    return img if box == (0, 0, *img.size) else img.crop(box)
-
-
-def prepare_image(img, preprocess: dict) -> np.ndarray:
-    """Resize the shorter side to `resize_size` and centre-crop `input_size`, in one resampling pass.
-
-    Returns an (S, S, 3) uint8 array; normalisation happens later on the whole batch.
-    """
-    size = int(preprocess["input_size"])
-    resize = int(preprocess.get("resize_size") or size)
-    w, h = img.size
-    scale = resize / min(w, h)
-    # The crop window, in source pixels, of the S x S centre of the resized image.
-    side = size / scale
-    left, top = (w - side) / 2.0, (h - side) / 2.0
-    out = img.resize((size, size), _resample(preprocess.get("interpolation", "bilinear")),
-                     box=(left, top, left + side, top + side))
-    return np.asarray(out, dtype=np.uint8)
-
-
-def parse_pooling(pooling: str) -> tuple[str, float]:
-    """`avg`, `gem` (p = 3), `gem:P` (e.g. `gem:2`) or `rmac` -> (kind, p); LookalikeError otherwise."""
-    text = (pooling or "avg").lower().strip()
-    kind, _, p = text.partition(":")
-    if kind not in POOLINGS or (p and kind != "gem"):
-        raise LookalikeError(f"unknown pooling {pooling!r}: use avg, gem, gem:P (e.g. gem:2) or rmac")
-    if not p:
-        return kind, GEM_P
-    try:
-        value = float(p)
-    except ValueError:
-        value = float("nan")
-    if not 1.0 <= value <= 16.0:
-        raise LookalikeError(f"GeM exponent in {pooling!r} must be a number from 1 to 16")
-    return kind, value
-
-
-def parse_layers(layers) -> list[str]:
-    """`head`, `blocks` or `head,blocks` (text or a sequence; None: the head alone) -> the list of feature maps
-    a descriptor pools, in LAYERS order; LookalikeError otherwise."""
-    if layers is None:
-        return list(HEAD_ONLY)
-    names = [x.strip().lower() for x in (layers.split(",") if isinstance(layers, str) else layers)]
-    if not names or any(n not in LAYERS for n in names) or len(set(names)) != len(names):
-        raise LookalikeError(f"unknown --layers {layers!r}: use head, blocks or head,blocks")
-    return [n for n in LAYERS if n in names]
-
-
-def layer_parts(model: str, layers: list[str], dim: int) -> tuple[int, ...] | None:
-    """Channel counts of the parts of a two-layer descriptor of `dim` channels (None for one layer)."""
-    if len(layers) < 2:
-        return None
-    blocks = BLOCKS_CHANNELS[model]
-    return (dim - blocks, blocks)
-
-
-def whole_image_shape(w: int, h: int, long_side: int) -> tuple[int, int]:
-    """(width, height) of a whole photo resized to `long_side` with its aspect kept (shorter side rounded to
-    SHAPE_STEP, at least one step)."""
-    scale = long_side / max(w, h)
-    short = max(SHAPE_STEP, int(round(min(w, h) * scale / SHAPE_STEP)) * SHAPE_STEP)
-    short = min(short, long_side)
-    return (long_side, short) if w >= h else (short, long_side)
-
-
-def prepare_whole(img, preprocess: dict) -> list[np.ndarray]:
-    """The whole photo at each of `preprocess["scales"]` x `long_side` on its longer side, aspect kept:
-    one (H, W, 3) uint8 array per scale."""
-    base = int(preprocess["long_side"])
-    out = []
-    for factor in preprocess.get("scales") or [1.0]:
-        size = whole_image_shape(*img.size, max(SHAPE_STEP, int(round(base * float(factor)))))
-        out.append(np.asarray(img.resize(size, _resample(preprocess.get("interpolation", "bilinear"))),
-                              dtype=np.uint8))
-    return out
-
-
-def rmac_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
-    """R-MAC's regions on an h x w map (Tolias, Sicre and Jegou, ICLR 2016): the whole map, then at each level l
-    squares of side 2 min(h, w) / (l + 1) laid out with about 40 % overlap. (top, left, bottom, right) boxes."""
-    short, long_ = min(h, w), max(h, w)
-    regions = [(0, 0, h, w)]
-    # Extra squares along the longer side, chosen so that neighbours overlap by close to 40 %.
-    steps = np.arange(2, 8)
-    extra = int(np.argmin(np.abs((short ** 2 - short * (long_ - short) / (steps - 1)) / short ** 2 - 0.4))) + 1 \
-        if long_ > short else 0
-    for level in range(1, levels + 1):
-        side = int(2 * short / (level + 1))
-        if side < 1:
-            continue
-        n_h = level + (extra if h > w else 0)
-        n_w = level + (extra if w > h else 0)
-        tops = np.linspace(0, h - side, n_h).round().astype(int) if n_h > 1 else [0 if h == side else (h - side) // 2]
-        lefts = np.linspace(0, w - side, n_w).round().astype(int) if n_w > 1 else [0 if w == side else (w - side) // 2]
-        regions += [(int(t), int(l), int(t) + side, int(l) + side) for t in tops for l in lefts]
-    return regions
-
-
-def pool_maps(maps: np.ndarray, pooling: str, parts: tuple[int, ...] | None = None) -> np.ndarray:
-    """(n, C, h, w) feature maps -> (n, C) L2-normalised descriptors by `pooling` (see `parse_pooling`).
-    `parts`: channel counts of maps joined along C (a two-layer descriptor), each normalised on its own first."""
-    if parts:
-        return _l2(np.concatenate([pool_maps(part, pooling) for part in
-                                   np.split(maps, np.cumsum(parts)[:-1], axis=1)], axis=1))
-    kind, p = parse_pooling(pooling)
-    x = np.asarray(maps, np.float32)
-    if kind == "avg":
-        v = x.mean(axis=(2, 3))
-    elif kind == "gem":
-        v = np.power(np.power(np.clip(x, 1e-6, None), p).mean(axis=(2, 3)), 1.0 / p)
-    else:  # R-MAC: the sum of the L2-normalised max-pooled regions
-        v = np.zeros(x.shape[:2], np.float32)
-        for top, left, bottom, right in rmac_regions(x.shape[2], x.shape[3]):
-            v += _l2(x[:, :, top:bottom, left:right].max(axis=(2, 3)))
-    return _l2(v)
-
-
-def _l2(v: np.ndarray) -> np.ndarray:
-    return (v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def _layer_maps(backbone, x, layers: list[str]):
-    """The feature maps named by `layers`, joined along the channels (`head` first)."""
-    import torch
-
-    if layers == HEAD_ONLY:
-        return backbone.forward_features(x)
-    # timm's EfficientNet.forward_features, stopped after the blocks to keep their output as well.
-    pre = backbone.blocks(backbone.bn1(backbone.conv_stem(x)))
-    if layers == ["blocks"]:
-        return pre
-    return torch.cat([backbone.bn2(backbone.conv_head(pre)), pre], dim=1)
-
-
-def _features_module(backbone, layers: list[str]):
-    from torch import nn
-
-    class FeatureNet(nn.Module):
-        """Backbone feature map(s) only: whole-photo inputs vary in size and are pooled outside the graph."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.backbone = backbone
-
-        def forward(self, x):
-            return _layer_maps(self.backbone, x, layers)
-
-    return FeatureNet().eval()
-
-
-def _pool_module(backbone, pooling: str, layers: list[str], parts: tuple[int, ...] | None):
-    import torch
-    from torch import nn
-
-    class EmbedNet(nn.Module):
-        """Backbone feature map(s) -> global pooling (avg or GeM) -> L2 normalisation (of each layer's part,
-        then of the whole)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.backbone = backbone
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            f = _layer_maps(self.backbone, x, layers)
-            if pooling == "gem":
-                f = f.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
-            else:
-                f = f.mean(dim=(2, 3))
-            if parts:
-                f = torch.cat([torch.nn.functional.normalize(p, dim=1) for p in torch.split(f, list(parts), 1)], 1)
-            return torch.nn.functional.normalize(f, dim=1)
-
-    return EmbedNet().eval()
 
 
 class Embedder:
@@ -615,47 +386,14 @@ def _build_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: st
     weights = str(Path(weights).expanduser().resolve()) if weights else None
 
     if not checkpoint and device == "cpu" and runtime != "torch":
-        # Fast start: a cached ONNX export needs neither torch nor timm, which take seconds to import.
-        from ...models.pretrained import PREPROCESS
-        from ... import onnx_runtime
-
-        graph = _graph_name(whole, pooling, layers)
-        if model in PREPROCESS and onnx_runtime.available():
-            path = onnx_runtime.onnx_path(model, graph, weights, PREPROCESS[model])
-            if path.is_file():
-                try:
-                    run = onnx_runtime.open_session(path)
-                except Exception:  # a damaged cache file: export again below (a shipped graph stays)
-                    if not onnx_runtime.is_packaged(path):
-                        path.unlink(missing_ok=True)
-                else:
-                    return Embedder(None, model=model, pooling=pooling, preprocess={**PREPROCESS[model], **inputs},
-                                    dim=run.dim, device="cpu", weights=weights, runner=run, runtime="onnx",
-                                    parts=layer_parts(model, layers, run.dim))
+        cached = _cached_onnx_embedder(model, pooling, weights, inputs, whole, layers)
+        if cached is not None:
+            return cached
 
     from ...device import resolve_device
-    from ...models import create_model, get_model_entry
 
     dev = resolve_device(device)
-    if checkpoint:
-        from ...models.from_checkpoint import model_from_checkpoint
-
-        path = Path(model).expanduser().resolve()
-        if not path.is_file():
-            raise LookalikeError(f"checkpoint {model} not found")
-        backbone, meta = model_from_checkpoint(path, device="cpu")
-        size = int(meta["input_size"])
-        preprocess = {"mean": [float(v) for v in meta["mean"]], "std": [float(v) for v in meta["std"]],
-                      "input_size": size, "resize_size": size, "interpolation": "bilinear"}
-        model_id = str(path)
-    else:
-        entry = get_model_entry(model)
-        if entry.kind != "pretrained":
-            raise LookalikeError(
-                f"model {model!r} is a CIFAR net to train: pass its checkpoint file from `lookalike train` instead")
-        backbone = create_model(model, pretrained=True, weights=weights)
-        preprocess = dict(backbone.preprocess)
-        model_id = model
+    backbone, preprocess, model_id = _backbone(model, checkpoint, weights)
 
     import torch
 
@@ -676,6 +414,56 @@ def _build_embedder(model: str = DEFAULT_MODEL, device: str = "cpu", pooling: st
         used = "onnx" if runner is not None else "torch"
     return Embedder(net, model=model_id, pooling=pooling, preprocess={**preprocess, **inputs}, dim=dim,
                     device=str(dev), weights=weights, runner=runner, runtime=used, parts=parts)
+
+
+def _cached_onnx_embedder(model: str, pooling: str, weights: str | None, inputs: dict, whole: bool,
+                          layers: list[str]) -> Embedder | None:
+    """The embedder over a cached ONNX export of a registered backbone, or None when there is none: a fast
+    start, needing neither torch nor timm, which take seconds to import."""
+    from ...models.pretrained import PREPROCESS
+    from ... import onnx_runtime
+
+    if model not in PREPROCESS or not onnx_runtime.available():
+        return None
+    path = onnx_runtime.onnx_path(model, _graph_name(whole, pooling, layers), weights, PREPROCESS[model])
+    if not path.is_file():
+        return None
+    try:
+        run = onnx_runtime.open_session(path)
+    except Exception:  # a damaged cache file: export again (a shipped graph stays)
+        if not onnx_runtime.is_packaged(path):
+            path.unlink(missing_ok=True)
+        return None
+    return Embedder(None, model=model, pooling=pooling, preprocess={**PREPROCESS[model], **inputs}, dim=run.dim,
+                    device="cpu", weights=weights, runner=run, runtime="onnx",
+                    parts=layer_parts(model, layers, run.dim))
+
+
+def _backbone(model: str, checkpoint: bool, weights: str | None) -> tuple[Any, dict, str]:
+    """(backbone net on the CPU, its preprocessing, the model id a descriptor records) of a registered
+    pretrained backbone or a `lookalike train` checkpoint."""
+    from ...models import create_model, get_model_entry
+
+    if checkpoint:
+        from ...models.from_checkpoint import model_from_checkpoint
+
+        path = Path(model).expanduser().resolve()
+        if not path.is_file():
+            raise LookalikeError(f"checkpoint {model} not found")
+        backbone, meta = model_from_checkpoint(path, device="cpu")
+        size = int(meta["input_size"])
+        preprocess = {"mean": [float(v) for v in meta["mean"]], "std": [float(v) for v in meta["std"]],
+                      "input_size": size, "resize_size": size, "interpolation": "bilinear"}
+        model_id = str(path)
+    else:
+        entry = get_model_entry(model)
+        if entry.kind != "pretrained":
+            raise LookalikeError(
+                f"model {model!r} is a CIFAR net to train: pass its checkpoint file from `lookalike train` instead")
+        backbone = create_model(model, pretrained=True, weights=weights)
+        preprocess = dict(backbone.preprocess)
+        model_id = model
+    return backbone, preprocess, model_id
 
 
 def embedder_for_index(index: "ImageIndex", device: str = "cpu", runtime: str = "auto") -> Embedder:
