@@ -118,7 +118,8 @@ def _run_index(folder: Path, index: Optional[Path], device: str, **options) -> O
         run_index = partial(index_sharded, group=group)
     bars = _IndexBars()
     try:
-        return run_index(folder, index, device=device, progress=bars.indexing, ann_progress=bars.ann, **options)
+        return run_index(folder, index, device=device, progress=bars.indexing, ann_progress=bars.ann,
+                         facts_progress=bars.facts, **options)
     finally:
         bars.stop()
         group.close()
@@ -136,7 +137,7 @@ class _IndexBars:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
-        if total == 0 or "ann" in self.bars:
+        if total == 0 or len(self.bars.keys() - {"index"}):  # a later stage has begun
             return
         if "index" not in self.bars:
             bar = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -148,16 +149,23 @@ class _IndexBars:
         bar.update(task, completed=done, total=total, rate=f"{done / elapsed:.1f} img/s" if done and elapsed else "")
 
     def ann(self, done: int, total: int) -> None:
+        self._stage("ann", "search structure", done, total)
+
+    def facts(self, done: int, total: int) -> None:
+        self._stage("facts", "reading image facts", done, total)
+
+    def _stage(self, key: str, label: str, done: int, total: int) -> None:
+        """A bar for a later stage of the run, replacing the bars before it."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        if "ann" not in self.bars:
-            if "index" in self.bars:
-                self.bars.pop("index")[0].stop()
-            bar = Progress(TextColumn("search structure"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        if key not in self.bars:
+            for earlier in [k for k in self.bars if k != key]:
+                self.bars.pop(earlier)[0].stop()
+            bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                            console=console, transient=True)
             bar.start()
-            self.bars["ann"] = (bar, bar.add_task("ann", total=total))
-        bar, task = self.bars["ann"]
+            self.bars[key] = (bar, bar.add_task(key, total=total))
+        bar, task = self.bars[key]
         bar.update(task, completed=done, total=total)
 
     def stop(self) -> None:

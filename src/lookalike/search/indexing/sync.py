@@ -84,7 +84,8 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
                  batch_size: int | None = None, embedder: Embedder | None = None,
                  progress: Callable[[int, int], None] | None = None, ann: str | None = None,
                  ann_progress: Callable[[int, int], None] | None = None, stream: Callable | None = None,
-                 inputs: dict | None = None, whiten=None) -> dict:
+                 inputs: dict | None = None, whiten=None,
+                 facts_progress: Callable[[int, int], None] | None = None) -> dict:
     """Index the images under `folder`. Returns {"indexed", "added", "updated", "removed", "renamed",
     "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path", "ann", "notes"}; "ann" is the
     search backend's kind and parameters (`ann.Backend.params()`, with "requested"); "notes" are lines
@@ -110,10 +111,13 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
     vector file, and from then on to every new vector and to every query (`features.embedder_for_index`).
     Turning it off, or fitting it on something else, needs `rebuild` (the unwhitened vectors are gone).
     `progress(done, total)` is called after each committed batch, `ann_progress(done, total)` while the ANN
-    structure is built (vectors added). `stream(embedder)` gives what replaces `embedder.stream` (same arguments,
-    same batches): `sharded.ShardedStream` embeds across the processes of a torchrun group.
+    structure is built (vectors added), `facts_progress(done, total)` while the headers of images whose facts
+    the index lacks are read (`facts.fill_facts`: "facts_read" counts them). `stream(embedder)` gives what
+    replaces `embedder.stream` (same arguments, same batches): `sharded.ShardedStream` embeds across the
+    processes of a torchrun group.
     """
     from ..store.ann import CHOICES
+    from .facts import fill_facts
 
     if ann is not None and ann not in CHOICES:
         raise LookalikeError(f"unknown search backend {ann!r}: use one of {', '.join(CHOICES)}")
@@ -127,6 +131,7 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
     with index:
         try:
             summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress, stream)
+            summary["facts_read"] = fill_facts(index, facts_progress)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise

@@ -8,6 +8,7 @@ import contextlib
 import os
 import sqlite3
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,6 +18,16 @@ from .errors import damaged_database
 from .layout import LOCKFILE, MANIFEST
 from .manifest import read_manifest
 from .vectors import gather, open_vectors
+
+
+class ImageFacts(NamedTuple):
+    """What an image's header says: its size as shown (EXIF orientation applied), the date taken (EXIF
+    DateTimeOriginal, ISO 8601, None when absent) and the camera (EXIF Make and Model, None when absent)."""
+
+    width: int | None
+    height: int | None
+    taken: str | None
+    camera: str | None
 
 
 class IndexBase:
@@ -51,6 +62,19 @@ class IndexBase:
         """The search backend the manifest asks for: auto (the default) or a kind of `ann.BACKENDS`."""
         value = self.manifest.get("ann")
         return value if isinstance(value, str) and value else "auto"
+
+    def facts(self, ids) -> dict[int, "ImageFacts"]:
+        """{id: ImageFacts} of those `ids` whose header facts (resolution, date taken, camera) the index holds;
+        an image missing here was indexed before facts existed and has not been read since."""
+        from . import queries
+        from .database import _connect_reader
+
+        conn = self._conn if self._conn is not None else _connect_reader(self.path, self.manifest.get("root"))
+        try:
+            return {i: ImageFacts(*row) for i, row in queries.read_facts(conn, ids).items()}
+        finally:
+            if conn is not self._conn:
+                conn.close()
 
     def __bool__(self) -> bool:
         return True  # an opened index exists, even with no images: `if index:` must not mean `if len(index):`

@@ -46,6 +46,13 @@ CREATE TABLE IF NOT EXISTS failures (
     mtime_ns INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS facts (  -- what a photo's header says, read after its vector (`indexing/facts.py`)
+    id INTEGER PRIMARY KEY,         -- images.id; dropped when the image changes or goes, read again by `index`
+    width INTEGER,                  -- as shown (EXIF orientation applied); NULL when the header could not be read
+    height INTEGER,
+    taken TEXT,                     -- EXIF DateTimeOriginal as ISO 8601 (local time, as the camera wrote it)
+    camera TEXT                     -- EXIF Make and Model
+);
 """
 
 class IndexEntry(NamedTuple):
@@ -114,6 +121,15 @@ def _add_imported_column(path: Path) -> None:
 
 
 MIGRATIONS[2] = _add_imported_column
+
+
+def _add_facts_table(path: Path) -> None:
+    """Format 3 -> 4: the `facts` table, created empty; the next `lookalike index` reads the headers of the images
+    already indexed (no image is embedded again)."""
+    _add_failures_table(path)  # the whole schema, IF NOT EXISTS
+
+
+MIGRATIONS[3] = _add_facts_table
 
 def _connect_reader(path: Path, root: Any = None) -> sqlite3.Connection:
     """A read-only connection to the index database in `path`; never writes, so it works for a user who may only

@@ -48,7 +48,7 @@ from __future__ import annotations
 from ...errors import LookalikeError
 from .ann_file import (CATCH_UP_MAX, _header_params, _jsonable, ann_fingerprint,  # noqa: F401
                        parse_ann_fingerprint)
-from .base import IndexBase
+from .base import ImageFacts, IndexBase  # noqa: F401 (re-exported)
 from .database import (MIGRATIONS, DigestChecker, FailureEntry, IndexEntry, _add_failures_table,  # noqa: F401
                        _add_imported_column, _column, _connect_reader, _generation, _int_column, _json_meta, _meta,
                        _row_problem, _SCHEMA, _uri_path, change_stamp, db_path, from_db_path)

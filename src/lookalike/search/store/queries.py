@@ -220,7 +220,10 @@ def write_batch(conn: sqlite3.Connection, inserts: Iterable[tuple], updates: Ite
                 failed: Iterable[tuple], cleared: Iterable[str], decoder: str | None, imported: bool) -> None:
     """The statements of `IndexWriter.commit` (the caller bumps the generation)."""
     flag = int(bool(imported))
-    conn.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in deletes])
+    deletes, updates = [int(i) for i in deletes], list(updates)
+    # What a header said no longer holds for an image that changed or went: read again (`facts_missing`).
+    conn.executemany("DELETE FROM facts WHERE id = ?", [(i,) for i in deletes] + [(int(u[0]),) for u in updates])
+    conn.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in deletes])
     conn.executemany("UPDATE images SET path = ?, size = ?, mtime_ns = ?, digest = ?, row = ?, imported = ? "
                      "WHERE id = ?", [(db_path(p), s, m, d, r, flag, i) for i, p, s, m, d, r in updates])
     conn.executemany("INSERT INTO images (path, size, mtime_ns, digest, row, imported) "
@@ -276,3 +279,45 @@ def export_rows(index_dir: Path, last_id: int, batch_size: int) -> Iterator[list
         raise LookalikeError(f"index database {db} is unreadable ({exc})") from None
     finally:
         conn.close()
+
+
+# --- facts read from the images' headers ----------------------------------------------------------------------
+FACT_COLUMNS = ("width", "height", "taken", "camera")
+
+
+def has_facts_table(conn: sqlite3.Connection) -> bool:
+    """False for a database of format 3 or older that no writer has opened since."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'facts'").fetchone() is not None
+
+
+def facts_missing(conn: sqlite3.Connection, after_id: int, limit: int) -> list[tuple[int, str, int]]:
+    """(id, stored path, imported) of up to `limit` images past `after_id` whose facts were never read."""
+    return [(r[0], from_db_path(r[1]), r[2]) for r in conn.execute(
+        "SELECT images.id, images.path, images.imported FROM images LEFT JOIN facts ON facts.id = images.id "
+        "WHERE facts.id IS NULL AND images.id > ? ORDER BY images.id LIMIT ?", (int(after_id), int(limit)))]
+
+
+def count_facts_missing(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM images LEFT JOIN facts ON facts.id = images.id "
+                        "WHERE facts.id IS NULL").fetchone()[0]
+
+
+def write_facts(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+    """rows: (id, width, height, taken, camera); an image deleted meanwhile gets none."""
+    conn.executemany("INSERT OR REPLACE INTO facts (id, width, height, taken, camera) "
+                     "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id = ?)",
+                     [(*row, row[0]) for row in rows])
+
+
+def read_facts(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, tuple]:
+    """{id: (width, height, taken, camera)} of those `ids` whose facts are known."""
+    ids = [int(i) for i in ids]
+    if not has_facts_table(conn):
+        return {}
+    out = {}
+    for s in range(0, len(ids), 500):
+        part = ids[s:s + 500]
+        marks = ",".join("?" * len(part))
+        for r in conn.execute(f"SELECT id, width, height, taken, camera FROM facts WHERE id IN ({marks})", part):
+            out[r[0]] = tuple(r[1:])
+    return out

@@ -287,6 +287,12 @@ class IndexWriter(AnnBookkeeping, WriterReads, IndexBase):
             queries.write_batch(conn, inserts, updates, deletes, failed, cleared, decoder, imported)
             self._bump_generation()
 
+    def store_facts(self, rows: Iterable[tuple]) -> None:
+        """One transaction of (id, width, height, taken, camera) read from the images' headers."""
+        with self._writing(), self._transaction():
+            queries.write_facts(self._conn, rows)
+            self._bump_generation()
+
     def _bump_generation(self) -> None:
         """Inside a write transaction: tell readers (`change_stamp`) that the committed state changed."""
         bump_generation(self._conn)

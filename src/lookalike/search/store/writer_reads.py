@@ -119,3 +119,12 @@ class WriterReads:
     def failures_decoder(self) -> str | None:
         """The decoder (`images.decoder_version`) that last tried the recorded failures, None before any."""
         return _meta(self._conn, "failures_decoder")
+
+    # --- facts still to read (`indexing/facts.py`) ------------------------------------------------------------
+    def facts_missing(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, str, int]]:
+        """(id, stored path, imported) of images past `after_id` whose header facts were never read."""
+        return queries.facts_missing(self._conn, after_id, limit)
+
+    def count_facts_missing(self) -> int:
+        return queries.count_facts_missing(self._conn)
+
