@@ -25,7 +25,7 @@ import numpy as np
 from ...errors import LookalikeError
 from ...images import is_image_path, list_image_files
 from ..vector_math import rows_per_block, similarity_to_distance
-from .metrics import holidays_ap, map_at_r, precision_at_k, r_precision, recall_at_k
+from .metrics import holidays_ap, holidays_ap_rows, map_at_r, precision_at_k, r_precision, recall_at_k
 
 if TYPE_CHECKING:
     from ..store.index import ImageIndex
@@ -123,15 +123,6 @@ def _positions(index: "ImageIndex", root: Path, rels: list[str]) -> np.ndarray:
     return out
 
 
-def _trapezoid_ap_rows(rel: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
-    """Holidays' AP of each row of a boolean relevance matrix (vectorised `metrics.holidays_ap`)."""
-    found = np.cumsum(rel, axis=1)  # positives up to and including each place
-    rank = np.arange(rel.shape[1])[None, :]
-    before = np.where(rank == 0, 1.0, (found - rel) / np.maximum(rank, 1))
-    at = found / (rank + 1)
-    return np.where(rel, (before + at) / 2.0, 0.0).sum(axis=1) / np.maximum(n_pos, 1)
-
-
 def rank_database(scores: np.ndarray) -> np.ndarray:
     """Database order of each query row, best first (ties kept in database order)."""
     return np.argsort(-scores, axis=1, kind="stable")
@@ -227,7 +218,7 @@ def evaluate_classes(bench: Benchmark, desc: Descriptors, db_rows: np.ndarray, t
         order = rank_database(scores)[:, :-1]
         rel = lab[order] == lab[rows][:, None]
         n_pos = counts[lab[rows]] - 1
-        aps = _trapezoid_ap_rows(rel, n_pos)
+        aps = holidays_ap_rows(rel, n_pos)
         for j, r in enumerate(rows):
             npos = int(n_pos[j])
             if npos == 0:

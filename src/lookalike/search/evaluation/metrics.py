@@ -39,12 +39,20 @@ def holidays_ap(ranks: Sequence[int], n_positives: int) -> float:
     in all (positives never ranked contribute nothing). ValueError when `n_positives` is 0."""
     if n_positives <= 0:
         raise ValueError("average precision needs at least one positive")
-    ap, step = 0.0, 1.0 / n_positives
-    for found, rank in enumerate(sorted(int(r) for r in ranks)):
-        before = 1.0 if rank == 0 else found / rank  # precision just before this positive
-        at = (found + 1) / (rank + 1)  # precision at it
-        ap += (before + at) * step / 2.0
-    return ap
+    ranks = [int(r) for r in ranks]
+    rel = np.zeros((1, max(ranks) + 1 if ranks else 1), bool)
+    rel[0, ranks] = True
+    return float(holidays_ap_rows(rel, np.asarray([n_positives]))[0])
+
+
+def holidays_ap_rows(rel: np.ndarray, n_positives: np.ndarray) -> np.ndarray:
+    """Holidays' trapezoid AP of each row of a boolean relevance matrix (a query's results in rank order), over
+    its number of positives in all: each positive adds the mean of the precision just before it and at it."""
+    found = np.cumsum(rel, axis=1)  # positives up to and including each place
+    rank = np.arange(rel.shape[1])[None, :]
+    before = np.where(rank == 0, 1.0, (found - rel) / np.maximum(rank, 1))
+    at = found / (rank + 1)
+    return np.where(rel, (before + at) / 2.0, 0.0).sum(axis=1) / np.maximum(n_positives, 1)
 
 
 def relevance(ranking: Sequence, positives: Iterable, junk: Iterable = ()) -> np.ndarray:
