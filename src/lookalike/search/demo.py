@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 # The gallery's photos and edits: `sample_photos` (PHOTOS is read at run time, so it can be narrowed).
+from ..models.registry import DEFAULT_MODEL
 from .sample_photos import EDITS, PHOTOS, build_gallery, photo_of
 
 
-def run_demo(out_dir, model: str = "efficientnet_lite0", photos=None, k: int = 5, write_report: bool = True,
+def run_demo(out_dir, model: str = DEFAULT_MODEL, photos=None, k: int = 5, write_report: bool = True,
              embedder=None, verify: int = 0) -> dict:
     """Build the gallery under `out_dir/gallery`, index it, query with every edited copy, write the report.
 

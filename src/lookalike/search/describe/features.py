@@ -22,6 +22,7 @@ import numpy as np
 
 from ...errors import BadImageError, LookalikeError, TransientImageError
 from ...images import load_image, read_image_file
+from ...models.registry import DEFAULT_MODEL  # noqa: F401 (re-exported: the default backbone's one name)
 from .model_digest import is_checkpoint_ref  # noqa: F401 (re-exported: callers import it from here)
 from .pooling import (  # noqa: F401 (re-exported: callers import them from here)
     POOLINGS, GEM_P, LAYERS, HEAD_ONLY, DEFAULT_CROP_LAYERS, BLOCKS_CHANNELS, parse_pooling, parse_layers,
@@ -30,6 +31,7 @@ from .prepare import (  # noqa: F401 (re-exported: callers import them from here
     SHAPE_STEP, MAX_LONG_SIDE, BORDER_TOLERANCE, BORDER_SHARE, BORDER_KEEP, _resample, border_box, trim_borders,
     prepare_image, whole_image_shape, prepare_whole)
 from .file_results import Decoded, DecodeResult, Embedded, Reused, StreamResult, Undecodable, Unread
+from ..store.renditions import make_rendition
 
 if TYPE_CHECKING:
     from ..store.index import ImageIndex
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
 # New descriptors of registered backbones trim borders (benchmarks/results/eval_search.md); indexes made without
 # it keep their vectors comparable (the manifest's preprocess has no "trim" key, so queries are not trimmed).
 DEFAULT_TRIM = True
-DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 32  # images per pipeline batch (and per index commit)
 # Images per forward pass: ONNX Runtime's activation memory grows with it faster than its throughput, and 16
 # keeps `compare` of 2,000 images under 1 GB (benchmarks/results/index_speed.notes.md).
@@ -53,6 +54,9 @@ class Embedder:
     """A backbone with its preprocessing and pooling; call it with PIL images or file paths."""
 
     model_digest: str | None = None  # sha256 of the checkpoint or weights file, set by `load_embedder`
+    # Whether `decode_file` also makes the small JPEG that spatial verification reads (`store/renditions.py`):
+    # set while indexing, where the decoded image is at hand anyway.
+    keep_renditions: bool = False
 
     def __init__(self, net, *, model: str, pooling: str, preprocess: dict, dim: int, device: str = "cpu",
                  weights: str | None = None, runner: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -192,7 +196,7 @@ class Embedder:
                 return Reused(digest, found)
         try:
             img = load_image(data, min_size=self.min_decode_size)
-            return Decoded(digest, self.prepare(img))
+            return Decoded(digest, self.prepare(img), make_rendition(img) if self.keep_renditions else None)
         except TransientImageError as exc:  # not the file's fault: tried again next run
             return Unread(str(exc).split(": ", 1)[-1])
         except BadImageError as exc:
@@ -264,7 +268,7 @@ class Embedder:
         out, n = [], 0
         for item, res in batch:
             if isinstance(res, Decoded):
-                out.append((item, Embedded(res.digest, vectors[n]) if finite[n] else Unread(why)))
+                out.append((item, Embedded(res.digest, vectors[n], res.rendition) if finite[n] else Unread(why)))
                 n += 1
             else:
                 out.append((item, res))

@@ -24,6 +24,7 @@ import numpy as np
 
 from ...errors import LookalikeError
 from ...images import is_image_path, list_image_files
+from ...models.registry import DEFAULT_MODEL
 from ..vector_math import rows_per_block, similarity_to_distance
 from .metrics import holidays_ap, holidays_ap_rows, map_at_r, precision_at_k, r_precision, recall_at_k
 
@@ -268,7 +269,7 @@ def _index(folder: Path, index_path, embedder, progress) -> dict:
     return index_folder(folder, path, embedder=embedder, progress=progress)
 
 
-def run_eval(folder, *, index_path=None, model: str = "efficientnet_lite0", pooling: str = "avg",
+def run_eval(folder, *, index_path=None, model: str = DEFAULT_MODEL, pooling: str = "avg",
              weights: str | None = None, inputs: dict | None = None, device: str = "cpu", runtime: str = "auto",
              whiten: str | None = None, whiten_dims: int | None = None, whiten_power: float | None = None,
              qe: int = 0, dba: int = 0, verify: int = 0,
