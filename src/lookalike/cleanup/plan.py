@@ -124,21 +124,27 @@ def _check_unique(groups: Sequence[PlannedGroup]) -> None:
             seen.add(path)
 
 
-def _members_of(group: Any) -> tuple[str, list[ImageFacts]]:
-    kind = group.get("kind") if isinstance(group, Mapping) else getattr(group, "kind", None)
-    members = group.get("members") if isinstance(group, Mapping) else getattr(group, "members", None)
+def _members_of(group: Any) -> tuple[str, list[ImageFacts], set[str]]:
+    """The group's kind, members and the paths among them byte-identical to one another (`identical`: in a
+    group of near copies, an exact copy may still be linked)."""
+    def get(key: str) -> Any:
+        return group.get(key) if isinstance(group, Mapping) else getattr(group, key, None)
+
+    kind, members = get("kind"), get("members")
     if kind not in ("exact", "near") or not members:
         raise LookalikeError("a group needs a kind (exact or near) and members")
     facts = [ImageFacts.of(m) for m in members]
-    return kind, [ImageFacts(str(absolute(f.path)), f.width, f.height, f.size, f.date, f.mtime) for f in facts]
+    identical = {str(absolute(p)) for p in (get("identical") or ())}
+    return kind, [ImageFacts(str(absolute(f.path)), f.width, f.height, f.size, f.date, f.mtime)
+                  for f in facts], identical
 
 
-def _why_not(action: str, kind: str, path: str, root: Path, protect: Sequence[str]) -> str:
+def _why_not(action: str, kind: str, path: str, root: Path, protect: Sequence[str], identical: bool = False) -> str:
     """Why the action leaves this copy alone ('' when it applies)."""
     for folder in protect:
         if is_under(path, folder):
             return f"protected ({printable(folder)})"
-    if action in LINKS and kind != "exact":
+    if action in LINKS and kind != "exact" and not identical:
         return "not byte-identical to the keeper: a link would lose this copy's content"
     if not is_under(path, root):
         return "outside the library root"
@@ -151,7 +157,8 @@ def plan_actions(groups: Iterable[Any], action: str, *, index_dir: str | os.Path
     """Plan `action` (one of ACTIONS) on the copies of each group, touching nothing.
 
     `groups`: mappings or objects with `kind` ("exact" for byte-identical copies, else "near") and `members`
-    (`ImageFacts` or mappings with path, width, height, size, date, mtime). `keep` and `prefer` choose each
+    (`ImageFacts` or mappings with path, width, height, size, date, mtime), and optionally `identical` (the
+    paths of a near group that are byte-identical to each other: links may replace those). `keep` and `prefer` choose each
     group's keeper (`choose_keeper`); files under a `protect` folder are never acted on; `to` is the folder
     `move` sends copies to (their layout under the index root kept), never inside the root, the index folder
     or a protected folder. LookalikeError for bad input."""
@@ -169,12 +176,13 @@ def plan_actions(groups: Iterable[Any], action: str, *, index_dir: str | os.Path
         plan = Plan(action, str(index_path), str(root), keep, None if target is None else str(target),
                     [str(absolute(p)) for p in prefer], protect_s)
         for group in groups:
-            kind, facts = _members_of(group)
+            kind, facts, identical = _members_of(group)
             pos, why = choose_keeper(facts, keep, plan.prefer)
             others = []
             for i, f in enumerate(facts):
                 if i != pos:
-                    reason = _why_not(action, kind, f.path, root, protect_s)
+                    same = facts[pos].path in identical and f.path in identical
+                    reason = _why_not(action, kind, f.path, root, protect_s, same)
                     others.append(PlannedFile(f.path, not reason, reason, _indexed(index, f.path)))
             keeper = facts[pos].path
             plan.groups.append(PlannedGroup(kind, keeper, why, _indexed(index, keeper), others))

@@ -16,7 +16,7 @@ from ._app import app
 from ._help import Command
 
 # Each module adds its commands to `app`.
-from . import eval_cmd, export_cmds, models_cmd, search_cmds, serve_cmd, train_cmds  # noqa: E402,F401
+from . import dupes_cmd, eval_cmd, export_cmds, models_cmd, search_cmds, serve_cmd, train_cmds  # noqa: E402,F401
 
 # The commands in the order a user meets them, each with its line in `lookalike --help`.
 COMMANDS = {
@@ -24,7 +24,8 @@ COMMANDS = {
     "index": "Index the images under a folder (only new or changed files are read again).",
     "search": "Find the indexed images that look most like each query image.",
     "compare": "Print the pairwise distances of two or more images.",
-    "dupes": "Group the near-duplicate images of an index.",
+    "dupes": "Group the byte-identical files and copies of an index, and act on them (move, trash, link).",
+    "undo": "Reverse what a `dupes --action` run did, from its journal.",
     "serve": "Serve the search page and REST API over an index.",
     "train": "Train a classifier on CIFAR-10 or on your own class folders.",
     "evaluate": "Test accuracy, per-class accuracy and confusion matrix of a checkpoint.",

@@ -1,4 +1,4 @@
-"""`lookalike index`, `search`, `compare`, `dupes` and `demo`: search images by content."""
+"""`lookalike index`, `search`, `compare` and `demo`: search images by content (`dupes` is in dupes_cmd.py)."""
 
 from __future__ import annotations
 
@@ -369,44 +369,6 @@ def _json_list(items: list) -> str:
     import json
 
     return json.dumps(items)
-
-
-@app.command("dupes")
-def dupes_command(
-    index: Optional[Path] = typer.Option(None, "--index", help="Index folder, or a folder indexed with `lookalike index`. [default: the current folder]"),
-    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=2.0, help="Largest distance between near-duplicates. [default: 0.55 for the two-layer default descriptor, 0.6 for others]"),
-    k: int = typer.Option(10, "--neighbours", "-k", min=1, help="Neighbours per image in the kNN graph."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
-) -> None:
-    """Group near-duplicate images (k-nearest-neighbour graph + connected components, never an N x N matrix)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..search.retrieve.query import dupe_threshold, find_duplicates
-
-    with _open_index(index) as ix:
-        ix.backend()  # loaded before the bar: its notes print as lines
-        for note in ix.notes:
-            warn(note)
-        if threshold is None and getattr(ix, "whitening", None) is not None:
-            warn(f"the index's vectors are whitened: their distances run larger than the unwhitened ones the default "
-                 f"threshold ({dupe_threshold(ix.manifest)}) was calibrated on, so fewer groups are found; "
-                 "set --threshold")
-        with Progress(TextColumn("neighbours"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True, disable=len(ix) < 50_000) as bar:
-            task = bar.add_task("dupes", total=len(ix))
-            groups = find_duplicates(ix, threshold, k=k,
-                                     progress=lambda done, total: bar.update(task, completed=done))
-        named = [[printable(ix.path_of(i)) for i in g] for g in groups]
-    if json_out:
-        print_json({"groups": named})
-        return
-    if not named:
-        out.print("no near-duplicates found")
-        return
-    for n, group in enumerate(named, start=1):
-        out.print(f"group {n} ({len(group)} images)", highlight=False)
-        for p in group:
-            out.print(f"  {p}", highlight=False, markup=False)
 
 
 @app.command("demo")

@@ -33,6 +33,7 @@ LOOSE_DISTANCE = 1.0  # descriptor distance within which a neighbour is a candid
 SAME_BITS = 4  # signature bits within which, unverified, two images count as copies
 VIEW_CACHE = 1024  # images whose CopyView is kept at once (~300 kB each)
 MAX_THREADS = 4
+CHOOSE_ROUNDS = 8  # a keep rule's choice regroups at most this often (each round's keeper beats the last)
 
 
 @dataclass(frozen=True)
@@ -177,12 +178,29 @@ class PairJudge:
                     progress(done, len(pairs))
 
 
+def _copies_of(keeper: int, others: list[int], judge: PairJudge) -> tuple[list[CopyMember], list[int]]:
+    """(the copies of `keeper` among `others`, the rest), judging pairs not judged yet."""
+    members, left = [], []
+    for other in others:
+        ev = judge.judge(keeper, other)
+        if ev is None:
+            left.append(other)
+        else:
+            members.append(CopyMember(other, round(judge.distance(keeper, other), 4),
+                                      ev.inliers if judge.verify > 0 else None, ev.mirrored))
+    return members, left
+
+
 def keeper_groups(ids: np.ndarray, edges: Iterable[tuple[int, int]], judge: PairJudge,
-                  keep: Callable[[int], Any]) -> list[CopyGroup]:
+                  keep: Callable[[int], Any], choose: Optional[Callable[[list[int]], int]] = None
+                  ) -> list[CopyGroup]:
     """Groups in which every member is a copy of the keeper itself. Within each connected component of the
     accepted `edges`, the best remaining image by `keep` (largest key) becomes a keeper and takes every remaining
     image the judge accepts against it (pairs not yet judged are judged now); repeat with what is left. The
-    leader is the image with the most accepted edges, ties broken by `keep` (largest key), then smallest id."""
+    leader is the image with the most accepted edges, ties broken by `keep` (largest key), then smallest id.
+    `choose(ids)` (the leader first), when given, names the group's keeper among the leader and its copies (a
+    keep rule); when it names another, the group is formed again around it, so every member is still a copy
+    of the keeper itself."""
     edges = list(edges)
     if not edges:
         return []
@@ -198,15 +216,15 @@ def keeper_groups(ids: np.ndarray, edges: Iterable[tuple[int, int]], judge: Pair
         # of it alone), then the keep rule.
         remaining = sorted(component, key=lambda i: (degree.get(i, 0), keep(i), -i), reverse=True)
         while len(remaining) > 1:
-            keeper, rest = remaining[0], remaining[1:]
-            members, left = [], []
-            for other in rest:
-                ev = judge.judge(keeper, other)
-                if ev is None:
-                    left.append(other)
-                else:
-                    members.append(CopyMember(other, round(judge.distance(keeper, other), 4),
-                                              ev.inliers if judge.verify > 0 else None, ev.mirrored))
+            keeper = remaining[0]
+            members, left = _copies_of(keeper, remaining[1:], judge)
+            for _ in range(CHOOSE_ROUNDS if choose is not None else 0):
+                chosen = choose([keeper] + [m.id for m in members]) if members else keeper
+                if chosen == keeper:
+                    break
+                # A copy of the keeper, so the keeper is one of its copies in turn: the group only grows better.
+                keeper = chosen
+                members, left = _copies_of(keeper, [i for i in remaining if i != keeper], judge)
             if members:
                 groups.append(CopyGroup(keeper, tuple(members)))
             remaining = left
@@ -232,14 +250,16 @@ def _signature_lookup(ids: np.ndarray, sigs: Optional[np.ndarray], valid: Option
 def find_copies(index: Any, *, verify: int = DEFAULT_VERIFY, threshold: Optional[float] = None,
                 neighbours: Optional[int] = None, signatures: Optional[np.ndarray] = None,
                 progress: Optional[Callable[[str, int, int], None]] = None,
-                keep: Optional[Callable[[int], Any]] = None) -> list[CopyGroup]:
+                keep: Optional[Callable[[int], Any]] = None,
+                choose: Optional[Callable[[list[int]], int]] = None) -> list[CopyGroup]:
     """Copy groups of an opened index (an IndexSnapshot: `ids()`, `row_vectors()`/`vectors()`, `lookup`,
     `backend()`, `path_of`). `verify`: candidates verified per image from the files (0: the descriptor-only
     decision at `threshold`, None meaning the descriptor's default). `neighbours`: kNN neighbours per image
     (default: `verify`, or 10 unverified). `signatures`: (n, 8) uint64 in `ids()` order, if stored; otherwise
     computed from the files when verifying, left out when not (imported rows' files may be elsewhere).
     `progress(stage, done, total)`; `keep(id)`: the keeper is the member with the largest key (default: most
-    pixels, then the larger file, then the smaller id)."""
+    pixels, then the larger file, then the smaller id); `choose(ids)`: a keep rule naming each group's keeper
+    among its candidates (see `keeper_groups`)."""
     from .dupes_graph import dupe_threshold
 
     if verify < 0:
@@ -277,4 +297,4 @@ def find_copies(index: Any, *, verify: int = DEFAULT_VERIFY, threshold: Optional
         def keep(i: int) -> tuple:
             size = index.stamp_of(i)[0] if hasattr(index, "stamp_of") else 0
             return judge.views.pixels.get(i, 0), size
-    return keeper_groups(ids, accepted, judge, keep)
+    return keeper_groups(ids, accepted, judge, keep, choose)
