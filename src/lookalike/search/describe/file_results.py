@@ -9,7 +9,7 @@ changes.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class Decoded(NamedTuple):
 
     digest: str
     array: Any
+    rendition: Optional[bytes] = None  # the small JPEG kept for verification, when the embedder makes them
 
 
 class Embedded(NamedTuple):
@@ -51,6 +52,7 @@ class Embedded(NamedTuple):
 
     digest: str
     vector: np.ndarray
+    rendition: Optional[bytes] = None
 
 
 Skipped = (Unread, Undecodable)  # for isinstance: the file gave no vector, and `reason` says why

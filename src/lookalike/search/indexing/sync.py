@@ -291,6 +291,7 @@ def _sync(index: IndexWriter, root: Path, embedder: Embedder, batch_size: int | 
     total = len(walked.todo)
     if progress:
         progress(0, total)
+    embedder.keep_renditions = True  # from the decode the vector needs anyway (`store/renditions.py`)
     batches = stream(embedder) if stream else embedder.stream
     for batch in batches(walked.todo, batch_size=batch_size, reuse=reusable, path_of=lambda t: t[0]):
         _store_batch(index, batch, walked, gone_by_digest, summary)
@@ -338,6 +339,7 @@ def _store_batch(index: IndexWriter, batch: list, walked: _Walked, gone_by_diges
     files that failed, and failures that no longer apply."""
     new_vectors, pending = [], []  # pending[i] is the row that will reference new_vectors[i]
     updates, deletes, failed, cleared = [], [], [], []
+    kept = []  # (rel, size, mtime, None): rows whose bytes, and so whose rendition, stay the same
     for (path, rel, size, mtime, old), res in batch:
         digest = res.digest
         if rel in walked.failed_before and not isinstance(res, Undecodable):
@@ -354,6 +356,7 @@ def _store_batch(index: IndexWriter, batch: list, walked: _Walked, gone_by_diges
             continue
         if old is not None and digest == old.digest:  # touched, same bytes
             updates.append((old.id, rel, size, mtime, digest, old.row))
+            kept.append((rel, size, mtime, None))
             summary["unchanged"] += 1
             continue
         if isinstance(res, Reused):
@@ -361,6 +364,7 @@ def _store_batch(index: IndexWriter, batch: list, walked: _Walked, gone_by_diges
             if donor is not None and donor.id not in walked.claimed and old is None:
                 walked.claimed.add(donor.id)  # a rename: the row keeps its id and vector, under the new path
                 updates.append((donor.id, rel, size, mtime, digest, donor.row))
+                kept.append((rel, size, mtime, None))
                 summary["renamed"] += 1
                 continue
             vector = _donor_vector(index, donor, digest)
@@ -373,6 +377,11 @@ def _store_batch(index: IndexWriter, batch: list, walked: _Walked, gone_by_diges
             new_vectors.append(res.vector)
         pending.append((old, rel, size, mtime, digest))
     rows = index.append_vectors(np.stack(new_vectors)) if new_vectors else []
+    # Renditions of the files decoded now; a row that kept its bytes (touched, renamed) keeps its rendition,
+    # restamped (jpeg None) so that the stat check accepts it.
+    renditions = [(rel, size, mtime, res.rendition) for (path, rel, size, mtime, old), res in batch
+                  if getattr(res, "rendition", None)]
+    renditions += kept
     inserts = []
     for (old, rel, size, mtime, digest), row in zip(pending, rows):
         if old is None:
@@ -383,6 +392,8 @@ def _store_batch(index: IndexWriter, batch: list, walked: _Walked, gone_by_diges
             summary["updated"] += 1
     index.commit(inserts=inserts, updates=updates, deletes=deletes, failed=failed, cleared=cleared,
                  decoder=walked.decoder)
+    if renditions or deletes:
+        index.store_renditions(renditions, drop_orphans=bool(deletes))
 
 
 def _donor_vector(index: IndexWriter, donor, digest: str):
@@ -403,6 +414,8 @@ def _finish(index: IndexWriter, embedder: Embedder, walked: _Walked, summary: di
     vanished = [rel for rel in walked.failed_before if rel not in walked.failures_seen]
     if forget or vanished:
         index.commit(deletes=forget, cleared=vanished)
+        if forget:
+            index.store_renditions((), drop_orphans=True)
         summary["removed"] += len(forget)
     summary["skipped"] += walked.known_bad
     summary["skipped_known"] = len(walked.known_bad)

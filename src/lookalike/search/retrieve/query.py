@@ -249,11 +249,13 @@ def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder:
         vectors.append(None)
         excludes.append(None)
         to_embed.append((n, q))
+    decoded: dict[int, Any] = {}  # query position -> its image, decoded once for the descriptor and the verifier
     if to_embed:
         emb = embedder()
-        images = [q.image if q.image is not None else load_image(q.path, min_size=getattr(emb, "min_decode_size", None))
-                  for _, q in to_embed]
-        for (n, _), vec in zip(to_embed, emb.embed_images(images)):
+        for n, q in to_embed:
+            decoded[n] = q.image if q.image is not None else load_image(
+                q.path, min_size=getattr(emb, "min_decode_size", None))
+        for (n, _), vec in zip(to_embed, emb.embed_images([decoded[n] for n, _ in to_embed])):
             vectors[n] = np.asarray(vec, np.float32)
     if not vectors:
         return []
@@ -263,19 +265,32 @@ def run_queries(index: "ImageIndex", queries: Sequence[Query], k: int, embedder:
     else:
         hits = search(index, np.stack(vectors), k=fetch, exclude_ids=excludes)
     if verifier is not None:
-        hits = [_verified(index, q, found, verifier)[:k] for q, found in zip(queries, hits)]
+        hits = [_verified(index, q, found, verifier, decoded.get(n))[:k]
+                for n, (q, found) in enumerate(zip(queries, hits))]
     return [SearchResponse.of(q.name, q.image_id, found) for q, found in zip(queries, hits)]
 
 
-def _verified(index: "ImageIndex", query: Query, hits: list[dict], verifier: "Verifier") -> list[dict]:
-    """`hits` re-ranked by `verifier` against the query's own image (left as they are when it cannot be read)."""
+def _verified(index: "ImageIndex", query: Query, hits: list[dict], verifier: "Verifier",
+              image: Any = None) -> list[dict]:
+    """`hits` re-ranked by `verifier` against the query's own image (left as they are when it cannot be read):
+    `image`, the one the descriptor was taken from, else the indexed image's stored rendition or file. The
+    shortlisted images' local features come from the index's renditions where it holds fresh ones."""
+    from ..store.renditions import read_renditions
     from .verify import local_features
 
-    if query.image is not None:
-        feats = local_features(query.image)
+    def renditions(ids: list) -> dict:
+        return read_renditions(index.path, ids)
+
+    if image is None and query.image is not None:
+        image = query.image
+    if image is not None:
+        feats = local_features(image)
     else:
-        feats = verifier.features_of(query.path if query.path is not None else index.path_of(query.image_id))
-    return verifier.rerank(hits, feats)
+        image_id = query.image_id if query.image_id is not None else index.current_id(query.path)
+        path = query.path if query.path is not None else index.path_of(query.image_id)
+        stored = renditions([image_id]).get(image_id) if image_id is not None else None
+        feats = verifier.features_of(path, stored)
+    return verifier.rerank(hits, feats, renditions)
 
 
 def compare(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

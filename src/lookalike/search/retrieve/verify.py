@@ -8,19 +8,21 @@ transform; its inliers count the matches that agree. A result with at least MIN_
 cosine similarity (the full gain at FULL_INLIERS), so verified results move up in proportion to the evidence and
 the rest keep their order. SIFT is rotation invariant, so a sideways copy of a scene verifies too.
 
-The images are read again at search time (local features are not stored: a thousand per image would outweigh
-the index), at most LONG_SIDE pixels long, so the cost is a shortlist's decoding and matching per query.
+Local features are not stored (hundreds per image would outweigh the index) but taken at search time from each
+image at most LONG_SIDE pixels long: from the small JPEG rendition the index keeps of it (`store/renditions.py`)
+while the file is unchanged, else from the file itself (an old index, an imported row, a file changed since).
 Figures: benchmarks/results/eval_search.md (quality), benchmarks/results/verify_cost.md (time).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -29,7 +31,7 @@ from ...device import free_cores
 LONG_SIDE = 512  # local features of an image at most this long (never enlarged): bounds time and memory
 # JPEGs are draft-decoded at the smallest scale keeping both sides >= this (a 12 MP photo: 500 x 375, 8x faster).
 DRAFT_SIDE = LONG_SIDE // 2
-MAX_KEYPOINTS = 1000  # the strongest SIFT keypoints kept per image
+MAX_KEYPOINTS = 500  # the strongest SIFT keypoints kept per image (matching cost grows with the square)
 RATIO = 0.8  # Lowe's ratio test: best match clearly closer than the second best
 RANSAC_TOLERANCE = 0.025  # reprojection error allowed, as a share of the image's longer side
 MIN_INLIERS = 8  # fewer agreeing matches than this is what unrelated photos reach by chance
@@ -103,10 +105,23 @@ def verification_gain(inliers: int) -> float:
     return 0.0 if inliers < MIN_INLIERS else min(inliers, FULL_INLIERS) / FULL_INLIERS
 
 
+Renditions = Callable[[list], dict]  # image ids -> {id: `renditions.Rendition`} (`renditions.read_renditions`)
+
+
+def _stamp(path) -> Optional[tuple]:
+    """(path, size, mtime_ns) of a file now: the cache's key, so a changed file is never answered from it."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return str(path), st.st_size, st.st_mtime_ns
+
+
 class Verifier:
-    """Re-ranks the first `shortlist` results of a search (`rerank`). Local features of image files are decoded
-    on first use and kept for the last `cache_images` files (results recur across queries); a file that cannot
-    be read has none, and its result keeps its score. Safe to share between threads (the web service)."""
+    """Re-ranks the first `shortlist` results of a search (`rerank`). Local features of image files are taken on
+    first use (from their stored renditions when the caller passes `renditions`, else from the files) and kept
+    for the last `cache_images` files, keyed by path, size and mtime (results recur across queries); a file that
+    cannot be read has none, and its result keeps its score. Safe to share between threads (the web service)."""
 
     def __init__(self, shortlist: int = DEFAULT_SHORTLIST, cache_images: int = CACHE_IMAGES) -> None:
         from ...errors import LookalikeError
@@ -115,24 +130,42 @@ class Verifier:
             raise LookalikeError(f"--verify takes 0 (off) to {MAX_SHORTLIST} results, not {shortlist}")
         _cv2()  # a missing OpenCV fails here, before any search runs
         self.shortlist = int(shortlist)
-        self._cache: OrderedDict[str, Optional[LocalFeatures]] = OrderedDict()
+        self._cache: OrderedDict[tuple, Optional[LocalFeatures]] = OrderedDict()
         self._size = max(1, int(cache_images))
         self._lock = threading.Lock()
         # Decodes at once across every search sharing this verifier (the web service's requests): bounds the
         # memory of images being decoded however many searches run.
         self._decodes = threading.BoundedSemaphore(max(1, min(free_cores(), MAX_THREADS)))
 
-    def features_of(self, path) -> Optional[LocalFeatures]:
-        from ...images import load_image
-
-        key = str(path)
+    def _cached(self, key: tuple) -> tuple[bool, Optional[LocalFeatures]]:
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
-                return self._cache[key]
+                return True, self._cache[key]
+        return False, None
+
+    def features_of(self, path, rendition: Any = None) -> Optional[LocalFeatures]:
+        """Local features of the file `path` (None when it cannot be read); `rendition`: its stored
+        `renditions.Rendition`, used instead of the file while the file's size and mtime are still its own."""
+        from ...images import load_image
+
+        key = _stamp(path)
+        if key is None:
+            return None
+        hit, feats = self._cached(key)
+        if hit:
+            return feats
         try:
             with self._decodes:
-                feats = local_features(load_image(Path(path), min_size=DRAFT_SIDE))
+                image = None
+                if rendition is not None and rendition.fresh(key[1], key[2]):
+                    try:
+                        image = load_image(rendition.jpeg)
+                    except Exception:  # a damaged rendition: the file itself is still there
+                        image = None
+                if image is None:
+                    image = load_image(Path(path), min_size=DRAFT_SIDE)
+                feats = local_features(image)
         except Exception:  # an unreadable or vanished file is not verified; the search itself goes on
             feats = None
         with self._lock:
@@ -141,18 +174,38 @@ class Verifier:
                 self._cache.popitem(last=False)
         return feats
 
-    def inliers(self, query: LocalFeatures, paths: Sequence) -> list[Optional[int]]:
+    def _stored(self, ids: Sequence, paths: Sequence, renditions: Optional[Renditions]) -> dict:
+        """{id: Rendition} of the files not in the cache yet, in one read (none without `renditions`)."""
+        if renditions is None:
+            return {}
+        missing = []
+        for i, p in zip(ids, paths):
+            key = _stamp(p)
+            if i is not None and key is not None and not self._cached(key)[0]:
+                missing.append(int(i))
+        try:
+            return renditions(missing) if missing else {}
+        except Exception:  # renditions only save time: without them the files are decoded
+            return {}
+
+    def inliers(self, query: LocalFeatures, paths: Sequence, ids: Optional[Sequence] = None,
+                renditions: Optional[Renditions] = None) -> list[Optional[int]]:
         """Inliers of each file against the query (None: the file could not be read). Files are decoded and
-        matched in threads, one per free core (Pillow's decoders and OpenCV release the GIL)."""
-        def one(path) -> Optional[int]:
-            feats = self.features_of(path)
+        matched in threads, one per free core (Pillow's decoders and OpenCV release the GIL). `ids` (the index's
+        ids of the files) and `renditions` let stored renditions stand in for the files."""
+        ids = list(ids) if ids is not None else [None] * len(paths)
+        stored = self._stored(ids, paths, renditions)
+
+        def one(pair) -> Optional[int]:
+            path, i = pair
+            feats = self.features_of(path, stored.get(i))
             return None if feats is None else count_inliers(query, feats)
 
         workers = min(len(paths), free_cores(), MAX_THREADS)
         if workers <= 1:
-            return [one(p) for p in paths]
+            return [one(p) for p in zip(paths, ids)]
         with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(one, paths))
+            return list(pool.map(one, zip(paths, ids)))
 
     def gains(self, query: Optional[LocalFeatures], paths: Sequence) -> np.ndarray:
         """`verification_gain` of each file against the query (0 for an unreadable file, all 0 when the query's
@@ -161,14 +214,16 @@ class Verifier:
             return np.zeros(len(paths), np.float32)
         return np.asarray([verification_gain(n or 0) for n in self.inliers(query, paths)], np.float32)
 
-    def rerank(self, hits: list[dict], query: Optional[LocalFeatures]) -> list[dict]:
+    def rerank(self, hits: list[dict], query: Optional[LocalFeatures],
+               renditions: Optional[Renditions] = None) -> list[dict]:
         """The first `shortlist` hits re-ordered by similarity + `verification_gain`, each given its "inliers"
         (None when its file could not be read); later hits follow unchanged; ranks renumbered from 1. A query
-        without features (None: its image could not be read) leaves the hits as they are."""
+        without features (None: its image could not be read) leaves the hits as they are. `renditions`: the
+        index's stored renditions of the hits' ids, read instead of the files where still fresh."""
         if query is None:
             return hits
         head, tail = hits[:self.shortlist], hits[self.shortlist:]
-        counts = self.inliers(query, [h["path"] for h in head])
+        counts = self.inliers(query, [h["path"] for h in head], [h.get("id") for h in head], renditions)
         scored = sorted(((h["similarity"] + verification_gain(n or 0), -pos, {**h, "inliers": n})
                          for pos, (h, n) in enumerate(zip(head, counts))), key=lambda t: t[:2], reverse=True)
         return [{**h, "rank": r + 1} for r, h in enumerate([t[2] for t in scored] + list(tail))]

@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS facts (  -- what a photo's header says, read after it
     taken TEXT,                     -- EXIF DateTimeOriginal as ISO 8601 (local time, as the camera wrote it)
     camera TEXT                     -- EXIF Make and Model
 );
+CREATE TABLE IF NOT EXISTS renditions (  -- small JPEGs read by spatial verification (`renditions.py`)
+    id INTEGER PRIMARY KEY,         -- images.id
+    size INTEGER NOT NULL,          -- of the file it was made from: used only while the file still has both
+    mtime_ns INTEGER NOT NULL,
+    jpeg BLOB NOT NULL
+);
 """
 
 class IndexEntry(NamedTuple):
@@ -130,6 +136,15 @@ def _add_facts_table(path: Path) -> None:
 
 
 MIGRATIONS[3] = _add_facts_table
+
+
+def _add_renditions_table(path: Path) -> None:
+    """Format 4 -> 5: the `renditions` table, created empty; images indexed before it have none, and verification
+    decodes their files as before."""
+    _add_failures_table(path)  # the whole schema, IF NOT EXISTS
+
+
+MIGRATIONS[4] = _add_renditions_table
 
 def _connect_reader(path: Path, root: Any = None) -> sqlite3.Connection:
     """A read-only connection to the index database in `path`; never writes, so it works for a user who may only

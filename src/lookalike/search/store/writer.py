@@ -293,6 +293,17 @@ class IndexWriter(AnnBookkeeping, WriterReads, IndexBase):
             queries.write_facts(self._conn, rows)
             self._bump_generation()
 
+    def store_renditions(self, rows: Iterable[tuple], drop_orphans: bool = False) -> None:
+        """One transaction of (stored path, size, mtime_ns, jpeg) renditions (`renditions.py`) of committed rows;
+        `drop_orphans`: also forget those of images the index no longer holds."""
+        from . import renditions
+
+        with self._writing(), self._transaction():
+            renditions.write_renditions(self._conn, rows)
+            if drop_orphans:
+                renditions.drop_orphans(self._conn)
+            self._bump_generation()
+
     def _bump_generation(self) -> None:
         """Inside a write transaction: tell readers (`change_stamp`) that the committed state changed."""
         bump_generation(self._conn)

@@ -1,0 +1,112 @@
+"""Small renditions of indexed images: a JPEG of at most LONG_SIDE pixels, made at index time from the image the
+descriptor was decoded from (one small encode, no second decode), kept in the `renditions` table of the index
+database. Spatial verification reads them instead of decoding the photo files again (a 12 MP JPEG costs tens of
+ms even in draft mode; a rendition about a tenth of that).
+
+Each row records the size and mtime of the file it was made from; a reader uses it only while the file still
+has both (`fresh`), so a changed file is never answered by a stale rendition. Rows are written in their own
+transaction after the batch that indexed their images, and only for rows of those images as committed: a kill in
+between leaves images without renditions, which fall back to decoding the file. Old indexes and imported rows
+have none and fall back the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple, Optional
+
+LONG_SIDE = 512  # verification's own size (`verify.LONG_SIDE`): a larger rendition would only be shrunk again
+QUALITY = 85
+MAX_BYTES = 1 << 20  # a stored rendition larger than this is not read (the database is not trusted blindly)
+_READ_CHUNK = 500  # ids per SELECT (SQLite's bound on variables)
+
+
+class Rendition(NamedTuple):
+    """A stored rendition and the (size, mtime_ns) of the file it was made from."""
+
+    size: int
+    mtime_ns: int
+    jpeg: bytes
+
+    def fresh(self, size: int, mtime_ns: int) -> bool:
+        """Whether the file, now of `size` bytes and `mtime_ns`, is still the one this was made from."""
+        return (self.size, self.mtime_ns) == (size, mtime_ns)
+
+
+def make_rendition(image: Any) -> Optional[bytes]:
+    """The JPEG rendition of a decoded PIL image, at most LONG_SIDE pixels long (never enlarged); None when it
+    cannot be encoded (the image is indexed all the same)."""
+    from PIL import Image
+
+    try:
+        img = image if image.mode in ("RGB", "L") else image.convert("RGB")
+        if max(img.size) > LONG_SIDE:
+            img = img.copy()
+            # The draft decode is already near this size: a cheap filter loses nothing SIFT would see.
+            img.thumbnail((LONG_SIDE, LONG_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        out = io.BytesIO()
+        img.save(out, format="JPEG", quality=QUALITY)
+        return out.getvalue()
+    except Exception:  # an odd mode or an encoder error: no rendition, verification decodes the file instead
+        return None
+
+
+def write_renditions(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+    """Inside a write transaction. rows: (stored path, size, mtime_ns, jpeg); a rendition is kept only for an
+    image row that is, as committed, that file at that size and mtime. jpeg None: the row kept its bytes (a
+    touched or renamed file), so its rendition, if any, is restamped with the new size and mtime."""
+    from .database import db_path
+
+    rows = list(rows)
+    conn.executemany("INSERT OR REPLACE INTO renditions (id, size, mtime_ns, jpeg) "
+                     "SELECT id, size, mtime_ns, ? FROM images WHERE path = ? AND size = ? AND mtime_ns = ?",
+                     [(sqlite3.Binary(jpeg), db_path(rel), size, mtime) for rel, size, mtime, jpeg in rows
+                      if jpeg is not None])
+    conn.executemany("UPDATE renditions SET size = ?, mtime_ns = ? WHERE id = (SELECT id FROM images "
+                     "WHERE path = ? AND size = ? AND mtime_ns = ?)",
+                     [(size, mtime, db_path(rel), size, mtime) for rel, size, mtime, jpeg in rows if jpeg is None])
+
+
+def drop_orphans(conn: sqlite3.Connection) -> None:
+    """Inside a write transaction: forget the renditions of images the index no longer holds."""
+    if _has_table(conn):
+        conn.execute("DELETE FROM renditions WHERE id NOT IN (SELECT id FROM images)")
+
+
+def _has_table(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'renditions'").fetchone() \
+        is not None
+
+
+def read_renditions(index_path: Path, ids: Iterable[int]) -> dict[int, Rendition]:
+    """{id: Rendition} of those `ids` the index at `index_path` holds one for; {} for an index without any (made
+    before renditions) or one that cannot be read now (the caller decodes the files)."""
+    from ...errors import LookalikeError
+    from .database import _connect_reader
+
+    ids = [int(i) for i in ids]
+    if not ids:
+        return {}
+    try:
+        conn = _connect_reader(Path(index_path))
+    except LookalikeError:
+        return {}
+    out: dict[int, Rendition] = {}
+    try:
+        if not _has_table(conn):
+            return {}
+        for s in range(0, len(ids), _READ_CHUNK):
+            part = ids[s:s + _READ_CHUNK]
+            marks = ",".join("?" * len(part))
+            for i, size, mtime, jpeg in conn.execute(
+                    f"SELECT id, size, mtime_ns, jpeg FROM renditions WHERE id IN ({marks}) "
+                    f"AND length(jpeg) <= {MAX_BYTES}", part):
+                if isinstance(jpeg, bytes) and isinstance(size, int) and isinstance(mtime, int):
+                    out[int(i)] = Rendition(size, mtime, jpeg)
+    except sqlite3.Error:  # a damaged or busy database: verification decodes the files instead
+        return {}
+    finally:
+        conn.close()
+    return out

@@ -1,0 +1,109 @@
+"""Small renditions kept at index time: spatial verification reads them instead of the photo files while the files
+are unchanged, and falls back to the files for an old index, a changed file or a rendition that is missing."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+
+import pytest
+from PIL import Image
+
+from helpers.search import photo, tiny_checkpoint
+from lookalike.search.describe.features import load_embedder
+from lookalike.search.indexing.sync import index_folder
+from lookalike.search.retrieve import verify
+from lookalike.search.retrieve.query import Query, run_queries
+from lookalike.search.store.index import ImageIndex
+from lookalike.search.store.renditions import LONG_SIDE, read_renditions
+
+
+@pytest.fixture
+def library(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        photo(name).convert("RGB").resize((900, 600)).save(root / f"{name}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return load_embedder(str(tiny_checkpoint(tmp_path / "ck" / "model.pt")))
+
+
+class CountingVerifier(verify.Verifier):
+    """A real verifier that records which files it had to decode itself."""
+
+    def __init__(self) -> None:
+        super().__init__(shortlist=5)
+        self.file_decodes: list[str] = []
+
+    def features_of(self, path, rendition=None):
+        key = verify._stamp(path)
+        if key is not None and not (rendition is not None and rendition.fresh(key[1], key[2])):
+            self.file_decodes.append(os.path.basename(str(path)))
+        return super().features_of(path, rendition)
+
+
+def _search(ix_path, query_path, embedder):
+    verifier = CountingVerifier()
+    with ImageIndex.open(ix_path) as ix:
+        [response] = run_queries(ix, [Query("q", path=query_path)], 3, lambda: embedder, verifier=verifier)
+    return response, verifier.file_decodes
+
+
+def test_renditions_are_stored_and_used_by_verification(tmp_path, library, tiny):
+    ix_path = tmp_path / "ix"
+    index_folder(library, ix_path, embedder=tiny)
+    with ImageIndex.open(ix_path) as ix:
+        stored = read_renditions(ix_path, ix.ids())
+        assert len(stored) == 3
+        for r in stored.values():
+            with Image.open(io.BytesIO(r.jpeg)) as im:
+                assert max(im.size) <= LONG_SIDE and im.format == "JPEG"
+    response, decoded = _search(ix_path, library / "chelsea.jpg", tiny)
+    assert decoded == []  # the query and every result came from renditions, no photo file decoded
+    assert len(response.results) == 2 and all(h.inliers is not None for h in response.results)  # verified
+
+
+def test_a_changed_file_is_not_served_its_stale_rendition(tmp_path, library, tiny):
+    ix_path = tmp_path / "ix"
+    index_folder(library, ix_path, embedder=tiny)
+    changed = library / "coffee.jpg"
+    photo("astronaut").convert("RGB").resize((900, 600)).save(changed, quality=80)
+    os.utime(changed, ns=(1, 1))
+    _, decoded = _search(ix_path, library / "chelsea.jpg", tiny)
+    assert decoded == ["coffee.jpg"]  # its rendition no longer matches its size and mtime: read afresh
+    index_folder(library, ix_path, embedder=tiny)  # indexed again: a new rendition, used from then on
+    _, decoded = _search(ix_path, library / "chelsea.jpg", tiny)
+    assert decoded == []
+
+
+def test_an_index_without_renditions_falls_back_to_the_files(tmp_path, library, tiny):
+    ix_path = tmp_path / "ix"
+    index_folder(library, ix_path, embedder=tiny)
+    conn = sqlite3.connect(ix_path / "index.db")  # as an index made before renditions (or a kill before them)
+    conn.execute("DROP TABLE renditions")
+    conn.commit()
+    conn.close()
+    response, decoded = _search(ix_path, library / "chelsea.jpg", tiny)
+    assert sorted(decoded) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
+    assert all(h.inliers is not None for h in response.results)  # verified all the same, from the files
+    index_folder(library, ix_path, embedder=tiny)  # the writer adds the table; unchanged files keep none
+    assert read_renditions(ix_path, [1, 2, 3]) == {}
+
+
+def test_removed_images_lose_their_renditions(tmp_path, library, tiny):
+    ix_path = tmp_path / "ix"
+    index_folder(library, ix_path, embedder=tiny)
+    (library / "coffee.jpg").unlink()
+    index_folder(library, ix_path, embedder=tiny)
+    conn = sqlite3.connect(ix_path / "index.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM renditions").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM renditions WHERE id NOT IN (SELECT id FROM images)"
+                            ).fetchone()[0] == 0
+    finally:
+        conn.close()
