@@ -11,7 +11,7 @@ import pytest
 from helpers.cli import assert_one_line_error, run_cli
 from helpers.search import tiny_checkpoint, write_originals
 
-COMMANDS = ["demo", "index", "search", "compare", "dupes", "serve", "train", "evaluate", "export", "import",
+COMMANDS = ["demo", "index", "search", "compare", "dupes", "undo", "serve", "train", "evaluate", "export", "import",
             "models", "eval-search"]
 
 
@@ -42,7 +42,7 @@ def test_every_help_reads_cleanly(command, monkeypatch, capsys):
 def test_dupes_help_shows_its_threshold_default_and_neighbours(monkeypatch, capsys):
     text = " ".join(_help(["dupes"], monkeypatch, capsys).replace("│", " ").split())
     assert "[default: 0.55 for the two-layer default descriptor, 0.6 for others]" in text
-    assert "--neighbours -k" in text and "[default: 10]" in text
+    assert "--neighbours -k" in text and "[default: --verify's N; 10 with --verify 0]" in text
 
 
 def test_unknown_quality_is_one_line_for_every_command_that_takes_it(tmp_path, home, monkeypatch, capsys):
