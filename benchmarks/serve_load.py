@@ -39,7 +39,7 @@ from lookalike.search.sample_photos import jpeg_bytes, load_photo
 from results_file import record
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
-          "coins", "stereo_motorcycle", "retina", "colorwheel", "moon"]
+          "coins", "retina", "colorwheel", "moon"]
 
 
 def _edit(img, rng: random.Random):

@@ -88,7 +88,7 @@ def test_search_by_upload_finds_the_right_photo(client):
 
 
 def test_every_photo_family_finds_itself(client):
-    for name in ("astronaut", "coffee", "rocket", "stereo_motorcycle"):
+    for name in ("astronaut", "coffee", "rocket", "retina"):
         query = jpeg_bytes(crop(photo(name), 0.75).rotate(8, expand=False), quality=75)
         r = client.post("/api/search", files=_files(f"{name}.jpg", query), data={"k": 1})
         assert family(r.json()["results"][0]["path"]) == name
@@ -564,7 +564,7 @@ def test_a_running_app_follows_reindexing(gallery, tmp_path):
         shutil.copy(gallery["folder"] / "chelsea.png", folder / "chelsea.png")
         shutil.copy(gallery["folder"] / "edited" / "chelsea-jpeg.jpg", folder / "chelsea-jpeg.jpg")
         (folder / "coffee.png").unlink()
-        shutil.copy(gallery["folder"] / "stereo_motorcycle.png", folder / "rocket.png")  # same name, other picture
+        shutil.copy(gallery["folder"] / "retina.png", folder / "rocket.png")  # same name, other picture
         s = index_folder(folder, index_path, embedder=gallery["embedder"])
         assert (s["added"], s["removed"], s["updated"]) == (2, 1, 1)
 

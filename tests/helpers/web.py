@@ -9,7 +9,7 @@ from pathlib import Path
 # Sample photos (skimage.data) in the web gallery, each with three edited copies under edited/. The JPEG copy
 # is a light re-save (quality 40): a near-duplicate of its original under the default dupes threshold.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
-          "coins", "stereo_motorcycle")
+          "coins", "retina")
 EDITS = ("crop", "jpeg", "colour")
 JPEG_QUALITY = 40
 SIDE = 192  # small, so indexing and thumbnails stay fast
