@@ -29,9 +29,10 @@ import numpy as np
 from ...device import free_cores
 
 LONG_SIDE = 512  # local features of an image at most this long (never enlarged): bounds time and memory
-# JPEGs are draft-decoded at the smallest scale keeping both sides >= this (a 12 MP photo: 500 x 375, 8x faster).
+# JPEGs are draft-decoded at the smallest scale keeping both sides >= this (verify_cost.md: the decode's share).
 DRAFT_SIDE = LONG_SIDE // 2
-MAX_KEYPOINTS = 500  # the strongest SIFT keypoints kept per image (matching cost grows with the square)
+MAX_KEYPOINTS = 1000  # the strongest SIFT keypoints kept per image (matching cost grows with the square; 500
+# lost holidays-dev mAP, benchmarks/results/search_speed.md)
 RATIO = 0.8  # Lowe's ratio test: best match clearly closer than the second best
 RANSAC_TOLERANCE = 0.025  # reprojection error allowed, as a share of the image's longer side
 MIN_INLIERS = 8  # fewer agreeing matches than this is what unrelated photos reach by chance
