@@ -205,10 +205,10 @@ def test_thumbnail_sizes_snap_to_a_few(tmp_path):
     from lookalike.web.thumbnails import SIZES, snap_size
 
     assert [snap_size(s) for s in (1, 32, 64, 65, 128, 200, 256, 257, 600, 1024, 5000)] == \
-        [64, 64, 64, 128, 128, 256, 256, 512, 1024, 1024, 1024]
+        [64, 64, 64, 128, 128, 256, 256, 512, 1024, 1024, 2048]
     src = _photo(tmp_path / "photo.jpg", size=(1200, 900))
     cache = ThumbnailCache(tmp_path / "cache")
-    for size in range(32, 1025, 7):  # what a page could ask with plain <img> tags
+    for size in range(32, 2049, 7):  # what a page could ask with plain <img> tags
         cache.get(src, size)
     assert len(list((tmp_path / "cache").rglob("*.jpg"))) == len(SIZES) == cache.misses
 

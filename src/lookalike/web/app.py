@@ -2,8 +2,9 @@
 (`routes.py`), the error answers, and the middleware that guards every request (Host names, token, body size
 and time, cross-site requests).
 
-The server never writes to the index; thumbnails go to the user cache. It follows `lookalike index` runs on the
-index without a restart (see `service.SearchService`).
+The server writes to the index only through the page's actions (trash, move, undo: the cleanup engine, with
+its journal and the index's write lock); thumbnails go to the user cache. It follows `lookalike index` runs on
+the index without a restart (see `service.SearchService`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from ..paths import cache_dir
 from .crosssite import CrossSiteMiddleware
 from .limits import (DEFAULT_BODY_TIMEOUT, BodyTimeoutMiddleware, DecodeSlots, HostCheckMiddleware, ServerBusy,
                      UploadLimitMiddleware)
+from .actions import Actions
+from .jobs import DupesJob
+from .library_routes import router as library_router
 from .routes import STATIC_DIR, WebService, api_router, page_router
 from .service import SearchService, UnsupportedImage
+from .session import Session
 from .thumbnails import ThumbnailCache
 
 DEFAULT_MAX_UPLOAD_BYTES = 20_000_000  # 20 MB
@@ -84,6 +89,9 @@ def create_app(
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     expansion: Any = None,
     verifier: Any = None,
+    move_to: str | os.PathLike | None = None,
+    read_only: bool = False,
+    allow_actions: bool = True,
 ) -> FastAPI:
     """Build the app over the index at `index_path`, loading the index and the model now (once).
 
@@ -96,6 +104,8 @@ def create_app(
     `max_request_pixels` decoded pixels in all (413 beyond); and each decode waits at most `decode_wait` seconds
     for one of `decode_slots` (503 with Retry-After beyond), so memory stays bounded however many requests come.
     `expansion` (a `query.Expansion`) and `verifier` (a `verify.Verifier`) apply to every search; None: off.
+    The page's actions (trash, move to `move_to`, undo) are refused with 405 when `read_only` and with 403
+    unless `allow_actions` (`serve` turns them off on a public bind without a token).
     """
     service = SearchService(index_path, device=device, embedder=embedder, check_interval=check_interval,
                             expansion=expansion, verifier=verifier)
@@ -106,8 +116,15 @@ def create_app(
         thumbs.prune()
     except OSError:  # an unreadable cache only costs disk space, never the server
         pass
+    try:
+        actions = _actions(service, move_to)
+    except BaseException:
+        service.close()
+        raise
     web = WebService(search=service, thumbnails=thumbs, slots=slots, max_upload_bytes=max_upload_bytes,
-                     max_request_pixels=max_request_pixels, page=(STATIC_DIR / "index.html").read_bytes())
+                     max_request_pixels=max_request_pixels, page=(STATIC_DIR / "index.html").read_bytes(),
+                     session=Session(actions=allow_actions, read_only=read_only), actions=actions,
+                     dupes_job=DupesJob())
 
     app = FastAPI(
         title="Lookalike",
@@ -126,6 +143,7 @@ def create_app(
     app.include_router(page_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(api_router)
+    app.include_router(library_router)
 
     # Added innermost first: the Host check runs first, then the token, then the body's time and size limits,
     # then the cross-site rule (inside the size limit, so that a refused upload's body is read and dropped).
@@ -140,6 +158,17 @@ def create_app(
         app.add_middleware(HostCheckMiddleware, allowed_hosts=allowed_hosts)
     app.add_middleware(_SecurityHeaders)
     return app
+
+
+def _actions(service: SearchService, move_to: str | os.PathLike | None) -> Actions:
+    """The actions over the service's index; `move_to` checked now, so `serve` refuses a bad one at start."""
+    index = service.index
+    target = None
+    if move_to is not None:
+        from ..cleanup.guard import check_target
+
+        target = check_target(move_to, Path(index.root), Path(index.path))
+    return Actions(Path(index.path), Path(index.root), target)
 
 
 @asynccontextmanager

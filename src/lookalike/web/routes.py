@@ -10,7 +10,7 @@ A new query parameter of a search is one more argument of its route, passed on t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -40,6 +40,10 @@ class WebService:
     max_upload_bytes: int
     max_request_pixels: int
     page: bytes  # the page's HTML, read once
+    session: Any = None  # `session.Session`: what the page may do, and its CSRF token
+    actions: Any = None  # `actions.Actions`: trash and move, journalled
+    dupes_job: Any = None  # `jobs.DupesJob`: the background duplicates scan
+    acted: dict = field(default_factory=dict)  # journal -> ids the page acted on, to unmark on undo
 
     def pixel_budget(self) -> PixelBudget:
         """What one request may decode, all its uploads together."""
@@ -172,7 +176,7 @@ def thumbnail(
     web: Web,
     request: Request,
     image_id: int,
-    size: int = Query(256, ge=32, le=1024,
+    size: int = Query(256, ge=32, le=2048,
                       description=f"Longest side, rounded up to one of {', '.join(map(str, SIZES))}"),
 ) -> Response:
     try:

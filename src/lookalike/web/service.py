@@ -87,6 +87,26 @@ class IndexView:
         self.backend = index.backend()  # the ANN file (or exact) loaded now, not by the first request
         self.dupes: OrderedDict[tuple[float, int], list[list[int]]] = OrderedDict()
         self.dupes_lock = threading.Lock()
+        self._library: Any = None  # `library.Library`, opened by the first request that browses
+        self._library_lock = threading.Lock()
+
+    def library(self):
+        """The collection's listing over this snapshot (`web.library.Library`)."""
+        from ..search.store.database import _connect_reader
+        from .library import Library
+
+        with self._library_lock:
+            if self._library is None:
+                path = Path(self.index.path)
+                self._library = Library(lambda: _connect_reader(path), int(getattr(self.index, "generation", 0)),
+                                        Path(self.index.root))
+            return self._library
+
+    def close(self) -> None:
+        with self._library_lock:
+            if self._library is not None:
+                self._library.close()
+        self.index.close()
 
     def has_id(self, image_id: int) -> bool:
         return self.index.has_id(image_id)
@@ -151,7 +171,7 @@ class SearchService:
         return self._view.min_size
 
     def close(self) -> None:
-        self._view.index.close()
+        self._view.close()
 
     # -- following the index on disk -------------------------------------------------------------------
     def view(self) -> IndexView:
@@ -201,7 +221,7 @@ class SearchService:
                 current.stamp = stamp
                 return
         self._view = IndexView(index, stamp, embedder)  # one assignment: a request sees the old view or the new
-        current.index.close()  # read-only: closes no file a running request still reads
+        current.close()  # read-only: closes no file a running request still reads
 
     # -- facts -----------------------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -2,7 +2,7 @@
 
 The disk cache lives under `lookalike.paths.cache_dir("thumbnails")`, never in the index or photo folders. Its
 key is the file's absolute path, size and mtime plus the thumbnail size, so an edited photo gets a new thumbnail.
-Requested sizes are snapped up to one of `SIZES`, so any number of `<img>` sizes makes at most five files per
+Requested sizes are snapped up to one of `SIZES`, so any number of `<img>` sizes makes at most six files per
 image; the disk cache is trimmed, least recently used first, whenever a write takes it over its budget.
 """
 
@@ -21,7 +21,7 @@ from ..atomic import atomic_write
 from ..images import load_image
 
 JPEG_QUALITY = 82
-SIZES = (64, 128, 256, 512, 1024)  # longest side of a thumbnail: what a request for any size gets
+SIZES = (64, 128, 256, 512, 1024, 2048)  # longest side: what a request for any size gets (2048: the detail view)
 
 
 class ImageGone(Exception):

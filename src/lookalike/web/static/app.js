@@ -1,4 +1,5 @@
-// Lookalike page: search by upload or by indexed image, compare, near-duplicate groups.
+// Lookalike page: search by upload or by indexed image, compare. The library and its detail view are in
+// library.js, the duplicates review in review.js.
 // Plain DOM code, no framework and no build step. Text from the server always goes through textContent.
 "use strict";
 
@@ -50,8 +51,9 @@ async function api(url, options) {
 }
 
 // ---------- tabs ----------
+const TABS = ["library", "search", "compare", "dupes"];
 function showTab(name) {
-  for (const tab of ["search", "compare", "dupes"]) {
+  for (const tab of TABS) {
     const on = tab === name;
     $(`tab-${tab}`).setAttribute("aria-selected", String(on));
     $(`panel-${tab}`).hidden = !on;
@@ -68,7 +70,6 @@ async function loadStats() {
     $("fact-dim").textContent = s.dim;
     $("fact-updated").textContent = s.updated_at ? new Date(s.updated_at).toLocaleString() : "unknown";
     $("fact-updated").title = s.updated_at || "";
-    $("threshold").value = fmt(s.dupe_threshold, 2);
   } catch (err) {
     setStatus($("status"), `Could not read the index facts: ${err.message}`, true);
   }
@@ -93,10 +94,12 @@ function resultCard(r) {
       el("span", { class: "rank", text: `#${r.rank}` }),
       el("span", { class: "dist", title: "distance (smaller is closer)", text: fmt(r.distance) }),
       el("span", { class: "sim", title: "cosine similarity", text: `cos ${fmt(r.similarity, 2)}` }),
-      // Spatial verification (`serve --verify`): local features of the query seen again in the same arrangement.
-      ...(r.inliers == null ? [] : [el("span", { class: "inliers",
-        title: "local features that agree on one transform with the query's (spatial verification)",
-        text: `${r.inliers} matches` })])),
+    ),
+    // Spatial verification (`serve --verify`): local features of the query seen again in the same arrangement.
+    // A result that was not verified says nothing (not "0 matches", which reads as "no match").
+    r.inliers == null ? null : el("div", { class: "inliers",
+      title: "local features that agree on one transform with the query's (spatial verification)",
+      text: `verified: ${r.inliers} matching point${r.inliers === 1 ? "" : "s"}` }),
     el("div", { class: "bar", "aria-hidden": "true" }, el("span", { style: { width: `${width.toFixed(0)}%` } })),
     el("div", { class: "name", title: r.path, text: baseName(r.path) }),
     el("label", { class: "pick" }, checkbox, "compare"));
@@ -137,6 +140,9 @@ async function searchFile(file) {
     showResults(await api("/api/search", { method: "POST", body: form }));
   } catch (err) {
     $("results").replaceChildren();
+    // A refused upload is not shown as the query: the browser may not be able to draw it either.
+    $("query").hidden = true;
+    $("query-img").removeAttribute("src");
     setStatus($("status"), err.message, true);
   } finally {
     $("results").removeAttribute("aria-busy");
@@ -242,33 +248,9 @@ function renderTable(items, data) {
   $("compare-table").replaceChildren(table);
 }
 
-// ---------- near-duplicates ----------
-async function findDupes(event) {
-  if (event) event.preventDefault();
-  const threshold = $("threshold").value;
-  setStatus($("dupes-status"), "Looking for near-duplicates…");
-  $("dupes").replaceChildren();
-  try {
-    const query = threshold === "" ? "" : `?threshold=${encodeURIComponent(threshold)}`;
-    const data = await api(`/api/dupes${query}`);
-    data.group_ids.forEach((ids, g) => {
-      const items = el("ul", { class: "group-items" });
-      ids.forEach((id, i) => items.append(el("li", {},
-        el("button", { type: "button", title: `Search from ${data.groups[g][i]}`, onclick: () => { location.hash = `#id=${id}`; } },
-          el("img", { src: thumbUrl(id, 256), alt: baseName(data.groups[g][i]), loading: "lazy" }),
-          el("span", { text: baseName(data.groups[g][i]) })))));
-      $("dupes").append(el("li", {}, el("h3", { text: `Group ${g + 1}: ${ids.length} images` }), items));
-    });
-    const n = data.group_ids.length;
-    setStatus($("dupes-status"), n ? `${n} group${n === 1 ? "" : "s"} within distance ${fmt(data.threshold, 2)}.` : `No near-duplicates within distance ${fmt(data.threshold, 2)}.`);
-  } catch (err) {
-    setStatus($("dupes-status"), err.message, true);
-  }
-}
-
 // ---------- wiring ----------
 function wire() {
-  for (const tab of ["search", "compare", "dupes"]) $(`tab-${tab}`).addEventListener("click", () => showTab(tab));
+  for (const tab of TABS) $(`tab-${tab}`).addEventListener("click", () => showTab(tab));
   $("file").addEventListener("change", (e) => { searchFile(e.target.files[0]); e.target.value = ""; });
   const drop = $("drop");
   for (const type of ["dragenter", "dragover"]) drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -287,7 +269,6 @@ function wire() {
   });
   $("compare-run").addEventListener("click", runCompare);
   $("compare-clear").addEventListener("click", () => { removeFromCompare(() => true); $("compare-table").replaceChildren(); });
-  $("dupes-form").addEventListener("submit", findDupes);
   window.addEventListener("hashchange", routeFromHash);
   renderTray();
 }
