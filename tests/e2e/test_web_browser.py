@@ -113,6 +113,7 @@ def test_upload_a_query_and_see_the_result_grid(live, browser, gallery, tmp_path
 
     # Near-duplicate groups.
     page.click("#tab-dupes")
+    page.select_option("#verify", "0")  # the descriptor alone: this gallery's copies need no file checks
     page.click("#dupes-form button[type=submit]")
     expect(page.locator("#dupes-status")).to_contain_text("group")
     assert page.locator("#dupes > li").count() >= 4
@@ -162,3 +163,123 @@ def test_phone_width_layout_and_error_message(live, browser, tmp_path):
     expect(page.locator("#status")).to_have_text("notes.txt: not an image (unrecognised format)")
     expect(page.locator("#status")).to_have_class("status error")
     assert [p for p in problems if "415" not in p] == []
+
+
+# -- the library: browse, filter, detail, find similar, trash and undo, a cross-site POST ----------------------
+SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"  # git-ignored; look at them after a run
+LIBRARY_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "clock", "moon")
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+@pytest.fixture(scope="module")
+def library_server(embedder, tmp_path_factory):
+    """40 small images in two folders (five crops of eight photos), indexed; served with a trash of its own."""
+    from lookalike.search.indexing.sync import index_folder
+    from lookalike.web.hosts import LOOPBACK_NAMES
+
+    base = tmp_path_factory.mktemp("web_library_browser")
+    for n, name in enumerate(LIBRARY_PHOTOS):
+        folder = base / "photos" / ("2019" if n % 2 else "2020/trip")
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(5):
+            crop(photo(name), 1.0 - 0.08 * k).resize((96, 96)).save(folder / f"{name}-{k}.jpg", quality=85)
+    index_folder(base / "photos", base / "index", embedder=embedder)
+    app = make_app({"embedder": embedder}, base, index_path_override=base / "index", allowed_hosts=LOOPBACK_NAMES)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_DATA_HOME", str(base / "xdg"))
+        with LiveServer(app) as server:
+            yield server, base
+
+
+def test_library_browse_filter_detail_similar_trash_undo(library_server, browser):
+    from playwright.sync_api import expect
+
+    live, base = library_server
+    page = browser.new_page(viewport={"width": 1000, "height": 700})
+    problems = _watch(page)
+    page.goto(live.url)
+    expect(page.locator("#lib-count")).to_have_text("40 images")  # the collection, without any upload
+    page.wait_for_function(THUMBS_LOADED, arg="#lib-grid img")
+    _shot(page, "library")
+    assert page.locator("#lib-grid .tile").count() < 40  # only what is near the viewport exists
+
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    expect(page.locator('#lib-grid .tile[data-i="39"]')).to_be_visible()
+    page.evaluate("window.scrollTo(0, 0)")
+
+    page.fill("#lib-q", "coffee")
+    expect(page.locator("#lib-count")).to_have_text("5 images")
+    expect(page.locator("#lib-grid .tile")).to_have_count(5)
+    page.fill("#lib-q", "")
+    expect(page.locator("#lib-count")).to_have_text("40 images")
+    page.click("#subfolders button:text-is('2020')")
+    expect(page.locator("#subfolders button")).to_have_text(["trip"])
+    page.click("#subfolders button:text-is('trip')")
+    expect(page.locator("#lib-count")).to_have_text("20 images")
+    expect(page.locator("#crumbs")).to_contain_text("trip")
+    _shot(page, "library-folder")
+    page.click("#crumbs button:text-is('All photos')")
+    expect(page.locator("#lib-count")).to_have_text("40 images")
+
+    page.locator('#lib-grid .tile[data-i="0"] button').click()
+    expect(page.locator("#detail")).to_be_visible()
+    first = page.locator("#detail-name").text_content()
+    page.wait_for_function("() => document.getElementById('detail-img').naturalWidth > 0")
+    _shot(page, "detail")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#detail-name")).not_to_have_text(first)
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#detail-name")).to_have_text(first)
+    assert page.locator("#detail-original").get_attribute("href").endswith("/original")
+    page.keyboard.press("Escape")
+    expect(page.locator("#detail")).to_be_hidden()
+
+    page.locator('#lib-grid .tile[data-i="0"] button').click()
+    page.click("#detail-similar")
+    expect(page.locator("#tab-search")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#results .card").first).to_be_visible()
+    expect(page.locator("#results .inliers")).to_have_count(0)  # not verified: nothing said
+    _shot(page, "similar")
+
+    page.click("#tab-library")
+    page.fill("#lib-q", "moon-0")
+    expect(page.locator("#lib-count")).to_have_text("1 image")
+    target = next((base / "photos").rglob("moon-0.jpg"))
+    page.locator("#lib-grid .tile button").first.click()
+    page.click("#detail-trash")
+    expect(page.locator("#confirm-text")).to_contain_text("moon-0.jpg")
+    _shot(page, "confirm-trash")
+    page.click("#confirm-ok")
+    expect(page.locator("#undo-text")).to_have_text("Trashed 1 file.")
+    expect(page.locator("#lib-count")).to_have_text("0 images")
+    assert not target.exists() and list((base / "xdg/Trash/files").iterdir())
+    page.click("#undo")
+    expect(page.locator("#undo-text")).to_contain_text("Put back 1 file")
+    assert target.is_file()
+    assert problems == []
+
+
+def test_a_cross_site_post_is_refused_and_touches_nothing(library_server, browser):
+    live, base = library_server
+    before = sorted(p.name for p in (base / "photos").rglob("*.jpg"))
+    page = browser.new_page()
+    token = page.request.get(f"{live.url}/api/session").json()["csrf"]
+    # A page of another site, served by the browser's own routing, posts to the server as any site could.
+    page.route("http://evil.example/", lambda route: route.fulfill(content_type="text/html", body="<p>hi</p>"))
+    page.goto("http://evil.example/")
+    status = page.evaluate("""async ([url, token]) => {
+        try {
+          const r = await fetch(url + "/api/actions", {method: "POST", mode: "no-cors", credentials: "include",
+            headers: {"Content-Type": "text/plain"}, body: JSON.stringify({action: "trash", ids: [1, 2, 3]})});
+          return r.type;
+        } catch (e) { return "blocked"; }
+    }""", [live.url, token])
+    assert status in ("opaque", "blocked")
+    r = page.request.post(f"{live.url}/api/actions", data={"action": "trash", "ids": [1]},
+                          headers={"Origin": "http://evil.example", "X-CSRF-Token": token})
+    assert r.status == 403
+    assert sorted(p.name for p in (base / "photos").rglob("*.jpg")) == before

@@ -49,6 +49,10 @@ def serve(
     dba: Optional[int] = typer.Option(None, "--dba", help="Searches: database-side augmentation with this many neighbours (0: off). " + preset_default("dba")),
     alpha: float = typer.Option(3.0, "--alpha", help="Weight exponent of the --qe and --dba neighbours (0 to 16)."),
     verify: Optional[int] = typer.Option(None, "--verify", help="Searches: " + VERIFY_HELP + " " + preset_default("verify")),
+    move_to: Optional[Path] = typer.Option(
+        None, "--move-to", metavar="DIR",
+        help="The page's Move button moves images here (outside the library), journalled like `dupes --action move`."),
+    read_only: bool = typer.Option(False, "--read-only", help="The page only browses and searches: no trash, move or undo."),
 ) -> None:
     """Serve the search page and REST API (OpenAPI schema at /openapi.json) over an index."""
     from ..web import server
@@ -81,6 +85,10 @@ def serve(
                 token=token or None,
                 expansion=expansion,
                 verifier=verifier,
+                move_to=move_to.expanduser() if move_to is not None else None,
+                read_only=read_only,
+                # Trash and move change the library: not for anyone who can merely reach the port.
+                allow_actions=is_loopback(host) or bool(token),
             )
         except LookalikeError:
             for sock in sockets:

@@ -123,7 +123,7 @@ def create_app(
         raise
     web = WebService(search=service, thumbnails=thumbs, slots=slots, max_upload_bytes=max_upload_bytes,
                      max_request_pixels=max_request_pixels, page=(STATIC_DIR / "index.html").read_bytes(),
-                     session=Session(actions=allow_actions, read_only=read_only), actions=actions,
+                     session=Session(actions=allow_actions, read_only=read_only, move=actions.move_to is not None), actions=actions,
                      dupes_job=DupesJob())
 
     app = FastAPI(

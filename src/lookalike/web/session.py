@@ -21,10 +21,12 @@ CSRF_HEADER = "x-csrf-token"
 class Session:
     actions: bool = True  # False on a public bind without a token
     read_only: bool = False
+    move: bool = False  # whether the server has a folder to move to (`serve --move-to`)
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     def answer(self) -> dict:
-        return {"csrf": self.csrf, "actions": self.actions and not self.read_only, "read_only": self.read_only}
+        return {"csrf": self.csrf, "actions": self.actions and not self.read_only, "read_only": self.read_only,
+                "move": self.move}
 
     def check(self, request: Request) -> None:
         """Raise the HTTP error that refuses a state-changing request, or return."""

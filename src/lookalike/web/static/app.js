@@ -122,6 +122,7 @@ function showQuery(src, name) {
 
 async function searchFile(file) {
   if (!file) return;
+  showTab("search");
   if (state.stats && file.size > state.stats.max_upload_bytes) {
     setStatus($("status"), `${file.name} is ${(file.size / 1e6).toFixed(1)} MB: over the ${(state.stats.max_upload_bytes / 1e6).toFixed(0)} MB limit`, true);
     return;

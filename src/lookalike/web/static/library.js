@@ -35,6 +35,7 @@ const bytes = (n) => (n >= 1e9 ? `${(n / 1e9).toFixed(1)} GB` : n >= 1e6 ? `${(n
 async function loadSession() {
   try { lib.session = await api("/api/session"); } catch (err) { lib.session = { csrf: "", actions: false }; }
   document.body.classList.toggle("no-actions", !lib.session.actions);
+  document.body.classList.toggle("no-move", !lib.session.move);
 }
 
 function showUndo(answer, verb) {
