@@ -109,6 +109,16 @@ class Listing:
         select, key = self._select(sort)
         where, args = self._filters(folder, q)
         op, order = ("<", "DESC") if descending else (">", "ASC")
+        if after is None and offset > 0 and sort == "folder":
+            # Jump through the path index alone (no table rows read), then continue from there as a cursor does.
+            sql = ("SELECT i.path FROM images i" + (" WHERE " + " AND ".join(where) if where else "")
+                   + f" ORDER BY i.path {order} LIMIT 1 OFFSET ?")
+            found = self.conn.execute(sql, args + [int(offset)]).fetchone()
+            if found is None:
+                return []
+            where.append(f"i.path {op}= ?")
+            args.append(found[0])
+            offset = 0
         if after is not None:
             if sort == "folder":  # the path is unique: one column, so the path index serves the range
                 where.append(f"i.path {op} ?")
