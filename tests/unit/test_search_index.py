@@ -158,7 +158,8 @@ def test_updates_deletes_and_compaction(tmp_path):
         assert np.allclose(ro.vectors(), np.concatenate([new, vecs[4:]]))
 
 
-def test_writer_lock(tmp_path):
+def test_writer_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_LOCK_WAIT", "0.2")  # a second writer waits that long, then gives up
     ix, _, _ = make(tmp_path)
     with pytest.raises(LookalikeError, match="another"):
         ImageIndex.open(tmp_path / "ix", readonly=False)
