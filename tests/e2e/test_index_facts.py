@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from PIL import Image
 
-from helpers.cli import run_cli_subprocess
+from helpers.cli import cli_runner
 from helpers.search import pattern_image, tiny_checkpoint
 from lookalike.search.describe.features import load_embedder
 from lookalike.search.indexing.facts import camera_from_exif, taken_from_exif
@@ -63,11 +63,11 @@ def test_a_changed_image_has_its_facts_read_again(library, tmp_path, tiny):
     assert _facts_by_name(tmp_path / "ix")["turned.jpg"][:2] == (80, 30)
 
 
-def test_an_index_made_before_facts_is_upgraded_without_embedding_again(library, tmp_path):
+def test_an_index_made_before_facts_is_upgraded_without_embedding_again(library, tmp_path, monkeypatch, capsys):
     ck = tiny_checkpoint(tmp_path / "ck" / "model.pt")
-    home = tmp_path / "home"
+    cli = cli_runner(monkeypatch, capsys, tmp_path / "home")
     ix = tmp_path / "ix"
-    assert run_cli_subprocess(["index", library, "--index", ix, "--model", ck], home).returncode == 0
+    assert cli(["index", library, "--index", ix, "--model", ck]).returncode == 0
     # What an index of format 3 looks like: no facts table, the manifest says 3.
     conn = sqlite3.connect(ix / "index.db")
     conn.execute("DROP TABLE facts")
@@ -77,7 +77,7 @@ def test_an_index_made_before_facts_is_upgraded_without_embedding_again(library,
     (ix / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
     assert _facts_by_name(ix) == {"plain.png": None, "turned.jpg": None}  # readers cope with the older format
 
-    res = run_cli_subprocess(["index", library, "--index", ix, "--json"], home)
+    res = cli(["index", library, "--index", ix, "--json"])
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["added"] == 0 and summary["unchanged"] == 2 and summary["facts_read"] == 2

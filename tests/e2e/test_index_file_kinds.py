@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from helpers.cli import run_cli_subprocess
+from helpers.cli import cli_runner
 from helpers.search import pattern_image, tiny_checkpoint
 
 
-def test_raw_photos_are_named_other_files_counted(tmp_path):
+def test_raw_photos_are_named_other_files_counted(tmp_path, monkeypatch, capsys):
     ck = tiny_checkpoint(tmp_path / "ck" / "model.pt")
     root = tmp_path / "photos"
     (root / "trip").mkdir(parents=True)
@@ -19,9 +19,9 @@ def test_raw_photos_are_named_other_files_counted(tmp_path):
         (root / name).write_bytes(b"II*\0 raw sensor data")
     for name in ("clip.mov", "trip/IMG_1.xmp", "notes.json"):
         (root / name).write_bytes(b"not a photo")
-    home = tmp_path / "home"
+    cli = cli_runner(monkeypatch, capsys, tmp_path / "home")
 
-    table = run_cli_subprocess(["index", root, "--model", ck], home)
+    table = cli(["index", root, "--model", ck])
     assert table.returncode == 0, table.stderr
     lines = table.stderr.strip().splitlines()
     assert [line for line in lines if ".cr2" in line] == [
@@ -31,7 +31,7 @@ def test_raw_photos_are_named_other_files_counted(tmp_path):
     assert not any(word in table.stderr for word in (".mov", ".xmp", ".json"))  # counted in --json only
     assert "2 images indexed" in table.stdout and "3 skipped" in table.stdout
 
-    summary = json.loads(run_cli_subprocess(["index", root, "--json"], home).stdout)
+    summary = json.loads(cli(["index", root, "--json"]).stdout)
     assert sorted(p["path"].split("/photos/")[1] for p in summary["unsupported"]) == [
         "IMG_1.CR2", "trip/DSC_3.nef", "trip/IMG_2.cr2"]
     assert all("RAW" in p["reason"] for p in summary["unsupported"])

@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 
-from helpers.cli import run_cli_subprocess
+from helpers.cli import cli_runner
 from helpers.search import pattern_image, tiny_checkpoint
 
 # Takes the index folder's write lock, says so, waits, then starts an index there holding 3 imported rows:
@@ -46,18 +46,19 @@ def _holder(ix, root, backbone, hold):
     return proc
 
 
-def test_second_writer_waits_then_reopens_the_index_the_first_made(tmp_path):
+def test_second_writer_waits_then_reopens_the_index_the_first_made(tmp_path, monkeypatch, capsys):
     ck = tiny_checkpoint(tmp_path / "ck" / "model.pt")
     root = _photos(tmp_path / "photos")
     # The backbone the `index` run will describe, from an index of the same photos elsewhere.
-    ref = run_cli_subprocess(["index", root, "--index", tmp_path / "ref", "--model", ck], tmp_path / "home")
+    cli = cli_runner(monkeypatch, capsys, tmp_path / "home")
+    ref = cli(["index", root, "--index", tmp_path / "ref", "--model", ck])
     assert ref.returncode == 0, ref.stderr
     manifest = json.loads((tmp_path / "ref" / "manifest.json").read_text())
     backbone = {k: manifest[k] for k in ("model", "pooling", "dim", "preprocess", "weights") if k in manifest}
 
     ix = tmp_path / "ix"
-    holder = _holder(ix, root, backbone, hold=2.0)
-    second = run_cli_subprocess(["index", root, "--index", ix, "--model", ck, "--json"], tmp_path / "home")
+    holder = _holder(ix, root, backbone, hold=1.0)
+    second = cli(["index", root, "--index", ix, "--model", ck, "--json"])  # this process: the second writer
     assert holder.wait(timeout=60) == 0
     assert second.returncode == 0, second.stderr
     summary = json.loads(second.stdout)
@@ -72,13 +73,13 @@ def test_second_writer_waits_then_reopens_the_index_the_first_made(tmp_path):
         assert np.allclose(np.stack([snap.vector_of(i) for i in imported]), np.eye(3, snap.dim))
 
 
-def test_second_writer_of_another_folder_is_refused_by_the_root_check(tmp_path):
+def test_second_writer_of_another_folder_is_refused_by_the_root_check(tmp_path, monkeypatch, capsys):
     ck = tiny_checkpoint(tmp_path / "ck" / "model.pt")
     mine, theirs = _photos(tmp_path / "mine"), _photos(tmp_path / "theirs", n=2)
     ix = tmp_path / "ix"
     holder = _holder(ix, theirs, {"model": "x", "pooling": "avg", "dim": 8, "preprocess": {}, "weights": None},
                      hold=1.0)
-    second = run_cli_subprocess(["index", mine, "--index", ix, "--model", ck], tmp_path / "home")
+    second = cli_runner(monkeypatch, capsys, tmp_path / "home")(["index", mine, "--index", ix, "--model", ck])
     assert holder.wait(timeout=60) == 0
     assert second.returncode == 2
     assert "belongs to" in second.stderr and len(second.stderr.strip().splitlines()) == 1
@@ -88,20 +89,14 @@ def test_second_writer_of_another_folder_is_refused_by_the_root_check(tmp_path):
         assert len(snap) == 3
 
 
-def test_a_lock_held_past_the_wait_names_the_holder(tmp_path):
+def test_a_lock_held_past_the_wait_names_the_holder(tmp_path, monkeypatch, capsys):
     ck = tiny_checkpoint(tmp_path / "ck" / "model.pt")
     root = _photos(tmp_path / "photos", n=1)
     ix = tmp_path / "ix"
     holder = _holder(ix, root, {"model": "x", "pooling": "avg", "dim": 8, "preprocess": {}, "weights": None},
-                     hold=4.0)
-    import os
-
-    env_home = tmp_path / "home"
-    os.environ["LOOKALIKE_LOCK_WAIT"] = "0.5"
-    try:
-        second = run_cli_subprocess(["index", root, "--index", ix, "--model", ck], env_home)
-    finally:
-        del os.environ["LOOKALIKE_LOCK_WAIT"]
+                     hold=1.5)
+    monkeypatch.setenv("LOOKALIKE_LOCK_WAIT", "0.5")
+    second = cli_runner(monkeypatch, capsys, tmp_path / "home")(["index", root, "--index", ix, "--model", ck])
     assert second.returncode == 2
     line = second.stderr.strip()
     assert len(line.splitlines()) == 1 and f"PID {holder.pid}" in line and "Traceback" not in line

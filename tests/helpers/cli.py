@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 # The command line of `lookalike` in a fresh process of this interpreter (this worktree's PYTHONPATH included).
 LOOKALIKE = [sys.executable, "-c", "from lookalike.cli import main; main()"]
@@ -55,6 +56,18 @@ def assert_one_line_error(code: int, err: str, *fragments: str, after_warnings: 
     for fragment in fragments:
         assert fragment in lines[-1], (fragment, err)
     return lines[-1]
+
+
+def cli_runner(monkeypatch, capsys, home: Path) -> Callable[[list], subprocess.CompletedProcess]:
+    """`run(args)` runs `lookalike ARGS` in this process with `home` as LOOKALIKE_HOME, answering like
+    `subprocess.run` (returncode, stdout, stderr): what `run_cli_subprocess` checks, without a new interpreter."""
+    monkeypatch.setenv("LOOKALIKE_HOME", str(home))
+
+    def run(args: list) -> subprocess.CompletedProcess:
+        code, out, err = run_cli(args, monkeypatch, capsys)
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 def run_cli_subprocess(args: list, env_home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
