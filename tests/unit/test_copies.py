@@ -128,3 +128,26 @@ def test_find_copies_groups_turned_and_mirrored_copies_with_their_original(tmp_p
     assert files[astronaut.keeper - 1].name == "astronaut.jpg"  # most pixels keeps (all the same size: file size)
     assert {m.mirrored for m in astronaut.members} == {True, False}
     assert "signatures" in seen and "verify" in seen
+
+
+def test_copies_read_stored_renditions_while_the_files_are_unchanged(tmp_path):
+    """Signatures and verification views decode the index's small renditions, not the photo files, until a
+    file changes (then the file itself)."""
+    import os
+    from pathlib import Path
+
+    from helpers.search import tiny_checkpoint, write_originals
+    from lookalike.search.describe.features import load_embedder
+    from lookalike.search.indexing.sync import index_folder
+    from lookalike.search.retrieve.copies import image_sources
+    from lookalike.search.store.index import ImageIndex
+
+    root = tmp_path / "photos"
+    write_originals(root, names=("astronaut", "coffee", "rocket"))
+    index_folder(root, tmp_path / "ix", embedder=load_embedder(str(tiny_checkpoint(tmp_path / "ck.pt"))))
+    os.utime(root / "coffee.jpg", ns=(1, 1))  # changed since: its rendition no longer applies
+    with ImageIndex.open(tmp_path / "ix") as snap:
+        sources = dict(zip((snap.path_of(i).name for i in snap.ids()), image_sources(snap, snap.ids())))
+    assert isinstance(sources["astronaut.jpg"], bytes) and sources["astronaut.jpg"][:2] == b"\xff\xd8"
+    assert isinstance(sources["rocket.jpg"], bytes)
+    assert isinstance(sources["coffee.jpg"], Path) and sources["coffee.jpg"].name == "coffee.jpg"

@@ -75,7 +75,8 @@ def exact_groups(digests: Mapping[int, Optional[str]], same_file: Optional[Mappi
 
 
 def compute_signatures(paths: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(signatures (n, 8) uint64, readable (n,) bool) of image files; an unreadable file gets no signature."""
+    """(signatures (n, 8) uint64, readable (n,) bool) of images (file paths, or encoded bytes such as a stored
+    rendition); an unreadable one gets no signature."""
     from ...images import load_image
 
     rows, ok = [], []
@@ -87,6 +88,32 @@ def compute_signatures(paths: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
             rows.append(np.zeros(sig.VIEWS, np.uint64))
             ok.append(False)
     return np.asarray(rows, np.uint64).reshape(-1, sig.VIEWS), np.asarray(ok, bool)
+
+
+def image_sources(index: Any, ids: Iterable[int], chunk: int = 500) -> Iterable[Any]:
+    """What to decode for each id, in order: the small rendition the index keeps of it (JPEG bytes) while the
+    file still has the size and mtime it was made from, else the file's path. A 12 MP photo then costs a
+    512-px decode instead of a draft decode of the file; old indexes and imported rows read their files."""
+    import os
+
+    from ..store.renditions import read_renditions
+
+    ids = [int(i) for i in ids]
+    for s in range(0, len(ids), chunk):
+        part = ids[s:s + chunk]
+        stored = read_renditions(index.path, part) if hasattr(index, "path") else {}
+        for image_id in part:
+            path = index.path_of(image_id)
+            rendition = stored.get(image_id)
+            if rendition is not None:
+                try:
+                    st = os.stat(path)
+                    if rendition.fresh(st.st_size, st.st_mtime_ns):
+                        yield rendition.jpeg
+                        continue
+                except OSError:
+                    pass
+            yield path
 
 
 def candidate_pairs(ids: np.ndarray, vectors: Any, backend: Any, lookup: Any, sigs: Optional[np.ndarray],
@@ -272,8 +299,7 @@ def find_copies(index: Any, *, verify: int = DEFAULT_VERIFY, threshold: Optional
     k = int(neighbours or (verify if verify > 0 else 10))
     valid = None
     if signatures is None and verify > 0:
-        paths = [index.path_of(int(i)) for i in ids]
-        signatures, valid = compute_signatures(paths)
+        signatures, valid = compute_signatures(image_sources(index, ids))
         if progress:
             progress("signatures", len(ids), len(ids))
     lookup = getattr(index, "lookup", None)
@@ -290,11 +316,18 @@ def find_copies(index: Any, *, verify: int = DEFAULT_VERIFY, threshold: Optional
                                                                    vectors[np.searchsorted(ids, b)])
         return float(similarity_to_distance(float(np.dot(va, vb))))
 
-    judge = PairJudge(verify, threshold, distance, _signature_lookup(ids, signatures, valid), index.path_of)
+    judge = PairJudge(verify, threshold, distance, _signature_lookup(ids, signatures, valid),
+                      lambda image_id: next(iter(image_sources(index, [image_id]))))
     judge.judge_all(list(pairs), None if progress is None else lambda d, t: progress("verify", d, t))
     accepted = [p for p, ev in judge.known.items() if ev is not None]
     if keep is None:
+        # Pixels from the headers the index read (a rendition's own pixels say nothing of the original's).
+        facts = index.facts([int(i) for i in ids]) if hasattr(index, "facts") else {}
+
         def keep(i: int) -> tuple:
             size = index.stamp_of(i)[0] if hasattr(index, "stamp_of") else 0
-            return judge.views.pixels.get(i, 0), size
+            known = facts.get(i)
+            pixels = known.width * known.height if known is not None and known.width and known.height else \
+                judge.views.pixels.get(i, 0)
+            return pixels, size
     return keeper_groups(ids, accepted, judge, keep, choose)
