@@ -90,7 +90,7 @@ def test_search_serve_and_dupes_go_through_the_backend(backbone, home, tmp_path,
         got = service.search_id(some, 5).results
         assert some not in [r.id for r in got]
         assert np.allclose([r.distance for r in got], dist[0][found[0] != some][:5], atol=2e-3)
-        assert len(service.dupes(threshold=0.05)["groups"]) == 4
+        assert len(find_duplicates(service.index, threshold=0.05)) == 4
     finally:
         service.close()
 

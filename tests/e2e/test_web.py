@@ -233,25 +233,39 @@ def test_compare_needs_two_to_fifty_known_images(client):
     assert bad.status_code == 415 and "b.txt" in bad.json()["detail"]
 
 
+def _scan(c: TestClient, verify: int = 0) -> dict:
+    """Start a duplicates scan (descriptor only unless `verify`), wait for it, and answer `GET /api/dupes`."""
+    token = {"X-CSRF-Token": c.get("/api/session").json()["csrf"]}
+    r = c.post("/api/dupes/scan", json={"verify": verify}, headers=token)
+    assert r.status_code == 202, r.text
+    c.app.state.web.dupes_job.wait(60)
+    state = c.get("/api/dupes").json()
+    assert state["state"] == "done", state
+    return state
+
+
+def _group_names(state: dict) -> list[list[str]]:
+    return [sorted([Path(g["keeper"]).name] + [Path(m["path"]).name for m in g["members"]]) for g in state["groups"]]
+
+
 def test_duplicate_groups(client):
-    r = client.get("/api/dupes")
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert len(body["groups"]) == len(body["group_ids"])
-    # The JPEG re-save of each photo is a near-duplicate of it: they share a group.
-    for paths in body["groups"]:
-        assert len(paths) >= 2 and len({family(p) for p in paths}) == 1
-    grouped = {Path(p).name for g in body["groups"] for p in g}
+    idle = client.get("/api/dupes").json()  # a GET never starts a scan
+    assert idle["state"] == "idle" and idle["groups"] == []
+    state = _scan(client)
+    assert state["schema"] == 1 and state["journal"] is None and state["groups"]
+    # The JPEG re-save of each photo is a copy of it: they share a group.
+    for names in _group_names(state):
+        assert len(names) >= 2 and len({family(n) for n in names}) == 1
+    grouped = {n for g in _group_names(state) for n in g}
     for name in ("astronaut", "coffee", "chelsea", "rocket"):
         assert {f"{name}.png", f"{name}-jpeg.jpg"} <= grouped
     ids = _ids_by_name(client)
-    for paths, group_ids in zip(body["groups"], body["group_ids"]):
-        assert [ids[Path(p).name] for p in paths] == group_ids
-
-    assert client.get("/api/dupes", params={"threshold": 0.0}).json()["groups"] == []
-    loose = client.get("/api/dupes", params={"threshold": 2.0, "k": 50}).json()
-    assert sum(len(g) for g in loose["groups"]) == len(ids)  # everything is within distance 2 of everything
-    assert client.get("/api/dupes", params={"threshold": -1}).status_code == 422
+    for g in state["groups"]:
+        assert g["kind"] in ("exact", "copy") and g["why"]
+        assert ids[Path(g["keeper"]).name] == g["keeper_id"] == g["keeper_image"]["id"]
+        for m in g["members"]:
+            assert ids[Path(m["path"]).name] == m["id"] and m["distance"] is not None and m["inliers"] is None
+    assert client.get("/api/dupes", params={"threshold": -1}).json() == state  # parameters change nothing
 
 
 def test_thumbnails_are_served_by_id_and_cached(client, app, gallery):
@@ -419,7 +433,7 @@ def test_concurrent_searches_share_one_model(client):
 
 def test_the_server_never_writes_to_the_index(client, gallery, index_before):
     # Runs after the requests above (same module, file order); the index folder is byte-for-byte unchanged.
-    client.get("/api/dupes", params={"threshold": 0.5})
+    client.get("/api/dupes")
     client.get("/api/search", params={"id": 1})
     assert snapshot(gallery["index"]) == index_before
 
@@ -464,8 +478,7 @@ def test_empty_index_and_vanished_files(gallery, tmp_path):
         assert c.get("/api/stats").json()["count"] == 0
         r = c.post("/api/search", files=_files("q.jpg", jpeg_bytes(photo("coins"))))
         assert r.status_code == 200 and r.json()["results"] == []
-        assert c.get("/api/dupes").json() == {"threshold": c.get("/api/stats").json()["dupe_threshold"],
-                                              "groups": [], "group_ids": []}
+        assert _scan(c)["groups"] == []
 
     few = tmp_path / "few"
     few.mkdir()
@@ -556,7 +569,7 @@ def test_a_running_app_follows_reindexing(gallery, tmp_path):
 
         before = hits("chelsea")
         assert set(before) == {"coins.png", "coffee.png", "rocket.png"}
-        assert c.get("/api/dupes").json()["groups"] == []
+        assert _scan(c)["groups"] == []
         rocket = before["rocket.png"]
         old_thumb = c.get(f"/api/images/{rocket}/thumbnail", params={"size": 64})
         assert old_thumb.status_code == 200
@@ -585,8 +598,8 @@ def test_a_running_app_follows_reindexing(gallery, tmp_path):
         assert c.post("/api/compare", data={"ids": [gone, rocket]}).status_code == 404
         cat = c.get("/api/search", params={"id": after["chelsea.png"], "k": 1}).json()["results"]
         assert [x["id"] for x in cat] == [after["chelsea-jpeg.jpg"]]
-        groups = c.get("/api/dupes").json()["groups"]  # the duplicate groups follow too
-        assert [sorted(Path(p).name for p in g) for g in groups] == [["chelsea-jpeg.jpg", "chelsea.png"]]
+        # a scan started now sees the index as it is now
+        assert _group_names(_scan(c)) == [["chelsea-jpeg.jpg", "chelsea.png"]]
 
 
 def test_the_service_looks_at_most_once_per_interval_and_pins_a_snapshot(gallery, tmp_path):

@@ -1,6 +1,6 @@
 """What any web page the user visits can make the browser send to the server: cross-site API requests get 403
-(the page itself and clients that are not browsers still work), and `GET /api/dupes`, which such a request could
-fire with new thresholds, computes one thing at a time while the others get 503 at once."""
+(the page itself and clients that are not browsers still work), and the duplicates scan, which runs one at a time in
+the background: a second start gets 409 at once, and `GET /api/dupes` only reads its state."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _requests(upload: bytes) -> list:
     """(method, url, keyword arguments) of a request to each kind of API route."""
     return [
         ("GET", "/api/stats", {}),
-        ("GET", "/api/dupes", {"params": {"threshold": 0.3}}),
+        ("GET", "/api/dupes", {}),
         ("GET", "/api/search", {"params": {"id": 1}}),
         ("GET", "/api/images/1/thumbnail", {}),
         ("POST", "/api/search", {"files": {"image": ("q.jpg", upload, "image/jpeg")}}),
@@ -93,11 +93,11 @@ def test_same_origin_compares_host_and_port(origin, host, same):
     assert same_origin(origin, host) is same
 
 
-def _slow_duplicates(monkeypatch, seconds: float) -> list[int]:
-    """Make each duplicates computation take `seconds` more; returns [most computations seen at once]."""
-    import lookalike.search.retrieve.query as query
+def _slow_scans(monkeypatch, seconds: float) -> list[int]:
+    """Make each duplicates scan take `seconds` more; returns [most scans seen at once]."""
+    import lookalike.search.retrieve.dupes_answer as dupes_answer
 
-    real, lock, running, most = query.find_duplicates, threading.Lock(), [0], [0]
+    real, lock, running, most = dupes_answer.find_copies, threading.Lock(), [0], [0]
 
     def slow(*args, **kwargs):
         with lock:
@@ -110,39 +110,34 @@ def _slow_duplicates(monkeypatch, seconds: float) -> list[int]:
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(query, "find_duplicates", slow)
+    monkeypatch.setattr(dupes_answer, "find_copies", slow)
     return most
 
 
-def _timed(c: TestClient, url: str, **params):
+def _timed(c: TestClient, method: str, url: str, **kwargs):
     start = time.monotonic()
-    r = c.get(url, params=params)
+    r = c.request(method, url, **kwargs)
     return r, time.monotonic() - start
 
 
-def test_one_duplicates_computation_at_a_time_the_others_get_503_at_once(gallery, tmp_path, monkeypatch):
-    most = _slow_duplicates(monkeypatch, 2.0)
+def test_one_scan_at_a_time_a_second_start_gets_409_at_once(gallery, tmp_path, monkeypatch):
+    most = _slow_scans(monkeypatch, 2.0)
     app = make_app(gallery, tmp_path)
-    with TestClient(app) as c:
-        assert c.get("/api/stats").status_code == 200
-        with ThreadPoolExecutor(40) as pool:
-            calls = [pool.submit(_timed, c, "/api/dupes", threshold=0.100001 + i / 1e6) for i in range(40)]
-            time.sleep(0.5)
-            stats, took = _timed(c, "/api/stats")  # while one computes and the rest are refused
-            assert stats.status_code == 200 and took < 1.0
+    with TestClient(app, base_url=BASE) as c:
+        token = {"X-CSRF-Token": c.get("/api/session").json()["csrf"]}
+        refused = c.post("/api/dupes/scan", json={"verify": 0}, headers={**token, "Sec-Fetch-Site": "cross-site"})
+        assert refused.status_code == 403 and c.get("/api/dupes").json()["state"] == "idle"
+        assert c.post("/api/dupes/scan", json={"verify": 0}, headers=token).status_code == 202
+        with ThreadPoolExecutor(20) as pool:
+            calls = [pool.submit(_timed, c, "POST", "/api/dupes/scan", json={"verify": 0}, headers=token)
+                     for _ in range(20)]
+            reads = [pool.submit(_timed, c, "GET", url) for url in ("/api/dupes", "/api/stats", "/api/images")]
             results = [f.result() for f in calls]
-        assert most[0] == 1
-        done = [r for r, _ in results if r.status_code == 200]
-        busy = [(r, t) for r, t in results if r.status_code == 503]
-        assert done and len(done) + len(busy) == 40
-        assert len(busy) >= 30  # each computation takes 2 s: nearly all calls came during the first
-        for r, t in busy:
-            assert r.headers["retry-after"] == "5" and "already finding duplicates" in r.json()["detail"]
-            assert t < 1.5  # never waited for the computation
-        # A setting computed before is answered from the cache even while another computes.
-        computed = done[0].json()["threshold"]
-        with app.state.service.dupes_gate:
-            assert c.get("/api/dupes", params={"threshold": computed}).status_code == 200
-            r, t = _timed(c, "/api/dupes", threshold=0.5)
-            assert r.status_code == 503 and t < 1.0
-        assert c.get("/api/dupes", params={"threshold": 0.5}).status_code == 200
+            for r, took in (f.result() for f in reads):  # while the scan runs
+                assert r.status_code == 200 and took < 1.0, r.text
+        for r, took in results:
+            assert r.status_code == 409 and "already running" in r.json()["detail"] and took < 1.0
+        state = c.get("/api/dupes").json()
+        assert state["state"] == "running" and "groups" in state
+        app.state.web.dupes_job.wait(60)
+        assert most[0] == 1 and c.get("/api/dupes").json()["state"] == "done"

@@ -206,7 +206,7 @@ def test_duplicates_scan_job_and_acting_on_its_groups(own):
     lib, client_for = own
     with client_for() as c:
         token = {"X-CSRF-Token": c.get("/api/session").json()["csrf"]}
-        assert c.get("/api/dupes/scan").json()["state"] == "idle"
+        assert c.get("/api/dupes").json()["state"] == "idle"
         assert c.post("/api/dupes/scan", json={"verify": 0}).status_code == 403  # CSRF
         job = c.app.state.web.dupes_job
         job._state["state"] = "running"  # as while a scan runs: a second start is refused
@@ -214,21 +214,23 @@ def test_duplicates_scan_job_and_acting_on_its_groups(own):
         job._state["state"] = "idle"
         assert c.post("/api/dupes/scan", json={"verify": 0}, headers=token).status_code == 202
         job.wait(60)
-        state = c.get("/api/dupes/scan").json()
+        state = c.get("/api/dupes").json()
         assert state["state"] == "done", state
         assert state["schema"] == 1 and state["journal"] is None
         exact = [g for g in state["groups"] if g["kind"] == "exact"]
         assert len(exact) == 1
         group = exact[0]
-        assert group["why"] and {m["path"] for m in group["members"]} == {"2019/beach/astronaut.jpg",
-                                                                          "2019/beach/astronaut-copy.jpg"}
-        member = group["members"][1]
+        assert group["why"] and {group["keeper"], *(m["path"] for m in group["members"])} == {
+            "2019/beach/astronaut.jpg", "2019/beach/astronaut-copy.jpg"}
+        assert group["keeper_image"]["path"] == group["keeper"] and len(group["members"]) == 1
+        member = group["members"][0]
         assert set(member) >= {"id", "path", "distance", "inliers", "width", "height", "size", "date", "action"}
-        assert member["width"] == 192 and member["distance"] is not None
+        assert member["width"] == 192 and member["distance"] == 0.0
         r = c.post("/api/actions", json={"action": "trash", "groups": [
             {"keeper": group["keeper_id"], "ids": [member["id"]]}]}, headers=token).json()
         assert r["done"] == [member["id"]]
-        after = c.get("/api/dupes/scan").json()
+        after = c.get("/api/dupes").json()
         assert after["journal"] == r["journal"]
-        assert [m["action"] for m in after["groups"][0]["members"]] == [None, "trash"]
+        marked = [g for g in after["groups"] if g["keeper_id"] == group["keeper_id"]][0]
+        assert marked["keeper_image"]["action"] is None and [m["action"] for m in marked["members"]] == ["trash"]
         assert (lib["photos"] / group["keeper"]).is_file()

@@ -21,8 +21,17 @@ OPERATIONS = [
     ("GET", "/api/search"),
     ("POST", "/api/compare"),
     ("GET", "/api/dupes"),
+    ("POST", "/api/dupes/scan"),
     ("GET", "/api/images/{image_id}/thumbnail"),
+    ("GET", "/api/session"),
+    ("GET", "/api/images"),
+    ("GET", "/api/folders"),
+    ("GET", "/api/images/{image_id}"),
+    ("GET", "/api/images/{image_id}/original"),
+    ("POST", "/api/actions"),
+    ("POST", "/api/undo"),
 ]
+NO_INPUT = ("/api/stats", "/api/session", "/api/dupes")
 EXAMPLES = 25
 
 
@@ -41,7 +50,7 @@ CASES = [
     pytest.param(method, path, mode, id=f"{method} {path} {label}")
     for method, path in OPERATIONS
     for mode, label in ((GenerationMode.POSITIVE, "valid"), (GenerationMode.NEGATIVE, "invalid"))
-    if not (path == "/api/stats" and mode == GenerationMode.NEGATIVE)  # no input, so no invalid request
+    if not (path in NO_INPUT and mode == GenerationMode.NEGATIVE)  # no input, so no invalid request
 ]
 
 

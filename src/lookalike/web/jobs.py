@@ -1,41 +1,46 @@
-"""The duplicates scan as a background job (`POST /api/dupes/scan`, `GET /api/dupes`): a verified scan of a large
-library takes minutes, so a request starts it and the page polls its state and progress. One scan at a time.
+"""The duplicates scan as a background job: a verified scan of a large library takes minutes, so
+`POST /api/dupes/scan` starts it and the page polls `GET /api/dupes` for its state, progress and, once done, its
+groups. One scan at a time; a GET never starts or computes anything.
 
-The groups come from one function, `find_groups` (the copies engine, `search.retrieve.copies.find_copies`), and
-are answered in the duplicates answer model: each group's keeper and why, its kind (`exact`: byte-identical
-files; `copy`), and per member the distance and verified matches to the keeper, resolution, size and date.
+The groups are the duplicates answer model (`search.retrieve.dupes_answer.scan`, the one `lookalike dupes
+--json` prints): each group's keeper and why, its kind (`exact`: byte-identical files; `copy`), and per member
+the distance and verified matches to the keeper, resolution, size, date and action. The page names images by
+id, so the web answer adds `keeper_id`, the keeper's own facts (`keeper_image`) and each member's `id`; paths
+are shown relative to the indexed root, as the listing shows them.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Any, Optional
 
 from ..errors import LookalikeError
-from .library import iso_mtime, shown_path
+from .library import shown_path
 
 SCHEMA = 1
 MAX_VERIFY = 50
 
 
-def find_groups(index: Any, verify: int, progress: Callable[[str, int, int], None], keep: Callable[[int], Any]):
-    """Copy groups of a snapshot: [(keeper id, [(member id, distance, inliers or None)])]."""
-    from ..search.retrieve.copies import find_copies
+def _relative(path: str, root: Optional[Path]) -> str:
+    if root is not None:
+        try:
+            return shown_path(Path(path).relative_to(root).as_posix())
+        except ValueError:
+            pass
+    return shown_path(path)
 
-    groups = find_copies(index, verify=verify, progress=progress, keep=keep)
-    return [(g.keeper, [(m.id, m.distance, m.inliers) for m in g.members]) for g in groups]
 
+def group_json(group: Any, root: Optional[Path]) -> dict:
+    """One `dupes_answer.DupeGroup` as the web answers it: the answer model plus ids."""
+    def image(m: Any) -> dict:
+        return {**m.to_json(), "id": m.id, "path": _relative(m.path, root)}
 
-def _pixels(path) -> tuple[Optional[int], Optional[int]]:
-    """(width, height) from the file's header, without decoding it; (None, None) when unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return int(img.width), int(img.height)
-    except Exception:  # any unreadable file just shows no resolution
-        return None, None
+    answer = group.to_json()
+    answer.update(keeper=_relative(group.keeper.path, root), keeper_id=group.keeper.id,
+                  keeper_image=image(group.keeper), members=[image(m) for m in group.members])
+    return answer
 
 
 class DupesJob:
@@ -74,63 +79,24 @@ class DupesJob:
             self._state.update(stage=stage, done=int(done), total=int(total))
 
     def _run(self, view: Any, verify: int) -> None:
+        from ..search.retrieve.dupes_answer import scan
+
         try:
-            groups = self._scan(view, verify)
+            root = getattr(view.index, "root", None)
+            answer = scan(view.index, verify=verify, progress=self._progress)
+            groups = [group_json(g, None if root is None else Path(root)) for g in answer.groups]
             with self._lock:
                 self._state.update(state="done", stage="done", groups=groups, finished=time.time())
         except Exception as exc:  # the page shows why; the server goes on
             with self._lock:
                 self._state.update(state="failed", error=str(exc) or exc.__class__.__name__)
 
-    def _scan(self, view: Any, verify: int) -> list[dict]:
-        from ..cleanup import choose_keeper
-
-        library = view.library()
-        facts: dict[int, dict] = {}
-
-        def fact(image_id: int) -> dict:
-            if image_id not in facts:
-                row = library.image(image_id) or {}
-                path = view.path_of(image_id)
-                if row.get("width") is None:
-                    row["width"], row["height"] = _pixels(path)
-                facts[image_id] = {**row, "abs": str(path)}
-            return facts[image_id]
-
-        def keep(image_id: int) -> tuple:
-            f = fact(image_id)
-            return (f.get("width") or 0) * (f.get("height") or 0), f.get("size") or 0, -image_id
-
-        found = find_groups(view.index, verify, self._progress, keep)
-        digests = library.digests([i for keeper, members in found for i in [keeper, *(m[0] for m in members)]])
-        out = []
-        for keeper, members in found:
-            ids = [keeper] + [m[0] for m in members]
-            rows = [fact(i) for i in ids]
-            pos, why = choose_keeper([{"path": r["abs"], "width": r.get("width"), "height": r.get("height"),
-                                       "size": r.get("size"), "date": r.get("date")} for r in rows])
-            exact = bool(digests.get(keeper)) and all(digests.get(i) == digests.get(keeper) for i in ids)
-            out.append({
-                "keeper": rows[0]["path"], "keeper_id": keeper, "kind": "exact" if exact else "copy",
-                "why": why if pos == 0 else "most pixels, then the largest file",
-                "members": [self._member(i, fact(i), None, None) for i in [keeper]]
-                + [self._member(i, fact(i), dist, inliers) for i, dist, inliers in members],
-            })
-        return out
-
-    @staticmethod
-    def _member(image_id: int, f: dict, distance, inliers) -> dict:
-        return {"id": image_id, "path": f.get("path") or shown_path(f["abs"]), "distance": distance,
-                "inliers": inliers, "width": f.get("width"), "height": f.get("height"), "size": f.get("size"),
-                "date": f.get("date") or (iso_mtime(f["mtime_ns"]) if f.get("mtime_ns") else None),
-                "action": None}
-
     def mark(self, ids: list[int], action: Optional[str], journal: Optional[str]) -> None:
         """Record on the groups what the page did to these images (None: put back by an undo)."""
         wanted = set(ids)
         with self._lock:
             for group in self._state.get("groups", []):
-                for member in group["members"]:
+                for member in [group["keeper_image"], *group["members"]]:
                     if member["id"] in wanted:
                         member["action"] = action
             self._state["journal"] = journal

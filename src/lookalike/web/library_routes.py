@@ -17,7 +17,7 @@ from ..errors import LookalikeError
 from ..search.store.listing import MAX_LIMIT
 from .actions import RETRY_AFTER, ActionBusy, ActionRefused
 from .routes import Web, not_found
-from .schemas import CROSS_SITE, ERRORS
+from .schemas import CROSS_SITE, ERRORS, DupesJobResponse, ErrorResponse
 
 router = APIRouter()
 
@@ -116,18 +116,20 @@ def original(web: Web, image_id: int) -> FileResponse:
                         headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/api/dupes/scan", responses=CROSS_SITE, summary="The duplicates scan: state, progress, groups")
-def scan_state(web: Web) -> dict:
+@router.get("/api/dupes", response_model=DupesJobResponse, responses=CROSS_SITE,
+            summary="The duplicates scan: its state, progress and, once done, the groups (never starts one)")
+def dupes(web: Web) -> dict:
     return web.dupes_job.state()
 
 
-@router.post("/api/dupes/scan", status_code=202, responses={**CROSS_SITE, 409: {"description": "Already running"}},
+@router.post("/api/dupes/scan", status_code=202, response_model=DupesJobResponse,
+             responses={**CROSS_SITE, 409: {"model": ErrorResponse, "description": "A scan is already running"}},
              summary="Start a duplicates scan in the background (one at a time)")
 def scan_start(web: Web, request: Request, body: ScanRequest | None = None) -> dict:
     web.session.check_csrf(request)
     verify = 5 if body is None else body.verify
     if not web.dupes_job.start(web.search.view(), verify):
-        raise HTTPException(409, detail="a duplicates scan is already running: follow it with GET /api/dupes/scan")
+        raise HTTPException(409, detail="a duplicates scan is already running: follow it with GET /api/dupes")
     return web.dupes_job.state()
 
 

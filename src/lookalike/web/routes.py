@@ -19,8 +19,8 @@ from fastapi.responses import FileResponse, Response
 
 from .. import __version__
 from ..images import PixelBudget
-from .schemas import (CROSS_SITE, DECODE_ERRORS, DUPES_ERRORS, ERRORS, IMAGE_ERRORS, CompareResponse,
-                      DupesResponse, SearchResponse, StatsResponse)
+from .schemas import (CROSS_SITE, DECODE_ERRORS, ERRORS, IMAGE_ERRORS, CompareResponse, SearchResponse,
+                      StatsResponse)
 from .limits import DecodeSlots
 from .service import MAX_K, SearchService, decode_upload, display_name
 from .thumbnails import SIZES, ImageGone, ThumbnailCache
@@ -152,18 +152,6 @@ def compare(
         return web.search.compare(items)
     except KeyError as exc:  # removed by a re-index since the check above
         raise not_found(exc.args[0]) from None
-
-
-@api_router.get("/api/dupes", response_model=DupesResponse, responses=DUPES_ERRORS,
-                summary="Groups of near-duplicate images (one computation at a time: 503 while another runs)")
-def dupes(
-    web: Web,
-    threshold: Optional[float] = Query(
-        None, ge=0.0, le=2.0, description="Largest distance inside a group (default: the CLI's)"
-    ),
-    k: int = Query(10, ge=1, le=50, description="Neighbours per image in the kNN graph"),
-) -> dict:
-    return web.search.dupes(threshold, k)
 
 
 @api_router.get(

@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 
 from ..search.retrieve.results import SearchResponse, SearchResult
 
-__all__ = ["SearchResult", "SearchResponse", "CompareResponse", "DupesResponse", "StatsResponse", "ErrorResponse",
-           "CROSS_SITE", "ERRORS", "DECODE_ERRORS", "DUPES_ERRORS", "IMAGE_ERRORS"]
+__all__ = ["SearchResult", "SearchResponse", "CompareResponse", "DupesJobResponse", "StatsResponse", "ErrorResponse",
+           "CROSS_SITE", "ERRORS", "DECODE_ERRORS", "IMAGE_ERRORS"]
 
 
 class CompareResponse(BaseModel):
@@ -20,10 +20,41 @@ class CompareResponse(BaseModel):
     similarity: list[list[float]]
 
 
-class DupesResponse(BaseModel):
-    threshold: float
-    groups: list[list[str]]
-    group_ids: list[list[int]]
+class DupeImageResponse(BaseModel):
+    id: Optional[int] = None
+    path: str
+    distance: Optional[float] = Field(None, description="To the keeper (0 for byte-identical files)")
+    inliers: Optional[int] = Field(None, description="Verified matching points with the keeper (None: unverified)")
+    width: Optional[int] = None
+    height: Optional[int] = None
+    size: Optional[int] = None
+    date: Optional[str] = Field(None, description="Taken (EXIF), else the file's mtime, ISO 8601")
+    action: Optional[str] = Field(None, description="What the page did to it: trash, move, or None")
+
+
+class DupeGroupResponse(BaseModel):
+    keeper: str
+    keeper_id: Optional[int] = None
+    keeper_image: Optional[DupeImageResponse] = None
+    kind: str = Field(..., description="exact (byte-identical files) or copy")
+    why: str = Field(..., description="Why this keeper")
+    members: list[DupeImageResponse] = Field(..., description="The images other than the keeper")
+
+
+class DupesJobResponse(BaseModel):
+    state: str = Field(..., description="idle, running, done or failed")
+    schema_: int = Field(1, alias="schema")
+    stage: Optional[str] = None
+    done: Optional[int] = None
+    total: Optional[int] = None
+    verify: Optional[int] = None
+    started: Optional[float] = None
+    finished: Optional[float] = None
+    error: Optional[str] = None
+    groups: list[DupeGroupResponse] = Field(default_factory=list, description="The duplicates answer model")
+    journal: Optional[str] = Field(None, description="The journal of the page's last action on these groups")
+
+    model_config = {"populate_by_name": True}
 
 
 class StatsResponse(BaseModel):
@@ -60,11 +91,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 DECODE_ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "Too many images being decoded: retry after Retry-After seconds"},
-}
-DUPES_ERRORS: dict[int | str, dict[str, Any]] = {
-    **CROSS_SITE,
-    503: {"model": ErrorResponse,
-          "description": "Another request is finding duplicates: retry after Retry-After seconds"},
 }
 IMAGE_ERRORS = {**ERRORS, **DECODE_ERRORS, 413: {"model": ErrorResponse, "description":
                 "Upload over the size limit, or its images over the request's pixel budget"},

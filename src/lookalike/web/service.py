@@ -1,4 +1,4 @@
-"""What the web API does, apart from HTTP: search, compare and duplicate groups over one read-only index.
+"""What the web API does, apart from HTTP: search and compare over one read-only index.
 
 The model loads once; the index's snapshot loads at start and again after `lookalike index` changes it (with
 the new model when the index was rebuilt with another backbone).
@@ -13,7 +13,6 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -21,14 +20,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import BadImageError, LookalikeError
 from ..paths import printable
 from ..images import PixelBudget, UnrecognisedImage, load_image, open_image
-from .limits import DecodeSlots, ServerBusy
+from .limits import DecodeSlots
 
 if TYPE_CHECKING:
     from ..search.retrieve.results import SearchResponse
 
 MAX_K = 100
-DUPES_CACHED = 16  # duplicate groups kept per snapshot, one per (threshold, k)
-DUPES_RETRY_AFTER = 5  # seconds a request for duplicates is told to wait while another computes them
 
 
 class UnsupportedImage(Exception):
@@ -85,8 +82,6 @@ class IndexView:
         self.min_size = _input_size(index.manifest, embedder)
         self.count = len(index)
         self.backend = index.backend()  # the ANN file (or exact) loaded now, not by the first request
-        self.dupes: OrderedDict[tuple[float, int], list[list[int]]] = OrderedDict()
-        self.dupes_lock = threading.Lock()
         self._library: Any = None  # `library.Library`, opened by the first request that browses
         self._library_lock = threading.Lock()
 
@@ -150,7 +145,6 @@ class SearchService:
             self._next_check = time.monotonic() + self.check_interval
             self._reload_lock = threading.Lock()
             self._embed_lock = threading.Lock()
-            self.dupes_gate = threading.Lock()  # held by the one duplicates computation running
         except BaseException:
             index.close()
             raise
@@ -295,52 +289,6 @@ class SearchService:
             "distance": _matrix(distance),
             "similarity": _matrix(similarity),
         }
-
-    def dupes(self, threshold: float | None = None, k: int = 10) -> dict:
-        """Groups of near-duplicates, kept per setting and snapshot (a reload starts an empty cache). At most one
-        is computed at a time, all settings together: a request for another setting meanwhile gets `ServerBusy`
-        at once, never a thread waiting for its turn."""
-        from ..search.retrieve.query import dupe_threshold
-
-        view = self.view()
-        threshold = float(dupe_threshold(view.index.manifest) if threshold is None else threshold)
-        key = (round(threshold, 6), int(k))
-        groups = self._cached_dupes(view, key)
-        if groups is None:
-            if not self.dupes_gate.acquire(blocking=False):
-                raise ServerBusy(f"the server is already finding duplicates for another request: try again in "
-                                 f"{DUPES_RETRY_AFTER} seconds", DUPES_RETRY_AFTER)
-            try:
-                groups = self._cached_dupes(view, key)  # found by the computation that just ended
-                if groups is None:
-                    groups = self._find_dupes(view, key)
-            finally:
-                self.dupes_gate.release()
-        return {
-            "threshold": threshold,
-            "groups": [[printable(view.index.path_of(i)) for i in g] for g in groups],
-            "group_ids": groups,
-        }
-
-
-    @staticmethod
-    def _cached_dupes(view: IndexView, key: tuple[float, int]) -> list[list[int]] | None:
-        with view.dupes_lock:
-            groups = view.dupes.get(key)
-            if groups is not None:
-                view.dupes.move_to_end(key)
-            return groups
-
-    @staticmethod
-    def _find_dupes(view: IndexView, key: tuple[float, int]) -> list[list[int]]:
-        from ..search.retrieve.query import find_duplicates
-
-        groups = [sorted(int(i) for i in g) for g in find_duplicates(view.index, threshold=key[0], k=key[1])]
-        with view.dupes_lock:
-            view.dupes[key] = groups
-            while len(view.dupes) > DUPES_CACHED:
-                view.dupes.popitem(last=False)
-        return groups
 
 
 class _LockedEmbedder:

@@ -19,7 +19,7 @@ async function startScan(event) {
 async function pollScan() {
   clearTimeout(review.timer);
   let state;
-  try { state = await api("/api/dupes/scan"); } catch (err) { setStatus($("dupes-status"), err.message, true); return; }
+  try { state = await api("/api/dupes"); } catch (err) { setStatus($("dupes-status"), err.message, true); return; }
   const bar = $("scan-progress");
   $("scan").disabled = state.state === "running";
   if (state.state === "running") {
@@ -32,9 +32,12 @@ async function pollScan() {
   bar.hidden = true;
   if (state.state === "failed") { setStatus($("dupes-status"), `The scan failed: ${state.error}`, true); return; }
   if (state.state === "idle") { setStatus($("dupes-status"), "No scan yet: a verified scan of a large library takes minutes."); return; }
-  review.groups = state.groups;
+  review.groups = state.groups.map(withKeeper);
   renderGroups();
 }
+
+// The answer lists the keeper apart from its copies; the review shows them side by side, keeper first.
+const withKeeper = (g) => ({ ...g, members: [g.keeper_image, ...g.members] });
 
 const keeperOf = (g) => review.keepers.get(g) ?? g.keeper_id;
 
@@ -141,7 +144,7 @@ function wireReview() {
   for (const slot of ["a", "b"]) $(`sbs-${slot}`).addEventListener("load", zoom);
   $("sbs-close").addEventListener("click", () => $("sbs").close());
   document.addEventListener("lookalike:undone", () => {
-    if (review.groups.length) api("/api/dupes/scan").then((s) => { review.groups = s.groups; renderGroups(); }).catch(() => {});
+    if (review.groups.length) api("/api/dupes").then((s) => { review.groups = s.groups.map(withKeeper); renderGroups(); }).catch(() => {});
   });
 }
 
