@@ -81,7 +81,7 @@ def test_an_index_made_before_facts_is_upgraded_without_embedding_again(library,
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["added"] == 0 and summary["unchanged"] == 2 and summary["facts_read"] == 2
-    assert json.loads((ix / "manifest.json").read_text())["format_version"] == 5
+    assert json.loads((ix / "manifest.json").read_text())["format_version"] == 6
     assert _facts_by_name(ix)["turned.jpg"].camera == "Canon EOS 80D"
 
 

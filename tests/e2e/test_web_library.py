@@ -5,6 +5,7 @@ library of its own; the real desktop trash is never touched (XDG_DATA_HOME point
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,48 @@ def test_duplicates_scan_job_and_acting_on_its_groups(own):
         marked = [g for g in after["groups"] if g["keeper_id"] == group["keeper_id"]][0]
         assert marked["keeper_image"]["action"] is None and [m["action"] for m in marked["members"]] == ["trash"]
         assert (lib["photos"] / group["keeper"]).is_file()
+
+
+def _date_order(index: Path) -> list[int]:
+    import sqlite3
+
+    from lookalike.search.store.listing import Listing
+
+    listing = Listing(sqlite3.connect(f"file:{index / 'index.db'}?mode=ro", uri=True))
+    try:
+        return [r.id for r in listing.page(sort="date", limit=100)] + [listing.stored_dates()]
+    finally:
+        listing.conn.close()
+
+
+def test_the_date_key_is_stored_indexed_and_added_to_older_indexes(own, embedder):
+    import json
+    import sqlite3
+
+    from lookalike.search.indexing.sync import index_folder
+
+    lib, _ = own
+    db = lib["index"] / "index.db"
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT f.date, f.taken, i.mtime_ns FROM facts f JOIN images i ON i.id = f.id").fetchall()
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    plan = " ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN SELECT f.id FROM facts f JOIN images i ON "
+                                                "i.id = f.id WHERE f.date >= '2000' ORDER BY f.date, f.id LIMIT 5"))
+    assert len(rows) == len(LAYOUT) and {"images_name", "facts_date"} <= names  # made by the index run
+    assert "facts_date" in plan and "TEMP B-TREE" not in plan  # pages walk the index, no sort
+    for date, taken, mtime_ns in rows:
+        assert date == (taken or time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(mtime_ns // 10**9)))
+    stored = _date_order(lib["index"])
+    assert stored[-1] is True and len(stored) == len(LAYOUT) + 1
+
+    # An index of format 5 (no date key): read as it is, the same order by a scan; the next run adds the key.
+    conn.execute("DROP INDEX facts_date")
+    conn.execute("ALTER TABLE facts DROP COLUMN date")
+    conn.commit()
+    conn.close()
+    manifest = json.loads((lib["index"] / "manifest.json").read_text())
+    (lib["index"] / "manifest.json").write_text(json.dumps({**manifest, "format_version": 5}))
+    assert _date_order(lib["index"]) == stored[:-1] + [False]
+    assert index_folder(lib["photos"], lib["index"], embedder=embedder)["added"] == 0
+    assert _date_order(lib["index"]) == stored
+    assert json.loads((lib["index"] / "manifest.json").read_text())["format_version"] == 6

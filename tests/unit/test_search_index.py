@@ -230,7 +230,7 @@ def test_format_1_index_is_upgraded_in_place(tmp_path):
     assert json.loads(mpath.read_text())["format_version"] == 1  # reading changed nothing
 
     ix = ImageIndex.open(tmp_path / "ix", readonly=False)
-    assert json.loads(mpath.read_text())["format_version"] == FORMAT_VERSION == 5
+    assert json.loads(mpath.read_text())["format_version"] == FORMAT_VERSION == 6
     assert ix.failures() == {}
     ix.commit(failed=[("bad.jpg", 1, 2, "not an image")])
     assert ix.failures() == {"bad.jpg": (1, 2, "not an image")}

@@ -67,7 +67,13 @@ def header_facts(path: Path) -> ImageFacts:
 def fill_facts(index, progress: Callable[[int, int], None] | None = None) -> int:
     """Read and store the facts of every image of the writer `index` that lacks them; returns how many.
     `progress(done, total)` after each committed batch. Imported rows whose file is not under the root are
-    stored with empty facts, so they are not looked for again."""
+    stored with empty facts, so they are not looked for again. Then the library's sort indexes are made sure of."""
+    done = _read_missing(index, progress)
+    index.ensure_listing_indexes()
+    return done
+
+
+def _read_missing(index, progress: Callable[[int, int], None] | None) -> int:
     total = index.count_facts_missing()
     if not total:
         return 0

@@ -25,6 +25,9 @@ from ...errors import LookalikeError
 from .errors import _kind, storage_error
 from .layout import DATABASE, MANIFEST
 
+# The date an image sorts by: taken (`facts.taken`), else the file's mtime (UTC), both ISO 8601 text.
+DATE_KEY_SQL = "COALESCE({taken}, strftime('%Y-%m-%dT%H:%M:%S', {mtime_ns} / 1000000000, 'unixepoch'))"
+
 # Upgrades of an older index, in place: {from_version: function(index_dir)} bringing it to from_version + 1.
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
 
@@ -51,7 +54,8 @@ CREATE TABLE IF NOT EXISTS facts (  -- what a photo's header says, read after it
     width INTEGER,                  -- as shown (EXIF orientation applied); NULL when the header could not be read
     height INTEGER,
     taken TEXT,                     -- EXIF DateTimeOriginal as ISO 8601 (local time, as the camera wrote it)
-    camera TEXT                     -- EXIF Make and Model
+    camera TEXT,                    -- EXIF Make and Model
+    date TEXT                       -- the library's date sort key: taken, else the file's mtime (DATE_KEY_SQL)
 );
 CREATE TABLE IF NOT EXISTS renditions (  -- small JPEGs read by spatial verification (`renditions.py`)
     id INTEGER PRIMARY KEY,         -- images.id
@@ -145,6 +149,26 @@ def _add_renditions_table(path: Path) -> None:
 
 
 MIGRATIONS[4] = _add_renditions_table
+
+
+def _add_date_key(path: Path) -> None:
+    """Format 5 -> 6: `facts.date`, the library's date sort key, computed here for the facts already read."""
+    db = path / DATABASE
+    if not db.is_file():
+        return
+    conn = sqlite3.connect(db)
+    try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(facts)")}
+        if columns and "date" not in columns:
+            conn.execute("ALTER TABLE facts ADD COLUMN date TEXT")
+            key = DATE_KEY_SQL.format(taken="facts.taken", mtime_ns="images.mtime_ns")
+            conn.execute(f"UPDATE facts SET date = (SELECT {key} FROM images WHERE images.id = facts.id)")
+            conn.commit()
+    finally:
+        conn.close()
+
+
+MIGRATIONS[5] = _add_date_key
 
 def _connect_reader(path: Path, root: Any = None) -> sqlite3.Connection:
     """A read-only connection to the index database in `path`; never writes, so it works for a user who may only

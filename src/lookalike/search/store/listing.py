@@ -2,15 +2,17 @@
 by a substring of the path, continued by keyset cursors so that a scroll through a million rows stays cheap.
 
 Sort keys: `folder` is the stored path ('/'-separated, relative to the root, so a folder's files sort together);
-`name` is the file name (the part after the last '/'); `date` is the EXIF date taken (`facts.taken`) else the
-file's mtime, both as ISO 8601 text. Every key is followed by the id, so a cursor names one exact place.
+`name` is the file name (the part after the last '/'); `date` is the EXIF date taken else the file's mtime, both
+as ISO 8601 text, stored once per image as `facts.date`. Every key is followed by the id, so a cursor names one
+exact place.
 
-The `facts` table (width, height, date taken, camera) may be absent in an index written before it existed: its
-columns then read as NULL and dates fall back to mtimes. Paths stored as BLOBs (not UTF-8) are listed, but a
-folder filter matches text paths only.
+The `facts` table (width, height, date taken, camera) may be absent in an index written before it existed, or
+lack `date` (format 5 and older, read without upgrading), or lack rows while `lookalike index` reads headers: the
+date is then computed per row from `facts.taken` and the mtime, which answers the same order by a scan. Paths
+stored as BLOBs (not UTF-8) are listed, but a folder filter matches text paths only.
 
-`ensure_indexes(conn)` creates what makes the name and date sorts use an index; only a writer calls it, since a
-reader never writes. Without it those sorts still answer, by a scan.
+`ensure_indexes(conn)` creates what makes the name and date sorts page through an index; the writer calls it
+after each index run (a reader never writes). Without it those sorts still answer, by a scan.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .database import DATE_KEY_SQL
+
 SORTS = ("folder", "name", "date")
 MAX_LIMIT = 500
 MAX_FOLDERS = 1000  # subfolders listed per folder
 
 # The file name: rtrim strips every character that is not a '/' from the right, leaving the folder part.
 NAME_SQL = "substr(i.path, length(rtrim(i.path, replace(i.path, '/', ''))) + 1)"
-MTIME_SQL = "strftime('%Y-%m-%dT%H:%M:%S', i.mtime_ns / 1000000000, 'unixepoch')"
 
 
 def _name_sql(alias: str) -> str:
@@ -35,16 +38,14 @@ def _name_sql(alias: str) -> str:
 def ensure_indexes(conn: sqlite3.Connection) -> None:
     """Create the indexes of the name and date sorts (idempotent). For a writer's connection, in its own
     transaction; the unique index on `path` already serves the folder sort and folder filters."""
-    conn.execute(f"CREATE INDEX IF NOT EXISTS images_name ON images ({_name_sql('')})")
-    conn.execute("CREATE INDEX IF NOT EXISTS images_mtime ON images (mtime_ns)")
-    if _has_facts(conn):
-        conn.execute("CREATE INDEX IF NOT EXISTS facts_taken ON facts (taken)")
+    conn.execute(f"CREATE INDEX IF NOT EXISTS images_name ON images ({_name_sql('')}, id)")
+    if "date" in _facts_columns(conn):
+        conn.execute("CREATE INDEX IF NOT EXISTS facts_date ON facts (date, id)")
     conn.commit()
 
 
-def _has_facts(conn: sqlite3.Connection) -> bool:
-    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'facts'").fetchone()
-    return row is not None
+def _facts_columns(conn: sqlite3.Connection) -> set[str]:
+    return {r[1] for r in conn.execute("PRAGMA table_info(facts)")}
 
 
 @dataclass(frozen=True)
@@ -71,19 +72,32 @@ class Listing:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.has_facts = _has_facts(conn)
+        columns = _facts_columns(conn)
+        self.has_facts = bool(columns)
+        self._stored_dates: Optional[bool] = None if "date" in columns else False
 
-    def _select(self, sort: str) -> tuple[str, str]:
-        """(the SELECT ... FROM ... of a listing, its sort key expression)."""
-        if self.has_facts:
-            cols = "f.width, f.height, f.taken, f.camera"
-            source = "images i LEFT JOIN facts f ON f.id = i.id"
-            date = f"COALESCE(f.taken, {MTIME_SQL})"
+    def stored_dates(self) -> bool:
+        """Whether every image has its date key stored (then the date sort pages through `facts_date`). Asked
+        once per connection, that is per snapshot of the index; facts rows only go with their image."""
+        if self._stored_dates is None:
+            images = self.conn.execute("SELECT count(*) FROM images").fetchone()[0]
+            facts = self.conn.execute("SELECT count(*) FROM facts WHERE date IS NOT NULL").fetchone()[0]
+            self._stored_dates = images == facts
+        return self._stored_dates
+
+    def _select(self, sort: str) -> tuple[str, str, str]:
+        """(the SELECT ... FROM ... of a listing, its sort key expression, the id column it pages by)."""
+        cols = "f.width, f.height, f.taken, f.camera" if self.has_facts else "NULL, NULL, NULL, NULL"
+        source = "images i LEFT JOIN facts f ON f.id = i.id" if self.has_facts else "images i"
+        ident = "i.id"
+        if sort == "date" and self.has_facts and self.stored_dates():
+            # facts first: the planner walks the (date, id) index and looks each image up by id
+            source, key, ident = "facts f JOIN images i ON i.id = f.id", "f.date", "f.id"
+        elif sort == "date":
+            key = DATE_KEY_SQL.format(taken="f.taken" if self.has_facts else "NULL", mtime_ns="i.mtime_ns")
         else:
-            # mtimes alone: the integer orders as its ISO text does, and the mtime index serves it
-            cols, source, date = "NULL, NULL, NULL, NULL", "images i", "i.mtime_ns"
-        key = {"folder": "i.path", "name": NAME_SQL, "date": date}[sort]
-        return f"SELECT i.id, i.path, i.size, i.mtime_ns, {cols}, {key} AS sortkey FROM {source}", key
+            key = {"folder": "i.path", "name": NAME_SQL}[sort]
+        return f"SELECT i.id, i.path, i.size, i.mtime_ns, {cols}, {key} AS sortkey FROM {source}", key, ident
 
     @staticmethod
     def _filters(folder: str | None, q: str | None) -> tuple[list[str], list[Any]]:
@@ -106,7 +120,7 @@ class Listing:
         or else from `offset`."""
         if sort not in SORTS:
             raise ValueError(f"unknown sort {sort!r}")
-        select, key = self._select(sort)
+        select, key, ident = self._select(sort)
         where, args = self._filters(folder, q)
         op, order = ("<", "DESC") if descending else (">", "ASC")
         if after is None and offset > 0 and sort == "folder":
@@ -123,11 +137,11 @@ class Listing:
             if sort == "folder":  # the path is unique: one column, so the path index serves the range
                 where.append(f"i.path {op} ?")
                 args.append(after[0])
-            else:
-                where.append(f"({key}, i.id) {op} (?, ?)")
-                args += [after[0], int(after[1])]
+            else:  # written so that the key's range alone bounds the index walk
+                where.append(f"{key} {op}= ? AND ({key} {op} ? OR {ident} {op} ?)")
+                args += [after[0], after[0], int(after[1])]
         sql = select + (" WHERE " + " AND ".join(where) if where else "")
-        sql += f" ORDER BY {key} {order}" + ("" if sort == "folder" else f", i.id {order}")
+        sql += f" ORDER BY {key} {order}" + ("" if sort == "folder" else f", {ident} {order}")
         sql += " LIMIT ? OFFSET ?"
         args += [max(1, min(int(limit), MAX_LIMIT)), 0 if after is not None else max(0, int(offset))]
         return [Row(*r) for r in self.conn.execute(sql, args)]
@@ -138,7 +152,7 @@ class Listing:
         return int(self.conn.execute(sql, args).fetchone()[0])
 
     def row(self, image_id: int) -> Row | None:
-        select, _ = self._select("folder")
+        select, _, _ = self._select("folder")
         found = self.conn.execute(select + " WHERE i.id = ?", (int(image_id),)).fetchone()
         return None if found is None else Row(*found)
 

@@ -12,8 +12,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from ...errors import LookalikeError
-from .database import (FailureEntry, IndexEntry, _column, _generation, _int_column, _json_meta, _meta,
-                       db_path, delete_meta, from_db_path, set_meta)
+from .database import (DATE_KEY_SQL, FailureEntry, IndexEntry, _column, _generation, _int_column, _json_meta,
+                       _meta, db_path, delete_meta, from_db_path, set_meta)
 from .layout import DATABASE
 
 _IMPOSSIBLE_ROWS = ("typeof(row) != 'integer' OR row < 0 OR typeof(path) NOT IN ('text', 'blob') "
@@ -303,10 +303,11 @@ def count_facts_missing(conn: sqlite3.Connection) -> int:
 
 
 def write_facts(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
-    """rows: (id, width, height, taken, camera); an image deleted meanwhile gets none."""
-    conn.executemany("INSERT OR REPLACE INTO facts (id, width, height, taken, camera) "
-                     "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id = ?)",
-                     [(*row, row[0]) for row in rows])
+    """rows: (id, width, height, taken, camera); an image deleted meanwhile gets none. The date sort key is
+    taken, else the stored mtime."""
+    key = DATE_KEY_SQL.format(taken="?4", mtime_ns="mtime_ns")
+    conn.executemany("INSERT OR REPLACE INTO facts (id, width, height, taken, camera, date) "
+                     f"SELECT ?1, ?2, ?3, ?4, ?5, {key} FROM images WHERE id = ?1", list(rows))
 
 
 def read_facts(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, tuple]:

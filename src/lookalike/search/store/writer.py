@@ -293,6 +293,14 @@ class IndexWriter(AnnBookkeeping, WriterReads, IndexBase):
             queries.write_facts(self._conn, rows)
             self._bump_generation()
 
+    def ensure_listing_indexes(self) -> None:
+        """The indexes the library's name and date sorts page through (`listing.ensure_indexes`); built once, kept
+        up to date by SQLite from then on."""
+        from .listing import ensure_indexes
+
+        with self._writing():
+            ensure_indexes(self._conn)
+
     def store_renditions(self, rows: Iterable[tuple], drop_orphans: bool = False) -> None:
         """One transaction of (stored path, size, mtime_ns, jpeg) renditions (`renditions.py`) of committed rows;
         `drop_orphans`: also forget those of images the index no longer holds."""
