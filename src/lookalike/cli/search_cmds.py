@@ -104,7 +104,7 @@ def descriptor_preset(quality: Optional[str], size: Optional[int], scales: Optio
 
 def _run_index(folder: Path, index: Optional[Path], device: str, **options) -> Optional[dict]:
     """`sync.index_folder` with progress bars on stderr; under torchrun each process embeds a share and rank 0
-    writes (`search/sharded.py`), the others get None."""
+    writes (`search/indexing/sharded.py`), the others get None."""
     from ..distributed import join
     from ..search.indexing.sync import index_folder
 

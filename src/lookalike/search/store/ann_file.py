@@ -1,4 +1,4 @@
-"""The index's ANN file (`ann-<n>.ann`, `ann.py`: HNSW, IVF, IVF-PQ): derived state, which the database names
+"""The index's ANN file (`ann-<n>.ann`, `ann/`: HNSW, IVF, IVF-PQ): derived state, which the database names
 (`ann_file`) with a fingerprint of what it was built from (vector file, generation, plan). The writer keeps it in
 step with the committed vectors (`AnnBookkeeping`); readers compare the fingerprint before trusting it."""
 
