@@ -1,5 +1,5 @@
 """Search, compare and near-duplicate grouping over L2-normalised vectors. `search` and `find_duplicates`
-go through the index's search backend (`ann.py`); `run_queries` is the one query path of the CLI and the
+go through the index's search backend (`store/ann/`); `run_queries` is the one query path of the CLI and the
 web service.
 
 Distance is the Euclidean distance between unit vectors, similarity the cosine; for unit vectors

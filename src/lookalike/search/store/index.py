@@ -6,7 +6,7 @@
   not decoded again); a `generation` counter in `meta`, bumped by every write transaction, so that a running
   server can tell cheaply that the index changed (`change_stamp`);
 - `vectors-<gen>.f32`: float32 unit vectors, row after row, memory-mappable;
-- `ann-<n>.ann`: the search backend's structure (`ann.py`: HNSW, IVF, IVF-PQ), derived state. The database
+- `ann-<n>.ann`: the search backend's structure (`ann/`: HNSW, IVF, IVF-PQ), derived state. The database
   names it (`ann_file`) with a fingerprint of the state it was built from (vector file and generation); a
   reader that finds it missing, damaged or built from another vector file searches exactly (one note), one a
   few commits behind catches up from the vectors, and the writer rebuilds it. `exact` has no file.
