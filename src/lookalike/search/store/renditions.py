@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Optional
 
-LONG_SIDE = 512  # verification's own size (`verify.LONG_SIDE`): a larger rendition would only be shrunk again
+LONG_SIDE = 512  # the duplicate check's size (`copy_check.LONG_SIDE`); verification shrinks it further
 QUALITY = 85
 MAX_BYTES = 1 << 20  # a stored rendition larger than this is not read (the database is not trusted blindly)
 _READ_CHUNK = 500  # ids per SELECT (SQLite's bound on variables)
