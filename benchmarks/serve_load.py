@@ -10,6 +10,12 @@ per kind, requests/s and the error count, then first-request and cached thumbnai
     python benchmarks/serve_load.py                       # 8 clients, 30 s, 200 images
     python benchmarks/serve_load.py --seconds 10 --mode upload
     python benchmarks/serve_load.py --canvas 4 --seconds 0  # 4 clients sending big-canvas PNGs to compare
+    python benchmarks/serve_load.py --big 60 --against cd9bc7a --seconds 20  # 12-MP library, two codes
+
+`--big N` indexes N photos of 4000x3000 px instead (search_speed.py's), then has the clients upload 1600x1200
+crops of them for verified search (the server's default), first with the code of `--against` (checked out with
+`git worktree`, its server run with PYTHONPATH at its src), then with this checkout's, one after the other in the
+same run; each side also times the first upload search of its fresh server.
 
 `--canvas N` first runs N clients that each post 8 copies of a 10900x10900 grayscale PNG (about 120 kB, just
 under the pixel limit) to `POST /api/compare`, 3 times, and reports the answers and the server's peak resident
@@ -37,6 +43,8 @@ import numpy as np
 
 from lookalike.search.sample_photos import jpeg_bytes, load_photo
 from results_file import record
+
+REPO = Path(__file__).resolve().parent.parent
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
           "coins", "retina", "colorwheel", "moon"]
@@ -183,6 +191,79 @@ def canvas_attack(url: str, pid: int, clients: int, rounds: int = 3, copies: int
             "peak_before": before, "peak_after": server_peak_rss(pid)}
 
 
+def _serve(index: Path, env: dict, work: Path) -> tuple[subprocess.Popen, str]:
+    log = work / f"server-{len(list(work.glob('server-*.log')))}.log"
+    server = subprocess.Popen(lookalike_cmd("serve", "--index", str(index), "--host", "127.0.0.1", "--port", "0"),
+                              stdout=subprocess.DEVNULL, stderr=open(log, "w"), env={**env, "COLUMNS": "200"})
+    return server, wait_ready(log, server)[0]
+
+
+def big_side(src: Path, photos: Path, queries: list[bytes], work: Path, args) -> dict:
+    """Index `photos` with the code under `src`, serve it, time the first upload search, then the clients."""
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": str(src), "LOOKALIKE_HOME": str(work / "home")}
+    index = work / "index"
+    subprocess.run(lookalike_cmd("index", str(photos), "--index", str(index), "--json"), check=True,
+                   stdout=subprocess.DEVNULL, env=env)
+    server, url = _serve(index, env, work)
+    try:
+        t = time.perf_counter()
+        r = httpx.post(f"{url}/api/search", files={"image": ("q.jpg", queries[-1], "image/jpeg")},
+                       data={"k": str(args.k)}, trust_env=False, timeout=120)
+        first = time.perf_counter() - t
+        verified = any(h.get("inliers") is not None for h in r.json()["results"])
+        # Uploads expect min(k, len(ids)) results: the ids stand for the library's size here.
+        run = run_clients(url, args.clients, args.seconds, queries, list(range(args.big)), args.k, "upload")
+        return {"first": first, "verified": verified, **run}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def compare_big(args) -> None:
+    """`--big`: the same 12-MP library and crops served by the code of `--against`, then by this checkout's."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from search_speed import make_photos
+
+    work = Path(tempfile.mkdtemp(prefix="lookalike-serve-big-"))
+    old_tree = work / "old"
+    try:
+        make_photos(work / "photos", work / "queries", args.big, args.big)
+        queries = [q.read_bytes() for q in sorted((work / "queries").iterdir())]
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old_tree), args.against],
+                       check=True, capture_output=True)
+        rev = {name: subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True).stdout.strip() for name, tree in (("old", old_tree), ("new", REPO))}
+        load = [os.getloadavg()[0]]
+        sides = {}
+        for name, src in (("old", old_tree / "src"), ("new", REPO / "src")):
+            (work / f"side-{name}").mkdir()
+            sides[name] = big_side(src, work / "photos", queries, work / f"side-{name}", args)
+        load.append(os.getloadavg()[0])
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    lines = [f"{args.big} photos of 4000x3000 px indexed with the default settings; {args.clients} clients for "
+             f"{args.seconds:g} s each uploading 1600x1200 crops of them (JPEG q90, {len(queries)} different) to "
+             f"POST /api/search, k={args.k}, the server verifying its default shortlist.", "",
+             "| Code | searches/s | p50 ms | p99 ms | errors | first search of a fresh server, ms | verified |",
+             "|---|---|---|---|---|---|---|"]
+    for name, label in (("old", f"{rev['old']} (before)"), ("new", rev["new"])):
+        r = sides[name]
+        up = r["latency"]["upload"]
+        lines.append(f"| {label} | {len(up) / r['wall']:.1f} | {1000 * percentile(up, 50):.0f} | "
+                     f"{1000 * percentile(up, 99):.0f} | {len(r['errors'])} | {1000 * r['first']:.0f} | "
+                     f"{'yes' if r['verified'] else 'no'} |")
+    rate = [len(sides[n]["latency"]["upload"]) / sides[n]["wall"] for n in ("old", "new")]
+    lines += ["", f"Rate new/old: {rate[1] / rate[0]:.2f}x. Load average (1 min) at the start and the end: "
+              f"{', '.join(f'{x:.1f}' for x in load)} ({os.cpu_count()} CPUs visible)."]
+    for r in sides.values():
+        lines += [f"  error: {e}" for e in r["errors"][:3]]
+    print("\n".join(lines))
+    record("serve_load", ["Verified uploads on a 12-MP library, side by side:", "", *lines])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0, help="how long the clients run (default 30)")
@@ -194,7 +275,13 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary gallery and index")
     ap.add_argument("--canvas", type=int, default=0, metavar="N",
                     help="first, N clients posting big-canvas PNGs to /api/compare (see above)")
+    ap.add_argument("--big", type=int, default=0, metavar="N",
+                    help="N photos of 4000x3000 px and verified uploads of their crops, two codes (see above)")
+    ap.add_argument("--against", default="cd9bc7a", help="with --big: the code to compare (default cd9bc7a)")
     args = ap.parse_args()
+    if args.big:
+        compare_big(args)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="lookalike-serve-load-"))
     server = None
