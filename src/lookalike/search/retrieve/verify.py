@@ -28,8 +28,9 @@ import numpy as np
 
 from ...device import free_cores
 
-LONG_SIDE = 384  # local features of an image at most this long (never enlarged): bounds time and memory; SIFT's
-# cost grows with the pixels, and holidays-dev's photos, on which the quality is measured, are smaller still
+LONG_SIDE = 512  # local features of an image at most this long (never enlarged): bounds time and memory. 384 px
+# was cheaper (search_speed.md) but no benchmark here can show its quality on large photos (holidays-dev's are
+# smaller than either), and the duplicates benchmark was measured at 512
 # JPEGs are draft-decoded at the smallest scale keeping both sides >= this (verify_cost.md: the decode's share).
 DRAFT_SIDE = LONG_SIDE // 2
 MAX_KEYPOINTS = 1000  # the strongest SIFT keypoints kept per image (matching cost grows with the square; 500
