@@ -85,36 +85,18 @@ def local_features(image: Any) -> LocalFeatures:
     return LocalFeatures(points, desc.astype(np.float16), max(gray.size))
 
 
-def ratio_matches(query: np.ndarray, result: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(query rows, result rows) of the descriptor pairs passing Lowe's ratio test: each query descriptor's
-    nearest result descriptor, kept when clearly closer than the second nearest. One matrix product gives every
-    squared distance (|q|^2 + |r|^2 - 2 q.r), a few times cheaper than OpenCV's brute-force matcher."""
-    if len(result) < 2:
-        return np.zeros(0, np.intp), np.zeros(0, np.intp)
-    q, r = query.astype(np.float32), result.astype(np.float32)
-    dist = q @ r.T
-    dist *= -2.0
-    dist += np.einsum("ij,ij->i", r, r)[None, :]
-    rows = np.arange(len(q))
-    nearest = dist.argmin(axis=1)
-    first = dist[rows, nearest]
-    dist[rows, nearest] = np.inf
-    second = dist.min(axis=1)
-    sq = np.einsum("ij,ij->i", q, q)
-    first, second = np.maximum(first + sq, 0.0), np.maximum(second + sq, 0.0)
-    keep = first < (RATIO * RATIO) * second  # d1 < RATIO * d2, on squared distances
-    return rows[keep], nearest[keep]
-
-
 def count_inliers(query: LocalFeatures, result: LocalFeatures) -> int:
     """Matches between two images that one affine transform (RANSAC) carries from the query onto the result."""
     cv2 = _cv2()
     if len(query.descriptors) < 3 or len(result.descriptors) < 3:
         return 0
-    rows, cols = ratio_matches(query.descriptors, result.descriptors)
-    if len(rows) < max(3, MIN_INLIERS):
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    pairs = matcher.knnMatch(query.descriptors.astype(np.float32), result.descriptors.astype(np.float32), k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < max(3, MIN_INLIERS):
         return 0
-    src, dst = query.points[rows], result.points[cols]
+    src = query.points[[m.queryIdx for m in good]]
+    dst = result.points[[m.trainIdx for m in good]]
     _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
                                    ransacReprojThreshold=RANSAC_TOLERANCE * result.long_side, maxIters=1000,
                                    confidence=0.99)
