@@ -85,11 +85,14 @@ def time_http(url_port: int, ids: list[int], warmup: int, k: int) -> list[float]
     return out
 
 
-def time_engine(ix: Path, ids: list[int], warmup: int, k: int) -> tuple[list[float], list[float]]:
-    """(SearchService.search_id, the ANN backend on the stored vector) in ms, per id."""
+def time_engine(ix: Path, ids: list[int], warmup: int, k: int,
+                verify: bool = True) -> tuple[list[float], list[float]]:
+    """(SearchService.search_id, the ANN backend on the stored vector) in ms, per id; `verify`: with the
+    verifier `serve` re-ranks with by default."""
+    from lookalike.search.retrieve.verify import DEFAULT_SHORTLIST, Verifier
     from lookalike.web.service import SearchService
 
-    svc = SearchService(ix, embedder=_NoEmbedder(ix))
+    svc = SearchService(ix, embedder=_NoEmbedder(ix), verifier=Verifier(DEFAULT_SHORTLIST) if verify else None)
     service, backend = [], []
     try:
         view = svc.view()
@@ -146,9 +149,11 @@ def main() -> None:
     with ServeProcess(["--index", ix, "--host", "127.0.0.1"], env, timeout=600) as server:
         http_ms = time_http(server.port, ids, args.warmup, args.k)
     service_ms, backend_ms = time_engine(ix, ids, args.warmup, args.k)
+    plain_ms, _ = time_engine(ix, ids, args.warmup, args.k, verify=False)
     load_after = loadavg()
     rows = [("GET /api/search?id= over HTTP (one keep-alive connection)", http_ms),
-            ("SearchService.search_id in-process", service_ms),
+            ("SearchService.search_id in-process, serve's default verifier", service_ms),
+            ("SearchService.search_id in-process, no verifier", plain_ms),
             ("ANN backend query of the stored vector", backend_ms)]
     lines = [f"N={args.n:,} imported random unit vectors, dim {args.dim}, k={args.k}; "
              f"{args.requests} requests after {args.warmup} warm-up; ANN: {built}. "
