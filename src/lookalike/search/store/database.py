@@ -202,7 +202,9 @@ def _connect_reader(path: Path, root: Any = None) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(candidate, uri=True, check_same_thread=False)
             try:
-                conn.execute("SELECT count(*) FROM images").fetchone()
+                # Reads the schema and the table's first page: a file that is no database, or that this user
+                # cannot read, fails here; a count would scan every row, on each verified search.
+                conn.execute("SELECT 1 FROM images LIMIT 1").fetchone()
             except BaseException:
                 conn.close()
                 raise
