@@ -27,6 +27,7 @@ def weights_file(model: str, weights: str | None) -> Path | None:
 
 
 def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read a MiB at a time: weights files, and the index's whitening."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

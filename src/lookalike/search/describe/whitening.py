@@ -20,6 +20,7 @@ import numpy as np
 
 from ...atomic import atomic_write
 from ...errors import LookalikeError
+from .model_digest import file_sha256
 
 WHITENING_FILE = "whitening.npz"
 WHITENING_INFO = "whitening.json"
@@ -113,7 +114,7 @@ def save_whitening(index_dir, whitening: Whitening, info: dict) -> dict:
     index_dir = Path(index_dir)
     with atomic_write(index_dir / WHITENING_FILE, "wb") as fh:
         _write_arrays(fh, whitening)
-    digest = _sha256(index_dir / WHITENING_FILE)
+    digest = file_sha256(index_dir / WHITENING_FILE)
     info = {**info, "file": WHITENING_FILE, "sha256": digest, "dims": whitening.dims}
     with atomic_write(index_dir / WHITENING_INFO, "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=2, sort_keys=True)
@@ -140,7 +141,7 @@ def load_whitening(index_dir, expect: dict | None = None) -> Whitening:
     path = index_dir / WHITENING_FILE
     if info is None or not path.is_file():
         raise LookalikeError(f"index {index_dir} holds no whitening")
-    if _sha256(path) != info.get("sha256"):
+    if file_sha256(path) != info.get("sha256"):
         raise LookalikeError(f"{path} does not match {WHITENING_INFO}: fit it again")
     for key, value in (expect or {}).items():
         if info.get(key) != value:
@@ -198,21 +199,13 @@ def load_for_index(index_dir, record: dict) -> Whitening:
         raise LookalikeError(f"index {index_dir} records a whitening without a valid file name")
     path = Path(index_dir) / name
     try:
-        digest = _sha256(path)
+        digest = file_sha256(path)
     except OSError as exc:
         raise LookalikeError(f"cannot read the index's whitening {path} ({exc.strerror or exc}): its vectors are "
                              "whitened, so queries cannot be made comparable without it") from None
     if digest != record.get("sha256"):
         raise LookalikeError(f"{path} does not match the whitening the index records (changed or damaged)")
     return _read_arrays(path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def folder_key(folder) -> str:
