@@ -8,6 +8,7 @@ stale lock behind, and the PID written into the file is only what the message na
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -36,38 +37,54 @@ class LockBusy(Exception):
         return f" (PID {self.holder})" if self.holder else ""
 
 
-def _holder(fh: IO[str]) -> int | None:
+def _holder_of(path: Path) -> int | None:
+    """The PID the lock file names, None when it names none."""
     try:
-        fh.seek(0)
-        text = fh.read(32).strip()
-        return int(text) if text.isdigit() else None
-    except (OSError, ValueError):
+        text = path.read_text(encoding="ascii", errors="replace")[:32].strip()
+    except OSError:
         return None
+    return int(text) if text.isdigit() else None
+
+
+def _open_locked(path: Path, fcntl) -> IO[str] | None:
+    """`path` opened and locked, or None when another process holds the lock. Opened anew when the file was
+    removed or replaced between the open and the lock (a holder that just finished), so two processes never
+    hold locks on two different files of one name."""
+    for _ in range(100):
+        fh = open(path, "a+", encoding="ascii")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            fh.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return None
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fh
+        fh.close()
+    raise OSError(errno.EAGAIN, f"its lock file {path} keeps changing")
 
 
 def acquire(path: Path, wait_s: float | None = None) -> IO[str]:
     """Open (creating it, mode 0666 less the umask) and lock the file `path` exclusively, waiting up to
-    `wait_s` seconds (default `lock_wait_seconds()`); write this process's PID into it. Returns the open file:
-    closing it releases the lock. LockBusy when another process held it all along; OSError when the file
-    cannot be opened."""
-    fh = open(path, "a+", encoding="ascii")
+    `wait_s` seconds (default `lock_wait_seconds()`; 0: one try); write this process's PID into it. Returns the
+    open file: closing it releases the lock. LockBusy when another process held it all along; OSError when the
+    file cannot be opened or locked."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory lock; SQLite still serialises an index's writes
-        return fh
+        return open(path, "a+", encoding="ascii")
     deadline = time.monotonic() + (lock_wait_seconds() if wait_s is None else wait_s)
     delay = 0.05
-    while True:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError:
-            if time.monotonic() >= deadline:
-                holder = _holder(fh)
-                fh.close()
-                raise LockBusy(holder) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+    while (fh := _open_locked(path, fcntl)) is None:
+        if time.monotonic() >= deadline:
+            raise LockBusy(_holder_of(path))
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
     try:
         fh.seek(0)
         fh.truncate()

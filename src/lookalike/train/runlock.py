@@ -10,10 +10,8 @@ removes the file.
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import IO, Iterator, Optional
 
 from ..errors import LookalikeError
 
@@ -24,45 +22,21 @@ class RunInUse(LookalikeError):
     """Another process trains in the run folder."""
 
 
-def _holder(path: Path) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()[:20]
-    except OSError:
-        text = ""
-    return f"process {text}" if text.isdigit() else "another process"
+def _lock(path: Path, run_dir: Path, what: str) -> IO[str]:
+    """The run folder's lock file, open and locked (`locking.acquire`, without waiting): RunInUse naming the
+    holder when another process trains there."""
+    from ..locking import LockBusy, acquire
 
-
-def _open_locked(path: Path, run_dir: Path, what: str) -> int:
-    """An open descriptor of `path` holding its exclusive lock. Retries when the file was removed (by a holder that
-    just finished) between the open and the lock, so two processes never lock two different files."""
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; the run proceeds unguarded, as before
-        fcntl = None
-    for _ in range(100):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except OSError as exc:
-            raise LookalikeError(f"{what} {run_dir}: cannot write the lock file there "
-                                 f"({exc.strerror or exc})") from None
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                other = ", or train into another --out folder" if what == "--out" else ""
-                raise RunInUse(f"{what} {run_dir}: {_holder(path)} is training in that folder (a run folder takes "
-                               f"one training at a time): wait for it to finish{other}") from None
-            raise LookalikeError(f"{what} {run_dir}: cannot lock it ({exc.strerror or exc})") from None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)
-    raise LookalikeError(f"{what} {run_dir}: cannot lock it (its lock file keeps changing)")
+        return acquire(path, wait_s=0)
+    except LockBusy as busy:
+        holder = f"process {busy.holder}" if busy.holder else "another process"
+        other = ", or train into another --out folder" if what == "--out" else ""
+        raise RunInUse(f"{what} {run_dir}: {holder} is training in that folder (a run folder takes one training "
+                       f"at a time): wait for it to finish{other}") from None
+    except OSError as exc:
+        problem = "cannot write the lock file there" if exc.filename else "cannot lock it"  # open, or flock
+        raise LookalikeError(f"{what} {run_dir}: {problem} ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager
@@ -89,19 +63,17 @@ def hold_run_dir(run_dir: Path, new: bool, active: bool = True) -> Iterator[None
             raise LookalikeError(f"--out {run_dir}: cannot create it ({exc.strerror or exc})") from None
     path = run_dir / LOCK_NAME
     try:
-        fd = _open_locked(path, run_dir, what)
+        fh = _lock(path, run_dir, what)
     except LookalikeError:
         _remove_if_empty(created)
         raise
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         # Removed while still locked: a process that opened the file meanwhile sees it gone and opens it anew.
         with contextlib.suppress(OSError):
             path.unlink()
-        os.close(fd)
+        fh.close()
         _remove_if_empty(created)
 
 
