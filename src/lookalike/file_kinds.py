@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator, Union
 
-from .images import HEIF_EXTENSIONS, is_image_path
+from .images import HEIF_EXTENSIONS, iter_image_files
 
 # Camera RAW formats: decoding them needs a RAW developer (libraw), which Lookalike does not ship.
 RAW_EXTENSIONS = frozenset({
@@ -40,24 +40,17 @@ class WalkReport:
         self.unsupported: list[dict] = []
         self.other: Counter = Counter()
 
+    def note(self, path: Path) -> None:
+        """Sort one file that is not an image this install indexes."""
+        ext = os.path.splitext(path.name)[1].lower()
+        reason = photo_reason(ext)
+        if reason is not None:
+            self.unsupported.append({"path": str(path), "reason": reason})
+        else:
+            self.other[ext or "(none)"] += 1
+
 
 def walk_images(root: Union[str, os.PathLike], report: WalkReport, recursive: bool = True) -> Iterator[Path]:
-    """The image files under `root` in sorted order (hidden files and folders skipped, as
-    `images.iter_image_files`), noting in `report` every other file it passes."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        folder = Path(dirpath)
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            if is_image_path(name):
-                yield folder / name
-                continue
-            ext = os.path.splitext(name)[1].lower()
-            reason = photo_reason(ext)
-            if reason is not None:
-                report.unsupported.append({"path": str(folder / name), "reason": reason})
-            else:
-                report.other[ext or "(none)"] += 1
-        if not recursive:
-            break
+    """The image files under `root` in sorted order (`images.iter_image_files`), noting in `report` every other
+    file it passes."""
+    return iter_image_files(root, recursive, other=report.note)

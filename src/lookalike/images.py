@@ -17,7 +17,7 @@ import stat
 import threading
 import warnings
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Callable, Iterator, Optional, Union
 
 from .errors import BadImageError, TransientImageError
 from .image_checks import CountedBytes, check_structure
@@ -80,8 +80,10 @@ def is_image_path(path: Union[str, os.PathLike]) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
-def iter_image_files(root: Union[str, os.PathLike], recursive: bool = True) -> Iterator[Path]:
-    """Image files under `root` by extension, in sorted order; hidden files and folders are skipped.
+def iter_image_files(root: Union[str, os.PathLike], recursive: bool = True,
+                     other: Optional[Callable[[Path], None]] = None) -> Iterator[Path]:
+    """Image files under `root` by extension, in sorted order; hidden files and folders are skipped. `other(path)`
+    is told of every other (not hidden) file passed over (`file_kinds.walk_images` sorts them).
 
     Names only: what a name turns out to be (a FIFO, a link to a device) is refused when it is read, by
     `read_image_file`, so that a run can name it with its reason instead of hanging on it.
@@ -90,8 +92,12 @@ def iter_image_files(root: Union[str, os.PathLike], recursive: bool = True) -> I
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         folder = Path(dirpath)
         for name in sorted(filenames):
-            if not name.startswith(".") and is_image_path(name):
+            if name.startswith("."):
+                continue
+            if is_image_path(name):
                 yield folder / name
+            elif other is not None:
+                other(folder / name)
         if not recursive:
             break
 
