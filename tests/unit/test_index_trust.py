@@ -10,19 +10,14 @@ import sqlite3
 import numpy as np
 import pytest
 
-from helpers.vectors import BACKBONE, DIM, unit
+from helpers.vectors import toy_index, unit
 from lookalike.errors import LookalikeError
 from lookalike.search.store import ann
 from lookalike.search.store.index import ImageIndex
 
 
 def make(tmp_path, n: int = 6, backend: str | None = None):
-    root = tmp_path / "photos"
-    root.mkdir(exist_ok=True)
-    ix = ImageIndex.create(tmp_path / "ix", root=root, backbone=BACKBONE)
-    vecs = unit(n)
-    rows = ix.append_vectors(vecs)
-    ix.commit(inserts=[(f"img{i}.jpg", 100 + i, 1000 + i, f"d{i}", r) for i, r in enumerate(rows)])
+    ix, _, vecs = toy_index(tmp_path, n)
     if backend:
         ix.update_ann(backend)
     ix.close()

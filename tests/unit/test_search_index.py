@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 
 from lookalike.errors import LookalikeError
-from helpers.vectors import BACKBONE, DIM, unit
+from helpers.vectors import BACKBONE, DIM, toy_index, unit
 from lookalike.search.store import index as I
 from lookalike.search.store.index import FORMAT_VERSION, ImageIndex, change_stamp, default_index_path
 
 
 def make(tmp_path, n: int = 5):
-    root = tmp_path / "photos"
-    root.mkdir(exist_ok=True)
-    ix = ImageIndex.create(tmp_path / "ix", root=root, backbone=BACKBONE)
-    vecs = unit(n)
-    rows = ix.append_vectors(vecs)
-    ix.commit(inserts=[(f"img{i}.jpg", 100 + i, 1000 + i, f"d{i}", r) for i, r in enumerate(rows)])
-    return ix, root, vecs
+    return toy_index(tmp_path, n)
 
 
 def test_roundtrip_and_api(tmp_path):
