@@ -1,9 +1,12 @@
-"""Small renditions kept at index time: spatial verification reads them instead of the photo files while the files
-are unchanged, and falls back to the files for an old index, a changed file or a rendition that is missing."""
+"""Small renditions and local features kept at index time: spatial verification reads the stored features (and a
+query's own rendition) instead of the photo files while the files are unchanged, runs SIFT on the renditions of an
+index made before features were stored, and falls back to the files for an old index, a changed file or a
+rendition that is missing."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import sqlite3
 
@@ -34,21 +37,20 @@ def tiny(tmp_path):
 
 
 class CountingVerifier(verify.Verifier):
-    """A real verifier that records which files it had to decode itself."""
+    """A real verifier that records the images it ran SIFT on: from their files, or from stored renditions."""
 
     def __init__(self) -> None:
         super().__init__(shortlist=5)
         self.file_decodes: list[str] = []
+        self.rendition_decodes: list[str] = []
 
-    def features_of(self, path, rendition=None):
-        key = verify._stamp(path)
-        if key is not None and not (rendition is not None and rendition.fresh(key[1], key[2])):
-            self.file_decodes.append(os.path.basename(str(path)))
-        return super().features_of(path, rendition)
+    def _extract(self, path, rendition, take):
+        (self.file_decodes if rendition is None else self.rendition_decodes).append(os.path.basename(str(path)))
+        return super()._extract(path, rendition, take)
 
 
-def _search(ix_path, query_path, embedder):
-    verifier = CountingVerifier()
+def _search(ix_path, query_path, embedder, verifier=None):
+    verifier = verifier or CountingVerifier()
     with ImageIndex.open(ix_path) as ix:
         [response] = run_queries(ix, [Query("q", path=query_path)], 3, lambda: embedder, verifier=verifier)
     return response, verifier.file_decodes
@@ -63,9 +65,36 @@ def test_renditions_are_stored_and_used_by_verification(tmp_path, library, tiny)
         for r in stored.values():
             with Image.open(io.BytesIO(r.jpeg)) as im:
                 assert max(im.size) <= LONG_SIDE and im.format == "JPEG"
-    response, decoded = _search(ix_path, library / "chelsea.jpg", tiny)
-    assert decoded == []  # the query and every result came from renditions, no photo file decoded
+        assert all(0 < verify.unpack(r.keypoints).long_side <= verify.LONG_SIDE for r in stored.values())
+    verifier = CountingVerifier()
+    response, decoded = _search(ix_path, library / "chelsea.jpg", tiny, verifier)
+    assert decoded == []  # no photo file decoded
+    # The query's own features came from its rendition (at QUERY_SIDE); the results' were read, not computed.
+    assert verifier.rendition_decodes == ["chelsea.jpg"]
     assert len(response.results) == 2 and all(h.inliers is not None for h in response.results)  # verified
+    assert max(h.inliers for h in response.results) < 50  # unrelated photos: the stored features do not match all
+
+
+def test_an_index_made_before_stored_features_verifies_from_its_renditions(tmp_path, library, tiny):
+    ix_path = tmp_path / "ix"
+    index_folder(library, ix_path, embedder=tiny)
+    with ImageIndex.open(ix_path) as ix:
+        expected = [(h.path, h.inliers) for h in
+                    run_queries(ix, [Query("q", path=library / "chelsea.jpg")], 3, lambda: tiny,
+                                verifier=verify.Verifier(5))[0].results]
+    conn = sqlite3.connect(ix_path / "index.db")  # as format 6 wrote it: renditions without features
+    conn.execute("ALTER TABLE renditions DROP COLUMN keypoints")
+    conn.commit()
+    conn.close()
+    manifest = ix_path / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 6}))
+    verifier = CountingVerifier()
+    response, decoded = _search(ix_path, library / "chelsea.jpg", tiny, verifier)
+    assert decoded == [] and sorted(verifier.rendition_decodes) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
+    assert [(h.path, h.inliers) for h in response.results] == expected  # the same features, taken now
+    index_folder(library, ix_path, embedder=tiny)  # migrated: the column is added, NULL for these images
+    with ImageIndex.open(ix_path) as ix:
+        assert all(r.keypoints is None for r in read_renditions(ix_path, ix.ids()).values())
 
 
 def test_a_changed_file_is_not_served_its_stale_rendition(tmp_path, library, tiny):
@@ -89,7 +118,7 @@ def test_an_index_without_renditions_falls_back_to_the_files(tmp_path, library, 
     conn.commit()
     conn.close()
     response, decoded = _search(ix_path, library / "chelsea.jpg", tiny)
-    assert sorted(decoded) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
+    assert sorted(decoded) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]  # the query's own file too
     assert all(h.inliers is not None for h in response.results)  # verified all the same, from the files
     index_folder(library, ix_path, embedder=tiny)  # the writer adds the table; unchanged files keep none
     assert read_renditions(ix_path, [1, 2, 3]) == {}

@@ -224,8 +224,11 @@ def test_format_1_index_is_upgraded_in_place(tmp_path):
     assert json.loads(mpath.read_text())["format_version"] == 1  # reading changed nothing
 
     ix = ImageIndex.open(tmp_path / "ix", readonly=False)
-    assert json.loads(mpath.read_text())["format_version"] == FORMAT_VERSION == 6
+    assert json.loads(mpath.read_text())["format_version"] == FORMAT_VERSION == 7
     assert ix.failures() == {}
+    conn = sqlite3.connect(tmp_path / "ix" / "index.db")
+    assert "keypoints" in {r[1] for r in conn.execute("PRAGMA table_info(renditions)")}  # format 7's column
+    conn.close()
     ix.commit(failed=[("bad.jpg", 1, 2, "not an image")])
     assert ix.failures() == {"bad.jpg": (1, 2, "not an image")}
     ix.close()

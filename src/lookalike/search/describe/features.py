@@ -31,7 +31,8 @@ from .prepare import (  # noqa: F401 (re-exported: callers import them from here
     SHAPE_STEP, MAX_LONG_SIDE, BORDER_TOLERANCE, BORDER_SHARE, BORDER_KEEP, _resample, border_box, trim_borders,
     prepare_image, whole_image_shape, prepare_whole)
 from .file_results import Decoded, DecodeResult, Embedded, Reused, StreamResult, Undecodable, Unread
-from ..store.renditions import make_rendition
+from ..store.renditions import Stored, make_rendition
+from .local_features import packed_features
 
 if TYPE_CHECKING:
     from ..store.index import ImageIndex
@@ -50,12 +51,18 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+def _stored(image: Any) -> Stored | None:
+    """The rendition and packed local features of a decoded image (None without a rendition: then neither)."""
+    jpeg = make_rendition(image)
+    return None if jpeg is None else Stored(jpeg, packed_features(image))
+
+
 class Embedder:
     """A backbone with its preprocessing and pooling; call it with PIL images or file paths."""
 
     model_digest: str | None = None  # sha256 of the checkpoint or weights file, set by `load_embedder`
-    # Whether `decode_file` also makes the small JPEG that spatial verification reads (`store/renditions.py`):
-    # set while indexing, where the decoded image is at hand anyway.
+    # Whether `decode_file` also makes the small JPEG and the local features that verification and the duplicate
+    # check read (`store/renditions.py`): set while indexing, where the decoded image is at hand anyway.
     keep_renditions: bool = False
 
     def __init__(self, net, *, model: str, pooling: str, preprocess: dict, dim: int, device: str = "cpu",
@@ -196,7 +203,7 @@ class Embedder:
                 return Reused(digest, found)
         try:
             img = load_image(data, min_size=self.min_decode_size)
-            return Decoded(digest, self.prepare(img), make_rendition(img) if self.keep_renditions else None)
+            return Decoded(digest, self.prepare(img), _stored(img) if self.keep_renditions else None)
         except TransientImageError as exc:  # not the file's fault: tried again next run
             return Unread(str(exc).split(": ", 1)[-1])
         except BadImageError as exc:

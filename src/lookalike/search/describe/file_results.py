@@ -44,7 +44,7 @@ class Decoded(NamedTuple):
 
     digest: str
     array: Any
-    rendition: Optional[bytes] = None  # the small JPEG kept for verification, when the embedder makes them
+    rendition: Any = None  # `renditions.Stored`: what verification reads later, when the embedder makes it
 
 
 class Embedded(NamedTuple):
@@ -52,7 +52,7 @@ class Embedded(NamedTuple):
 
     digest: str
     vector: np.ndarray
-    rendition: Optional[bytes] = None
+    rendition: Any = None
 
 
 Skipped = (Unread, Undecodable)  # for isinstance: the file gave no vector, and `reason` says why

@@ -408,13 +408,14 @@ def _worst_rows(bench: Benchmark, per_query: list[dict], worst: int) -> list[dic
 
 def _verification(bench: Benchmark, shortlist: int) -> Callable[[str, np.ndarray], np.ndarray]:
     """`evaluate_groundtruth`'s rescore: the spatial-verification gains of a query's shortlisted database images
-    (the local features of every image kept, since each is verified against many queries)."""
+    (the local features of every image kept, since each is verified against many queries); a query's own
+    features are taken as a search takes those of a query photo."""
     from ..retrieve.verify import CACHE_IMAGES, Verifier
 
     verifier = Verifier(shortlist, cache_images=min(len(bench.database) + len(bench.queries), 4 * CACHE_IMAGES))
 
     def rescore(query: str, positions: np.ndarray) -> np.ndarray:
-        return verifier.gains(verifier.features_of(bench.root / query),
+        return verifier.gains(verifier.query_features(bench.root / query),
                               [bench.root / bench.database[int(p)] for p in positions])
 
     return rescore

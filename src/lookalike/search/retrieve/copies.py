@@ -101,7 +101,7 @@ def image_sources(index: Any, ids: Iterable[int], chunk: int = 500) -> Iterable[
     ids = [int(i) for i in ids]
     for s in range(0, len(ids), chunk):
         part = ids[s:s + chunk]
-        stored = read_renditions(index.path, part) if hasattr(index, "path") else {}
+        stored = read_renditions(index.path, part, keypoints=False) if hasattr(index, "path") else {}
         for image_id in part:
             path = index.path_of(image_id)
             rendition = stored.get(image_id)

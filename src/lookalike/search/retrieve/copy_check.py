@@ -19,9 +19,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .verify import RATIO, _cv2, local_features
+from ..describe.local_features import local_features, opencv
+from .verify import RATIO, ratio_matches
 
-LONG_SIDE = 512  # features of an image at most this long (never enlarged), as verify.py's
+LONG_SIDE = 512  # features of an image at most this long (never enlarged): the size of the stored renditions
+KEYPOINTS = 1000  # the strongest SIFT keypoints kept per image
 PHOTO_SIDE = 128  # grayscale thumbnail side for the photometric check
 TOLERANCE = 0.015  # reprojection error allowed, as a share of B's longer side: a copy's pixels map exactly
 MIN_INLIERS = 10  # agreeing matches a copy needs
@@ -68,14 +70,14 @@ def copy_view(image: Any) -> CopyView:
     if max(gray.size) > LONG_SIDE:
         gray = gray.copy()
         gray.thumbnail((LONG_SIDE, LONG_SIDE), Image.Resampling.LANCZOS)
-    feats = local_features(gray)
+    feats = local_features(gray, LONG_SIDE, KEYPOINTS)
     thumb = gray.copy()
     thumb.thumbnail((PHOTO_SIDE, PHOTO_SIDE), Image.Resampling.BOX)
     return CopyView(feats.points, feats.descriptors, gray.size, np.asarray(thumb, np.uint8), pixels)
 
 
 def _hull_share(points: np.ndarray, size: tuple[int, int]) -> float:
-    cv2 = _cv2()
+    cv2 = opencv()
     if len(points) < 3:
         return 0.0
     return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32)))) / float(size[0] * size[1])
@@ -83,7 +85,7 @@ def _hull_share(points: np.ndarray, size: tuple[int, int]) -> float:
 
 def _correlation(a: CopyView, b_thumb: np.ndarray, m: np.ndarray, b: CopyView) -> float:
     """Normalised correlation of A's thumbnail warped by `m` (feature pixels A -> B) with B's, over the overlap."""
-    cv2 = _cv2()
+    cv2 = opencv()
     sa = a.thumb.shape[1] / a.feature_size[0]
     sb = b_thumb.shape[1] / b.feature_size[0]
     warp = m.astype(np.float64).copy()
@@ -104,7 +106,7 @@ def _correlation(a: CopyView, b_thumb: np.ndarray, m: np.ndarray, b: CopyView) -
 
 
 def _fit(a: CopyView, b: CopyView, mirrored: bool) -> Evidence:
-    cv2 = _cv2()
+    cv2 = opencv()
     if len(a.descriptors) < MIN_INLIERS or len(b.descriptors) < MIN_INLIERS:
         return Evidence(False, mirrored=mirrored)
     desc_b = b.descriptors[:, MIRROR] if mirrored else b.descriptors
@@ -113,12 +115,11 @@ def _fit(a: CopyView, b: CopyView, mirrored: bool) -> Evidence:
     if mirrored:
         points_b[:, 0] = b.feature_size[0] - 1 - points_b[:, 0]
         thumb_b = np.ascontiguousarray(thumb_b[:, ::-1])
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a.descriptors.astype(np.float32), desc_b.astype(np.float32), k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
-    if len(good) < MIN_INLIERS:
-        return Evidence(False, len(good), mirrored)
-    src = a.points[[g.queryIdx for g in good]]
-    dst = points_b[[g.trainIdx for g in good]]
+    rows, cols = ratio_matches(a.descriptors, desc_b, RATIO)
+    if len(rows) < MIN_INLIERS:
+        return Evidence(False, len(rows), mirrored)
+    src = a.points[rows]
+    dst = points_b[cols]
     m, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, maxIters=2000, confidence=0.995,
                                           ransacReprojThreshold=max(1.5, TOLERANCE * max(b.feature_size)))
     if m is None or mask is None:

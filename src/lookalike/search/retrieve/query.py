@@ -274,9 +274,10 @@ def _verified(index: "ImageIndex", query: Query, hits: list[dict], verifier: "Ve
               image: Any = None) -> list[dict]:
     """`hits` re-ranked by `verifier` against the query's own image (left as they are when it cannot be read):
     `image`, the one the descriptor was taken from, else the indexed image's stored rendition or file. The
-    shortlisted images' local features come from the index's renditions where it holds fresh ones."""
+    shortlisted images' local features come from the index, stored beside their renditions, where it holds fresh
+    ones."""
     from ..store.renditions import read_renditions
-    from .verify import local_features
+    from . import verify
 
     def renditions(ids: list) -> dict:
         return read_renditions(index.path, ids)
@@ -284,12 +285,12 @@ def _verified(index: "ImageIndex", query: Query, hits: list[dict], verifier: "Ve
     if image is None and query.image is not None:
         image = query.image
     if image is not None:
-        feats = local_features(image)
+        feats = verify.query_features(image)
     else:
         image_id = query.image_id if query.image_id is not None else index.current_id(query.path)
         path = query.path if query.path is not None else index.path_of(query.image_id)
         stored = renditions([image_id]).get(image_id) if image_id is not None else None
-        feats = verifier.features_of(path, stored)
+        feats = verifier.query_features(path, stored)
     return verifier.rerank(hits, feats, renditions)
 
 

@@ -3,15 +3,15 @@ in the same geometric arrangement.
 
 A global descriptor ranks by overall look; two photos of the same scene also share many small patterns that map
 onto each other through one change of viewpoint. For the query and each shortlisted result: SIFT keypoints with
-RootSIFT descriptors (Arandjelovic & Zisserman 2012), Lowe's ratio test, then RANSAC fitting one affine
+RootSIFT descriptors (`describe/local_features.py`), Lowe's ratio test, then RANSAC fitting one affine
 transform; its inliers count the matches that agree. A result with at least MIN_INLIERS gains up to 1 over its
 cosine similarity (the full gain at FULL_INLIERS), so verified results move up in proportion to the evidence and
 the rest keep their order. SIFT is rotation invariant, so a sideways copy of a scene verifies too.
 
-Local features are not stored (hundreds per image would outweigh the index) but taken at search time from each
-image at most LONG_SIDE pixels long: from the small JPEG rendition the index keeps of it (`store/renditions.py`)
-while the file is unchanged, else from the file itself (an old index, an imported row, a file changed since).
-Figures: benchmarks/results/eval_search.md (quality), benchmarks/results/verify_cost.md (time).
+A library image's local features are taken at index time and stored beside its rendition (`store/renditions.py`);
+a search reads them while the file is unchanged. Otherwise (an index made before they were stored, an imported
+row, a file changed since) they are taken from the stored rendition or, failing that, from the file itself.
+Figures: benchmarks/results/eval_search.md (quality), benchmarks/results/search_speed.md (time).
 """
 
 from __future__ import annotations
@@ -20,83 +20,57 @@ import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from ...device import free_cores
+from ..vector_math import similarity_to_distance
+from ..describe.local_features import (  # noqa: F401 (MAX_KEYPOINTS re-exported)
+    LIBRARY_SIDE, MAX_KEYPOINTS, QUERY_SIDE, LocalFeatures, local_features, opencv, query_features, unpack)
 
-LONG_SIDE = 512  # local features of an image at most this long (never enlarged): bounds time and memory. 384 px
-# was cheaper (search_speed.md) but no benchmark here can show its quality on large photos (holidays-dev's are
-# smaller than either), and the duplicates benchmark was measured at 512
-# JPEGs are draft-decoded at the smallest scale keeping both sides >= this (verify_cost.md: the decode's share).
-DRAFT_SIDE = LONG_SIDE // 2
-MAX_KEYPOINTS = 1000  # the strongest SIFT keypoints kept per image (matching cost grows with the square; 500
-# lost holidays-dev mAP, benchmarks/results/search_speed.md)
+LONG_SIDE = LIBRARY_SIDE  # library images' local features: stored at index time (`describe/local_features.py`)
+DRAFT_SIDE = 256  # a file is draft-decoded at the smallest JPEG scale keeping both sides >= this, then shrunk
 RATIO = 0.8  # Lowe's ratio test: best match clearly closer than the second best
 RANSAC_TOLERANCE = 0.025  # reprojection error allowed, as a share of the image's longer side
 MIN_INLIERS = 8  # fewer agreeing matches than this is what unrelated photos reach by chance
 FULL_INLIERS = 50  # inliers that earn the whole gain
 DEFAULT_SHORTLIST = 20  # results a search verifies unless told otherwise
 MAX_SHORTLIST = 200  # each verified result costs a decode and a match
-CACHE_IMAGES = 512  # images whose local features are kept between queries (float16: ~250 kB each)
+CACHE_IMAGES = 512  # images whose local features are kept between queries (float16: ~250 kB each at most)
 MAX_THREADS = 4  # threads decoding and matching one query's shortlist
 
 
-@dataclass(frozen=True)
-class LocalFeatures:
-    """Keypoints of one image: positions (n, 2) in its decoded pixels, RootSIFT descriptors (n, 128) float16,
-    and the decoded image's longer side (the RANSAC tolerance scales with it)."""
-
-    points: np.ndarray
-    descriptors: np.ndarray
-    long_side: int
-
-
-def _cv2():
-    from ...errors import LookalikeError
-
-    try:
-        import cv2
-    except ImportError as exc:  # a broken or missing wheel: say what to install, nothing else
-        raise LookalikeError(f"spatial verification needs OpenCV ({exc}); pip install opencv-python-headless") from exc
-    cv2.setNumThreads(1)  # the shortlist is spread over one thread per core: inner threads would oversubscribe
-    return cv2
-
-
-def local_features(image: Any) -> LocalFeatures:
-    """SIFT keypoints and RootSIFT descriptors of a PIL image, shrunk to at most LONG_SIDE pixels first."""
-    from PIL import Image
-
-    cv2 = _cv2()
-    gray = image.convert("L")
-    if max(gray.size) > LONG_SIDE:
-        gray = gray.copy()
-        gray.thumbnail((LONG_SIDE, LONG_SIDE), Image.Resampling.LANCZOS)
-    pixels = np.asarray(gray)
-    keypoints, desc = cv2.SIFT_create(nfeatures=MAX_KEYPOINTS).detectAndCompute(pixels, None)
-    if desc is None or not keypoints:
-        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float16), max(gray.size))
-    desc = desc.astype(np.float32)
-    desc = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-7))  # RootSIFT: Hellinger kernel
-    points = np.asarray([k.pt for k in keypoints], np.float32)
-    return LocalFeatures(points, desc.astype(np.float16), max(gray.size))
+def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = RATIO) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of a, rows of b) of the nearest neighbours in b of a's unit-length descriptors that pass Lowe's
+    ratio test. One matrix product gives every similarity (for unit vectors |x - y|^2 = 2 - 2 x.y); OpenCV's
+    product runs on the calling thread, so a pool of matching threads scales, where a brute-force matcher per
+    pair costs several times as much."""
+    cv2 = opencv()
+    if len(a) == 0 or len(b) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    sims = cv2.gemm(np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32), 1.0, None, 0.0,
+                    flags=cv2.GEMM_2_T)
+    rows = np.arange(len(a))
+    best = sims.argmax(axis=1)
+    first = sims[rows, best].copy()
+    sims[rows, best] = -np.inf
+    second = sims.max(axis=1)
+    keep = similarity_to_distance(first) < ratio * similarity_to_distance(second)
+    return rows[keep], best[keep]
 
 
 def count_inliers(query: LocalFeatures, result: LocalFeatures) -> int:
     """Matches between two images that one affine transform (RANSAC) carries from the query onto the result."""
-    cv2 = _cv2()
+    cv2 = opencv()
     if len(query.descriptors) < 3 or len(result.descriptors) < 3:
         return 0
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
-    pairs = matcher.knnMatch(query.descriptors.astype(np.float32), result.descriptors.astype(np.float32), k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
-    if len(good) < max(3, MIN_INLIERS):
+    rows, cols = ratio_matches(query.descriptors, result.descriptors)
+    if len(rows) < max(3, MIN_INLIERS):
         return 0
-    src = query.points[[m.queryIdx for m in good]]
-    dst = result.points[[m.trainIdx for m in good]]
+    src = query.points[rows]
+    dst = result.points[cols]
     _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
                                    ransacReprojThreshold=RANSAC_TOLERANCE * result.long_side, maxIters=1000,
                                    confidence=0.99)
@@ -131,7 +105,7 @@ class Verifier:
 
         if not 0 < shortlist <= MAX_SHORTLIST:
             raise LookalikeError(f"--verify takes 0 (off) to {MAX_SHORTLIST} results, not {shortlist}")
-        _cv2()  # a missing OpenCV fails here, before any search runs
+        opencv()  # a missing OpenCV fails here, before any search runs
         self.shortlist = int(shortlist)
         self._cache: OrderedDict[tuple, Optional[LocalFeatures]] = OrderedDict()
         self._size = max(1, int(cache_images))
@@ -148,34 +122,52 @@ class Verifier:
         return False, None
 
     def features_of(self, path, rendition: Any = None) -> Optional[LocalFeatures]:
-        """Local features of the file `path` (None when it cannot be read); `rendition`: its stored
-        `renditions.Rendition`, used instead of the file while the file's size and mtime are still its own."""
-        from ...images import load_image
-
+        """Local features of the library file `path` at LONG_SIDE (None when it cannot be read); `rendition`: its
+        stored `renditions.Rendition`, whose stored features (else its JPEG) stand in for the file while the
+        file's size and mtime are still its own."""
         key = _stamp(path)
         if key is None:
             return None
         hit, feats = self._cached(key)
         if hit:
             return feats
+        fresh = rendition is not None and rendition.fresh(key[1], key[2])
+        feats = unpack(rendition.keypoints) if fresh and rendition.keypoints is not None else None
+        if feats is None:
+            feats = self._extract(path, rendition if fresh else None, local_features)
+        with self._lock:
+            self._cache[key] = feats
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return feats
+
+    def query_features(self, path, rendition: Any = None) -> Optional[LocalFeatures]:
+        """Local features of an indexed image searched for by itself, at QUERY_SIDE like any query photo: from
+        its rendition while `rendition` is fresh, else from the file (None when it cannot be read)."""
+        key = _stamp(path)
+        if key is None:
+            return None
+        fresh = rendition is not None and rendition.fresh(key[1], key[2])
+        return self._extract(path, rendition if fresh else None, query_features)
+
+    def _extract(self, path, rendition: Any, take: Callable[[Any], LocalFeatures]) -> Optional[LocalFeatures]:
+        """`take` (library or query features) of the fresh `rendition`'s JPEG when there is one that decodes,
+        else of the file; None when neither can be read."""
+        from ...images import load_image
+
         try:
             with self._decodes:
                 image = None
-                if rendition is not None and rendition.fresh(key[1], key[2]):
+                if rendition is not None:
                     try:
                         image = load_image(rendition.jpeg)
                     except Exception:  # a damaged rendition: the file itself is still there
                         image = None
                 if image is None:
                     image = load_image(Path(path), min_size=DRAFT_SIDE)
-                feats = local_features(image)
+                return take(image)
         except Exception:  # an unreadable or vanished file is not verified; the search itself goes on
-            feats = None
-        with self._lock:
-            self._cache[key] = feats
-            while len(self._cache) > self._size:
-                self._cache.popitem(last=False)
-        return feats
+            return None
 
     def _stored(self, ids: Sequence, paths: Sequence, renditions: Optional[Renditions]) -> dict:
         """{id: Rendition} of the files not in the cache yet, in one read (none without `renditions`)."""

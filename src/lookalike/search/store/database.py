@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS renditions (  -- small JPEGs read by spatial verifica
     id INTEGER PRIMARY KEY,         -- images.id
     size INTEGER NOT NULL,          -- of the file it was made from: used only while the file still has both
     mtime_ns INTEGER NOT NULL,
-    jpeg BLOB NOT NULL
+    jpeg BLOB NOT NULL,
+    keypoints BLOB                  -- packed local features (`describe/local_features.py`); NULL: not stored
 );
 """
 
@@ -169,6 +170,25 @@ def _add_date_key(path: Path) -> None:
 
 
 MIGRATIONS[5] = _add_date_key
+
+
+def _add_keypoints_column(path: Path) -> None:
+    """Format 6 -> 7: `renditions.keypoints`, NULL for the images indexed before it (verification runs SIFT on
+    their renditions, as before); images indexed or changed from now on get them."""
+    db = path / DATABASE
+    if not db.is_file():
+        return
+    conn = sqlite3.connect(db)
+    try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(renditions)")}
+        if columns and "keypoints" not in columns:
+            conn.execute("ALTER TABLE renditions ADD COLUMN keypoints BLOB")
+            conn.commit()
+    finally:
+        conn.close()
+
+
+MIGRATIONS[6] = _add_keypoints_column
 
 def _connect_reader(path: Path, root: Any = None) -> sqlite3.Connection:
     """A read-only connection to the index database in `path`; never writes, so it works for a user who may only

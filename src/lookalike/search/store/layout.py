@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 6  # 2: the `failures` table; 3: `images.imported`; 4: the `facts` table; 5: `renditions`;
-# 6: `facts.date`, the library's date sort key
+FORMAT_VERSION = 7  # 2: the `failures` table; 3: `images.imported`; 4: the `facts` table; 5: `renditions`;
+# 6: `facts.date`, the library's date sort key; 7: `renditions.keypoints`, stored local features
 OLDEST_READABLE = 1  # readers never touch the `failures` table, so format 1 is searchable as it is
 MANIFEST = "manifest.json"
 DATABASE = "index.db"

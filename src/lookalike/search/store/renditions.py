@@ -1,7 +1,8 @@
 """Small renditions of indexed images: a JPEG of at most LONG_SIDE pixels, made at index time from the image the
-descriptor was decoded from (one small encode, no second decode), kept in the `renditions` table of the index
-database. Spatial verification reads them instead of decoding the photo files again (a 12 MP JPEG costs tens of
-ms even in draft mode; a rendition about a tenth of that).
+descriptor was decoded from (one small encode, no second decode), and the image's packed local features
+(`describe/local_features.py`), kept in the `renditions` table of the index database. Spatial verification reads
+the features instead of running SIFT on each shortlisted image, and the duplicate check reads the JPEG instead of
+decoding the photo file again (a 12 MP JPEG costs tens of ms even in draft mode; a rendition about a tenth of that).
 
 Each row records the size and mtime of the file it was made from; a reader uses it only while the file still
 has both (`fresh`), so a changed file is never answered by a stale rendition. Rows are written in their own
@@ -23,12 +24,22 @@ MAX_BYTES = 1 << 20  # a stored rendition larger than this is not read (the data
 _READ_CHUNK = 500  # ids per SELECT (SQLite's bound on variables)
 
 
+class Stored(NamedTuple):
+    """What index time keeps of one decoded image: its JPEG rendition and its packed local features (None when
+    they could not be taken)."""
+
+    jpeg: bytes
+    keypoints: Optional[bytes] = None
+
+
 class Rendition(NamedTuple):
-    """A stored rendition and the (size, mtime_ns) of the file it was made from."""
+    """A stored rendition, its packed local features (None: not stored, e.g. an index made before they were),
+    and the (size, mtime_ns) of the file they were made from."""
 
     size: int
     mtime_ns: int
     jpeg: bytes
+    keypoints: Optional[bytes] = None
 
     def fresh(self, size: int, mtime_ns: int) -> bool:
         """Whether the file, now of `size` bytes and `mtime_ns`, is still the one this was made from."""
@@ -54,16 +65,16 @@ def make_rendition(image: Any) -> Optional[bytes]:
 
 
 def write_renditions(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
-    """Inside a write transaction. rows: (stored path, size, mtime_ns, jpeg); a rendition is kept only for an
-    image row that is, as committed, that file at that size and mtime. jpeg None: the row kept its bytes (a
-    touched or renamed file), so its rendition, if any, is restamped with the new size and mtime."""
+    """Inside a write transaction. rows: (stored path, size, mtime_ns, `Stored`); a rendition is kept only for
+    an image row that is, as committed, that file at that size and mtime. `Stored` None: the row kept its bytes
+    (a touched or renamed file), so its rendition, if any, is restamped with the new size and mtime."""
     from .database import db_path
 
     rows = list(rows)
-    conn.executemany("INSERT OR REPLACE INTO renditions (id, size, mtime_ns, jpeg) "
-                     "SELECT id, size, mtime_ns, ? FROM images WHERE path = ? AND size = ? AND mtime_ns = ?",
-                     [(sqlite3.Binary(jpeg), db_path(rel), size, mtime) for rel, size, mtime, jpeg in rows
-                      if jpeg is not None])
+    conn.executemany("INSERT OR REPLACE INTO renditions (id, size, mtime_ns, jpeg, keypoints) "
+                     "SELECT id, size, mtime_ns, ?, ? FROM images WHERE path = ? AND size = ? AND mtime_ns = ?",
+                     [(sqlite3.Binary(kept.jpeg), None if kept.keypoints is None else sqlite3.Binary(kept.keypoints),
+                       db_path(rel), size, mtime) for rel, size, mtime, kept in rows if kept is not None])
     conn.executemany("UPDATE renditions SET size = ?, mtime_ns = ? WHERE id = (SELECT id FROM images "
                      "WHERE path = ? AND size = ? AND mtime_ns = ?)",
                      [(size, mtime, db_path(rel), size, mtime) for rel, size, mtime, jpeg in rows if jpeg is None])
@@ -80,9 +91,10 @@ def _has_table(conn: sqlite3.Connection) -> bool:
         is not None
 
 
-def read_renditions(index_path: Path, ids: Iterable[int]) -> dict[int, Rendition]:
+def read_renditions(index_path: Path, ids: Iterable[int], keypoints: bool = True) -> dict[int, Rendition]:
     """{id: Rendition} of those `ids` the index at `index_path` holds one for; {} for an index without any (made
-    before renditions) or one that cannot be read now (the caller decodes the files)."""
+    before renditions) or one that cannot be read now (the caller decodes the files). `keypoints` False: leave
+    the stored local features out (their `keypoints` None), for a reader that only wants the JPEGs."""
     from ...errors import LookalikeError
     from .database import _connect_reader
 
@@ -97,14 +109,18 @@ def read_renditions(index_path: Path, ids: Iterable[int]) -> dict[int, Rendition
     try:
         if not _has_table(conn):
             return {}
+        # A format-6 index read before its next `index` run has no such column yet.
+        has_keypoints = keypoints and any(r[1] == "keypoints" for r in conn.execute("PRAGMA table_info(renditions)"))
+        keypoints_column = (f"CASE WHEN length(keypoints) <= {MAX_BYTES} THEN keypoints END" if has_keypoints
+                            else "NULL")
         for s in range(0, len(ids), _READ_CHUNK):
             part = ids[s:s + _READ_CHUNK]
             marks = ",".join("?" * len(part))
-            for i, size, mtime, jpeg in conn.execute(
-                    f"SELECT id, size, mtime_ns, jpeg FROM renditions WHERE id IN ({marks}) "
+            for i, size, mtime, jpeg, keypoints in conn.execute(
+                    f"SELECT id, size, mtime_ns, jpeg, {keypoints_column} FROM renditions WHERE id IN ({marks}) "
                     f"AND length(jpeg) <= {MAX_BYTES}", part):
                 if isinstance(jpeg, bytes) and isinstance(size, int) and isinstance(mtime, int):
-                    out[int(i)] = Rendition(size, mtime, jpeg)
+                    out[int(i)] = Rendition(size, mtime, jpeg, keypoints if isinstance(keypoints, bytes) else None)
     except sqlite3.Error:  # a damaged or busy database: verification decodes the files instead
         return {}
     finally:

@@ -302,7 +302,7 @@ class IndexWriter(AnnBookkeeping, WriterReads, IndexBase):
             ensure_indexes(self._conn)
 
     def store_renditions(self, rows: Iterable[tuple], drop_orphans: bool = False) -> None:
-        """One transaction of (stored path, size, mtime_ns, jpeg) renditions (`renditions.py`) of committed rows;
+        """One transaction of (stored path, size, mtime_ns, `renditions.Stored`) renditions (`renditions.py`) of committed rows;
         `drop_orphans`: also forget those of images the index no longer holds."""
         from . import renditions
 
