@@ -104,6 +104,9 @@ def open_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = free_cores()
     opts.inter_op_num_threads = 1
+    # Threads that sleep between runs instead of spinning: a spinning pool burns the cores that decoding, SIFT
+    # and the other requests of a server are waiting for.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

@@ -39,7 +39,7 @@ def test_local_features_are_taken_at_a_bounded_size():
     feats = verify.local_features(big)
     assert feats.long_side == verify.LONG_SIDE
     assert 0 < len(feats.points) <= verify.MAX_KEYPOINTS and feats.descriptors.shape == (len(feats.points), 128)
-    assert feats.points.max() <= verify.LONG_SIDE and feats.descriptors.dtype == np.float16
+    assert feats.points.max() <= verify.LONG_SIDE and feats.descriptors.dtype == np.float32
     # RootSIFT rows: square roots of L1-normalised histograms, so unit L2 norm.
     norms = np.linalg.norm(feats.descriptors.astype(np.float32), axis=1)
     assert np.allclose(norms, 1.0, atol=1e-2)

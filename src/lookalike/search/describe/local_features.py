@@ -30,8 +30,8 @@ _MAX_SIDE = 8192
 
 @dataclass(frozen=True)
 class LocalFeatures:
-    """Keypoints of one image: positions (n, 2) in its decoded pixels, RootSIFT descriptors (n, 128) float16,
-    and the decoded image's longer side (the RANSAC tolerance scales with it)."""
+    """Keypoints of one image: positions (n, 2) in its decoded pixels, RootSIFT descriptors (n, 128) float32
+    (what the matcher multiplies), and the decoded image's longer side (the RANSAC tolerance scales with it)."""
 
     points: np.ndarray
     descriptors: np.ndarray
@@ -76,7 +76,7 @@ def _sift(image: Any, long_side: int, keypoints: int) -> tuple[np.ndarray, np.nd
 def _features(points: np.ndarray, raw: np.ndarray, long_side: int) -> LocalFeatures:
     desc = raw.astype(np.float32)
     desc = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-7))  # RootSIFT: Hellinger kernel
-    return LocalFeatures(points, desc.astype(np.float16), int(long_side))
+    return LocalFeatures(points, desc, int(long_side))
 
 
 def local_features(image: Any, long_side: int = LIBRARY_SIDE, keypoints: int = LIBRARY_KEYPOINTS) -> LocalFeatures:

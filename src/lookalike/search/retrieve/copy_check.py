@@ -73,7 +73,8 @@ def copy_view(image: Any) -> CopyView:
     feats = local_features(gray, LONG_SIDE, KEYPOINTS)
     thumb = gray.copy()
     thumb.thumbnail((PHOTO_SIDE, PHOTO_SIDE), Image.Resampling.BOX)
-    return CopyView(feats.points, feats.descriptors, gray.size, np.asarray(thumb, np.uint8), pixels)
+    # float16 halves what the view cache holds; the matcher widens a pair at a time
+    return CopyView(feats.points, feats.descriptors.astype(np.float16), gray.size, np.asarray(thumb, np.uint8), pixels)
 
 
 def _hull_share(points: np.ndarray, size: tuple[int, int]) -> float:

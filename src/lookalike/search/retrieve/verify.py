@@ -38,7 +38,7 @@ MIN_INLIERS = 8  # fewer agreeing matches than this is what unrelated photos rea
 FULL_INLIERS = 50  # inliers that earn the whole gain
 DEFAULT_SHORTLIST = 20  # results a search verifies unless told otherwise
 MAX_SHORTLIST = 200  # each verified result costs a decode and a match
-CACHE_IMAGES = 512  # images whose local features are kept between queries (float16: ~250 kB each at most)
+CACHE_IMAGES = 512  # library images whose local features are kept between queries (at most 258 kB each)
 MAX_THREADS = 4  # threads decoding and matching one query's shortlist
 
 
