@@ -151,6 +151,12 @@ def run_clients(url: str, clients: int, seconds: float, queries: list[bytes], id
     return {"latency": lat, "errors": errors, "wall": wall}
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_peak_rss(pid: int) -> int:
     """The server process's peak resident memory in bytes (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -214,8 +220,10 @@ def big_side(src: Path, photos: Path, queries: list[bytes], work: Path, args) ->
         first = time.perf_counter() - t
         verified = any(h.get("inliers") is not None for h in r.json()["results"])
         # Uploads expect min(k, len(ids)) results: the ids stand for the library's size here.
+        cpu = process_cpu_s(server.pid)
         run = run_clients(url, args.clients, args.seconds, queries, list(range(args.big)), args.k, "upload")
-        return {"first": first, "verified": verified, **run}
+        cpu = process_cpu_s(server.pid) - cpu
+        return {"first": first, "verified": verified, "server_cpu": cpu, **run}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -247,14 +255,15 @@ def compare_big(args) -> None:
     lines = [f"{args.big} photos of 4000x3000 px indexed with the default settings; {args.clients} clients for "
              f"{args.seconds:g} s each uploading 1600x1200 crops of them (JPEG q90, {len(queries)} different) to "
              f"POST /api/search, k={args.k}, the server verifying its default shortlist.", "",
-             "| Code | searches/s | p50 ms | p99 ms | errors | first search of a fresh server, ms | verified |",
-             "|---|---|---|---|---|---|---|"]
+             "| Code | searches/s | p50 ms | p99 ms | errors | first search of a fresh server, ms | verified | "
+             "server CPU ms / search |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, label in (("old", f"{rev['old']} (before)"), ("new", rev["new"])):
         r = sides[name]
         up = r["latency"]["upload"]
         lines.append(f"| {label} | {len(up) / r['wall']:.1f} | {1000 * percentile(up, 50):.0f} | "
                      f"{1000 * percentile(up, 99):.0f} | {len(r['errors'])} | {1000 * r['first']:.0f} | "
-                     f"{'yes' if r['verified'] else 'no'} |")
+                     f"{'yes' if r['verified'] else 'no'} | {1000 * r['server_cpu'] / max(1, len(up)):.0f} |")
     rate = [len(sides[n]["latency"]["upload"]) / sides[n]["wall"] for n in ("old", "new")]
     lines += ["", f"Rate new/old: {rate[1] / rate[0]:.2f}x. Load average (1 min) at the start and the end: "
               f"{', '.join(f'{x:.1f}' for x in load)} ({os.cpu_count()} CPUs visible)."]

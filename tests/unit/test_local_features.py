@@ -66,7 +66,8 @@ def test_ratio_matches_agree_with_opencvs_brute_force_matcher():
     cv2 = lf.opencv()
     a = lf.local_features(photo("astronaut"), 384).descriptors
     b = lf.local_features(photo("astronaut").rotate(15).crop((20, 20, 480, 400)), 384).descriptors
-    rows, cols = verify.ratio_matches(a, b)
+    rows, cols, sims = verify.ratio_matches(a, b)
+    assert np.all((sims > 0) & (sims <= 1.0001))
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a.astype(np.float32), b.astype(np.float32), k=2)
     expected = {(p[0].queryIdx, p[0].trainIdx) for p in pairs
                 if len(p) == 2 and p[0].distance < verify.RATIO * p[1].distance}
@@ -75,5 +76,5 @@ def test_ratio_matches_agree_with_opencvs_brute_force_matcher():
     # Float rounding may settle a near tie either way: all but a handful agree.
     assert len(found ^ expected) <= max(2, len(expected) // 50)
     empty = np.zeros((0, 128), np.float32)
-    assert [len(x) for x in verify.ratio_matches(empty, b)] == [0, 0]
-    assert [len(x) for x in verify.ratio_matches(a, b[:1])] == [0, 0]  # no second neighbour: no ratio
+    assert [len(x) for x in verify.ratio_matches(empty, b)] == [0, 0, 0]
+    assert [len(x) for x in verify.ratio_matches(a, b[:1])] == [0, 0, 0]  # no second neighbour: no ratio

@@ -120,3 +120,18 @@ def test_evaluate_groundtruth_ranks_with_the_rescore_of_the_shortlist(tmp_path):
     assert seen == [("q", [1, 2, 3])]  # the query itself is never shortlisted
     short = evaluate_groundtruth(*args, rescore=rescore, shortlist=2)["figures"]
     assert short["mAP"] == plain["mAP"]  # p is outside a shortlist of two: nothing changes
+
+
+def test_a_nearly_featureless_result_earns_no_gain_from_many_matches_on_its_few_points():
+    # The result has three keypoints; thirty of the query's (ten at each of three places, as SIFT gives several
+    # orientations at one spot) are near copies of them. They agree with one transform, but only three points of
+    # the result are involved: three inliers, not thirty.
+    rng = np.random.default_rng(0)
+    base = np.abs(rng.normal(size=(3, 128))).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    result = verify.LocalFeatures(np.array([[10, 10], [200, 40], [90, 180]], np.float32), base, 256)
+    desc = np.repeat(base, 10, axis=0) + rng.normal(0, 0.01, (30, 128)).astype(np.float32)
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    query = verify.LocalFeatures(np.repeat(result.points * 1.2 + 5, 10, axis=0), desc.astype(np.float32), 320)
+    assert verify.count_inliers(query, result) <= 3
+    assert verify.verification_gain(verify.count_inliers(query, result)) == 0

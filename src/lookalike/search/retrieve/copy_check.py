@@ -116,7 +116,7 @@ def _fit(a: CopyView, b: CopyView, mirrored: bool) -> Evidence:
     if mirrored:
         points_b[:, 0] = b.feature_size[0] - 1 - points_b[:, 0]
         thumb_b = np.ascontiguousarray(thumb_b[:, ::-1])
-    rows, cols = ratio_matches(a.descriptors, desc_b, RATIO)
+    rows, cols, _ = ratio_matches(a.descriptors, desc_b, RATIO)
     if len(rows) < MIN_INLIERS:
         return Evidence(False, len(rows), mirrored)
     src = a.points[rows]

@@ -16,6 +16,7 @@ Figures: benchmarks/results/eval_search.md (quality), benchmarks/results/search_
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -34,6 +35,8 @@ LONG_SIDE = LIBRARY_SIDE  # library images' local features: stored at index time
 DRAFT_SIDE = 256  # a file is draft-decoded at the smallest JPEG scale keeping both sides >= this, then shrunk
 RATIO = 0.8  # Lowe's ratio test: best match clearly closer than the second best
 RANSAC_TOLERANCE = 0.025  # reprojection error allowed, as a share of the image's longer side
+RANSAC_CONFIDENCE = 0.99
+RANSAC_MAX_ITERATIONS = 1000
 MIN_INLIERS = 8  # fewer agreeing matches than this is what unrelated photos reach by chance
 FULL_INLIERS = 50  # inliers that earn the whole gain
 DEFAULT_SHORTLIST = 20  # results a search verifies unless told otherwise
@@ -42,14 +45,14 @@ CACHE_IMAGES = 512  # library images whose local features are kept between queri
 MAX_THREADS = 4  # threads decoding and matching one query's shortlist
 
 
-def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = RATIO) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of a, rows of b) of the nearest neighbours in b of a's unit-length descriptors that pass Lowe's
-    ratio test. One matrix product gives every similarity (for unit vectors |x - y|^2 = 2 - 2 x.y); OpenCV's
+def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = RATIO) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows of a, rows of b, their similarities) of the nearest neighbours in b of a's unit-length descriptors
+    that pass Lowe's ratio test. One matrix product gives every similarity (for unit vectors |x - y|^2 = 2 - 2 x.y); OpenCV's
     product runs on the calling thread, so a pool of matching threads scales, where a brute-force matcher per
     pair costs several times as much."""
     cv2 = opencv()
     if len(a) == 0 or len(b) < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     sims = cv2.gemm(np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32), 1.0, None, 0.0,
                     flags=cv2.GEMM_2_T)
     rows = np.arange(len(a))
@@ -58,7 +61,7 @@ def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = RATIO) -> tuple[n
     sims[rows, best] = -np.inf
     second = sims.max(axis=1)
     keep = similarity_to_distance(first) < ratio * similarity_to_distance(second)
-    return rows[keep], best[keep]
+    return rows[keep], best[keep], first[keep]
 
 
 def count_inliers(query: LocalFeatures, result: LocalFeatures) -> int:
@@ -66,15 +69,32 @@ def count_inliers(query: LocalFeatures, result: LocalFeatures) -> int:
     cv2 = opencv()
     if len(query.descriptors) < 3 or len(result.descriptors) < 3:
         return 0
-    rows, cols = ratio_matches(query.descriptors, result.descriptors)
+    rows, cols, sims = ratio_matches(query.descriptors, result.descriptors)
+    # One match per keypoint of the result, its closest: on a nearly featureless image many query keypoints fall
+    # on the same two or three points, which would count as many agreeing matches (and make RANSAC's draws
+    # degenerate, tens of milliseconds a pair).
+    order = np.argsort(-sims, kind="stable")
+    _, first = np.unique(cols[order], return_index=True)
+    rows, cols = rows[order[first]], cols[order[first]]
     if len(rows) < max(3, MIN_INLIERS):
         return 0
     src = query.points[rows]
     dst = result.points[cols]
     _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
-                                   ransacReprojThreshold=RANSAC_TOLERANCE * result.long_side, maxIters=1000,
-                                   confidence=0.99)
+                                   ransacReprojThreshold=RANSAC_TOLERANCE * result.long_side,
+                                   maxIters=ransac_iterations(len(rows)), confidence=RANSAC_CONFIDENCE)
     return 0 if mask is None else int(mask.sum())
+
+
+def ransac_iterations(matches: int) -> int:
+    """Enough RANSAC draws to find, with RANSAC_CONFIDENCE, a transform that MIN_INLIERS of `matches` agree on
+    (three matches a draw); fewer inliers than that earn no gain, so more draws could change nothing. Among a
+    few dozen matches this is tens of draws, not the RANSAC_MAX_ITERATIONS an unrelated pair used to cost."""
+    share = min(1.0, MIN_INLIERS / max(matches, 1))
+    if share >= 1.0:
+        return 1
+    need = math.log(1 - RANSAC_CONFIDENCE) / math.log(1 - share ** 3)
+    return int(min(RANSAC_MAX_ITERATIONS, math.ceil(need)))
 
 
 def verification_gain(inliers: int) -> float:
@@ -185,22 +205,37 @@ class Verifier:
 
     def inliers(self, query: LocalFeatures, paths: Sequence, ids: Optional[Sequence] = None,
                 renditions: Optional[Renditions] = None) -> list[Optional[int]]:
-        """Inliers of each file against the query (None: the file could not be read). Files are decoded and
-        matched in threads, one per free core (Pillow's decoders and OpenCV release the GIL). `ids` (the index's
-        ids of the files) and `renditions` let stored renditions stand in for the files."""
+        """Inliers of each file against the query (None: the file could not be read). `ids` (the index's ids of
+        the files) and `renditions` let stored features and renditions stand in for the files. Files whose
+        features must be taken now are decoded in threads, one per free core (Pillow's decoders and OpenCV
+        release the GIL); the matching itself, a millisecond or two a pair, runs on the calling thread, where
+        a pool would cost a server more in threads than it saves."""
         ids = list(ids) if ids is not None else [None] * len(paths)
         stored = self._stored(ids, paths, renditions)
-
-        def one(pair) -> Optional[int]:
-            path, i = pair
-            feats = self.features_of(path, stored.get(i))
-            return None if feats is None else count_inliers(query, feats)
-
-        workers = min(len(paths), free_cores(), MAX_THREADS)
+        feats = [self._ready(p, stored.get(i)) for p, i in zip(paths, ids)]
+        missing = [n for n, (known, _) in enumerate(feats) if not known]
+        workers = min(len(missing), free_cores(), MAX_THREADS)
         if workers <= 1:
-            return [one(p) for p in zip(paths, ids)]
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(one, zip(paths, ids)))
+            taken = [self.features_of(paths[n], stored.get(ids[n])) for n in missing]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                taken = list(pool.map(lambda n: self.features_of(paths[n], stored.get(ids[n])), missing))
+        for n, f in zip(missing, taken):
+            feats[n] = (True, f)
+        return [None if f is None else count_inliers(query, f) for _, f in feats]
+
+    def _ready(self, path, rendition: Any) -> tuple[bool, Optional[LocalFeatures]]:
+        """(True, features) of a file whose features need no decoding (in the cache, or stored and fresh; None
+        for a file gone), else (False, None)."""
+        key = _stamp(path)
+        if key is None:
+            return True, None
+        hit, feats = self._cached(key)
+        if hit:
+            return True, feats
+        if rendition is not None and rendition.keypoints is not None and rendition.fresh(key[1], key[2]):
+            return True, self.features_of(path, rendition)  # unpacked here: a fraction of a millisecond
+        return False, None
 
     def gains(self, query: Optional[LocalFeatures], paths: Sequence) -> np.ndarray:
         """`verification_gain` of each file against the query (0 for an unreadable file, all 0 when the query's
