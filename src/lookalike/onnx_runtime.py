@@ -16,7 +16,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -95,6 +95,17 @@ def available() -> bool:
     return True
 
 
+_threads_per_run: Optional[int] = None  # None: one per free core (`one_thread_per_run`)
+
+
+def one_thread_per_run() -> None:
+    """Sessions opened from now on run each forward pass on the calling thread alone. For a server, whose
+    concurrent requests already keep every core busy: a pool per pass would make them hand work between
+    threads that have nothing else to run on."""
+    global _threads_per_run
+    _threads_per_run = 1
+
+
 def open_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """An ONNX Runtime CPU session on the cached graph, as a batch -> vectors function (with `.dim`)."""
     import onnxruntime as ort
@@ -102,7 +113,7 @@ def open_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     from .device import free_cores
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = free_cores()
+    opts.intra_op_num_threads = _threads_per_run or free_cores()
     opts.inter_op_num_threads = 1
     # Threads that sleep between runs instead of spinning: a spinning pool burns the cores that decoding, SIFT
     # and the other requests of a server are waiting for.

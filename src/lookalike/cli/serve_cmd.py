@@ -55,9 +55,12 @@ def serve(
     read_only: bool = typer.Option(False, "--read-only", help="The page only browses and searches: no trash, move or undo."),
 ) -> None:
     """Serve the search page and REST API (OpenAPI schema at /openapi.json) over an index."""
+    from .. import onnx_runtime
     from ..web import server
     from ..web.app import create_app
     from ..web.hosts import as_host, machine_hosts
+
+    onnx_runtime.one_thread_per_run()  # the server's requests run side by side: one thread each per forward pass
 
     expansion, verifier = ranking(quality, qe, dba, alpha, verify)
     index_path = index.expanduser() if index is not None else Path.cwd()  # the index accepts its image folder too
