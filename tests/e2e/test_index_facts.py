@@ -14,7 +14,7 @@ from helpers.search import pattern_image, tiny_checkpoint
 from lookalike.search.describe.features import load_embedder
 from lookalike.search.indexing.facts import camera_from_exif, taken_from_exif
 from lookalike.search.indexing.sync import index_folder
-from lookalike.search.store.index import ImageIndex
+from lookalike.search.store.index import FORMAT_VERSION, ImageIndex
 
 
 def _camera_jpeg(path, size=(64, 48), orientation=6):
@@ -81,7 +81,7 @@ def test_an_index_made_before_facts_is_upgraded_without_embedding_again(library,
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["added"] == 0 and summary["unchanged"] == 2 and summary["facts_read"] == 2
-    assert json.loads((ix / "manifest.json").read_text())["format_version"] == 6
+    assert json.loads((ix / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
     assert _facts_by_name(ix)["turned.jpg"].camera == "Canon EOS 80D"
 
 

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from helpers.web import make_app, photo
+from lookalike.search.store.layout import FORMAT_VERSION
 
 LAYOUT = {  # path in the library -> (photo, edit)
     "2019/beach/astronaut.jpg": ("astronaut", None),
@@ -279,4 +280,4 @@ def test_the_date_key_is_stored_indexed_and_added_to_older_indexes(own, embedder
     assert _date_order(lib["index"]) == stored[:-1] + [False]
     assert index_folder(lib["photos"], lib["index"], embedder=embedder)["added"] == 0
     assert _date_order(lib["index"]) == stored
-    assert json.loads((lib["index"] / "manifest.json").read_text())["format_version"] == 6
+    assert json.loads((lib["index"] / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
