@@ -20,6 +20,20 @@ def free_cores() -> int:
     return max(1, cores // _local_processes())
 
 
+def one_thread_per_call() -> None:
+    """Every BLAS library loaded so far (NumPy's OpenBLAS, and the one inside OpenCV that its matrix products use)
+    runs each call on the calling thread alone, from now on. For a server: its concurrent requests already keep
+    every core busy, and products split over threads on top of them cost more CPU than they save
+    (benchmarks/results/serve_load.md)."""
+    from threadpoolctl import threadpool_limits
+
+    try:
+        import cv2  # noqa: F401 (loaded now, so that its BLAS is found and limited too)
+    except ImportError:  # no spatial verification without it; NumPy's BLAS is still limited
+        pass
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def _local_processes() -> int:
     """Processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 outside torchrun): they share its cores."""
     try:

@@ -56,11 +56,14 @@ def serve(
 ) -> None:
     """Serve the search page and REST API (OpenAPI schema at /openapi.json) over an index."""
     from .. import onnx_runtime
+    from ..device import one_thread_per_call
     from ..web import server
     from ..web.app import create_app
     from ..web.hosts import as_host, machine_hosts
 
-    onnx_runtime.one_thread_per_run()  # the server's requests run side by side: one thread each per forward pass
+    # The server's requests run side by side and fill the cores: each forward pass and each matrix product on its
+    # request's thread alone.
+    onnx_runtime.one_thread_per_run()
 
     expansion, verifier = ranking(quality, qe, dba, alpha, verify)
     index_path = index.expanduser() if index is not None else Path.cwd()  # the index accepts its image folder too
@@ -102,6 +105,7 @@ def serve(
                     "`lookalike index FOLDER`)"
                 ) from None
             raise
+    one_thread_per_call()
     port = server.bound_port(sockets)  # --port 0: the one the system picked
     facts = web_app.state.service.stats()
     for note in facts.get("notes", []):
