@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -120,10 +121,11 @@ def main() -> None:
         old = run_side(old_tree / "src", photos, work / "ix-old", queries)
         new = run_side(REPO / "src", photos, work / "ix-new", queries)
         load.append(os.getloadavg()[0])
+        args.photos = photos
+        write_results(args, commit, old_commit, old, new, load)
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], capture_output=True)
-    args.photos = photos
-    write_results(args, commit, old_commit, old, new, load)
+        shutil.rmtree(work, ignore_errors=True)  # 12 MP photos: hundreds of MB
 
 
 def write_results(args, commit: str, old_commit: str, old: dict, new: dict, load: list) -> None:

@@ -92,9 +92,16 @@ def test_an_index_made_before_stored_features_verifies_from_its_renditions(tmp_p
     response, decoded = _search(ix_path, library / "chelsea.jpg", tiny, verifier)
     assert decoded == [] and sorted(verifier.rendition_decodes) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
     assert [(h.path, h.inliers) for h in response.results] == expected  # the same features, taken now
-    index_folder(library, ix_path, embedder=tiny)  # migrated: the column is added, NULL for these images
+    # The next run adds the column and stores these images' features from their renditions, embedding none.
+    summary = index_folder(library, ix_path, embedder=tiny)
+    assert summary["keypoints_stored"] == 3 and summary["unchanged"] == 3 and summary["added"] == 0
     with ImageIndex.open(ix_path) as ix:
-        assert all(r.keypoints is None for r in read_renditions(ix_path, ix.ids()).values())
+        assert all(verify.unpack(r.keypoints) is not None for r in read_renditions(ix_path, ix.ids()).values())
+    verifier = CountingVerifier()
+    response, decoded = _search(ix_path, library / "chelsea.jpg", tiny, verifier)
+    assert decoded == [] and verifier.rendition_decodes == ["chelsea.jpg"]  # the query's own, nothing else
+    assert [(h.path, h.inliers) for h in response.results] == expected
+    assert index_folder(library, ix_path, embedder=tiny)["keypoints_stored"] == 0  # done once
 
 
 def test_a_changed_file_is_not_served_its_stale_rendition(tmp_path, library, tiny):
@@ -136,3 +143,21 @@ def test_removed_images_lose_their_renditions(tmp_path, library, tiny):
                             ).fetchone()[0] == 0
     finally:
         conn.close()
+
+
+def test_a_rendition_that_no_longer_decodes_gets_no_features_and_is_not_tried_again(tmp_path, library, tiny):
+    ix_path = tmp_path / "ix"
+    index_folder(library, ix_path, embedder=tiny)
+    conn = sqlite3.connect(ix_path / "index.db")
+    conn.execute("UPDATE renditions SET keypoints = NULL")
+    conn.execute("UPDATE renditions SET jpeg = x'00112233' WHERE id = (SELECT id FROM images WHERE path = ?)",
+                 ("coffee.jpg",))
+    conn.commit()
+    conn.close()
+    assert index_folder(library, ix_path, embedder=tiny)["keypoints_stored"] == 3
+    assert index_folder(library, ix_path, embedder=tiny)["keypoints_stored"] == 0
+    verifier = CountingVerifier()
+    response, decoded = _search(ix_path, library / "chelsea.jpg", tiny, verifier)
+    # No stored features: its rendition is tried, fails to decode, and the file itself stands in.
+    assert sorted(verifier.rendition_decodes) == ["chelsea.jpg", "coffee.jpg"]
+    assert all(h.inliers is not None for h in response.results)

@@ -119,7 +119,7 @@ def _run_index(folder: Path, index: Optional[Path], device: str, **options) -> O
     bars = _IndexBars()
     try:
         return run_index(folder, index, device=device, progress=bars.indexing, ann_progress=bars.ann,
-                         facts_progress=bars.facts, **options)
+                         facts_progress=bars.facts, keypoints_progress=bars.keypoints, **options)
     finally:
         bars.stop()
         group.close()
@@ -153,6 +153,9 @@ class _IndexBars:
 
     def facts(self, done: int, total: int) -> None:
         self._stage("facts", "reading image facts", done, total)
+
+    def keypoints(self, done: int, total: int) -> None:
+        self._stage("keypoints", "storing local features of images indexed before", done, total)
 
     def _stage(self, key: str, label: str, done: int, total: int) -> None:
         """A bar for a later stage of the run, replacing the bars before it."""

@@ -85,7 +85,8 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
                  progress: Callable[[int, int], None] | None = None, ann: str | None = None,
                  ann_progress: Callable[[int, int], None] | None = None, stream: Callable | None = None,
                  inputs: dict | None = None, whiten=None,
-                 facts_progress: Callable[[int, int], None] | None = None) -> dict:
+                 facts_progress: Callable[[int, int], None] | None = None,
+                 keypoints_progress: Callable[[int, int], None] | None = None) -> dict:
     """Index the images under `folder`. Returns {"indexed", "added", "updated", "removed", "renamed",
     "unchanged", "skipped": [{"path", "reason"}], "skipped_known", "index_path", "ann", "notes"}; "ann" is the
     search backend's kind and parameters (`ann.Backend.params()`, with "requested"); "notes" are lines
@@ -112,12 +113,15 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
     Turning it off, or fitting it on something else, needs `rebuild` (the unwhitened vectors are gone).
     `progress(done, total)` is called after each committed batch, `ann_progress(done, total)` while the ANN
     structure is built (vectors added), `facts_progress(done, total)` while the headers of images whose facts
-    the index lacks are read (`facts.fill_facts`: "facts_read" counts them). `stream(embedder)` gives what
+    the index lacks are read (`facts.fill_facts`: "facts_read" counts them), `keypoints_progress(done, total)`
+    while the local features of images indexed before they were stored are taken from their renditions
+    (`keypoints.fill_keypoints`: "keypoints_stored" counts them). `stream(embedder)` gives what
     replaces `embedder.stream` (same arguments, same batches): `sharded.ShardedStream` embeds across the
     processes of a torchrun group.
     """
     from ..store.ann import CHOICES
     from .facts import fill_facts
+    from .keypoints import fill_keypoints
 
     if ann is not None and ann not in CHOICES:
         raise LookalikeError(f"unknown search backend {ann!r}: use one of {', '.join(CHOICES)}")
@@ -132,6 +136,7 @@ def index_folder(folder, index_path=None, *, model: str | None = None, pooling: 
         try:
             summary = _sync(index, root, embedder, batch_size, progress, ann, ann_progress, stream)
             summary["facts_read"] = fill_facts(index, facts_progress)
+            summary["keypoints_stored"] = fill_keypoints(index, keypoints_progress)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise

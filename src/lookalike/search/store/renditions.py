@@ -80,6 +80,31 @@ def write_renditions(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
                      [(size, mtime, db_path(rel), size, mtime) for rel, size, mtime, jpeg in rows if jpeg is None])
 
 
+def keypoints_missing(conn: sqlite3.Connection, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+    """(id, jpeg) of renditions past `after_id` without stored local features, made from the file as the index
+    now has it (an image indexed before format 7)."""
+    if not _has_table(conn):
+        return []
+    return [(int(i), bytes(jpeg)) for i, jpeg in conn.execute(
+        "SELECT r.id, r.jpeg FROM renditions r JOIN images i ON i.id = r.id WHERE r.id > ? AND r.keypoints IS NULL "
+        f"AND r.size = i.size AND r.mtime_ns = i.mtime_ns AND length(r.jpeg) <= {MAX_BYTES} ORDER BY r.id LIMIT ?",
+        (int(after_id), int(limit)))]
+
+
+def count_keypoints_missing(conn: sqlite3.Connection) -> int:
+    if not _has_table(conn):
+        return 0
+    return int(conn.execute("SELECT count(*) FROM renditions r JOIN images i ON i.id = r.id WHERE r.keypoints IS NULL "
+                            "AND r.size = i.size AND r.mtime_ns = i.mtime_ns").fetchone()[0])
+
+
+def write_keypoints(conn: sqlite3.Connection, rows: Iterable[tuple[int, Optional[bytes]]]) -> None:
+    """Inside a write transaction: (id, packed features) for renditions still without; None (they could not be
+    taken) is kept as an empty value, which readers ignore, so that no later run tries again."""
+    conn.executemany("UPDATE renditions SET keypoints = ? WHERE id = ? AND keypoints IS NULL",
+                     [(sqlite3.Binary(blob if blob is not None else b""), int(i)) for i, blob in rows])
+
+
 def drop_orphans(conn: sqlite3.Connection) -> None:
     """Inside a write transaction: forget the renditions of images the index no longer holds."""
     if _has_table(conn):

@@ -301,9 +301,16 @@ class IndexWriter(AnnBookkeeping, WriterReads, IndexBase):
         with self._writing():
             ensure_indexes(self._conn)
 
+    def store_keypoints(self, rows: Iterable[tuple]) -> None:
+        """One transaction of (id, packed local features or None) for renditions stored without them."""
+        from . import renditions
+
+        with self._writing(), self._transaction():
+            renditions.write_keypoints(self._conn, rows)
+
     def store_renditions(self, rows: Iterable[tuple], drop_orphans: bool = False) -> None:
-        """One transaction of (stored path, size, mtime_ns, `renditions.Stored`) renditions (`renditions.py`) of committed rows;
-        `drop_orphans`: also forget those of images the index no longer holds."""
+        """One transaction of (stored path, size, mtime_ns, `renditions.Stored`) renditions (`renditions.py`) of
+        committed rows; `drop_orphans`: also forget those of images the index no longer holds."""
         from . import renditions
 
         with self._writing(), self._transaction():

@@ -128,3 +128,14 @@ class WriterReads:
     def count_facts_missing(self) -> int:
         return queries.count_facts_missing(self._conn)
 
+    def keypoints_missing(self, after_id: int = 0, limit: int = 200) -> list[tuple[int, bytes]]:
+        """(id, rendition JPEG) of images past `after_id` whose rendition has no stored local features."""
+        from . import renditions
+
+        return renditions.keypoints_missing(self._conn, after_id, limit)
+
+    def count_keypoints_missing(self) -> int:
+        from . import renditions
+
+        return renditions.count_keypoints_missing(self._conn)
+
