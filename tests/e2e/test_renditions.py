@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from helpers.search import photo, tiny_checkpoint
+from lookalike.errors import LookalikeError
+from lookalike.search.presets import preset
 from lookalike.search.describe.features import load_embedder
 from lookalike.search.indexing.sync import index_folder
 from lookalike.search.retrieve import verify
@@ -161,3 +163,23 @@ def test_a_rendition_that_no_longer_decodes_gets_no_features_and_is_not_tried_ag
     # No stored features: its rendition is tried, fails to decode, and the file itself stands in.
     assert sorted(verifier.rendition_decodes) == ["chelsea.jpg", "coffee.jpg"]
     assert all(h.inliers is not None for h in response.results)
+
+
+def test_a_full_verifier_takes_every_image_from_its_rendition_at_512_px(tmp_path, library, tiny):
+    ix_path = tmp_path / "ix"
+    index_folder(library, ix_path, embedder=tiny)
+
+    class FullCounting(CountingVerifier):
+        def __init__(self) -> None:
+            verify.Verifier.__init__(self, shortlist=5, detail="full")
+            self.file_decodes, self.rendition_decodes = [], []
+
+    verifier = FullCounting()
+    response, decoded = _search(ix_path, library / "chelsea.jpg", tiny, verifier)
+    # The stored 256-px features are not what it asks for: every image's rendition is read instead.
+    assert decoded == [] and sorted(verifier.rendition_decodes) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
+    assert verifier.detail.library_side == verifier.detail.query_side == 512
+    assert all(h.inliers is not None for h in response.results)
+    with pytest.raises(LookalikeError, match="verification detail"):
+        verify.Verifier(5, detail="fastest")
+    assert preset("high").verify_detail == "full" and preset("default").verify_detail == "fast"

@@ -76,13 +76,13 @@ def ranking(quality: str, qe: Optional[int], dba: Optional[int], alpha: float, v
 
     chosen = preset(quality)
     expansion = Expansion(qe=pick(qe, chosen.qe), dba=pick(dba, chosen.dba), alpha=alpha)
-    return expansion, verifier_for(pick(verify, chosen.verify))
+    return expansion, verifier_for(pick(verify, chosen.verify), chosen.verify_detail)
 
 
-def verifier_for(shortlist: int):
-    """A `verify.Verifier` of `shortlist` results, None for 0 (a bad number fails with one line)."""
+def verifier_for(shortlist: int, detail: str = "fast"):
+    """A `verify.Verifier` of `shortlist` results at `detail`, None for 0 (a bad number fails with one line)."""
     if shortlist == 0:
         return None
     from ..search.retrieve.verify import Verifier
 
-    return Verifier(shortlist)
+    return Verifier(shortlist, detail=detail)

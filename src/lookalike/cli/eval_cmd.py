@@ -64,7 +64,7 @@ def eval_search_command(
         result = run_eval(bench, index_path=index, model=model, pooling=pooling,
                           weights=str(weights) if weights else None, inputs=inputs, device=device,
                           runtime=runtime, whiten=whiten_mode, qe=pick(qe, chosen.qe), dba=pick(dba, chosen.dba),
-                          verify=verify, alpha=alpha, worst=worst)
+                          verify=verify, verify_detail=chosen.verify_detail, alpha=alpha, worst=worst)
     if report is not None:
         _write_worst_report(report, result)
         result["report"] = str(report)

@@ -26,6 +26,7 @@ class Preset:
     qe: int  # neighbours of alpha-query expansion (0: off)
     dba: int  # neighbours of database-side augmentation (0: off)
     verify: int  # results re-ranked by spatial verification (0: off)
+    verify_detail: str = "fast"  # `verify.DETAILS`: the index's stored local features, or every image at 512 px
 
     def descriptor_options(self) -> dict:
         """The descriptor options by their command-line names (`--size` etc.), for a command that builds one."""
@@ -38,9 +39,10 @@ PRESETS: dict[str, Preset] = {
     # `verify.DEFAULT_SHORTLIST`, which a test keeps equal).
     "default": Preset(size=0, scales=None, pooling="avg", layers=None, whiten=False, qe=0, dba=0, verify=20),
     # The whole photo at 416 and 520 pixels, R-MAC of the head's feature map, PCA-whitening, one neighbour of
-    # query expansion and of database-side augmentation, the first 30 results verified: slower to index, more
-    # accurate (benchmarks/results/eval_search.md).
-    "high": Preset(size=416, scales="1,1.25", pooling="rmac", layers="head", whiten=True, qe=1, dba=1, verify=30),
+    # query expansion and of database-side augmentation, the first 30 results verified at 512 px: slower to index
+    # and to search, more accurate (benchmarks/results/eval_search.md).
+    "high": Preset(size=416, scales="1,1.25", pooling="rmac", layers="head", whiten=True, qe=1, dba=1, verify=30,
+                   verify_detail="full"),
 }
 
 QUALITY_NAMES = tuple(PRESETS)

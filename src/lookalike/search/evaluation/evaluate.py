@@ -272,7 +272,7 @@ def _index(folder: Path, index_path, embedder, progress) -> dict:
 def run_eval(folder, *, index_path=None, model: str = DEFAULT_MODEL, pooling: str = "avg",
              weights: str | None = None, inputs: dict | None = None, device: str = "cpu", runtime: str = "auto",
              whiten: str | None = None, whiten_dims: int | None = None, whiten_power: float | None = None,
-             qe: int = 0, dba: int = 0, verify: int = 0,
+             qe: int = 0, dba: int = 0, verify: int = 0, verify_detail: str = "fast",
              alpha: float = 3.0, worst: int = 20, top: int = 5, embedder=None, progress=None) -> dict:
     """Index `folder` (incrementally, in its own index unless `index_path`) and measure retrieval on it.
 
@@ -282,8 +282,8 @@ def run_eval(folder, *, index_path=None, model: str = DEFAULT_MODEL, pooling: st
     `whitening.power_for(pooling)`, as `lookalike index` fits it). `qe`, `dba`, `alpha`: alpha-QE and DBA as
     `lookalike search` runs them (`search_path.py`; 0: off). `verify`: results per query re-ranked by spatial
     verification (`verify.py`; 0: off; ground-truth benchmarks only: images of one class are not views of one
-    scene). Returns {"benchmark", "kind", "figures", "worst": per-query rows, "skipped", "index_path",
-    "descriptor", "seconds"}.
+    scene), at `verify_detail` (`verify.DETAILS`). Returns {"benchmark", "kind", "figures", "worst": per-query
+    rows, "skipped", "index_path", "descriptor", "seconds"}.
     """
     import time
 
@@ -295,7 +295,7 @@ def run_eval(folder, *, index_path=None, model: str = DEFAULT_MODEL, pooling: st
         raise LookalikeError("--qe and --dba take a number of neighbours >= 0")
     options = Expansion(qe=qe, dba=dba, alpha=alpha)  # the bounds `lookalike search` sets
     bench = load_benchmark(folder)
-    rescore = _verification(bench, verify) if verify else None  # checks the number first
+    rescore = _verification(bench, verify, verify_detail) if verify else None  # checks the number first
     if verify and bench.kind != "groundtruth":
         raise LookalikeError("--verify needs a groundtruth.json benchmark: class folders hold different objects "
                              "of a class, which no geometry links")
@@ -406,13 +406,14 @@ def _worst_rows(bench: Benchmark, per_query: list[dict], worst: int) -> list[dic
                         for d, rank, s in e["_missed"]]} for e in rows]
 
 
-def _verification(bench: Benchmark, shortlist: int) -> Callable[[str, np.ndarray], np.ndarray]:
+def _verification(bench: Benchmark, shortlist: int, detail: str = "fast") -> Callable[[str, np.ndarray], np.ndarray]:
     """`evaluate_groundtruth`'s rescore: the spatial-verification gains of a query's shortlisted database images
     (the local features of every image kept, since each is verified against many queries); a query's own
     features are taken as a search takes those of a query photo."""
     from ..retrieve.verify import CACHE_IMAGES, Verifier
 
-    verifier = Verifier(shortlist, cache_images=min(len(bench.database) + len(bench.queries), 4 * CACHE_IMAGES))
+    verifier = Verifier(shortlist, cache_images=min(len(bench.database) + len(bench.queries), 4 * CACHE_IMAGES),
+                        detail=detail)
 
     def rescore(query: str, positions: np.ndarray) -> np.ndarray:
         return verifier.gains(verifier.query_features(bench.root / query),

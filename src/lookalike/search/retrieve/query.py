@@ -277,7 +277,6 @@ def _verified(index: "ImageIndex", query: Query, hits: list[dict], verifier: "Ve
     shortlisted images' local features come from the index, stored beside their renditions, where it holds fresh
     ones."""
     from ..store.renditions import read_renditions
-    from . import verify
 
     def renditions(ids: list) -> dict:
         return read_renditions(index.path, ids)
@@ -285,7 +284,7 @@ def _verified(index: "ImageIndex", query: Query, hits: list[dict], verifier: "Ve
     if image is None and query.image is not None:
         image = query.image
     if image is not None:
-        feats = verify.query_features(image)
+        feats = verifier.query_image_features(image)
     else:
         image_id = query.image_id if query.image_id is not None else index.current_id(query.path)
         path = query.path if query.path is not None else index.path_of(query.image_id)

@@ -22,6 +22,8 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -29,9 +31,33 @@ import numpy as np
 from ...device import free_cores
 from ..vector_math import similarity_to_distance
 from ..describe.local_features import (  # noqa: F401 (MAX_KEYPOINTS re-exported)
-    LIBRARY_SIDE, MAX_KEYPOINTS, QUERY_SIDE, LocalFeatures, local_features, opencv, query_features, unpack)
+    LIBRARY_KEYPOINTS, LIBRARY_SIDE, MAX_KEYPOINTS, QUERY_KEYPOINTS, QUERY_SIDE, LocalFeatures, local_features,
+    opencv, unpack)
 
 LONG_SIDE = LIBRARY_SIDE  # library images' local features: stored at index time (`describe/local_features.py`)
+FULL_SIDE = 512  # both sides of a "full" verification (`--quality high`), as the stored renditions are long
+
+
+@dataclass(frozen=True)
+class Detail:
+    """How closely a verifier looks: the size and keypoints of library images' and queries' local features, and
+    whether the features the index stored (taken at LIBRARY_SIDE) serve."""
+
+    library_side: int
+    library_keypoints: int
+    query_side: int
+    query_keypoints: int
+    stored: bool
+
+
+DETAILS = {
+    # What `index` stores: SIFT on the query alone at search time.
+    "fast": Detail(LIBRARY_SIDE, LIBRARY_KEYPOINTS, QUERY_SIDE, QUERY_KEYPOINTS, stored=True),
+    # Every image at up to 512 px, from its rendition: several times the work of "fast" a search, and 0.016
+    # more holidays-dev mAP under `--quality high`'s ranking (none under the default's; search_speed.md).
+    "full": Detail(FULL_SIDE, MAX_KEYPOINTS, FULL_SIDE, MAX_KEYPOINTS, stored=False),
+}
+
 DRAFT_SIDE = 256  # a file is draft-decoded at the smallest JPEG scale keeping both sides >= this, then shrunk
 RATIO = 0.8  # Lowe's ratio test: best match clearly closer than the second best
 RANSAC_TOLERANCE = 0.025  # reprojection error allowed, as a share of the image's longer side
@@ -47,9 +73,8 @@ MAX_THREADS = 4  # threads decoding and matching one query's shortlist
 
 def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = RATIO) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows of a, rows of b, their similarities) of the nearest neighbours in b of a's unit-length descriptors
-    that pass Lowe's ratio test. One matrix product gives every similarity (for unit vectors |x - y|^2 = 2 - 2 x.y); OpenCV's
-    product runs on the calling thread, so a pool of matching threads scales, where a brute-force matcher per
-    pair costs several times as much."""
+    that pass Lowe's ratio test. One matrix product gives every similarity (for unit vectors the squared
+    distance is 2 - 2 x.y), where OpenCV's brute-force matcher costs several times as much a pair."""
     cv2 = opencv()
     if len(a) == 0 or len(b) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -120,11 +145,18 @@ class Verifier:
     for the last `cache_images` files, keyed by path, size and mtime (results recur across queries); a file that
     cannot be read has none, and its result keeps its score. Safe to share between threads (the web service)."""
 
-    def __init__(self, shortlist: int = DEFAULT_SHORTLIST, cache_images: int = CACHE_IMAGES) -> None:
+    def __init__(self, shortlist: int = DEFAULT_SHORTLIST, cache_images: int = CACHE_IMAGES,
+                 detail: str = "fast") -> None:
         from ...errors import LookalikeError
 
         if not 0 < shortlist <= MAX_SHORTLIST:
             raise LookalikeError(f"--verify takes 0 (off) to {MAX_SHORTLIST} results, not {shortlist}")
+        if detail not in DETAILS:
+            raise LookalikeError(f"unknown verification detail {detail!r}: use {' or '.join(DETAILS)}")
+        self.detail = DETAILS[detail]
+        self._library = partial(local_features, long_side=self.detail.library_side,
+                                keypoints=self.detail.library_keypoints)
+        self._query = partial(local_features, long_side=self.detail.query_side, keypoints=self.detail.query_keypoints)
         opencv()  # a missing OpenCV fails here, before any search runs
         self.shortlist = int(shortlist)
         self._cache: OrderedDict[tuple, Optional[LocalFeatures]] = OrderedDict()
@@ -142,9 +174,9 @@ class Verifier:
         return False, None
 
     def features_of(self, path, rendition: Any = None) -> Optional[LocalFeatures]:
-        """Local features of the library file `path` at LONG_SIDE (None when it cannot be read); `rendition`: its
-        stored `renditions.Rendition`, whose stored features (else its JPEG) stand in for the file while the
-        file's size and mtime are still its own."""
+        """Local features of the library file `path` (None when it cannot be read); `rendition`: its stored
+        `renditions.Rendition`, whose stored features (where this verifier's detail uses them), else its JPEG,
+        stand in for the file while the file's size and mtime are still its own."""
         key = _stamp(path)
         if key is None:
             return None
@@ -152,9 +184,11 @@ class Verifier:
         if hit:
             return feats
         fresh = rendition is not None and rendition.fresh(key[1], key[2])
-        feats = unpack(rendition.keypoints) if fresh and rendition.keypoints is not None else None
+        feats = None
+        if fresh and self.detail.stored and rendition.keypoints is not None:
+            feats = unpack(rendition.keypoints)
         if feats is None:
-            feats = self._extract(path, rendition if fresh else None, local_features)
+            feats = self._extract(path, rendition if fresh else None, self._library)
         with self._lock:
             self._cache[key] = feats
             while len(self._cache) > self._size:
@@ -162,13 +196,17 @@ class Verifier:
         return feats
 
     def query_features(self, path, rendition: Any = None) -> Optional[LocalFeatures]:
-        """Local features of an indexed image searched for by itself, at QUERY_SIDE like any query photo: from
+        """Local features of an indexed image searched for by itself, taken like those of any query photo: from
         its rendition while `rendition` is fresh, else from the file (None when it cannot be read)."""
         key = _stamp(path)
         if key is None:
             return None
         fresh = rendition is not None and rendition.fresh(key[1], key[2])
-        return self._extract(path, rendition if fresh else None, query_features)
+        return self._extract(path, rendition if fresh else None, self._query)
+
+    def query_image_features(self, image: Any) -> LocalFeatures:
+        """Local features of a query photo already decoded (a PIL image)."""
+        return self._query(image)
 
     def _extract(self, path, rendition: Any, take: Callable[[Any], LocalFeatures]) -> Optional[LocalFeatures]:
         """`take` (library or query features) of the fresh `rendition`'s JPEG when there is one that decodes,
@@ -233,7 +271,8 @@ class Verifier:
         hit, feats = self._cached(key)
         if hit:
             return True, feats
-        if rendition is not None and rendition.keypoints is not None and rendition.fresh(key[1], key[2]):
+        if self.detail.stored and rendition is not None and rendition.keypoints is not None \
+                and rendition.fresh(key[1], key[2]):
             return True, self.features_of(path, rendition)  # unpacked here: a fraction of a millisecond
         return False, None
 
