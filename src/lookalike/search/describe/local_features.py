@@ -18,9 +18,9 @@ import numpy as np
 LIBRARY_SIDE = 256  # a library image's features are taken at most this long (never enlarged), at index time;
 # SIFT doubles the image first, so twice this side would cost four times the work on every image indexed
 QUERY_SIDE = 320  # a query photo's own features: with one side of a pair a little larger than the other,
-# holidays-dev keeps its mAP, where both at LIBRARY_SIDE lose 0.0075 (benchmarks/results/search_speed.md)
+# holidays-dev keeps its mAP, which both at LIBRARY_SIDE lose (benchmarks/results/search_speed.md)
 LIBRARY_KEYPOINTS = 500  # the strongest keypoints kept of a library image (at LIBRARY_SIDE few have more;
-# 300 lost holidays-dev mAP, search_speed.md)
+# fewer lost holidays-dev mAP, search_speed.md)
 QUERY_KEYPOINTS = 1000  # ... of a query photo (matching cost grows with the product of the two)
 MAX_KEYPOINTS = max(LIBRARY_KEYPOINTS, QUERY_KEYPOINTS)  # what a stored record may hold
 _MAGIC = b"LKP1"

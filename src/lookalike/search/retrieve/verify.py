@@ -53,8 +53,8 @@ class Detail:
 DETAILS = {
     # What `index` stores: SIFT on the query alone at search time.
     "fast": Detail(LIBRARY_SIDE, LIBRARY_KEYPOINTS, QUERY_SIDE, QUERY_KEYPOINTS, stored=True),
-    # Every image at up to 512 px, from its rendition: several times the work of "fast" a search, and 0.016
-    # more holidays-dev mAP under `--quality high`'s ranking (none under the default's; search_speed.md).
+    # Every image at up to 512 px, from its rendition: several times the work of "fast" a search, for the
+    # holidays-dev mAP `--quality high`'s ranking loses with "fast" (the default's does not; eval_search.md).
     "full": Detail(FULL_SIDE, MAX_KEYPOINTS, FULL_SIDE, MAX_KEYPOINTS, stored=False),
 }
 
