@@ -116,19 +116,28 @@ def _add_failures_table(path: Path) -> None:
 MIGRATIONS[1] = _add_failures_table
 
 
-def _add_imported_column(path: Path) -> None:
-    """Format 2 -> 3: rows are the root's own unless `lookalike import` brought them in."""
+def _add_column(path: Path, table: str, column: str, declaration: str, then: str | None = None) -> None:
+    """`ALTER TABLE table ADD COLUMN column declaration` where the table exists without the column (a run killed
+    after it finds it there), then the SQL `then`, in one commit. No database yet: the writer creates the whole
+    schema."""
     db = path / DATABASE
     if not db.is_file():
         return
     conn = sqlite3.connect(db)
     try:
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(images)")}
-        if "imported" not in columns:
-            conn.execute("ALTER TABLE images ADD COLUMN imported INTEGER NOT NULL DEFAULT 0")
+        columns = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if columns and column not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            if then:
+                conn.execute(then)
             conn.commit()
     finally:
         conn.close()
+
+
+def _add_imported_column(path: Path) -> None:
+    """Format 2 -> 3: rows are the root's own unless `lookalike import` brought them in."""
+    _add_column(path, "images", "imported", "INTEGER NOT NULL DEFAULT 0")
 
 
 MIGRATIONS[2] = _add_imported_column
@@ -154,19 +163,9 @@ MIGRATIONS[4] = _add_renditions_table
 
 def _add_date_key(path: Path) -> None:
     """Format 5 -> 6: `facts.date`, the library's date sort key, computed here for the facts already read."""
-    db = path / DATABASE
-    if not db.is_file():
-        return
-    conn = sqlite3.connect(db)
-    try:
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(facts)")}
-        if columns and "date" not in columns:
-            conn.execute("ALTER TABLE facts ADD COLUMN date TEXT")
-            key = DATE_KEY_SQL.format(taken="facts.taken", mtime_ns="images.mtime_ns")
-            conn.execute(f"UPDATE facts SET date = (SELECT {key} FROM images WHERE images.id = facts.id)")
-            conn.commit()
-    finally:
-        conn.close()
+    key = DATE_KEY_SQL.format(taken="facts.taken", mtime_ns="images.mtime_ns")
+    _add_column(path, "facts", "date", "TEXT",
+                then=f"UPDATE facts SET date = (SELECT {key} FROM images WHERE images.id = facts.id)")
 
 
 MIGRATIONS[5] = _add_date_key
@@ -174,21 +173,13 @@ MIGRATIONS[5] = _add_date_key
 
 def _add_keypoints_column(path: Path) -> None:
     """Format 6 -> 7: `renditions.keypoints`, NULL for the images indexed before it (verification runs SIFT on
-    their renditions, as before); images indexed or changed from now on get them."""
-    db = path / DATABASE
-    if not db.is_file():
-        return
-    conn = sqlite3.connect(db)
-    try:
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(renditions)")}
-        if columns and "keypoints" not in columns:
-            conn.execute("ALTER TABLE renditions ADD COLUMN keypoints BLOB")
-            conn.commit()
-    finally:
-        conn.close()
+    their renditions, as before); images indexed or changed from now on get them (`indexing/keypoints.py`
+    stores the others' from their renditions)."""
+    _add_column(path, "renditions", "keypoints", "BLOB")
 
 
 MIGRATIONS[6] = _add_keypoints_column
+
 
 def _connect_reader(path: Path, root: Any = None) -> sqlite3.Connection:
     """A read-only connection to the index database in `path`; never writes, so it works for a user who may only
