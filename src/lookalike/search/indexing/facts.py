@@ -74,21 +74,28 @@ def fill_facts(index, progress: Callable[[int, int], None] | None = None) -> int
 
 
 def _read_missing(index, progress: Callable[[int, int], None] | None) -> int:
-    total = index.count_facts_missing()
+    def store(batch: list) -> None:
+        index.store_facts([(image_id, *header_facts(index.root / stored)) for image_id, stored, _imported in batch])
+
+    return in_batches(index.count_facts_missing(), lambda last: index.facts_missing(last, BATCH), store, progress)
+
+
+def in_batches(total: int, fetch: Callable[[int], list], store: Callable[[list], None],
+               progress: Callable[[int, int], None] | None = None) -> int:
+    """What `index` fills in for rows that lack it (facts, stored local features), a batch at a time in id order:
+    `fetch(after_id)` gives the next batch (each item's first field its id; empty at the end), `store(batch)`
+    does the work and commits it, `progress(done, total)` follows. Returns how many were done; each batch is
+    committed on its own, so an interrupted run keeps what it stored."""
     if not total:
         return 0
     done, last = 0, 0
     if progress:
         progress(0, total)
     while True:
-        batch = index.facts_missing(last, BATCH)
+        batch = fetch(last)
         if not batch:
             return done
-        rows = []
-        for image_id, stored, _imported in batch:
-            facts = header_facts(index.root / stored)
-            rows.append((image_id, *facts))
-        index.store_facts(rows)
+        store(batch)
         done += len(batch)
         last = batch[-1][0]
         if progress:

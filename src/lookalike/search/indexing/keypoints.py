@@ -10,6 +10,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
+from .facts import in_batches
+
 BATCH = 200  # renditions whose features are committed together
 
 
@@ -32,17 +34,9 @@ def fill_keypoints(index, progress: Callable[[int, int], None] | None = None) ->
     total = index.count_keypoints_missing()
     if not total:
         return 0
-    done, last = 0, 0
-    if progress:
-        progress(0, total)
     with ThreadPoolExecutor(max(1, free_cores())) as pool:
-        while True:
-            batch = index.keypoints_missing(last, BATCH)
-            if not batch:
-                return done
-            blobs = list(pool.map(_packed, [jpeg for _, jpeg in batch]))
+        def store(batch: list) -> None:
+            blobs = pool.map(_packed, [jpeg for _, jpeg in batch])
             index.store_keypoints([(image_id, blob) for (image_id, _), blob in zip(batch, blobs)])
-            done += len(batch)
-            last = batch[-1][0]
-            if progress:
-                progress(done, total)
+
+        return in_batches(total, lambda last: index.keypoints_missing(last, BATCH), store, progress)
