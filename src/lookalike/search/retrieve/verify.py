@@ -130,6 +130,11 @@ def verification_gain(inliers: int) -> float:
 Renditions = Callable[[list], dict]  # image ids -> {id: `renditions.Rendition`} (`renditions.read_renditions`)
 
 
+def _fresh(rendition: Any, key: tuple) -> bool:
+    """Whether a stored rendition (or None) was made from the file as `key` (`_stamp`) finds it now."""
+    return rendition is not None and rendition.fresh(key[1], key[2])
+
+
 def _stamp(path) -> Optional[tuple]:
     """(path, size, mtime_ns) of a file now: the cache's key, so a changed file is never answered from it."""
     try:
@@ -180,15 +185,26 @@ class Verifier:
         key = _stamp(path)
         if key is None:
             return None
+        known, feats = self._known(key, rendition)
+        return feats if known else self._take(path, key, rendition)
+
+    def _known(self, key: tuple, rendition: Any) -> tuple[bool, Optional[LocalFeatures]]:
+        """(True, features) of the file stamped `key` when they need no decoding (in the cache, or stored and
+        fresh: unpacked and kept), else (False, None)."""
         hit, feats = self._cached(key)
         if hit:
-            return feats
-        fresh = rendition is not None and rendition.fresh(key[1], key[2])
-        feats = None
-        if fresh and self.detail.stored and rendition.keypoints is not None:
+            return True, feats
+        if self.detail.stored and _fresh(rendition, key) and rendition.keypoints is not None:
             feats = unpack(rendition.keypoints)
-        if feats is None:
-            feats = self._extract(path, rendition if fresh else None, self._library)
+            if feats is not None:
+                return True, self._keep(key, feats)
+        return False, None
+
+    def _take(self, path, key: tuple, rendition: Any) -> Optional[LocalFeatures]:
+        """Library features of the file stamped `key`, taken from its fresh rendition or the file, and kept."""
+        return self._keep(key, self._extract(path, rendition if _fresh(rendition, key) else None, self._library))
+
+    def _keep(self, key: tuple, feats: Optional[LocalFeatures]) -> Optional[LocalFeatures]:
         with self._lock:
             self._cache[key] = feats
             while len(self._cache) > self._size:
@@ -201,8 +217,7 @@ class Verifier:
         key = _stamp(path)
         if key is None:
             return None
-        fresh = rendition is not None and rendition.fresh(key[1], key[2])
-        return self._extract(path, rendition if fresh else None, self._query)
+        return self._extract(path, rendition if _fresh(rendition, key) else None, self._query)
 
     def query_image_features(self, image: Any) -> LocalFeatures:
         """Local features of a query photo already decoded (a PIL image)."""
@@ -227,15 +242,13 @@ class Verifier:
         except Exception:  # an unreadable or vanished file is not verified; the search itself goes on
             return None
 
-    def _stored(self, ids: Sequence, paths: Sequence, renditions: Optional[Renditions]) -> dict:
-        """{id: Rendition} of the files not in the cache yet, in one read (none without `renditions`)."""
+    def _stored(self, ids: Sequence, keys: Sequence, renditions: Optional[Renditions]) -> dict:
+        """{id: Rendition} of the files (stamped `keys`) not in the cache yet, in one read (none without
+        `renditions`)."""
         if renditions is None:
             return {}
-        missing = []
-        for i, p in zip(ids, paths):
-            key = _stamp(p)
-            if i is not None and key is not None and not self._cached(key)[0]:
-                missing.append(int(i))
+        missing = [int(i) for i, key in zip(ids, keys)
+                   if i is not None and key is not None and not self._cached(key)[0]]
         try:
             return renditions(missing) if missing else {}
         except Exception:  # renditions only save time: without them the files are decoded
@@ -249,32 +262,23 @@ class Verifier:
         release the GIL); the matching itself, a millisecond or two a pair, runs on the calling thread, where
         a pool would cost a server more in threads than it saves."""
         ids = list(ids) if ids is not None else [None] * len(paths)
-        stored = self._stored(ids, paths, renditions)
-        feats = [self._ready(p, stored.get(i)) for p, i in zip(paths, ids)]
+        keys = [_stamp(p) for p in paths]  # each file's stat, once a search
+        stored = self._stored(ids, keys, renditions)
+        feats = [(True, None) if key is None else self._known(key, stored.get(i)) for key, i in zip(keys, ids)]
         missing = [n for n, (known, _) in enumerate(feats) if not known]
+
+        def take(n: int) -> Optional[LocalFeatures]:
+            return self._take(paths[n], keys[n], stored.get(ids[n]))
+
         workers = min(len(missing), free_cores(), MAX_THREADS)
         if workers <= 1:
-            taken = [self.features_of(paths[n], stored.get(ids[n])) for n in missing]
+            taken = [take(n) for n in missing]
         else:
             with ThreadPoolExecutor(workers) as pool:
-                taken = list(pool.map(lambda n: self.features_of(paths[n], stored.get(ids[n])), missing))
+                taken = list(pool.map(take, missing))
         for n, f in zip(missing, taken):
             feats[n] = (True, f)
         return [None if f is None else count_inliers(query, f) for _, f in feats]
-
-    def _ready(self, path, rendition: Any) -> tuple[bool, Optional[LocalFeatures]]:
-        """(True, features) of a file whose features need no decoding (in the cache, or stored and fresh; None
-        for a file gone), else (False, None)."""
-        key = _stamp(path)
-        if key is None:
-            return True, None
-        hit, feats = self._cached(key)
-        if hit:
-            return True, feats
-        if self.detail.stored and rendition is not None and rendition.keypoints is not None \
-                and rendition.fresh(key[1], key[2]):
-            return True, self.features_of(path, rendition)  # unpacked here: a fraction of a millisecond
-        return False, None
 
     def gains(self, query: Optional[LocalFeatures], paths: Sequence) -> np.ndarray:
         """`verification_gain` of each file against the query (0 for an unreadable file, all 0 when the query's
