@@ -26,7 +26,7 @@ def test_packed_features_unpack_to_a_fresh_extraction():
     assert np.abs(back.points - fresh.points).max() <= 0.125  # float16 positions: an eighth of a pixel here
     assert len(blob) == 8 + len(back.points) * 132  # header, 4 bytes of position and 128 of descriptor each
     # Both images verify against each other as well from the record as from a fresh extraction.
-    other = lf.query_features(image.crop((100, 50, 800, 560)))
+    other = lf.local_features(image.crop((100, 50, 800, 560)), lf.QUERY_SIDE, lf.QUERY_KEYPOINTS)
     assert abs(verify.count_inliers(other, back) - verify.count_inliers(other, fresh)) <= 2
 
 

@@ -85,11 +85,6 @@ def local_features(image: Any, long_side: int = LIBRARY_SIDE, keypoints: int = L
     return _features(*_sift(image, long_side, min(keypoints, MAX_KEYPOINTS)))
 
 
-def query_features(image: Any) -> LocalFeatures:
-    """`local_features` of a query photo (QUERY_SIDE, QUERY_KEYPOINTS)."""
-    return local_features(image, QUERY_SIDE, QUERY_KEYPOINTS)
-
-
 def packed_features(image: Any) -> Optional[bytes]:
     """The library `local_features` of a PIL image as the bytes the index stores (`unpack`); None when SIFT fails
     on it (the image is indexed all the same, and verification takes its features from the rendition or file)."""
