@@ -132,10 +132,24 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
+_STOPPED = "stopped by the launcher because another process stopped"
+_stopped_by_launcher = False
+
+
 def _stop_on_sigterm(signum, frame) -> None:
     # torchrun stops the other ranks with SIGTERM once one has failed: unwind (an atomic write in progress is
     # dropped, the file it replaces stays whole) and leave as a consequence, not a cause.
-    raise GroupLost("stopped by the launcher because another process stopped")
+    global _stopped_by_launcher
+    _stopped_by_launcher = True
+    raise GroupLost(_STOPPED)
+
+
+def as_group_lost(exc: BaseException) -> BaseException:
+    """`exc`, or GroupLost when the launcher's SIGTERM came first: the handler's GroupLost, raised inside a
+    library's native code (matplotlib drawing a plot, say), can come out as that library's own error."""
+    if _stopped_by_launcher and not isinstance(exc, LookalikeError):
+        return GroupLost(_STOPPED)
+    return exc
 
 
 def join(device: str = "auto") -> Group:

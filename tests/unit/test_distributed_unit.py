@@ -40,3 +40,18 @@ def test_failure_codes_name_the_cause_once():
         _failure_code(_failed(r0=3, r1=-9), hint="; resume")  # rank 0 stopped because rank 1 was killed
     with pytest.raises(LookalikeError, match=r"process 1 .*exit code 2"):
         _failure_code(_failed(r0=3, r1=2))  # an error only rank 1 met (it does not print)
+
+
+def test_an_error_unwinding_after_the_launchers_sigterm_is_the_group_being_lost(monkeypatch):
+    import lookalike.distributed as d
+
+    monkeypatch.setattr(d, "_stopped_by_launcher", False)
+    plain = ValueError("Invalid bounding box")
+    assert d.as_group_lost(plain) is plain  # without a SIGTERM an error is what it is
+    with pytest.raises(d.GroupLost):
+        d._stop_on_sigterm(15, None)
+    # The handler's GroupLost, raised inside matplotlib's native drawing, came out as matplotlib's ValueError.
+    lost = d.as_group_lost(plain)
+    assert isinstance(lost, d.GroupLost) and "another process stopped" in str(lost)
+    own = LookalikeError("disk full")
+    assert d.as_group_lost(own) is own  # a one-line error of the tool's own keeps its words

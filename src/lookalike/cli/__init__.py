@@ -57,7 +57,7 @@ def _click_exceptions():
 
 
 def main() -> None:
-    from ..distributed import GROUP_LOST_EXIT, GroupLost, launched, main_prints, reported_elsewhere
+    from ..distributed import GROUP_LOST_EXIT, GroupLost, as_group_lost, launched, main_prints, reported_elsewhere
 
     says_interrupted = main_prints() and not launched()  # under `--nproc`, the launcher says it once
     click_errors = _click_exceptions()
@@ -85,7 +85,10 @@ def main() -> None:
             raise
         print(f"error: {missing_message(exc.name)}", file=sys.stderr)
         sys.exit(2)
-    except LookalikeError as exc:
+    except Exception as exc:
+        exc = as_group_lost(exc)
+        if not isinstance(exc, LookalikeError):
+            raise
         if not reported_elsewhere(exc):  # under torchrun, rank 0 (or the launcher) speaks for the group
             print(f"error: {printable(str(exc))}", file=sys.stderr)  # a file name may not be valid UTF-8
         sys.exit(GROUP_LOST_EXIT if isinstance(exc, GroupLost) else 2)
